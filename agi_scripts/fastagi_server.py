@@ -1,0 +1,204 @@
+"""The FastAGI server: every handler for every call, in one long-lived process.
+
+    python -m agi_scripts.fastagi_server --host 127.0.0.1 --port 4573 [--workers 512]
+
+Asterisk connects once per AGI() call (``agi://127.0.0.1:4573/route_call``); the handler is
+chosen by ``agi_network_script`` (route_call, queue_wait, transfer, survey). pyst2's own
+fastagi is Python-2 only and its ``AGI()`` wants the main thread, so sessions run on a
+bounded thread pool with :class:`ivr.agi.AGIChannel` (no signals, a timeout on every
+command). When every worker is busy and the waiting line is full, a new session is closed at
+once — Asterisk's AGI() then returns and the dialplan's fallback reaches the general seats,
+instead of the caller hearing silence.
+
+SIGHUP re-reads the rules now (they are also picked up within a second of an edit); calls
+in flight finish on the rules they started with. SIGTERM/SIGINT stop accepting and let the
+sessions in progress finish (up to ``--drain`` seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ivr.agi import COMMAND_TIMEOUT_S, AGIChannel, Hangup, set_fallback
+
+from . import HANDLERS
+from .session import run
+
+log = logging.getLogger("hotline.fastagi")
+
+
+def script_name(env: dict) -> str:
+    """``agi://host:4573/route_call?x=1`` -> ``route_call``."""
+    name = env.get("agi_network_script") or ""
+    return name.split("?", 1)[0].strip("/").rsplit("/", 1)[-1]
+
+
+def listen(host: str, port: int) -> socket.socket:
+    return socket.create_server((host, port), backlog=1024)
+
+
+class FastAGIServer:
+    def __init__(self, services, host: str = "127.0.0.1", port: int = 4573, workers: int = 512,
+                 waiting: int | None = None, handlers=None, command_timeout: float = COMMAND_TIMEOUT_S,
+                 sock: socket.socket | None = None):
+        self.services = services
+        self.handlers = dict(handlers or HANDLERS)
+        self.command_timeout = command_timeout
+        self.workers = workers
+        self._slots = threading.BoundedSemaphore(workers + (workers if waiting is None else waiting))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fastagi")
+        self._sock = sock or listen(host, port)
+        self.address = self._sock.getsockname()
+        self._stopping = threading.Event()
+        self._thread = None
+        self.stats = {"sessions": 0, "refused": 0, "ok": 0, "hangup": 0, "timeout": 0, "error": 0}
+        self._stats_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._sock.settimeout(0.5)
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if self._stopping.is_set() or exc.errno in (errno.EINVAL, errno.EBADF):
+                    break  # the listening socket was shut down (by us, or a sibling process stopping)
+                log.warning("accept failed: %s", exc)
+                continue
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self._slots.acquire(blocking=False):
+                self._count("refused")
+                log.warning("all %d workers busy and the waiting line full: session refused, dialplan falls back",
+                            self.workers)
+                conn.close()
+                continue
+            self._pool.submit(self._session, conn)
+
+    def start(self) -> "FastAGIServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="fastagi-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        self._stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(drain_s)
+        self._sock.close()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self.stats[what] += 1
+
+    # -- one session ------------------------------------------------------------------------
+    def _session(self, conn: socket.socket) -> None:
+        self._count("sessions")
+        try:
+            try:
+                agi = AGIChannel(conn.fileno(), conn.fileno(), timeout=self.command_timeout)
+            except (Hangup, OSError):
+                return
+            except Exception:  # a silent or garbled client
+                log.warning("no valid AGI environment received; session closed")
+                return
+            name = script_name(agi.env)
+            handler = self.handlers.get(name)
+            if handler is None:
+                log.error("no handler %r (have: %s); dialplan falls back", name, ", ".join(sorted(self.handlers)))
+                set_fallback(agi, "unknown-script")
+                self._count("error")
+                return
+            self._count(run(handler, agi, self.services))
+        finally:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+            self._slots.release()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agi_scripts.fastagi_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4573)
+    parser.add_argument("--workers", type=int, default=512, help="concurrent AGI sessions (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=COMMAND_TIMEOUT_S,
+                        help="seconds Asterisk may take to answer a command (default %(default)s)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="server processes sharing the port (one per core: Python threads share one core)")
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds to let sessions finish on stop")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from call_routing.rules import RulesError
+    from ivr.services import build
+
+    try:
+        build({"tickets": object(), "queue": object()})  # check the rules before listening
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    sock = listen(args.host, args.port)
+    children = []
+    for _ in range(max(1, args.processes) - 1):  # fork before any thread or connection exists
+        pid = os.fork()
+        if pid == 0:
+            children = None
+            break
+        children.append(pid)
+    if children:
+        def forward(signum, _frame):
+            for pid in children:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+            if signum != signal.SIGHUP:
+                stop.set()
+    services = build()
+    server = FastAGIServer(services, args.host, args.port, args.workers, command_timeout=args.timeout, sock=sock)
+    stop = threading.Event()
+    if children:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: (forward(signum, frame),
+                                                      services.rules.reload() if signum == signal.SIGHUP else None))
+    else:
+        signal.signal(signal.SIGHUP, lambda *_: services.rules.reload())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    log.info("FastAGI on %s:%d, handlers %s, rules %s", *server.address[:2], ", ".join(sorted(server.handlers)),
+             services.rules.current().version)
+    if children is not None:
+        print(f"listening on {server.address[0]}:{server.address[1]} ({max(1, args.processes)} processes)", flush=True)
+    stop.wait()
+    log.info("stopping: letting %s s for sessions in progress", args.drain)
+    server.stop(args.drain)
+    for pid in children or ():
+        os.waitpid(pid, 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""queue_wait: the caller waits in the Redis ACD, hearing hold music and what the flow says.
+
+``AGI(agi://127.0.0.1:4573/queue_wait,${HOTLINE_CALL_ID})``. Ticks about once a second:
+agent assigned -> ``HOTLINE_ACTION=transfer`` with the agent's endpoint in
+``HOTLINE_TARGET``; position/wait announcements; the invitation to describe the matter
+(EAGI: audio from fd 3 streamed to the recognizer, or kept as a WAV for the rq job;
+FastAGI: RECORD FILE + job); the callback offer (key 1). A session lasts at most
+``HOTLINE_WAIT_SESSION_S`` seconds and then hands back ``queue``: the dialplan loops, so no
+AGI session (or FastAGI thread) is held for a whole long wait.
+"""
+from __future__ import annotations
+
+import os
+import re
+import wave
+
+from ivr.agi import EAGI_RATE, Hangup, hand_back, play_steps
+
+MAX_SESSION_S = float(os.environ.get("HOTLINE_WAIT_SESSION_S", "60"))
+TICK_S = 1.0
+LISTEN_MAX_S = 20
+RECORD_MAX_S = 15
+
+
+def file_name(call_id: str) -> str:
+    """The call id as a plain file name: a UNIQUEID or ``HOTLINE_CALL_ID`` with ``/`` or ``..``
+    must never write a recording outside ``HOTLINE_RECORDINGS``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", call_id or "").lstrip(".") or "call"
+
+
+def handler(session) -> None:
+    session.call_id_from_args()
+    wait(session)
+
+
+def _leave(session, turn) -> None:
+    session.agi.music(False)
+    hand_back(session.agi, turn)
+    play_steps(session.agi, turn.steps, session.services.prompt_dir)
+
+
+class _Listener:
+    """The caller describing the matter over EAGI: to the recognizer, else to a WAV file."""
+
+    def __init__(self, session, max_s: float = LISTEN_MAX_S):
+        self.session = session
+        factory = getattr(session.services, "recognizer", None)
+        self.recognizer = factory() if factory else None
+        self.left = int(max_s * EAGI_RATE) * 2
+        self.path = None
+        self.wav = None
+        if self.recognizer is None:
+            os.makedirs(session.services.recordings_dir, exist_ok=True)
+            self.path = os.path.join(session.services.recordings_dir, f"{file_name(session.call_id)}.wav")
+            self.wav = wave.open(self.path, "wb")
+            self.wav.setnchannels(1)
+            self.wav.setsampwidth(2)
+            self.wav.setframerate(EAGI_RATE)
+
+    def feed(self, pcm: bytes):
+        """(done, text): text is what was heard once the caller stopped (None for a recording)."""
+        pcm = pcm[: max(0, self.left)]
+        self.left -= len(pcm)
+        if self.recognizer is not None:
+            text = self.recognizer.accept(pcm) if pcm else None
+            if text:
+                return True, text
+            if self.left <= 0:
+                return True, self.recognizer.final()
+            return False, None
+        self.wav.writeframes(pcm)
+        if self.left <= 0:
+            self.close()
+            return True, None
+        return False, None
+
+    def close(self) -> None:
+        if self.recognizer is not None and hasattr(self.recognizer, "close"):
+            self.recognizer.close()  # gives its pooled Vosk recognizer back
+        if self.wav is not None:
+            self.wav.close()
+            self.wav = None
+            self.session.flow.recorded(self.session.call_id, self.path)
+
+
+def wait(session, max_s: float | None = None) -> None:
+    agi, flow, call_id = session.agi, session.flow, session.call_id
+    prompt_dir = session.services.prompt_dir
+    deadline = flow.clock() + (max_s or MAX_SESSION_S)
+    listener = None
+    agi.music(True)
+    try:
+        while True:
+            turn = flow.wait(call_id)
+            if turn.action != "queue":
+                return _leave(session, turn)
+            listen = turn.listen or {}
+            digit = ""
+            if turn.steps:
+                agi.music(False)
+                digit = play_steps(agi, turn.steps, prompt_dir, listen.get("digits", "") if
+                                   listen.get("for") == "digits" else "")
+                agi.music(True)
+            if listen.get("purpose") == "callback":
+                digit = digit or agi.wait_digit(int(listen["timeout_s"] * 1000))
+                if digit:
+                    turn = flow.pressed(call_id, digit)
+                    if turn.action != "queue":
+                        return _leave(session, turn)
+                continue
+            if listen.get("purpose") == "matter":
+                if session.audio is not None:
+                    listener = _Listener(session)
+                else:
+                    agi.music(False)
+                    path = os.path.join(session.services.recordings_dir, file_name(call_id))
+                    agi.execute("RECORD FILE", path, "wav", agi._quote("#"), RECORD_MAX_S * 1000, "BEEP", "s=2",
+                                extra_s=RECORD_MAX_S)
+                    flow.recorded(call_id, path + ".wav")
+                    agi.music(True)
+                continue
+            if flow.clock() >= deadline:
+                hand_back(agi, turn)  # still queued: the dialplan comes straight back
+                return
+            if session.audio is not None:
+                pcm = session.audio.read(TICK_S)
+                if session.audio.closed:
+                    raise Hangup("EAGI audio closed")
+                agi.test_hangup()
+                if listener is not None:
+                    done, text = listener.feed(pcm)
+                    if done:
+                        listener.close()
+                        listener = None
+                        if text:
+                            turn = flow.heard(call_id, text)
+                            if turn.action != "queue":
+                                return _leave(session, turn)
+            else:
+                digit = agi.wait_digit(int(TICK_S * 1000))
+                if digit:
+                    turn = flow.pressed(call_id, digit)
+                    if turn.action != "queue":
+                        return _leave(session, turn)
+    finally:
+        if listener is not None:
+            listener.close()

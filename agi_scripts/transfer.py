@@ -1,0 +1,31 @@
+"""transfer: what happened to a Dial, and three-way transfers (三方转接).
+
+``AGI(agi://127.0.0.1:4573/transfer,${HOTLINE_CALL_ID},${DIALSTATUS})`` after a Dial:
+ANSWER -> ``HOTLINE_ACTION=survey``; an agent who did not answer -> ``queue`` (back to the
+head of the queue); an emergency or sub-center that could not be reached -> ``queue`` to its
+fallback seat group. ``...,answered`` from the agent leg's answer Gosub marks the call
+connected in the ACD; ``...,hangup`` from the ``h`` extension closes the call.
+``...,threeway,subcenter|expert`` is the older spelling of ``threeway,<call>,start,<kind>``
+(:mod:`agi_scripts.threeway`).
+"""
+from __future__ import annotations
+
+from ivr.agi import hand_back
+
+
+def handler(session) -> None:
+    if session.arg(1).lower() == "threeway":  # the agent's channel, not the caller's: no call_id here
+        from .threeway import handler as threeway
+
+        session.args = [session.arg(0), "start", session.arg(2, "subcenter")]
+        return threeway(session)
+    call_id = session.call_id_from_args()
+    what = session.arg(1).lower()
+    flow = session.flow
+    if what == "hangup":  # from the h extension: the caller left during a Dial or between AGIs
+        flow.hung_up(call_id)
+        return
+    if what == "answered":
+        flow.agent_answered(call_id)
+        return
+    hand_back(session.agi, flow.transfer_ended(call_id, what or "unknown"))

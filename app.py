@@ -1,0 +1,127 @@
+"""Composition root of the 12345 gateway: ``create_app()`` and ``python app.py``.
+
+``create_app(config)`` builds the Flask app from a mapping, then the environment
+(``RULES_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ``TWILIO_AUTH_TOKEN``, ``VOSK_MODEL_PATH``).
+``python app.py`` runs the whole product on one machine: an embedded Redis when
+``REDIS_URL`` is not set, the rq worker (``python -m ivr.worker``), the ACD timers
+(``python -m call_routing.acd tick``), the FastAGI server for
+Asterisk (``FASTAGI_BIND``, default 127.0.0.1:4573, ``off`` to skip) and the web app under
+gunicorn (``BIND``, default 0.0.0.0:8000).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flask import Flask, jsonify
+
+from call_routing.rules import DEFAULT_RULES_PATH, load_rules
+from call_routing.rules_store import RulesStore
+
+ROOT = Path(__file__).resolve().parent
+CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "VOSK_MODEL_PATH")
+log = logging.getLogger("hotline.app")
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        RULES_PATH=str(DEFAULT_RULES_PATH),
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        DATABASE_URL=f"sqlite:///{ROOT / 'var' / 'hotline.db'}",
+        TWILIO_AUTH_TOKEN=None,
+        VOSK_MODEL_PATH=None,
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,  # Twilio posts a few KB, the rules editor < 1 MB: 413 above
+    )
+    for key in CONFIG_KEYS:
+        if os.environ.get(key):
+            app.config[key] = os.environ[key]
+    app.config.update(config or {})
+    # An invalid rules file stops start-up with the admin-readable problems (RulesError).
+    # Later edits are picked up within a second; an invalid edit never replaces them.
+    app.extensions["rules"] = RulesStore(app.config["RULES_PATH"])
+
+    from ivr import agent_api  # the agent console's JSON API (ACD seats), under /agent/api/
+
+    agent_api.init_app(app)
+
+    from ivr import twilio_webhooks  # Twilio webhooks under /twilio/ (docs/twilio.md)
+
+    twilio_webhooks.init_app(app)
+
+    import consoles  # sign-in /login, admin and supervisor pages /admin/, agent console /agent/, /metrics
+
+    consoles.init_app(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", rules_version=app.extensions["rules"].current().version)
+
+    return app
+
+
+def main() -> int:
+    """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
+    from call_routing.redis_server import redis_url_or_embedded
+    from call_routing.rules import RulesError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        load_rules(os.environ.get("RULES_PATH") or DEFAULT_RULES_PATH)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url, embedded = redis_url_or_embedded()
+    os.environ["REDIS_URL"] = url
+    if embedded:
+        log.info("started embedded Redis at %s (set REDIS_URL to use your own)", url)
+    (ROOT / "var").mkdir(exist_ok=True)
+    import consoles
+
+    consoles.bootstrap_from_env()  # first start: admin account (ADMIN_PASSWORD, else a printed one-time password)
+    children = [subprocess.Popen([sys.executable, "-m", "ivr.worker", "--url", url], cwd=ROOT),
+                # ACD timers: overflow, ring and wrap-up timeouts, heartbeats, callbacks
+                subprocess.Popen([sys.executable, "-m", "call_routing.acd", "tick"], cwd=ROOT)]
+    fastagi = os.environ.get("FASTAGI_BIND", "127.0.0.1:4573")
+    if fastagi != "off":
+        host, _, port = fastagi.rpartition(":")
+        children.append(subprocess.Popen([sys.executable, "-m", "agi_scripts.fastagi_server", "--host", host,
+                                          "--port", port], cwd=ROOT))
+        log.info("FastAGI server on agi://%s (FASTAGI_BIND=off to skip)", fastagi)
+    bind = os.environ.get("BIND", "0.0.0.0:8000")
+    try:
+        from gunicorn.app.base import BaseApplication
+
+        from ivr import serving
+
+        class _Server(BaseApplication):
+            def load_config(self):
+                self.cfg.set("bind", bind)
+                self.cfg.set("workers", serving.default_workers())
+                self.cfg.set("worker_class", serving.worker_class)
+                self.cfg.set("backlog", serving.backlog)
+                self.cfg.set("post_worker_init", serving.post_worker_init)
+
+            def load(self):
+                return create_app()
+
+        log.info("serving on http://%s", bind)
+        _Server().run()
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(35)  # the worker finishes its job, FastAGI lets calls drain
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if embedded:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The routing core: (dialed, caller, time, what was heard) -> :class:`Decision`. No I/O.
+
+Every front-end (Twilio webhooks, the AGI script, the FastAGI server, the simulator) asks
+:func:`decide` and then only renders the steps. Steps are plain mappings with ``do`` in
+``say | play | listen | enqueue | transfer | conference | hangup`` (DESIGN.md §4). No menu is
+ever put between a caller and a human: a decision is at most one sentence, then a queue or
+a transfer.
+
+Steps are built once per rules set (:class:`_Plans`) and shared by every decision, so a
+decision costs a dictionary lookup and a time comparison; treat them as read-only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from weakref import WeakKeyDictionary
+
+from .numbers import service_number
+from .rules import CHINA_TZ, EmergencyLine, Line, Rules
+
+LANGUAGE = "zh-CN"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What happens to one call, and the rules version that decided it."""
+
+    line: str  # the entry line matched ("12301"), or the hotline ("12345")
+    mode: str  # merge | dual | subcenter | main | emergency
+    rules_version: str
+    steps: tuple  # read-only step mappings, in order
+    skill: str | None = None  # the seat group the call waits for, when it is queued
+    emergency: str | None = None  # "110" / "119" / "120" / "122" when one was heard
+    transfers: tuple = ()  # three-way transfers an agent can start for this line
+
+    def to_dict(self) -> dict:
+        return {
+            "line": self.line,
+            "mode": self.mode,
+            "rules_version": self.rules_version,
+            "skill": self.skill,
+            "emergency": self.emergency,
+            "steps": [dict(s) for s in self.steps],
+            "transfers": [dict(t) for t in self.transfers],
+        }
+
+
+def _step(**fields) -> MappingProxyType:
+    return MappingProxyType(fields)
+
+
+def _say(text: str, audio: str | None = None) -> MappingProxyType:
+    if audio:
+        return _step(do="play", file=audio, text=text)
+    return _step(do="say", text=text, language=LANGUAGE)
+
+
+def _enqueue(skill: str, line: str) -> MappingProxyType:
+    return _step(do="enqueue", skill=skill, line=line)
+
+
+def conference_options(rules: Rules, line: Line) -> tuple:
+    """The three-way transfers (三方转接) an agent answering ``line`` can start."""
+    options = []
+    if line.expert_skill:
+        expert = rules.skills[line.expert_skill]
+        options.append(_step(do="conference", kind="expert", skill=expert.id, name=expert.name, line=line.number))
+    if line.subcenter_target:
+        options.append(_step(do="conference", kind="subcenter", number=line.subcenter_target,
+                             name=line.subcenter_name, line=line.number))
+    return tuple(options)
+
+
+class _Plans:
+    """Every decision a rules set can produce, built once."""
+
+    def __init__(self, rules: Rules):
+        v = rules.version
+        hot = rules.hotline
+        self.main = Decision(hot.number, "main", v, (_enqueue(hot.skill, hot.number),), hot.skill)
+        self.by_line: dict[str, tuple] = {}
+        for number, line in rules.lines.items():
+            transfers = conference_options(rules, line)
+            normal = Decision(number, line.mode, v, (_enqueue(line.skill, number),), line.skill, None, transfers)
+            if line.mode == "merge":
+                t = line.transition
+                during = Decision(number, "merge", v, (_say(t.prompt, t.audio), _enqueue(line.skill, number)),
+                                  line.skill, None, transfers)
+                if line.after_action == "announce_and_hangup":
+                    after = Decision(number, "merge", v, (_say(line.after_text), _step(do="hangup")),
+                                     None, None, ())
+                else:
+                    steps = ((_say(line.after_text),) if line.after_text else ()) + (_enqueue(line.skill, number),)
+                    after = Decision(number, "merge", v, steps, line.skill, None, transfers)
+                self.by_line[number] = (t.starts.timestamp(), t.ends.timestamp(), normal, during, after)
+            elif line.mode == "subcenter":
+                transfer = _step(do="transfer", number=line.subcenter_target, name=line.subcenter_name,
+                                 fallback_skill=line.skill)
+                self.by_line[number] = (None, None, Decision(number, "subcenter", v, (transfer,), None,
+                                                             None, transfers), None, None)
+            else:
+                self.by_line[number] = (None, None, normal, None, None)
+        self.emergency = {}
+        for e in rules.emergency:
+            self.emergency[e.number] = (
+                _say(rules.emergency_notice.format(number=e.number, name=e.name)),
+                _step(do="transfer", number=e.number, name=e.name, fallback_skill=hot.skill),
+            )
+
+
+_plans: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def _plans_for(rules: Rules) -> _Plans:
+    plans = _plans.get(rules)
+    if plans is None:
+        plans = _plans[rules] = _Plans(rules)
+    return plans
+
+
+def emergency_heard(rules: Rules, text: str | None) -> EmergencyLine | None:
+    """The emergency line the caller's words call for, or None (precedence: 120, 119, 110, 122)."""
+    if not text:
+        return None
+    for line in rules.emergency:
+        if line.pattern is None:
+            continue
+        probe = line.mask_pattern.sub("□", text) if line.mask_pattern else text
+        if line.pattern.search(probe) and not (line.unless_pattern and line.unless_pattern.search(text)):
+            return line
+    return None
+
+
+def decide(dialed: str, caller: str | None, at: datetime | float | None, heard_text: str | None,
+           rules: Rules) -> Decision:
+    """Route one call. ``at`` is an aware datetime, a naive one in China time, or a Unix time.
+
+    ``caller`` is not used by the shipped rules but is part of the question a front-end asks
+    (blocked or priority callers are rules a city may add).
+    """
+    plans = _plans_for(rules)
+    number = service_number(dialed, rules.known_numbers)
+    if heard_text:
+        heard = emergency_heard(rules, heard_text)
+        if heard is not None:
+            line = number if number in rules.known_numbers else rules.hotline.number
+            return Decision(line, "emergency", rules.version, plans.emergency[heard.number], None, heard.number)
+    if number in plans.emergency:  # someone dialed 110 through us: hand it straight over
+        return Decision(number, "emergency", rules.version, plans.emergency[number][1:], None, number)
+    plan = plans.by_line.get(number)
+    if plan is None:
+        return plans.main
+    starts, ends, normal, during, after = plan
+    if starts is None:
+        return normal
+    ts = _timestamp(at)
+    if ts < starts:
+        return normal
+    return during if ts < ends else after
+
+
+def _timestamp(at) -> float:
+    if at is None:
+        return datetime.now(CHINA_TZ).timestamp()
+    if isinstance(at, (int, float)):
+        return float(at)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=CHINA_TZ)
+    return at.timestamp()
+
+
+def three_way(rules: Rules, line_number: str, kind: str) -> MappingProxyType:
+    """The ``conference`` step for an agent pulling a sub-center or expert group into a call.
+
+    ``kind`` is ``subcenter`` or ``expert``; ``line_number`` names whose sub-center/experts.
+    Raises ``LookupError`` with a sentence an agent understands when there is none.
+    """
+    line = rules.lines.get(line_number)
+    if line is None:
+        raise LookupError(f"{line_number} is not a legacy line in rules {rules.version}")
+    for option in conference_options(rules, line):
+        if option["kind"] == kind:
+            return option
+    what = "a sub-center" if kind == "subcenter" else "expert seats"
+    raise LookupError(f"{line_number} {line.name} has no {what}")

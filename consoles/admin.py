@@ -1,0 +1,322 @@
+"""Admin and supervisor pages under ``/admin/``.
+
+Supervisors (and admins): the dashboard (``/admin/``, JSON at ``/admin/api/dashboard``) and the
+supervision list. Admins only: rules (list, line form, YAML editor, drafts with dry-run,
+publish, history, rollback), users, and the audit log. Every change is audited with a diff.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
+
+from call_routing.rules import CHINA_TZ
+
+from .auth import actor, check_csrf, roles_required
+from .db import ROLES, ConsoleError, sha256_text, text_diff
+from .rules_admin import LINE_FIELDS, MODE_NAMES, PublishConflict, parse_moment
+
+log = logging.getLogger("hotline.consoles.admin")
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp.before_request(check_csrf)
+
+STAFF = ("admin", "supervisor")
+
+
+def _c():
+    return current_app.extensions["console"]
+
+
+def _audit(action, target, summary, **kw):
+    return _c().db.audit(actor(), action, target, summary, address=request.remote_addr, **kw)
+
+
+@bp.app_template_filter("cn_time")
+def cn_time(value):
+    if value is None:
+        return ""
+    return value.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@bp.app_template_filter("pct")
+def pct(value):
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+# -- dashboard (supervisors and admins) ---------------------------------------------------------
+@bp.get("/")
+@roles_required(*STAFF)
+def home():
+    d = _c().dashboard
+    return render_template("admin/dashboard.html", snap=d.snapshot(), supervision=d.supervision())
+
+
+@bp.get("/api/dashboard")
+@roles_required(*STAFF)
+def dashboard_json():
+    d = _c().dashboard
+    return {**d.snapshot(), "supervision": d.supervision()}
+
+
+@bp.get("/tickets/<int:ticket_id>")
+@roles_required(*STAFF)
+def ticket(ticket_id):
+    try:
+        t = _c().tickets.get(ticket_id)
+    except LookupError:
+        abort(404, description=f"没有工单 {ticket_id}")
+    return render_template("admin/ticket.html", t=t.view(g.user.role), events=_c().tickets.events(ticket_id))
+
+
+# -- rules ------------------------------------------------------------------------------------------
+def _status():
+    editor = _c().editor
+    running = editor.running()
+    editor.notice_disk_changes()
+    return {"running": running, "problems": list(editor.store.last_problems), "disk_sha": editor.disk_sha(),
+            "drafts": _c().db.drafts(), "latest": _c().db.latest_version()}
+
+
+@bp.get("/rules")
+@roles_required("admin")
+def rules():
+    return render_template("admin/rules.html", rows=_c().editor.line_rows(), **_status())
+
+
+def _line_form_context(number, values, problems=()):
+    running = _c().editor.running()
+    by_field = {}
+    prefix = f"lines.{number}."
+    for p in problems:
+        field = p.field[len(prefix):] if p.field.startswith(prefix) else ""
+        by_field.setdefault(field, []).append(p)
+    mode = values.get("mode", "")
+    return dict(number=number, values=values, mode=mode, mode_name=MODE_NAMES.get(mode, mode),
+                fields=LINE_FIELDS["common"] + LINE_FIELDS.get(mode, []), problems=problems, by_field=by_field,
+                skills=[s for s in running.skills.values() if not s.expert],
+                experts=[s for s in running.skills.values() if s.expert])
+
+
+@bp.route("/rules/lines/<number>", methods=["GET", "POST"])
+@roles_required("admin")
+def edit_line(number):
+    editor = _c().editor
+    try:
+        text = editor.disk_text()
+        values = editor.line_values(text, number)
+    except ConsoleError as exc:
+        abort(404, description=str(exc))
+    if request.method == "GET":
+        return render_template("admin/line.html", base_sha=sha256_text(text), **_line_form_context(number, values))
+    base_sha = request.form.get("base_sha", "")
+    submitted = {path: request.form.get(path, "") for path, _, _ in
+                 LINE_FIELDS["common"] + LINE_FIELDS.get(values["mode"], [])}
+    submitted["mode"] = values["mode"]
+    draft_text = editor.apply_line_edit(text, number, submitted)
+    checked = editor.validate(draft_text)
+    if not checked.ok:
+        return render_template("admin/line.html", base_sha=base_sha, **_line_form_context(number, submitted,
+                                                                                          checked.problems)), 422
+    if draft_text == text:
+        flash("没有改动。", "info")
+        return redirect(url_for("admin.edit_line", number=number))
+    draft = _c().db.add_draft(actor(), base_sha or sha256_text(text), draft_text, f"表单修改号码 {number}")
+    return redirect(url_for("admin.draft", draft_id=draft.id, to=number))
+
+
+@bp.route("/rules/yaml", methods=["GET", "POST"])
+@roles_required("admin")
+def edit_yaml():
+    editor = _c().editor
+    problems, ok_message = [], None
+    if request.method == "GET":
+        draft_id = request.args.get("draft", type=int)
+        draft = _c().db.draft(draft_id) if draft_id else None
+        text = draft.content if draft else editor.disk_text()
+        base_sha = draft.base_sha256 if draft else sha256_text(editor.disk_text())
+        if editor.store.last_problems and not draft:  # the file on disk is broken: show why at once
+            problems = editor.validate(text).problems
+        return render_template("admin/yaml.html", text=text, base_sha=base_sha, problems=problems,
+                               ok_message=None, running=editor.running())
+    text = request.form.get("content", "").replace("\r\n", "\n")
+    base_sha = request.form.get("base_sha", "")
+    checked = editor.validate(text)
+    status = 200
+    if not checked.ok:
+        problems, status = checked.problems, 422
+    elif request.form.get("action") == "draft":
+        draft = _c().db.add_draft(actor(), base_sha, text, request.form.get("summary", "") or "YAML 编辑")
+        return redirect(url_for("admin.draft", draft_id=draft.id))
+    else:
+        ok_message = (f"校验通过：{len(checked.rules.lines)} 条原热线号码，{len(checked.rules.skills)} 个座席组，"
+                      f"版本 {checked.rules.version}")
+    return render_template("admin/yaml.html", text=text, base_sha=base_sha, problems=problems,
+                           ok_message=ok_message, running=editor.running()), status
+
+
+def _draft_or_404(draft_id):
+    draft = _c().db.draft(draft_id)
+    if draft is None:
+        abort(404, description=f"没有草稿 #{draft_id}")
+    return draft
+
+
+@bp.route("/rules/drafts/<int:draft_id>", methods=["GET", "POST"])
+@roles_required("admin")
+def draft(draft_id):
+    """Review a draft: its diff, validation, and a dry-run (POST) against draft and running rules."""
+    editor = _c().editor
+    d = _draft_or_404(draft_id)
+    checked = editor.validate(d.content)
+    current = editor.disk_text()
+    form = {"to": request.values.get("to", ""), "caller": request.values.get("caller", ""),
+            "at": request.values.get("at", ""), "heard": request.values.get("heard", "")}
+    result = error = None
+    status = 200
+    if request.method == "POST":
+        if not checked.ok:
+            error, status = "草稿未通过校验，不能试运行。", 422
+        elif not form["to"].strip():
+            error, status = "请填写被叫号码（例如 12301）。", 422
+        else:
+            try:
+                result = {"draft": editor.dry_run(checked.rules, form["to"], form["caller"], form["at"], form["heard"]),
+                          "running": editor.dry_run(editor.running(), form["to"], form["caller"], form["at"],
+                                                    form["heard"])}
+                _c().db.count_dry_run(d.id)
+                d = _c().db.draft(d.id)
+            except ConsoleError as exc:
+                error, status = str(exc), 422
+    if not form["at"]:
+        form["at"] = parse_moment(None).strftime("%Y-%m-%dT%H:%M")
+    return render_template("admin/draft.html", d=d, checked=checked, diff=text_diff(current, d.content, "transfer_rules.yaml"),
+                           stale=sha256_text(current) != d.base_sha256, form=form, result=result, error=error,
+                           running=editor.running()), status
+
+
+@bp.post("/rules/drafts/<int:draft_id>/publish")
+@roles_required("admin")
+def publish(draft_id):
+    editor = _c().editor
+    d = _draft_or_404(draft_id)
+    if d.published_as:
+        flash(f"草稿 #{d.id} 已经发布过。", "info")
+        return redirect(url_for("admin.history"))
+    if not d.dry_runs:
+        flash("发布前请先试运行至少一通电话，确认结果符合预期。", "error")
+        return redirect(url_for("admin.draft", draft_id=d.id))
+    before = editor.disk_text()
+    try:
+        row = editor.publish(d.content, actor(), note=request.form.get("note", "") or d.summary,
+                             base_sha256=d.base_sha256)
+    except PublishConflict as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.draft", draft_id=d.id))
+    except ConsoleError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.draft", draft_id=d.id))
+    _c().db.mark_published(d.id, row.id)
+    _audit("rules.publish", str(editor.path), f"发布规则版本 {row.version}（历史 #{row.id}）：{row.note}",
+           before=before, after=d.content, name=editor.path.name)
+    flash(f"已发布规则版本 {row.version}。所有进程在1秒内使用新版本；进行中的通话按原版本完成。", "ok")
+    return redirect(url_for("admin.history"))
+
+
+@bp.get("/rules/history")
+@roles_required("admin")
+def history():
+    return render_template("admin/history.html", versions=_c().db.versions(), **_status())
+
+
+@bp.get("/rules/history/<int:version_id>")
+@roles_required("admin")
+def version(version_id):
+    v = _c().db.version(version_id)
+    if v is None:
+        abort(404, description=f"没有历史版本 #{version_id}")
+    current = _c().editor.disk_text()
+    return render_template("admin/version.html", v=v, diff=text_diff(current, v.content, "transfer_rules.yaml"),
+                           running=_c().editor.running())
+
+
+@bp.post("/rules/history/<int:version_id>/rollback")
+@roles_required("admin")
+def rollback(version_id):
+    editor = _c().editor
+    before = editor.disk_text()
+    try:
+        row = editor.rollback(version_id, actor(), request.form.get("note", ""))
+    except ConsoleError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.version", version_id=version_id))
+    _audit("rules.rollback", str(editor.path), f"回滚：重新发布历史版本 #{version_id}，成为版本 {row.version}（历史 #{row.id}）",
+           before=before, after=row.content, name=editor.path.name)
+    flash(f"已回滚：历史版本 #{version_id} 重新发布为版本 {row.version}。", "ok")
+    return redirect(url_for("admin.history"))
+
+
+# -- users ----------------------------------------------------------------------------------------
+@bp.route("/users", methods=["GET", "POST"])
+@roles_required("admin")
+def users():
+    db = _c().db
+    status = 200
+    if request.method == "POST":
+        f = request.form
+        try:
+            user = db.add_user(f.get("username", ""), f.get("password", ""), f.get("role", ""),
+                               agent_id=f.get("agent_id") or None, display_name=f.get("display_name", ""),
+                               must_change_password=True)
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+            status = 422
+        else:
+            _audit("user.create", user.username, f"创建用户 {user.username}（{user.role}）", before=None,
+                   after=user.public())
+            flash(f"已创建用户 {user.username}，首次登录时须修改密码。", "ok")
+            return redirect(url_for("admin.users"))
+    return render_template("admin/users.html", users=db.users(), roles=ROLES), status
+
+
+@bp.post("/users/<username>")
+@roles_required("admin")
+def update_user(username):
+    f = request.form
+    changes = {}
+    if f.get("role"):
+        changes["role"] = f["role"]
+    if "active" in f:
+        changes["active"] = f.get("active") == "1"
+    if f.get("agent_id") is not None and f.get("agent_id") != "":
+        changes["agent_id"] = f["agent_id"]
+    if f.get("password"):
+        changes["password"] = f["password"]
+        changes["must_change_password"] = True
+    if username == g.user.username and (changes.get("active") is False or changes.get("role", "admin") != "admin"):
+        flash("不能停用自己或取消自己的管理员角色。", "error")
+        return redirect(url_for("admin.users"))
+    try:
+        before, after = _c().db.update_user(username, **changes)
+    except ConsoleError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.users"))
+    what = "重置密码" if "password" in changes else "修改用户"
+    _audit("user.update", username, f"{what} {username}", before=before, after=after)
+    flash(f"已更新用户 {username}。", "ok")
+    return redirect(url_for("admin.users"))
+
+
+# -- audit -------------------------------------------------------------------------------------------
+@bp.get("/audit")
+@roles_required("admin")
+def audit():
+    return render_template("admin/audit.html", entries=_c().db.audit_entries(300, request.args.get("action") or None))
+
+
+@bp.get("/audit/<int:entry_id>")
+@roles_required("admin")
+def audit_entry(entry_id):
+    e = _c().db.audit_entry(entry_id)
+    if e is None:
+        abort(404, description=f"没有审计记录 #{entry_id}")
+    return render_template("admin/audit_entry.html", e=e)

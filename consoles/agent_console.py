@@ -1,0 +1,241 @@
+"""The agent console under ``/agent/``: one page that updates itself without reloading.
+
+The page is server-rendered for a signed-in user with role ``agent``; "上岗" logs the user's ACD
+seat in (``ACD.login``) and gives the page a token of the ACD agent API, so every action the page
+takes goes through the same JSON API other consoles use — no second implementation:
+
+* seat state, current call: ``GET /agent/api/me`` (polled every 1.5 s), ``POST /agent/api/state``,
+  ``/heartbeat``, ``/wrapup/done``, ``/call/decline``, ``/call/transfer`` (ivr/agent_api.py);
+* three-way / cold transfer, cancel, leave: ``POST /agent/api/twilio/...`` (ivr/twilio_webhooks.py);
+* the call's pre-filled ticket: ``GET /agent/api/ticket`` and ``POST /agent/api/ticket/confirm``
+  (this module), shown as the agent role may see it (``Ticket.view("agent")``).
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
+
+from call_routing.router import conference_options
+from ivr.agent_api import TOKEN_TTL_S, agent_required
+
+from .auth import actor, check_csrf, roles_required
+
+bp = Blueprint("agent_console", __name__, url_prefix="/agent")
+bp.before_request(check_csrf)
+api = Blueprint("agent_ticket", __name__, url_prefix="/agent/api/ticket")
+
+TYPES = {"consultation": "咨询", "help": "求助", "complaint": "投诉", "report": "举报", "suggestion": "建议",
+         "praise": "表扬"}
+FIELD_LABELS = {"type": "诉求类型", "line": "归属热线", "skill": "座席组", "department": "承办部门", "location": "地点",
+                "enterprise": "企业诉求", "unit": "涉及单位", "subject": "事项", "emergency": "紧急联动",
+                "numbers": "提到的号码", "summary": "摘要"}
+EDITABLE = ("type", "line", "location", "enterprise", "unit", "subject", "summary")
+LAST_TICKET_TTL_S = 2 * 3600
+
+
+def _acd():
+    return current_app.extensions["acd"]
+
+
+def _token_key(token: str) -> str:
+    return _acd().keys.token(hashlib.sha256(token.encode()).hexdigest())
+
+
+def _session_token() -> str | None:
+    """The page's agent-API token, if it is still valid for this user's seat."""
+    token = session.get("agent_token")
+    if not token:
+        return None
+    owner = _acd().redis.get(_token_key(token))
+    owner = owner.decode() if isinstance(owner, bytes) else owner
+    if owner != g.user.agent_id:
+        session.pop("agent_token", None)
+        return None
+    return token
+
+
+@bp.get("/")
+@roles_required("agent")
+def console():
+    agent = _acd().agent(g.user.agent_id) if g.user.agent_id else None
+    rules = current_app.extensions["rules"].current()
+    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
+    return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,
+                           lines=lines, types=TYPES, labels=FIELD_LABELS,
+                           pause_reasons=["小休", "培训", "会议", "用餐"])
+
+
+@bp.post("/seat/login")
+@roles_required("agent")
+def seat_login():
+    acd = _acd()
+    agent_id = g.user.agent_id
+    if not agent_id or acd.agent(agent_id) is None:
+        flash(f"座席 {agent_id or '（未设置）'} 尚未在排队系统中配置，请联系管理员（python -m consoles.users seat …）。", "error")
+        return redirect(url_for("agent_console.console"))
+    state = "paused" if request.form.get("state") == "paused" else "ready"
+    result = acd.login(agent_id, state, "小休" if state == "paused" else "")
+    if result.status not in ("ok", "already"):
+        flash(f"上岗失败（{result.status}）", "error")
+        return redirect(url_for("agent_console.console"))
+    token = secrets.token_urlsafe(32)
+    acd.redis.set(_token_key(token), agent_id, ex=TOKEN_TTL_S)
+    session["agent_token"] = token
+    current_app.extensions["console"].db.audit(actor(), "seat.login", agent_id, f"坐席 {agent_id} 上岗（{state}）",
+                                               address=request.remote_addr)
+    return redirect(url_for("agent_console.console"))
+
+
+@bp.post("/seat/logout")
+@roles_required("agent")
+def seat_logout():
+    acd = _acd()
+    token = session.pop("agent_token", None)
+    if token:
+        acd.redis.delete(_token_key(token))
+    if g.user.agent_id and acd.agent(g.user.agent_id):
+        result = acd.logout(g.user.agent_id)
+        current_app.extensions["console"].db.audit(actor(), "seat.logout", g.user.agent_id,
+                                                   f"坐席 {g.user.agent_id} 下岗（{result.status}）",
+                                                   address=request.remote_addr)
+    return redirect(url_for("agent_console.console"))
+
+
+# -- the ticket of the agent's call (bearer token of the agent API) -----------------------------
+def _last_key(agent_id: str) -> str:
+    return f"console:lastcall:{agent_id}"
+
+
+def _my_call() -> dict | None:
+    """The agent's current call, or (in wrap-up) the call they just had."""
+    acd = _acd()
+    agent = acd.agent(g.agent_id) or {}
+    call_id = agent.get("call")
+    if call_id:
+        acd.redis.set(_last_key(g.agent_id), call_id, ex=LAST_TICKET_TTL_S)
+    else:
+        raw = acd.redis.get(_last_key(g.agent_id))
+        call_id = raw.decode() if isinstance(raw, bytes) else raw
+    return acd.call(call_id) if call_id else None
+
+
+def _ticket_payload(call: dict) -> dict:
+    store = current_app.extensions["console"].tickets
+    rules = current_app.extensions["rules"].current()
+    ticket = store.get(int(call["ticket"])).view("agent") if call.get("ticket") else None
+    line = rules.lines.get(call["line"] or "")
+    transfers = [{"kind": o["kind"], "name": o["name"]} for o in conference_options(rules, line)] if line else []
+    transfer_state = None
+    tw = current_app.extensions.get("twilio")
+    if tw is not None and tw["legs"].known(call["id"]):
+        leg = tw["legs"].get(call["id"])
+        transfer_state = {k: leg.get(k) for k in ("transfer_state", "transfer_mode", "transfer_target", "agent_in")}
+    line_name = (rules.line(call["line"] or "") or rules.hotline).name
+    return {"call": {k: call[k] for k in ("id", "state", "kind", "line", "skill", "caller_masked", "entered")},
+            "line_name": line_name, "ticket": ticket, "transfers": transfers,
+            "expert_skill": line.expert_skill if line else None, "transfer": transfer_state,
+            "labels": FIELD_LABELS, "editable": list(EDITABLE), "types": TYPES}
+
+
+@api.get("")
+@agent_required
+def ticket():
+    call = _my_call()
+    if call is None:
+        return jsonify(call=None, ticket=None)
+    return jsonify(_ticket_payload(call))
+
+
+@api.post("/confirm")
+@agent_required
+def confirm():
+    from ivr.tickets import TicketError
+
+    call = _my_call()
+    if call is None or not call.get("ticket"):
+        return jsonify(error="当前没有可确认的工单"), 409
+    body = request.get_json(silent=True) or {}
+    edits = {k: v for k, v in (body.get("edits") or {}).items() if k in EDITABLE}
+    if "enterprise" in edits:
+        edits["enterprise"] = edits["enterprise"] in (True, "true", "1", 1, "on")
+    store = current_app.extensions["console"].tickets
+    try:
+        store.confirm_fields(int(call["ticket"]), g.agent_id, edits, "all",
+                             rules=current_app.extensions["rules"].current())
+    except TicketError as exc:
+        return jsonify(error=str(exc)), 409
+    return jsonify(_ticket_payload(call))
+
+
+# -- 办结: the agent finishes the ticket of their call (session + CSRF, audited) -------------------
+MAX_RESULT_CHARS = 2000
+
+
+def _ticket_port():
+    """The call flow's ticket port (``ivr.jobs.CallTickets``): its ``finish`` also queues the
+    signed hand-off. Built from the app's stores when no front-end made one."""
+    tw = current_app.extensions.get("twilio")
+    port = getattr(tw["flow"], "tickets", None) if tw else None
+    if port is not None and hasattr(port, "finish"):
+        return port
+    port = current_app.extensions.get("console_call_tickets")
+    if port is None:
+        from ivr.jobs import HANDOFF_QUEUE, CallTickets
+
+        queue = None
+        if current_app.config.get("REDIS_URL"):
+            import redis
+            from rq import Queue
+
+            queue = Queue(HANDOFF_QUEUE, connection=redis.Redis.from_url(current_app.config["REDIS_URL"]))
+        port = current_app.extensions["console_call_tickets"] = CallTickets(
+            current_app.extensions["console"].tickets, handoff_queue=queue)
+    return port
+
+
+@bp.post("/ticket/finish")
+@roles_required("agent")
+def finish_ticket():
+    """办结: only the ticket of the agent's own current (or just ended) call, once confirmed."""
+    from ivr.tickets import TicketError
+
+    wants_json = request.is_json or request.accept_mimetypes.best == "application/json"
+    body = request.get_json(silent=True) if request.is_json else request.form
+    result = str((body or {}).get("result") or "").strip()
+
+    def refuse(text, code):
+        if wants_json:
+            return jsonify(error=text), code
+        flash(text, "error")
+        return redirect(url_for("agent_console.console"))
+
+    g.agent_id = g.user.agent_id
+    call = _my_call() if g.agent_id else None
+    if call is None or not call.get("ticket"):
+        return refuse("当前没有可办结的工单", 409)
+    asked = (body or {}).get("ticket")
+    if asked not in (None, "") and str(asked) != str(call["ticket"]):
+        return refuse("只能办结本人当前来电的工单", 409)
+    if not result:
+        return refuse("办结需要填写办理结果", 400)
+    if len(result) > MAX_RESULT_CHARS:
+        return refuse(f"办理结果不能超过 {MAX_RESULT_CHARS} 字", 400)
+    try:
+        ticket = _ticket_port().finish(call["ticket"], g.agent_id, result)
+    except TicketError as exc:
+        return refuse(f"工单 {call['ticket']} 暂不能办结（{exc}）", 409)
+    current_app.extensions["console"].db.audit(
+        actor(), "ticket.finish", str(ticket.id), f"工单 {ticket.id} 办结（坐席 {g.agent_id}）",
+        before={"status": "confirmed"}, after={"status": ticket.status, "result": result},
+        address=request.remote_addr)
+    if wants_json:
+        return jsonify(_ticket_payload(call))
+    flash(f"工单 {ticket.id} 已办结，已排队派发", "ok")
+    return redirect(url_for("agent_console.console"))
+
+
+def init_app(app) -> None:
+    app.register_blueprint(bp)
+    app.register_blueprint(api)

@@ -1,0 +1,201 @@
+"""Sign-in, sessions, roles and CSRF for the console pages.
+
+* ``/login`` (GET form, POST), ``/logout`` (POST), ``/account/password`` (change own password).
+* Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when ``SESSION_COOKIE_SECURE``),
+  12 hours; the user row is re-read at every request, so a disabled user or a changed password
+  ends existing sessions at once.
+* CSRF: one random token per session, required on every POST of the console blueprints as form
+  field ``csrf_token`` or header ``X-CSRF-Token`` (compared in constant time). JSON APIs with a
+  bearer token (``/agent/api/``) need none: no browser sends that header by itself.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import timedelta
+from functools import wraps
+from urllib.parse import urlparse
+
+from flask import (Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for)
+from flask.sessions import SecureCookieSessionInterface
+
+from .db import ROLE_NAMES, ConsoleError
+
+bp = Blueprint("auth", __name__)
+SESSION_HOURS = 12
+HOME = {"admin": "admin.home", "supervisor": "admin.home", "agent": "agent_console.console"}
+
+
+def console():
+    return current_app.extensions["console"]
+
+
+# -- CSRF ------------------------------------------------------------------------------------
+def csrf_token() -> str:
+    token = session.get("_csrf")
+    if not token:
+        token = session["_csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def check_csrf() -> None:
+    """before_request of every console blueprint: a POST without the session's token is refused."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get("_csrf") or ""
+    if not expected or not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+        abort(400, description="表单已过期或来源不明（CSRF 校验失败）。请刷新页面后重试。")
+    return None
+
+
+bp.before_request(check_csrf)
+
+
+# -- sessions only where people sign in ----------------------------------------------------------
+#: paths machines call, never with a console session: no cookie is read, verified or written there
+SESSIONLESS_PREFIXES = ("/twilio/",)
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except under :data:`SESSIONLESS_PREFIXES` (Twilio's
+    webhooks): there the session is Flask's empty null session, so no cookie is parsed or
+    verified, none is set, and the request pays nothing for the consoles' sign-in."""
+
+    def open_session(self, app, request):
+        if request.path.startswith(SESSIONLESS_PREFIXES):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response):
+        if self.is_null_session(session):
+            return None
+        return super().save_session(app, session, response)
+
+
+# -- who is signed in -----------------------------------------------------------------------
+def load_user() -> None:
+    """app.before_request: ``g.user`` is the signed-in user (fresh from the database) or None."""
+    g.user = None
+    if request.path.startswith(SESSIONLESS_PREFIXES):
+        return
+    uid = session.get("uid")
+    if uid is None:
+        return
+    user = console().db.user_by_id(uid)
+    if user is None or not user.active or session.get("pwv") != _password_version(user):
+        session.clear()
+        return
+    g.user = user
+
+
+def _password_version(user) -> str:
+    return user.password_hash[-12:]
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(("/agent/api/", "/admin/api/")) or request.accept_mimetypes.best == "application/json"
+
+
+def roles_required(*roles):
+    """Only signed-in users with one of ``roles``: others get the sign-in page (or 401/403)."""
+    def deco(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = g.get("user")
+            if user is None:
+                if request.method == "GET" and not _wants_json():
+                    return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+                abort(401, description="请先登录")
+            if user.role not in roles:
+                abort(403, description=f"您的角色（{ROLE_NAMES.get(user.role, user.role)}）无权访问此页面")
+            if user.must_change_password and request.endpoint not in ("auth.password", "auth.logout"):
+                return redirect(url_for("auth.password"))
+            return view(*args, **kwargs)
+        return wrapper
+    return deco
+
+
+def actor() -> str:
+    return g.user.username if g.get("user") else "anonymous"
+
+
+def _safe_next(target: str | None) -> str | None:
+    if not target:
+        return None
+    parts = urlparse(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
+# -- pages -------------------------------------------------------------------------------------
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    status = 200
+    if request.method == "POST":
+        username = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        user = console().db.authenticate(username, password)
+        if user is None:
+            console().db.audit(username or "-", "login.failed", username, "登录失败：用户名或密码错误",
+                               address=request.remote_addr)
+            error, status = "用户名或密码错误，或账号已停用。", 401
+        else:
+            session.clear()
+            session.permanent = True
+            session["uid"] = user.id
+            session["pwv"] = _password_version(user)
+            csrf_token()
+            console().db.audit(user.username, "login", user.username, f"{ROLE_NAMES[user.role]}登录",
+                               address=request.remote_addr)
+            if user.must_change_password:
+                return redirect(url_for("auth.password"))
+            wanted = _safe_next(request.args.get("next"))
+            return redirect(wanted or url_for(HOME[user.role]))
+    return render_template("login.html", error=error), status
+
+
+@bp.post("/logout")
+def logout():
+    if g.get("user") is not None:
+        console().db.audit(g.user.username, "logout", g.user.username, "退出登录", address=request.remote_addr)
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@roles_required("admin", "supervisor", "agent")
+def password():
+    error = done = None
+    if request.method == "POST":
+        user = g.user
+        new = request.form.get("new_password", "")
+        if not console().db.authenticate(user.username, request.form.get("old_password", "")):
+            error = "原密码不正确"
+        elif new != request.form.get("new_password2", ""):
+            error = "两次输入的新密码不一致"
+        else:
+            try:
+                console().db.update_user(user.username, password=new, must_change_password=False)
+            except ConsoleError as exc:
+                error = str(exc)
+            else:
+                console().db.audit(user.username, "user.password", user.username, "修改了自己的密码",
+                                   address=request.remote_addr)
+                fresh = console().db.user(user.username)
+                session["pwv"] = _password_version(fresh)
+                g.user = fresh
+                done = "密码已修改"
+    return render_template("password.html", error=error, done=done), 400 if error else 200
+
+
+def init_app(app) -> None:
+    app.permanent_session_lifetime = timedelta(hours=SESSION_HOURS)
+    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
+    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    app.session_interface = ConsoleSessionInterface()
+    app.before_request(load_user)
+    app.jinja_env.globals.update(csrf_token=csrf_token, role_names=ROLE_NAMES)
+    app.register_blueprint(bp)

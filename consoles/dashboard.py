@@ -1,0 +1,230 @@
+"""Figures for the supervisor dashboard and Prometheus ``/metrics``, read from the ACD and tickets.
+
+* Live queue per seat group: callers waiting, the longest wait, seats by state (Redis, read-only,
+  keys from :mod:`call_routing.acd.keys`).
+* Today's KPIs per line from the ACD queue log (:func:`call_routing.acd.kpi.kpis`, the one
+  definition of 接通率 / 15-s answer rate / 呼损率), satisfaction from the tickets' survey keys.
+* Calls offered and answer rate per hour of today (the same KPI function over each hour).
+
+Reading a busy day's log costs time, so the day's figures are cached for ``ttl_s`` seconds per
+process (the live queue is never cached).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
+from call_routing.acd.kpi import kpis as compute_kpis
+from call_routing.rules import CHINA_TZ
+
+STATE_NAMES = {"ready": "就绪", "ringing": "振铃", "busy": "通话", "wrapup": "话后", "paused": "小休",
+               "offline": "离线"}
+SATISFIED = ("satisfied", "basically_satisfied", "1", "2")  # survey keys: 满意 / 基本满意
+SURVEYED = SATISFIED + ("dissatisfied", "3")
+BAND = 10 ** 13  # queue score = (9 - priority) * BAND + entered ms (docs/acd.md)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def start_of_day(now: float) -> float:
+    day = datetime.fromtimestamp(now, CHINA_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+class Dashboard:
+    def __init__(self, acd, tickets=None, ttl_s: float = 5.0):
+        self.acd = acd
+        self.tickets = tickets
+        self.ttl_s = ttl_s
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    # -- live queue ----------------------------------------------------------------------
+    def queues(self) -> list[dict]:
+        acd, k = self.acd, self.acd.keys
+        rules = acd.rules
+        now = acd.clock()
+        r = acd.redis
+        agent_ids = sorted(_text(a) for a in r.smembers(k.agents()))
+        pipe = r.pipeline(transaction=False)
+        for a in agent_ids:
+            pipe.hget(k.agent(a), "state")
+            pipe.hkeys(k.agent_skills(a))
+        raw = pipe.execute()
+        by_skill: dict = defaultdict(lambda: defaultdict(int))
+        for i, _ in enumerate(agent_ids):
+            state = _text(raw[2 * i] or "offline")
+            for skill in raw[2 * i + 1]:
+                by_skill[_text(skill)][state] += 1
+        skills = list(rules.skills.values())
+        pipe = r.pipeline(transaction=False)
+        for s in skills:
+            pipe.zcard(k.queue(s.id))
+            for band in range(MAX_PRIORITY + 1):  # the oldest caller of every priority band
+                pipe.zrangebyscore(k.queue(s.id), band * BAND, (band + 1) * BAND - 1, start=0, num=1,
+                                   withscores=True)
+        raw = pipe.execute()
+        out = []
+        step = MAX_PRIORITY + 2
+        for i, s in enumerate(skills):
+            waiting = int(raw[i * step])
+            entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
+            longest = max(0.0, now - min(entered)) if entered else 0.0
+            states = {st: by_skill[s.id].get(st, 0) for st in AGENT_STATES if st != "offline"}
+            out.append({"skill": s.id, "name": s.name, "expert": s.expert, "waiting": waiting,
+                        "longest_wait_s": round(longest, 1), "agents": states,
+                        "logged_in": sum(states.values()), "offline": by_skill[s.id].get("offline", 0)})
+        return out
+
+    # -- today -----------------------------------------------------------------------------
+    def _cached(self, name, compute):
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit and now - hit[0] < self.ttl_s:
+                return hit[1]
+        value = compute()
+        with self._lock:
+            self._cache[name] = (now, value)
+        return value
+
+    def today(self) -> dict:
+        return self._cached("today", self._today)
+
+    def _today(self) -> dict:
+        now = self.acd.clock()
+        since = start_of_day(now)
+        events = list(self.acd.events(since, None))
+        figures = compute_kpis(events)
+        hours = defaultdict(list)
+        for e in events:
+            hours[int((float(e.get("t", since)) - since) // 3600)].append(e)
+        current_hour = int((now - since) // 3600)
+        hourly = []
+        for h in range(0, min(23, current_hour) + 1):
+            t = compute_kpis(hours.get(h, []))["total"]
+            hourly.append({"hour": h, "offered": t["offered"], "answered": t["answered"],
+                           "answer_rate": t["connection_rate"], "answer_rate_15s": t["answer_rate_15s"]})
+        satisfaction = self.satisfaction(since)
+        lines = {}
+        rules = self.acd.rules
+        for number in sorted(set(figures["lines"]) | set(satisfaction["lines"])):
+            line = rules.line(number)
+            lines[number] = {"name": line.name if line else number,
+                             **figures["lines"].get(number, compute_kpis([])["total"]),
+                             **satisfaction["lines"].get(number, _no_survey())}
+        return {"day": datetime.fromtimestamp(since, CHINA_TZ).strftime("%Y-%m-%d"),
+                "total": {**figures["total"], **satisfaction["total"]}, "lines": lines, "hourly": hourly}
+
+    def satisfaction(self, since: float) -> dict:
+        """满意率 = (满意 + 基本满意) ÷ callers who answered the survey, per entry line."""
+        if self.tickets is None:
+            return {"total": _no_survey(), "lines": {}}
+        from ivr.tickets import TicketRow
+
+        start = datetime.fromtimestamp(since, CHINA_TZ)
+        with self.tickets.engine.connect() as conn:
+            rows = conn.execute(select(TicketRow.entry_line, TicketRow.survey, func.count())
+                                .where(TicketRow.created_at >= start, TicketRow.survey.is_not(None))
+                                .group_by(TicketRow.entry_line, TicketRow.survey)).all()
+        per = defaultdict(lambda: [0, 0])
+        for line, survey, n in rows:
+            if survey in SURVEYED:
+                per[line][0] += n
+                per[line][1] += n if survey in SATISFIED else 0
+        total = [sum(v[0] for v in per.values()), sum(v[1] for v in per.values())]
+        return {"total": _survey(*total), "lines": {line: _survey(*v) for line, v in per.items()}}
+
+    def supervision(self, limit: int = 50) -> list[dict]:
+        """Matters and units flagged for supervision (督办), newest first, with their tickets."""
+        if self.tickets is None:
+            return []
+        out = []
+        for sup in reversed(self.tickets.supervisions()[-limit:]):
+            tickets = []
+            for tid in sup["ticket_ids"][:20]:
+                try:
+                    t = self.tickets.get(tid).view("supervisor")
+                except LookupError:
+                    continue
+                tickets.append({"id": t["id"], "status": t["status"], "entry_line": t["entry_line"],
+                                "type": (t["fields"].get("type") or {}).get("value"),
+                                "location": (t["fields"].get("location") or {}).get("value"),
+                                "due_at": t["due_at"], "created_at": t["created_at"]})
+            out.append({**sup, "tickets": tickets})
+        return out
+
+    def snapshot(self) -> dict:
+        return {"at": datetime.fromtimestamp(self.acd.clock(), CHINA_TZ).isoformat(timespec="seconds"),
+                "queues": self.queues(), "today": self.today(), "alerts": self.acd.alerts(10)}
+
+
+def _survey(surveyed: int, satisfied: int) -> dict:
+    return {"surveyed": surveyed, "satisfied": satisfied,
+            "satisfaction_rate": round(satisfied / surveyed, 4) if surveyed else None}
+
+
+def _no_survey() -> dict:
+    return _survey(0, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Prometheus
+
+
+class HotlineCollector:
+    """prometheus-client collector: figures are read from Redis/tickets at scrape time."""
+
+    def __init__(self, dashboard: Dashboard, rules_store):
+        self.dashboard = dashboard
+        self.rules_store = rules_store
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+        rules = self.rules_store.current()
+        info = InfoMetricFamily("hotline_rules", "the routing rules version this process routes with")
+        info.add_metric([], {"version": rules.version})
+        yield info
+        bad = GaugeMetricFamily("hotline_rules_file_invalid",
+                                "1 when the rules file on disk is invalid and was not loaded")
+        bad.add_metric([], 1 if self.rules_store.last_problems else 0)
+        yield bad
+        waiting = GaugeMetricFamily("hotline_queue_waiting", "callers waiting per seat group", labels=["skill"])
+        longest = GaugeMetricFamily("hotline_queue_longest_wait_seconds", "longest current wait per seat group",
+                                    labels=["skill"])
+        agents = GaugeMetricFamily("hotline_agents", "seats logged in per seat group and state",
+                                   labels=["skill", "state"])
+        for q in self.dashboard.queues():
+            waiting.add_metric([q["skill"]], q["waiting"])
+            longest.add_metric([q["skill"]], q["longest_wait_s"])
+            for state, n in q["agents"].items():
+                agents.add_metric([q["skill"], state], n)
+        yield waiting
+        yield longest
+        yield agents
+        today = self.dashboard.today()
+        gauges = {
+            "offered": ("hotline_calls_offered_today", "calls offered since midnight (China time)"),
+            "answered": ("hotline_calls_answered_today", "calls answered since midnight"),
+            "abandoned": ("hotline_calls_abandoned_today", "calls abandoned since midnight"),
+            "connection_rate": ("hotline_connection_rate_today", "接通率: answered / offered since midnight"),
+            "answer_rate_15s": ("hotline_answer_rate_15s_today", "answered within 15 s / offered since midnight"),
+            "abandon_rate": ("hotline_abandon_rate_today", "呼损率: abandoned / offered since midnight"),
+            "satisfaction_rate": ("hotline_satisfaction_rate_today", "satisfied / surveyed since midnight"),
+        }
+        for key, (name, doc) in gauges.items():
+            fam = GaugeMetricFamily(name, doc, labels=["line"])
+            for line, figures in [("total", today["total"])] + list(today["lines"].items()):
+                value = figures.get(key)
+                if value is not None:
+                    fam.add_metric([line], value)
+            yield fam
+

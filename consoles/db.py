@@ -1,0 +1,310 @@
+"""What the consoles keep in the database: users, the audit log, rules versions and drafts.
+
+Same database as the tickets (``DATABASE_URL``; SQLite in ``var/hotline.db`` by default,
+PostgreSQL in production), own tables. Passwords are stored as werkzeug hashes (scrypt),
+never in clear. Every change an admin makes is an :class:`AuditEntry`: who, when, what,
+and the before/after with a readable diff.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import secrets
+from datetime import datetime, timezone
+
+from sqlalchemy import Boolean, Integer, String, Text, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from ivr.tickets import UTCDateTime, database_url, make_engine
+
+ROLES = ("admin", "supervisor", "agent")
+ROLE_NAMES = {"admin": "管理员", "supervisor": "班长/质检", "agent": "坐席"}
+MIN_PASSWORD = 10
+
+
+class ConsoleError(Exception):
+    """A console request that cannot be done; the message is meant for the person asking."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str | None] = mapped_column(String(64))  # the ACD seat an agent logs in to
+    password_hash: Mapped[str] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def public(self) -> dict:
+        return {"username": self.username, "display_name": self.display_name, "role": self.role,
+                "agent_id": self.agent_id, "active": self.active, "must_change_password": self.must_change_password}
+
+
+class AuditEntry(Base):
+    __tablename__ = "console_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    target: Mapped[str] = mapped_column(String(256), default="")
+    summary: Mapped[str] = mapped_column(Text, default="")
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    diff: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str | None] = mapped_column(String(64))
+
+
+class RulesVersion(Base):
+    """One published (or detected) content of the rules file. Rollback republishes one."""
+
+    __tablename__ = "console_rules_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), index=True)  # Rules.version (rules + keywords)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the rules file content alone
+    content: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # initial | publish | rollback | disk
+    note: Mapped[str] = mapped_column(Text, default="")
+    restored_from: Mapped[int | None] = mapped_column(Integer)
+
+
+class RulesDraft(Base):
+    """An edit being prepared: validated, dry-run, then published (or abandoned)."""
+
+    __tablename__ = "console_rules_drafts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64))
+    base_sha256: Mapped[str] = mapped_column(String(64))  # the file content it was edited from
+    content: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    dry_runs: Mapped[int] = mapped_column(Integer, default=0)
+    published_as: Mapped[int | None] = mapped_column(Integer)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def text_diff(before: str | None, after: str | None, name: str = "", context: int = 2) -> str:
+    """Unified diff. difflib.unified_diff treats lines repeated all over a rules file (``after:``,
+    ``action: forward``) as junk and shows them as changed; this one compares every line."""
+    a, b = (before or "").splitlines(), (after or "").splitlines()
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    out = []
+    for group in matcher.get_grouped_opcodes(context):
+        if not out:
+            out += [f"--- {name} (之前)", f"+++ {name} (之后)"]
+        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+        out.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
+        for tag, x1, x2, y1, y2 in group:
+            if tag == "equal":
+                out += [" " + line for line in a[x1:x2]]
+                continue
+            out += ["-" + line for line in a[x1:x2]]
+            out += ["+" + line for line in b[y1:y2]]
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def dict_diff(before: dict | None, after: dict | None) -> str:
+    before, after = before or {}, after or {}
+    out = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            out.append(f"{key}: {before.get(key)!r} → {after.get(key)!r}")
+    return "\n".join(out)
+
+
+class ConsoleStore:
+    """Users, audit, rules versions and drafts. Thread- and process-safe (one transaction per call)."""
+
+    def __init__(self, url: str | None = None, *, schema: str | None = None):
+        self.url = database_url(url)
+        self.engine = make_engine(self.url, schema)
+        if schema:
+            from sqlalchemy import text
+
+            with self.engine.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- users ---------------------------------------------------------------------------
+    def add_user(self, username: str, password: str, role: str, *, agent_id: str | None = None,
+                 display_name: str = "", must_change_password: bool = False) -> User:
+        username = (username or "").strip()
+        if not username or len(username) > 64 or any(c.isspace() for c in username):
+            raise ConsoleError("用户名不能为空、不能含空格，最长64个字符")
+        if role not in ROLES:
+            raise ConsoleError(f"角色 {role!r} 不存在（可选：{', '.join(ROLES)}）")
+        check_password_strength(password)
+        user = User(username=username, display_name=display_name or username, role=role,
+                    agent_id=(agent_id or username) if role == "agent" else agent_id,
+                    password_hash=generate_password_hash(password), active=True,
+                    must_change_password=must_change_password, created_at=_now())
+        try:
+            with self._session.begin() as s:
+                s.add(user)
+        except IntegrityError:
+            raise ConsoleError(f"用户 {username} 已存在") from None
+        return user
+
+    def user(self, username: str) -> User | None:
+        with self._session() as s:
+            return s.scalar(select(User).where(User.username == username))
+
+    def user_by_id(self, user_id: int) -> User | None:
+        with self._session() as s:
+            return s.get(User, user_id)
+
+    def users(self) -> list[User]:
+        with self._session() as s:
+            return list(s.scalars(select(User).order_by(User.role, User.username)))
+
+    def count_users(self) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.count(User.id))) or 0
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        user = self.user(username)
+        if user is None:
+            # same work as a real check: no timing hint whether the name exists
+            check_password_hash(_DUMMY_HASH, password or "")
+            return None
+        if not user.active or not check_password_hash(user.password_hash, password or ""):
+            return None
+        with self._session.begin() as s:
+            row = s.get(User, user.id)
+            row.last_login_at = _now()
+        return user
+
+    def update_user(self, username: str, **changes) -> tuple[dict, dict]:
+        """Change role, agent id, display name, active, or password; returns (before, after)."""
+        with self._session.begin() as s:
+            row = s.scalar(select(User).where(User.username == username))
+            if row is None:
+                raise ConsoleError(f"没有用户 {username}")
+            before = row.public()
+            if "password" in changes:
+                check_password_strength(changes["password"])
+                row.password_hash = generate_password_hash(changes.pop("password"))
+                row.must_change_password = changes.pop("must_change_password", False)
+            for key in ("role", "agent_id", "display_name", "active", "must_change_password"):
+                if key in changes:
+                    if key == "role" and changes[key] not in ROLES:
+                        raise ConsoleError(f"角色 {changes[key]!r} 不存在（可选：{', '.join(ROLES)}）")
+                    setattr(row, key, changes[key])
+            return before, row.public()
+
+    # -- audit ---------------------------------------------------------------------------
+    def audit(self, actor: str, action: str, target: str = "", summary: str = "", *, before=None, after=None,
+              address: str | None = None, name: str = "") -> AuditEntry:
+        if isinstance(before, dict) or isinstance(after, dict):
+            diff = dict_diff(before, after)
+            b = json.dumps(before, ensure_ascii=False) if before is not None else None
+            a = json.dumps(after, ensure_ascii=False) if after is not None else None
+        else:
+            diff = text_diff(before, after, name or target) if (before is not None or after is not None) else ""
+            b, a = before, after
+        # the actor of a failed sign-in is whatever was typed: never longer than the column
+        entry = AuditEntry(at=_now(), actor=(actor or "-")[:64], action=action[:48], target=(target or "")[:256],
+                           summary=summary, before=b,
+                           after=a, diff=diff, address=address)
+        with self._session.begin() as s:
+            s.add(entry)
+        return entry
+
+    def audit_entries(self, limit: int = 200, action: str | None = None) -> list[AuditEntry]:
+        with self._session() as s:
+            q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+            if action:
+                q = q.where(AuditEntry.action == action)
+            return list(s.scalars(q))
+
+    def audit_entry(self, entry_id: int) -> AuditEntry | None:
+        with self._session() as s:
+            return s.get(AuditEntry, entry_id)
+
+    # -- rules versions and drafts ---------------------------------------------------------
+    def add_version(self, version: str, content: str, by: str, kind: str, note: str = "",
+                    restored_from: int | None = None) -> RulesVersion:
+        row = RulesVersion(version=version, sha256=sha256_text(content), content=content, at=_now(), by=by,
+                           kind=kind, note=note, restored_from=restored_from)
+        with self._session.begin() as s:
+            s.add(row)
+        return row
+
+    def versions(self, limit: int = 200) -> list[RulesVersion]:
+        with self._session() as s:
+            return list(s.scalars(select(RulesVersion).order_by(RulesVersion.id.desc()).limit(limit)))
+
+    def version(self, version_id: int) -> RulesVersion | None:
+        with self._session() as s:
+            return s.get(RulesVersion, version_id)
+
+    def latest_version(self) -> RulesVersion | None:
+        with self._session() as s:
+            return s.scalar(select(RulesVersion).order_by(RulesVersion.id.desc()).limit(1))
+
+    def add_draft(self, by: str, base_sha256: str, content: str, summary: str = "") -> RulesDraft:
+        row = RulesDraft(created_at=_now(), created_by=by, base_sha256=base_sha256, content=content,
+                         summary=summary, dry_runs=0)
+        with self._session.begin() as s:
+            s.add(row)
+        return row
+
+    def draft(self, draft_id: int) -> RulesDraft | None:
+        with self._session() as s:
+            return s.get(RulesDraft, draft_id)
+
+    def drafts(self, limit: int = 20) -> list[RulesDraft]:
+        with self._session() as s:
+            return list(s.scalars(select(RulesDraft).where(RulesDraft.published_as.is_(None))
+                                  .order_by(RulesDraft.id.desc()).limit(limit)))
+
+    def count_dry_run(self, draft_id: int) -> None:
+        with self._session.begin() as s:
+            row = s.get(RulesDraft, draft_id)
+            if row is not None:
+                row.dry_runs = (row.dry_runs or 0) + 1
+
+    def mark_published(self, draft_id: int, version_id: int) -> None:
+        with self._session.begin() as s:
+            row = s.get(RulesDraft, draft_id)
+            if row is not None:
+                row.published_as = version_id
+
+
+def check_password_strength(password: str) -> None:
+    if not password or len(password) < MIN_PASSWORD:
+        raise ConsoleError(f"密码至少{MIN_PASSWORD}个字符")
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(8))

@@ -1,0 +1,171 @@
+"""The agent console's JSON API, under ``/agent/api/``: one bearer token per logged-in agent.
+
+``POST /agent/api/login`` with ``{"agent_id", "password"}`` returns a token (random, stored in
+Redis only as its SHA-256, valid for one 12-hour shift); every other call sends
+``Authorization: Bearer <token>``. Routes: ``GET me`` (state and current call with its ticket),
+``POST state`` (``ready`` | ``paused`` + reason), ``POST heartbeat``, ``POST wrapup/done``,
+``POST call/decline``, ``POST call/transfer`` (``{"skill"}``), ``POST logout``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from functools import wraps
+
+import redis
+from flask import Blueprint, current_app, g, jsonify, request
+
+from call_routing.acd import ACD, ACDError
+
+TOKEN_TTL_S = 12 * 3600
+log = logging.getLogger("hotline.agent_api")
+bp = Blueprint("agent_api", __name__, url_prefix="/agent/api")
+
+
+def init_app(app) -> None:
+    """Register the API with an ACD on ``REDIS_URL`` (or ``app.extensions['acd']`` if set)."""
+    if "acd" not in app.extensions:
+        client = redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True)
+        app.extensions["acd"] = ACD(client, app.extensions["rules"])
+    app.register_blueprint(bp)
+
+
+@bp.errorhandler(redis.exceptions.ConnectionError)
+@bp.errorhandler(redis.exceptions.TimeoutError)
+def _redis_down(exc):
+    """The ACD's Redis is unreachable: a clear 503 the console retries, not a 500 traceback."""
+    log.error("agent API: Redis unreachable (%s)", exc)
+    return jsonify(error="the call queue is unreachable for a moment: retrying"), 503
+
+
+def _acd() -> ACD:
+    return current_app.extensions["acd"]
+
+
+def _token_key(token: str) -> str:
+    return _acd().keys.token(hashlib.sha256(token.encode()).hexdigest())
+
+
+def _error(status: int, message: str):
+    return jsonify(error=message), status
+
+
+def agent_required(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return _error(401, "log in first: send Authorization: Bearer <token>")
+        agent_id = _acd().redis.get(_token_key(header[7:].strip()))
+        if not agent_id:
+            return _error(401, "token unknown or expired: log in again")
+        g.agent_id = agent_id.decode() if isinstance(agent_id, bytes) else agent_id
+        g.token = header[7:].strip()
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def _result(result, **extra):
+    if not result.ok:
+        return _error(409, f"not possible now ({result.status}: {result.info})")
+    return jsonify(status=result.status, **extra)
+
+
+def _me():
+    acd = _acd()
+    agent = acd.agent(g.agent_id)
+    call = acd.call(agent["call"]) if agent and agent["call"] else None
+    if call is not None:
+        call = {"id": call["id"], "state": call["state"], "kind": call["kind"], "line": call["line"],
+                "skill": call["skill"], "caller": call["caller_masked"], "ticket": call["ticket"],
+                "priority": call["priority"], "entered": call["entered"]}
+    return {"agent": {k: agent[k] for k in ("id", "name", "state", "reason", "since", "skills")}, "call": call}
+
+
+@bp.post("/login")
+def login():
+    body = request.get_json(silent=True) or {}
+    agent_id, password = str(body.get("agent_id", "")), str(body.get("password", ""))
+    acd = _acd()
+    if not agent_id or not acd.check_password(agent_id, password):
+        return _error(401, "unknown agent or wrong password")
+    state = body.get("state", "ready")
+    if state not in ("ready", "paused"):
+        return _error(400, "state must be ready or paused")
+    result = acd.login(agent_id, state, str(body.get("reason", "")))
+    if result.status not in ("ok", "already"):
+        return _error(409, f"cannot log in ({result.status})")
+    token = secrets.token_urlsafe(32)
+    acd.redis.set(_token_key(token), agent_id, ex=TOKEN_TTL_S)
+    g.agent_id = agent_id
+    return jsonify(token=token, expires_in=TOKEN_TTL_S, **_me())
+
+
+@bp.get("/me")
+@agent_required
+def me():
+    return jsonify(**_me())
+
+
+@bp.post("/state")
+@agent_required
+def state():
+    body = request.get_json(silent=True) or {}
+    acd = _acd()
+    wanted = body.get("state")
+    try:
+        if wanted == "ready":
+            return _result(acd.ready(g.agent_id), **_me())
+        if wanted == "paused":
+            return _result(acd.pause(g.agent_id, str(body.get("reason") or "break")), **_me())
+    except ACDError as exc:
+        return _error(400, str(exc))
+    return _error(400, "state must be ready or paused (log out with POST /agent/api/logout)")
+
+
+@bp.post("/heartbeat")
+@agent_required
+def heartbeat():
+    if not _acd().heartbeat(g.agent_id):
+        return _error(409, "not logged in: log in again")
+    return jsonify(status="ok")
+
+
+@bp.post("/wrapup/done")
+@agent_required
+def wrapup_done():
+    return _result(_acd().wrapup_done(g.agent_id), **_me())
+
+
+@bp.post("/call/decline")
+@agent_required
+def decline():
+    acd = _acd()
+    agent = acd.agent(g.agent_id)
+    if agent["state"] != "ringing" or not agent["call"]:
+        return _error(409, "no call is ringing for you")
+    return _result(acd.no_answer(agent["call"], "declined"), **_me())
+
+
+@bp.post("/call/transfer")
+@agent_required
+def transfer():
+    acd = _acd()
+    body = request.get_json(silent=True) or {}
+    agent = acd.agent(g.agent_id)
+    if agent["state"] != "busy" or not agent["call"]:
+        return _error(409, "you have no connected call to transfer")
+    try:
+        return _result(acd.transfer(agent["call"], str(body.get("skill", ""))), **_me())
+    except ACDError as exc:
+        return _error(400, str(exc))
+
+
+@bp.post("/logout")
+@agent_required
+def logout():
+    acd = _acd()
+    result = acd.logout(g.agent_id)
+    acd.redis.delete(_token_key(g.token))
+    return jsonify(status=result.status)

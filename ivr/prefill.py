@@ -1,0 +1,501 @@
+"""What the caller said -> the ticket fields an agent finds filled in (智能填单).
+
+The pre-fill reads two data files admins extend without touching code:
+
+* ``data/subjects.yaml`` — the dispatch catalogue: for each hotline domain (the 32 legacy
+  lines, and 12345 for general city matters) the words a caller uses about it, in tiers of
+  weight. The domain with the highest score takes the matter; below ``min_score`` it stays
+  with the general 12345 seats.
+* ``data/request_cues.yaml`` — cues for the request type (consultation, help, complaint,
+  report, suggestion), for enterprise requests, and the suffixes of places and units.
+
+Words are found longest first and never overlap (火灾隐患 is counted once, for fire-hazard
+reports, not again as 火灾). Emergencies are not judged here: :func:`router.emergency_heard`
+and ``emergency_keywords.yaml`` decide them, so the router and the ticket always agree.
+
+``python -m ivr.prefill`` reads JSON lines with ``text`` (and optionally ``at``, ``dialed``)
+and writes one JSON line per input (DESIGN.md §4); ``--check`` validates the data files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from call_routing.router import emergency_heard
+from call_routing.rules import CHINA_TZ, Problem, Rules, load_rules, parse_yaml
+from call_routing.workdays import WorkdayCalendar, default_calendar
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SUBJECTS_PATH = DATA_DIR / "subjects.yaml"
+CUES_PATH = DATA_DIR / "request_cues.yaml"
+REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
+GENERAL_LINE = "12345"
+GENERAL_DEPARTMENT = "12345政务服务便民热线"
+DAYS_GENERAL = 5
+DAYS_ENTERPRISE = 15
+
+# Characters that end a place or unit name: function words, pronouns, verbs of motion.
+_NOT_IN_NAME = "\\s\\d，。,.!?！？、；;：:“”\"'（）()《》我你他她它们的了在是有和与及把被给让向到从往去来住就都也还很太这那哪个些么呢吗吧啊呀说想要请问对于"
+_NAME = f"[^{_NOT_IN_NAME}]"
+_DETERMINERS = re.compile(r"^(?:一家|这家|那家|一个|这个|那个|某|一)")
+
+
+class CatalogueError(Exception):
+    """A data file of the pre-fill that cannot be used; ``problems`` lists what is wrong."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# ---------------------------------------------------------------------------------------
+# Weighted phrase matching
+
+
+class PhraseMatcher:
+    """Finds listed phrases in a text, longest first, without overlaps, and scores labels."""
+
+    def __init__(self, phrases: dict[str, list[tuple[str, int]]]):
+        self.phrases = {p.lower(): hits for p, hits in phrases.items()}
+        ordered = sorted(self.phrases, key=len, reverse=True)
+        self.pattern = re.compile("|".join(re.escape(p) for p in ordered), re.IGNORECASE) if ordered else None
+
+    def score(self, text: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+        scores: dict[str, int] = {}
+        evidence: dict[str, list[str]] = {}
+        if self.pattern is None or not text:
+            return scores, evidence
+        for m in self.pattern.finditer(text):
+            for label, weight in self.phrases[m.group(0).lower()]:
+                scores[label] = scores.get(label, 0) + weight
+                evidence.setdefault(label, []).append(m.group(0))
+        return scores, evidence
+
+
+def _tiered(doc, raw, path, weights, problems, where) -> dict[str, int]:
+    """``{strong: [...], medium: [...], weak: [...]}`` -> ``{phrase: weight}``."""
+    out: dict[str, int] = {}
+    if not isinstance(raw, dict):
+        problems.append(Problem(doc.file, doc.line_of(path), ".".join(map(str, path)),
+                                f"must map tiers ({', '.join(weights)}) to lists of words"))
+        return out
+    for tier, words in raw.items():
+        tp = path + (tier,)
+        if tier not in weights:
+            problems.append(Problem(doc.file, doc.line_of(tp), ".".join(map(str, tp)),
+                                    f"unknown tier (allowed: {', '.join(weights)})"))
+            continue
+        if not isinstance(words, list):
+            problems.append(Problem(doc.file, doc.line_of(tp), ".".join(map(str, tp)), "must be a list of words"))
+            continue
+        for i, word in enumerate(words):
+            wp = tp + (i,)
+            if not isinstance(word, (str, int)) or not str(word).strip():
+                problems.append(Problem(doc.file, doc.line_of(wp), ".".join(map(str, tp)),
+                                        f"{word!r} is not a word or phrase"))
+                continue
+            word = str(word).strip()
+            if word in out:
+                problems.append(Problem(doc.file, doc.line_of(wp), ".".join(map(str, tp)),
+                                        f"{word!r} is listed twice in {where}"))
+                continue
+            out[word] = weights[tier]
+    return out
+
+
+def _read(path: Path) -> tuple[dict | None, object, list[Problem]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        return None, None, [Problem(str(path), 0, "", f"cannot read: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return None, None, [Problem(str(path), 0, "", "is not UTF-8 text (save the file as UTF-8)")]
+    value, doc = parse_yaml(str(path), text)
+    return value, doc, list(doc.problems)
+
+
+def _weights(doc, value, problems) -> dict[str, int]:
+    weights = value.get("weights", {"strong": 3, "medium": 2, "weak": 1})
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in weights.values()):
+        problems.append(Problem(doc.file, doc.line_of(("weights",)), "weights",
+                                "must map tier names (strong, medium, weak) to positive whole numbers"))
+        return {"strong": 3, "medium": 2, "weak": 1}
+    return {str(k): v for k, v in weights.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The data files
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The dispatch catalogue: which words point to which hotline domain."""
+
+    path: str
+    matcher: PhraseMatcher
+    min_score: int
+    dialed_bonus: int
+    domains: tuple[str, ...]
+
+
+def load_catalogue(path: str | os.PathLike = SUBJECTS_PATH, rules: Rules | None = None) -> Catalogue:
+    """Read and check ``subjects.yaml``; domains must be lines of ``rules`` (or 12345)."""
+    value, doc, problems = _read(Path(path))
+    if value is None:
+        raise CatalogueError(problems or [Problem(str(path), 0, "", "is empty")])
+    weights = _weights(doc, value, problems)
+    min_score = value.get("min_score", 2)
+    if isinstance(min_score, bool) or not isinstance(min_score, int) or min_score < 1:
+        problems.append(Problem(doc.file, doc.line_of(("min_score",)), "min_score", "must be a whole number ≥ 1"))
+        min_score = 2
+    bonus = value.get("dialed_line_bonus", 1)
+    domains = value.get("domains")
+    phrases: dict[str, list[tuple[str, int]]] = {}
+    if not isinstance(domains, dict) or not domains:
+        problems.append(Problem(doc.file, doc.line_of(("domains",)), "domains",
+                                "must map line numbers (\"12366\") to their words"))
+        domains = {}
+    known = set(rules.lines) | {rules.hotline.number} if rules else None
+    for number, tiers in domains.items():
+        dp = ("domains", number)
+        if known is not None and str(number) not in known:
+            problems.append(Problem(doc.file, doc.line_of(dp), f"domains.{number}",
+                                    f"{number} is not a line in {rules.path} (nor the hotline)"))
+            continue
+        for word, weight in _tiered(doc, tiers, dp, weights, problems, f"domain {number}").items():
+            phrases.setdefault(word, []).append((str(number), weight))
+    if problems:
+        raise CatalogueError(problems)
+    return Catalogue(str(path), PhraseMatcher(phrases), min_score, int(bonus), tuple(str(d) for d in domains))
+
+
+@dataclass(frozen=True)
+class Cues:
+    """Request-type, enterprise, location and unit cues."""
+
+    path: str
+    types: PhraseMatcher
+    precedence: tuple[str, ...]
+    default: str
+    emergency_type: str
+    question_endings: tuple[str, ...]
+    question_weight: int
+    enterprise: PhraseMatcher
+    location: re.Pattern
+    location_generic: frozenset
+    unit: re.Pattern
+    unit_generic: frozenset
+
+
+def _word_list(doc, value, path, problems) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(w, (str, int)) and str(w).strip() for w in value):
+        problems.append(Problem(doc.file, doc.line_of(path), ".".join(path), "must be a list of words"))
+        return []
+    return [str(w).strip() for w in value]
+
+
+def _suffix_pattern(suffixes: list[str]) -> str:
+    return "(?:" + "|".join(re.escape(s) for s in sorted(set(suffixes), key=len, reverse=True)) + ")"
+
+
+def load_cues(path: str | os.PathLike = CUES_PATH) -> Cues:
+    value, doc, problems = _read(Path(path))
+    if value is None:
+        raise CatalogueError(problems or [Problem(str(path), 0, "", "is empty")])
+    weights = _weights(doc, value, problems)
+    phrases: dict[str, list[tuple[str, int]]] = {}
+    types = value.get("types") or {}
+    for name in REQUEST_TYPES:
+        if name not in types:
+            problems.append(Problem(doc.file, doc.line_of(("types",)), "types", f"missing request type {name!r}"))
+    for name, tiers in types.items():
+        if name not in REQUEST_TYPES:
+            problems.append(Problem(doc.file, doc.line_of(("types", name)), f"types.{name}",
+                                    f"unknown request type (allowed: {', '.join(REQUEST_TYPES)})"))
+            continue
+        for word, weight in _tiered(doc, tiers, ("types", name), weights, problems, f"type {name}").items():
+            phrases.setdefault(word, []).append((name, weight))
+    precedence = value.get("precedence", list(REQUEST_TYPES))
+    if not isinstance(precedence, list) or sorted(precedence) != sorted(REQUEST_TYPES):
+        problems.append(Problem(doc.file, doc.line_of(("precedence",)), "precedence",
+                                f"must list each of {', '.join(REQUEST_TYPES)} once"))
+        precedence = list(REQUEST_TYPES)
+    default, emergency_type = value.get("default", "help"), value.get("emergency", "help")
+    for key, v in (("default", default), ("emergency", emergency_type)):
+        if v not in REQUEST_TYPES:
+            problems.append(Problem(doc.file, doc.line_of((key,)), key,
+                                    f"{v!r} is not a request type (allowed: {', '.join(REQUEST_TYPES)})"))
+    question = value.get("question") or {}
+    endings = _word_list(doc, question.get("endings", []), ("question", "endings"), problems)
+    q_weight = question.get("weight", 2)
+    if isinstance(q_weight, bool) or not isinstance(q_weight, int) or q_weight < 0:
+        problems.append(Problem(doc.file, doc.line_of(("question", "weight")), "question.weight",
+                                "must be a whole number ≥ 0"))
+    ent = value.get("enterprise") or {}
+    ent_phrases: dict[str, list[tuple[str, int]]] = {}
+    for w in _word_list(doc, ent.get("words", []), ("enterprise", "words"), problems):
+        ent_phrases.setdefault(w, []).append(("yes", 1))
+    for w in _word_list(doc, ent.get("not_when", []), ("enterprise", "not_when"), problems):
+        ent_phrases.setdefault(w, []).append(("no", 1))
+    loc = value.get("location") or {}
+    admin = _word_list(doc, loc.get("admin_suffixes", []), ("location", "admin_suffixes"), problems)
+    street = _word_list(doc, loc.get("street_suffixes", []), ("location", "street_suffixes"), problems)
+    place = _word_list(doc, loc.get("place_suffixes", []), ("location", "place_suffixes"), problems)
+    loc_generic = _word_list(doc, loc.get("generic", []), ("location", "generic"), problems)
+    unit = value.get("unit") or {}
+    unit_suffixes = _word_list(doc, unit.get("suffixes", []), ("unit", "suffixes"), problems)
+    unit_generic = _word_list(doc, unit.get("generic", []), ("unit", "generic"), problems)
+    if problems:
+        raise CatalogueError(problems)
+    part = _suffix_pattern(admin + street + place)
+    house = r"(?:\d+号(?:楼|院)?)?(?:\d+(?:单元|栋|幢|层|室|号楼))*"
+    location = re.compile(f"{_NAME}{{1,10}}?{part}(?:{_NAME}{{0,10}}?{part})*{house}|{_NAME}{{1,10}}?{_suffix_pattern(street)}\\d+号")
+    unit_re = re.compile(f"{_NAME}{{1,12}}?{_suffix_pattern(unit_suffixes)}")
+    return Cues(str(path), PhraseMatcher(phrases), tuple(precedence), default, emergency_type,
+                tuple(endings), q_weight, PhraseMatcher(ent_phrases), location, frozenset(loc_generic), unit_re, frozenset(unit_generic))
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers said
+
+
+_ID_CARD = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9])")
+_MOBILE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
+_LANDLINE = re.compile(r"(?<![0-9])0[1-9][0-9]{1,2}-?[2-9][0-9]{6,7}(?![0-9])")
+_AMOUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(万|千)?\s*(?:元|块钱|块|人民币)")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def normalise_numerals(text: str) -> str:
+    """Chinese numerals as digits (幺三八… → 138…, 三万五千 → 35000), the rest unchanged."""
+    import warnings
+
+    import cn2an
+
+    try:
+        with warnings.catch_warnings():  # cn2an warns on words like 好几万; they stay words
+            warnings.simplefilter("ignore")
+            return cn2an.transform(text, "cn2an")
+    except Exception:  # cn2an refuses some mixed forms; keep the words as they were said
+        return text
+
+
+def id_card_valid(number: str) -> bool:
+    """GB 11643 check digit of an 18-digit resident ID number."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS))
+    return "10X98765432"[total % 11] == number[17].upper()
+
+
+def key_numbers(text: str) -> dict:
+    """ID card numbers, phone numbers and amounts (in yuan) a caller said."""
+    norm = normalise_numerals(text)
+    ids = _ID_CARD.findall(norm)
+    rest = _ID_CARD.sub(" ", norm)
+    phones = _MOBILE.findall(rest) + [p.replace("-", "") for p in _LANDLINE.findall(rest)]
+    amounts = []
+    for m in _AMOUNT.finditer(rest):
+        value = float(m.group(1)) * {"万": 10000, "千": 1000}.get(m.group(2) or "", 1)
+        amounts.append(int(value) if value.is_integer() else value)
+    return {"id_cards": [i.upper() for i in ids], "id_cards_valid": [id_card_valid(i) for i in ids],
+            "phones": phones, "amounts": amounts}
+
+
+# ---------------------------------------------------------------------------------------
+# The pre-fill
+
+
+@dataclass
+class Prefill:
+    """The machine's reading of one request. ``to_dict`` gives the DESIGN.md §4 fields first."""
+
+    type: str
+    line: str
+    skill: str
+    department: str
+    emergency: str | None
+    enterprise: bool
+    location: str | None
+    deadline: str
+    numbers: dict = field(default_factory=dict)
+    subject: str | None = None  # the strongest word heard for the chosen domain
+    unit: str | None = None  # the business or office the matter is about
+    line_name: str = ""
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": self.type, "line": self.line, "skill": self.skill, "department": self.department,
+            "emergency": self.emergency, "enterprise": self.enterprise, "location": self.location,
+            "deadline": self.deadline, "numbers": self.numbers, "subject": self.subject,
+            "unit": self.unit, "line_name": self.line_name, "evidence": self.evidence,
+        }
+
+
+def deadline_for(at: datetime, enterprise: bool, calendar: WorkdayCalendar | None = None) -> datetime:
+    """Done-by time: 5 working days, 15 for an enterprise request, on China's calendar."""
+    calendar = calendar or default_calendar()
+    return calendar.add_workdays(at, DAYS_ENTERPRISE if enterprise else DAYS_GENERAL)
+
+
+def china_time(at: datetime | str | None) -> datetime:
+    """An aware datetime in China time from ISO text, a naive (China) or aware datetime."""
+    if at is None:
+        return datetime.now(CHINA_TZ)
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    if at.tzinfo is None:
+        return at.replace(tzinfo=CHINA_TZ)
+    return at.astimezone(CHINA_TZ)
+
+
+class Prefiller:
+    """Fills ticket fields from text. Build once (it compiles the data files), use from any thread."""
+
+    def __init__(self, rules: Rules, catalogue: Catalogue | None = None, cues: Cues | None = None,
+                 calendar: WorkdayCalendar | None = None):
+        self.rules = rules
+        self.catalogue = catalogue or load_catalogue(SUBJECTS_PATH, rules)
+        self.cues = cues or load_cues(CUES_PATH)
+        self.calendar = calendar or default_calendar()
+
+    def fill(self, text: str, at: datetime | str | None = None, dialed: str | None = None) -> Prefill:
+        text = (text or "").strip()
+        at = china_time(at)
+        heard = emergency_heard(self.rules, text)
+        line = self.domain_of(text, dialed)
+        scores, evidence = self.catalogue.matcher.score(text)
+        if heard is not None:
+            line = GENERAL_LINE  # the caller goes to 110/119/120/122; the ticket stays with 12345
+        kind = self.cues.emergency_type if heard is not None else self.request_type(text)
+        enterprise = self.is_enterprise(text)
+        info = self.rules.line(line) or self.rules.hotline
+        department = GENERAL_DEPARTMENT if info is self.rules.hotline else info.department
+        words = evidence.get(line, [])
+        subject = max(words, key=len) if words else None
+        return Prefill(
+            type=kind, line=info.number, skill=info.skill, department=department,
+            emergency=heard.number if heard is not None else None, enterprise=enterprise,
+            location=self.location_of(text),
+            deadline=deadline_for(at, enterprise, self.calendar).isoformat(timespec="seconds"),
+            numbers=key_numbers(text), subject=subject, unit=self.unit_of(text), line_name=info.name,
+            evidence={"line": words, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])[:3])},
+        )
+
+    def domain_of(self, text: str, dialed: str | None = None) -> str:
+        """The hotline whose domain the text is about, or 12345 when none stands out."""
+        scores, _ = self.catalogue.matcher.score(text)
+        if dialed and dialed in self.rules.lines and scores:
+            scores[dialed] = scores.get(dialed, 0) + self.catalogue.dialed_bonus
+        if not scores:
+            return GENERAL_LINE
+        # order: score, then the general line on a tie (a generalist can re-route), then number
+        best = max(scores, key=lambda k: (scores[k], k == GENERAL_LINE, k))
+        if best != GENERAL_LINE and scores[best] < self.catalogue.min_score:
+            return GENERAL_LINE
+        return best
+
+    def request_type(self, text: str) -> str:
+        scores, _ = self.cues.types.score(text)
+        if text.rstrip("。.!！?？ ").endswith(self.cues.question_endings):
+            scores["consultation"] = scores.get("consultation", 0) + self.cues.question_weight
+        if not scores:
+            return self.cues.default
+        order = {t: i for i, t in enumerate(self.cues.precedence)}
+        return max(scores, key=lambda t: (scores[t], -order[t]))
+
+    def is_enterprise(self, text: str) -> bool:
+        scores, _ = self.cues.enterprise.score(text)
+        return bool(scores.get("yes")) and not scores.get("no")
+
+    def location_of(self, text: str) -> str | None:
+        return _longest_named(self.cues.location, normalise_numerals(text), self.cues.location_generic)
+
+    def unit_of(self, text: str) -> str | None:
+        return _longest_named(self.cues.unit, text, self.cues.unit_generic)
+
+
+def _longest_named(pattern: re.Pattern, text: str, generic: frozenset) -> str | None:
+    best = None
+    for m in pattern.finditer(text):
+        name = _DETERMINERS.sub("", m.group(0))
+        if not name or name in generic or len(name) < 2:
+            continue
+        if best is None or len(name) > len(best):
+            best = name
+    return best
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def _problem_line(line_no: int, message: str) -> str:
+    return json.dumps({"error": message, "input_line": line_no}, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None, stdin=None, stdout=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ivr.prefill",
+                                     description="JSON lines with `text` on stdin -> ticket fields, one JSON line each")
+    parser.add_argument("--rules", default=os.environ.get("RULES_PATH"),
+                        help="transfer_rules.yaml (default: $RULES_PATH, else the shipped file)")
+    parser.add_argument("--subjects", default=str(SUBJECTS_PATH), help="the dispatch catalogue (data/subjects.yaml)")
+    parser.add_argument("--cues", default=str(CUES_PATH), help="request cues (data/request_cues.yaml)")
+    parser.add_argument("--at", help="intake time for deadlines (ISO-8601; default: now, China time)")
+    parser.add_argument("--check", action="store_true", help="only check the data files; exit 1 on problems")
+    args = parser.parse_args(argv)
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    try:
+        rules = load_rules(args.rules)
+        prefiller = Prefiller(rules, load_catalogue(args.subjects, rules), load_cues(args.cues))
+    except CatalogueError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 1
+    except Exception as exc:  # a rules file that does not load: its own problems say why
+        for p in getattr(exc, "problems", None) or [exc]:
+            print(p, file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"ok: {args.subjects}, {args.cues}")
+        return 0
+    default_at = china_time(args.at) if args.at else None
+    for n, raw in enumerate(stdin, 1):
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            print(_problem_line(n, f"not JSON: {exc.msg} at column {exc.colno}"), file=stdout, flush=True)
+            continue
+        if not isinstance(item, dict):
+            print(_problem_line(n, "expected a JSON object with a `text` field"), file=stdout, flush=True)
+            continue
+        text = item.get("text")
+        if not isinstance(text, str):
+            what = "missing" if text is None else f"a {type(text).__name__}, not a string"
+            print(_problem_line(n, f"`text` is {what}"), file=stdout, flush=True)
+            continue
+        try:
+            at = china_time(item["at"]) if item.get("at") else default_at
+        except (TypeError, ValueError):
+            print(_problem_line(n, f"`at` {item.get('at')!r} is not an ISO-8601 time"), file=stdout, flush=True)
+            continue
+        out = prefiller.fill(text, at, item.get("dialed")).to_dict()
+        if "id" in item:
+            out["id"] = item["id"]
+        print(json.dumps(out, ensure_ascii=False), file=stdout, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Writes of one webhook in one Redis round trip, with as little work around it as possible.
+
+A call's first request writes the ticket draft, the call state and the Twilio leg: six
+commands. Through a redis-py pipeline each costs its own generic packing and its own reply
+object in the web worker — on the hot path that was most of the time spent around Redis.
+:class:`OneTrip` has the pipeline methods the call path uses (``set``, ``hset``, ``expire``,
+``rpush``), writes the commands in RESP here (redis-py's general packer costs about three
+times as much per argument), sends them in one write and reads their replies in one go. The
+connection is one of the client's pool — or, with ``own_connection=True`` (a web worker's hot
+path: few threads, many requests), the calling thread's own, made with the client's connection
+settings (host or Unix socket, db, password, TLS, timeouts): no pool lock and no readiness poll
+per request. A connection found dead (a Redis restart) is replaced once, as redis-py's retry
+would; any other failure drops the connection, so a half-read reply never leaks into the next
+command.
+
+    pipe = one_trip(client)      # a OneTrip for a redis.Redis, else client.pipeline()
+    pipe.set("k", "v", ex=60)
+    pipe.hset("h", mapping={"a": 1})
+    pipe.execute()
+
+Like a non-transactional pipeline it is not atomic: a command that fails (e.g. WRONGTYPE) does
+not stop the others; every reply is read, then ``execute`` raises the first error. ``execute``
+returns the number of commands run, not their replies (nobody on the call path reads them).
+Measured (bench/webhooks.py, docs/twilio.md): the same commands as arguments of one
+``EVALSHA`` of a Lua loop — the previous design — cost Redis ≈ 60 µs per call against ≈ 35 µs
+sent plainly, for ≈ 10 µs less parsing in the worker.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+
+class OneTrip:
+    """A pipeline look-alike sent in one write, its replies read in one go (see the module's doc)."""
+
+    def __init__(self, client, own_connection: bool = False):
+        self.client = client
+        self.own_connection = own_connection
+        self.encoding = client.connection_pool.connection_kwargs.get("encoding") or "utf-8"
+        self.packed: list[bytes] = []  # one RESP command each, in order
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def command(self, name: str, key, *args) -> "OneTrip":
+        self.packed.append(pack_command((name, key, *args), self.encoding))
+        return self
+
+    def set(self, name, value, ex=None, px=None, nx=False, xx=False) -> "OneTrip":
+        args = [value]
+        if ex is not None:
+            args += ("EX", int(ex.total_seconds()) if hasattr(ex, "total_seconds") else ex)
+        if px is not None:
+            args += ("PX", int(px.total_seconds() * 1000) if hasattr(px, "total_seconds") else px)
+        if nx:
+            args.append("NX")
+        if xx:
+            args.append("XX")
+        return self.command("SET", name, *args)
+
+    def hset(self, name, key=None, value=None, mapping=None, items=None) -> "OneTrip":
+        pieces: list = []
+        if key is not None:
+            pieces += (key, value)
+        if mapping:
+            for pair in mapping.items():
+                pieces += pair
+        if items:
+            pieces += items
+        if not pieces:
+            raise ValueError("'hset' with no key value pairs")
+        return self.command("HSET", name, *pieces)
+
+    def expire(self, name, time) -> "OneTrip":
+        return self.command("EXPIRE", name, int(time.total_seconds()) if hasattr(time, "total_seconds") else time)
+
+    def rpush(self, name, *values) -> "OneTrip":
+        return self.command("RPUSH", name, *values)
+
+    def execute(self) -> int:
+        if not self.packed:
+            return 0
+        packed, self.packed = self.packed, []
+        return self._send(b"".join(packed), len(packed))
+
+    def _send(self, packed: bytes, n: int, retry: bool = True):
+        from redis.exceptions import ConnectionError, ResponseError
+
+        pool = self.client.connection_pool
+        conn = _connection(pool) if self.own_connection else pool.get_connection()
+        try:
+            conn.send_packed_command((packed,), check_health=not self.own_connection)
+            failed = None
+            for _ in range(n):  # every reply is read, so none is left for the next command
+                try:
+                    conn.read_response()
+                except ResponseError as exc:
+                    failed = failed or exc
+        except ConnectionError:
+            _drop(pool, conn)
+            if not retry:
+                raise
+        except BaseException:
+            _drop(pool, conn)
+            raise
+        else:
+            if failed is not None:  # the connection is in step: only the command failed
+                raise failed
+            return n
+        finally:
+            if not self.own_connection:
+                pool.release(conn)
+        return self._send(packed, n, retry=False)  # the connection was dead: once more on a new one
+
+
+_LOCALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pool -> threading.local
+_LOCALS_LOCK = threading.Lock()
+
+
+def _connection(pool):
+    """This thread's connection for ``pool``'s server (a new one after a fork)."""
+    local = _LOCALS.get(pool)
+    if local is None:
+        with _LOCALS_LOCK:
+            local = _LOCALS.setdefault(pool, threading.local())
+    conn = getattr(local, "conn", None)
+    if conn is None or local.pid != os.getpid():
+        conn = pool.connection_class(**pool.connection_kwargs)
+        local.conn, local.pid = conn, os.getpid()
+    return conn
+
+
+def _drop(pool, conn) -> None:
+    conn.disconnect()
+    local = _LOCALS.get(pool)
+    if local is not None and getattr(local, "conn", None) is conn:
+        local.conn = None
+
+
+def pack_command(args, encoding: str = "utf-8") -> bytes:
+    """One command in RESP, encoded as redis-py encodes arguments (str, bytes, int, float).
+    Text and integers (the call path's arguments) are laid out as one string, encoded once."""
+    parts = []
+    for a in args:
+        t = type(a)
+        if t is int:
+            a = str(a)
+        elif t is not str:
+            return _pack_any(args, encoding)
+        parts.append(f"${len(a)}\r\n{a}\r\n")
+    text = "".join(parts)
+    if not text.isascii():  # lengths must count the encoded bytes
+        return _pack_any(args, encoding)
+    return f"*{len(args)}\r\n{text}".encode()
+
+
+def _pack_any(args, encoding: str) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        t = type(a)
+        if t is str:
+            b = a.encode(encoding)
+        elif t is int:
+            b = b"%d" % a
+        elif t is bytes:
+            b = a
+        elif t is float:
+            b = repr(a).encode()
+        elif isinstance(a, (bytes, memoryview)):
+            b = bytes(a)
+        elif isinstance(a, bool) or not isinstance(a, (str, int, float)):
+            from redis.exceptions import DataError
+
+            raise DataError(f"Invalid input of type: '{type(a).__name__}'. Convert to a bytes, string, int or "
+                            "float first.")
+        else:  # subclasses of str, int, float
+            b = (str(a) if not isinstance(a, float) else repr(a)).encode(encoding)
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def one_trip(client, own_connection: bool = False):
+    """A :class:`OneTrip` over a ``redis.Redis`` client; anything else gets its own
+    ``pipeline(transaction=False)`` (fakes, clusters)."""
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a requirement
+        return client.pipeline(transaction=False)
+    if type(client) is redis.Redis:
+        return OneTrip(client, own_connection)
+    return client.pipeline(transaction=False)

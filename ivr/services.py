@@ -1,0 +1,231 @@
+"""Builds the :class:`~ivr.flow.CallFlow` of a process from its configuration.
+
+``REDIS_URL`` set: the Redis ACD (:mod:`call_routing.acd`) and call state in Redis, shared by
+every AGI script, FastAGI server and web worker. Unset: in-process stand-ins (one FastAGI
+server, demos, tests) — said once in the log. Tickets use :mod:`ivr.tickets` when it is
+installed, and what was heard is classified by :mod:`ivr.prefill` for domain re-queueing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from call_routing.rules_store import RulesStore
+
+from call_routing.acd.core import LEAVE_REASONS
+
+from .flow import CallFlow, MemoryCalls, MemoryQueue, MemoryTickets, QueueStatus, RedisCalls
+
+log = logging.getLogger("hotline.services")
+
+
+class AcdQueue:
+    """:class:`~ivr.flow.QueuePort` over the Redis ACD."""
+
+    def __init__(self, acd):
+        self.acd = acd
+
+    def enqueue(self, call_id, *, skill, line, caller, ticket):
+        from call_routing.acd import ACDError
+
+        try:
+            self.acd.enqueue(skill, line, caller, ticket=ticket, call_id=call_id)
+        except ACDError:
+            call = self.acd.call(call_id)
+            if call is None or call["state"] not in ("waiting", "ringing", "connected"):
+                raise
+            # already in line (a replayed entry webhook, a call registered again): keep its place
+            log.warning("call %s is already queued (%s): keeping its place", call_id, call["state"])
+
+    def status(self, call_id):
+        call = self.acd.call(call_id)
+        if call is None or call["state"] in ("completed", "abandoned", "failed", "left", "resumed"):
+            return QueueStatus("gone")
+        if call["kind"] == "callback":
+            return QueueStatus("callback")
+        if call["state"] == "ringing":
+            agent = self.acd.agent(call["agent"]) or {}
+            endpoints = agent.get("endpoints") or []
+            return QueueStatus("offered", 0, 0.0, call["agent"], endpoints[0] if endpoints else None)
+        if call["state"] == "connected":
+            return QueueStatus("connected", 0, 0.0, call["agent"])
+        pos = self.acd.position(call_id)
+        if pos is None:
+            return QueueStatus("gone")
+        return QueueStatus("waiting", max(0, pos.position - 1), pos.estimated_wait_s)
+
+    def requeue(self, call_id, skill):
+        self.acd.requeue(call_id, skill)
+
+    def no_answer(self, call_id):
+        self.acd.no_answer(call_id)
+
+    def connected(self, call_id):
+        self.acd.answer(call_id)
+
+    def completed(self, call_id):
+        self.acd.hangup(call_id, "agent")
+
+    def leave(self, call_id, reason):
+        """``abandoned``: the caller hung up (a missed-call callback may keep their place);
+        anything else (``emergency``, ``fallback``, …) leaves on purpose: no callback, not lost."""
+        if reason == "abandoned":
+            self.acd.hangup(call_id, "caller")
+        else:
+            self.acd.leave(call_id, reason if reason in LEAVE_REASONS else "transfer")
+
+    def survey(self, call_id, line, digit):
+        self.acd.survey(call_id, digit, line)
+
+    def request_callback(self, call_id, number):
+        self.acd.request_callback(call_id)
+
+    # -- three-way transfers: expert seats only through the ACD (reserved atomically) -------------
+    def reserve_expert(self, call_id, skill):
+        """``acd.transfer(call, skill, three_way=True)``: the seat offered in that same round trip
+        as ``(agent, endpoint or None)``; ``no_seat`` (nothing changed) → None."""
+        result = self.acd.transfer(call_id, skill, three_way=True)
+        offer = next((o for o in result.offers if o.call_id == call_id), None)
+        if result.status != "ok":
+            return None
+        if offer is None:  # the free seat went to a call already waiting there: give this one back
+            self.acd.take_back(call_id, "cancelled")
+            return None
+        endpoints = (self.acd.agent(offer.agent_id) or {}).get("endpoints") or []
+        return offer.agent_id, (endpoints[0] if endpoints else None)
+
+    def expert_answered(self, call_id, agent):
+        self.acd.answer(call_id, agent)
+
+    def take_back(self, call_id, reason):
+        self.acd.take_back(call_id, reason)
+
+    def end_three_way(self, agent):
+        self.acd.end_three_way(agent)
+
+
+class PrefillClassifier:
+    """What was heard -> the domain seat group, when a specific one stands out."""
+
+    def __init__(self, rules_source):
+        self._source = rules_source
+        self._cache = (None, None)
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> dict | None:
+        from .prefill import Prefiller
+
+        rules = self._source()
+        with self._lock:
+            if self._cache[0] is not rules:
+                self._cache = (rules, Prefiller(rules))
+            filler = self._cache[1]
+        fields = filler.fill(text).to_dict()
+        return fields if fields["line"] != rules.hotline.number else None
+
+
+@dataclass
+class Services:
+    flow: CallFlow
+    rules: RulesStore
+    prompt_dir: str
+    recordings_dir: str
+    recognizer: object = None  # callable() -> streaming recognizer, when speech is installed
+
+
+def _tickets(cfg: dict | None = None):
+    if os.environ.get("HOTLINE_TICKETS") == "memory":  # development, and benchmarks of routing alone
+        return MemoryTickets()
+    try:
+        from . import tickets  # noqa: F401  (landing with the speech-to-ticket work)
+    except ImportError:
+        log.warning("ivr.tickets is not installed: tickets are kept in memory of this process")
+        return MemoryTickets()
+    factory = getattr(tickets, "ticket_port", None)
+    if factory is None:
+        log.warning("ivr.tickets has no ticket_port(): tickets are kept in memory of this process")
+        return MemoryTickets()
+    # the same Redis as the call state: ticket drafts travel in the flow's pipeline
+    return factory({"REDIS_URL": (cfg or {}).get("REDIS_URL")})
+
+
+def _recognizer(spec: str | None = None):
+    """``HOTLINE_RECOGNIZER=package.module:factory`` names another streaming recognizer."""
+    if spec:
+        import importlib
+
+        module, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    if not os.environ.get("VOSK_MODEL_PATH"):
+        return None  # no model: what waiting callers say is recorded and transcribed by a job
+    try:
+        from .speech import model_available
+    except Exception:  # not installed: recorded instead
+        log.warning("VOSK_MODEL_PATH is set but ivr.speech cannot be imported: recording instead")
+        return None
+    if not model_available():
+        return None  # ivr.speech has logged why; waiting callers are recorded instead
+    return SpeechStream
+
+
+class SpeechStream:
+    """One call's streaming recognition (:class:`ivr.speech.StreamRecognizer`, 8 kHz PCM from
+    EAGI) behind the two calls the queue-wait loop makes: ``accept`` and ``final``."""
+
+    CHUNK = 1600  # 100 ms at 8 kHz 16-bit: the recognizer takes 20-100 ms pieces
+
+    def __init__(self):
+        from .speech import StreamRecognizer
+
+        self.stream = StreamRecognizer(8000, "pcm16")
+
+    def accept(self, pcm: bytes) -> str | None:
+        """Audio in; the text of an utterance the moment the caller stops speaking."""
+        for i in range(0, len(pcm), self.CHUNK):
+            event = self.stream.feed(pcm[i:i + self.CHUNK])
+            if event is not None and event.kind == "final" and event.text:
+                return event.text
+        return None
+
+    def final(self) -> str:
+        transcript = self.stream.finish()
+        return transcript.text if transcript.ok else ""
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def build(config: dict | None = None) -> Services:
+    cfg = {k: os.environ.get(k) for k in ("REDIS_URL", "RULES_PATH", "HOTLINE_PROMPTS", "HOTLINE_RECORDINGS",
+                                          "HOTLINE_RECOGNIZER")}
+    if os.environ.get("HOTLINE_INVITE_AFTER_S"):
+        cfg["invite_after_s"] = os.environ["HOTLINE_INVITE_AFTER_S"]
+    cfg.update({k: v for k, v in (config or {}).items()})
+    store = cfg.get("rules_store") or RulesStore(cfg.get("RULES_PATH") or None)
+    if cfg.get("REDIS_URL"):
+        import redis
+
+        from call_routing.acd import ACD
+
+        # short socket timeouts: a stuck Redis must end in the dialplan fallback, not in silence.
+        # One pool for every thread of the process (FastAGI: up to 512 sessions at once): redis-py's
+        # default pool refuses the 101st concurrent command; this one waits up to 3 s for a connection.
+        pool = redis.BlockingConnectionPool.from_url(
+            cfg["REDIS_URL"], decode_responses=True, socket_timeout=3, socket_connect_timeout=2, timeout=3,
+            max_connections=int(cfg.get("HOTLINE_REDIS_CONNECTIONS") or os.environ.get("HOTLINE_REDIS_CONNECTIONS")
+                                or 256))
+        client = redis.Redis(connection_pool=pool)
+        queue, calls = AcdQueue(ACD(client, store)), RedisCalls(client)
+    else:
+        log.warning("REDIS_URL is not set: queue and call state live in this process only")
+        queue, calls = MemoryQueue(), MemoryCalls()
+    queue = cfg.get("queue") or queue
+    tickets = cfg.get("tickets") or _tickets(cfg)
+    classify = cfg.get("classify", PrefillClassifier(store.current))
+    flow = CallFlow(store.current, queue, tickets, cfg.get("calls") or calls, classify=classify,
+                    invite_after_s=float(cfg.get("invite_after_s", 3.0)))
+    return Services(flow, store, cfg.get("HOTLINE_PROMPTS") or "/var/lib/asterisk/sounds/hotline",
+                    cfg.get("HOTLINE_RECORDINGS") or "/var/spool/asterisk/hotline",
+                    cfg.get("recognizer", _recognizer(cfg.get("HOTLINE_RECOGNIZER"))))

@@ -1,0 +1,675 @@
+"""The Twilio switchboard: moves call legs with Twilio's REST API when the ACD or an agent acts.
+
+Twilio's contact-centre pattern: the Redis ACD is the real queue, ``<Enqueue>`` only holds the
+caller. When the ACD offers the call to an agent (:meth:`Switchboard.on_offer`), the agent's
+endpoint is rung; when the agent answers, the caller is moved out of the holding queue into a
+per-call ``<Conference>``. Transfers are then participants of that conference: three-way
+(sub-center or expert joins, the agent may leave = warm transfer), cold (the agent leaves as
+soon as the target answers), and cancel (the target is hung up, the caller stays with the
+agent). Every REST call goes through ``twilio.rest.Client`` built with an injectable
+``http_client`` (tests assert the exact requests).
+
+Per-call Twilio facts (the public base URL, leg SIDs, who is in the conference) live in one
+Redis hash per citizen call, ``twilio:leg:<CallSid>``; the call's life itself is the
+front-end-independent :class:`ivr.flow.CallFlow`'s.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import urlencode
+
+from redis.exceptions import RedisError
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+
+from call_routing.acd.callbacks import AGENT_NO_ANSWER, CONNECTED, NO_ANSWER, report_callback_outcome
+from call_routing.numbers import mask
+
+from . import twiml
+
+log = logging.getLogger("hotline.twilio")
+
+LEG_TTL_S = 24 * 3600
+#: why the flow refused a three-way, as the agent reads it
+_REFUSED = {"no_expert_free": "no expert seat is free now", "three_way_under_way": "a transfer is already under way",
+            "no_agent_talking": "no conversation with an agent on this call"}
+GONE = ("completed", "busy", "failed", "no-answer", "canceled")
+CALL_ENDED = "感谢您的来电，再见。"
+
+
+class Legs:
+    """``twilio:leg:<CallSid>``: Twilio-only facts of one citizen call."""
+
+    def __init__(self, client, prefix: str = "twilio:"):
+        self.r, self.prefix = client, prefix
+
+    def key(self, call_id: str) -> str:
+        return f"{self.prefix}leg:{call_id}"
+
+    def open(self, call_id: str, pipe=None, **fields) -> None:
+        own = pipe is None
+        if own:
+            pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.key(call_id), mapping={k: v for k, v in fields.items() if v is not None})
+        pipe.expire(self.key(call_id), LEG_TTL_S)
+        if own:
+            pipe.execute()
+
+    def get(self, call_id: str) -> dict:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(self.key(call_id)).items()}
+
+    def set(self, call_id: str, **fields) -> None:
+        clear = [k for k, v in fields.items() if v is None]
+        pipe = self.r.pipeline(transaction=False)
+        if clear:
+            pipe.hdel(self.key(call_id), *clear)
+        values = {k: v for k, v in fields.items() if v is not None}
+        if values:
+            pipe.hset(self.key(call_id), mapping=values)
+        pipe.execute()
+
+    def once(self, call_id: str, marker: str) -> bool:
+        """True the first time ``marker`` is claimed for this call (Twilio retries callbacks)."""
+        return bool(self.r.hsetnx(self.key(call_id), f"once:{marker}", 1))
+
+    def known(self, call_id: str) -> bool:
+        return bool(self.r.exists(self.key(call_id)))
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Switchboard:
+    """REST side of the Twilio front-end. One per process; thread-safe."""
+
+    def __init__(self, flow, acd, legs: Legs, *, account_sid: str | None, auth_token: str | None,
+                 caller_id: str | None, public_url: str | None = None, http_client=None,
+                 ring_timeout_s: int = 20, transfer_timeout_s: int = 30):
+        self.flow, self.acd, self.legs = flow, acd, legs
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.caller_id = caller_id
+        self.public_url = (public_url or "").rstrip("/") or None
+        self.http_client = http_client
+        self.ring_timeout_s, self.transfer_timeout_s = ring_timeout_s, transfer_timeout_s
+        self._client = None
+
+    # -- plumbing ---------------------------------------------------------------------
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            if not (self.account_sid and self.auth_token):
+                raise RuntimeError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are needed to move calls")
+            self._client = Client(self.account_sid, self.auth_token, http_client=self.http_client)
+        return self._client
+
+    def url(self, call_id: str, path: str, **query) -> str:
+        """Absolute callback URL (Twilio REST needs them): the call's own base, else config."""
+        base = self.legs.r.hget(self.legs.key(call_id), "base")
+        base = _s(base) if base else self.public_url
+        if not base:
+            raise RuntimeError("TWILIO_PUBLIC_URL is not set and the call has no known base URL")
+        return f"{base}/twilio/{path}" + (("?" + urlencode(query)) if query else "")
+
+    def _from(self, leg: dict) -> str:
+        return self.caller_id or leg.get("to") or "12345"
+
+    # -- the ACD offers a call to an agent -----------------------------------------------
+    def _ring_key(self, offer) -> str:
+        return f"{self.legs.prefix}ring:{offer.call_id}:{offer.n}"
+
+    def on_offer(self, offer) -> None:
+        """ACD hook and offer-listener handler: ring the offered agent for a Twilio call (others
+        belong to Asterisk). Every process may see the same offer (its own hook, the pub/sub
+        listener of each web process, the ringing-set sweep): ``SET ring:<call>:<n> NX`` lets
+        exactly one of them ring, once per offer."""
+        if offer.kind not in ("live", "transfer") or not self.legs.known(offer.call_id):
+            return
+        if offer.kind == "transfer" and self.legs.r.hget(self.legs.key(offer.call_id), "transfer_state"):
+            return  # an expert reserved for a three-way: the switchboard that reserved it rings it
+        if not self.legs.r.set(self._ring_key(offer), 1, nx=True, ex=3600):
+            return
+        try:
+            self.ring_agent(offer.call_id, offer.agent_id)
+        except Exception:
+            log.exception("call %s: could not ring agent %s; the call goes back to its place",
+                          offer.call_id, offer.agent_id)
+            self.acd.no_answer(offer.call_id, "ring-failed")
+
+    def ring_agent(self, call_id: str, agent_id: str) -> str:
+        agent = self.acd.agent(agent_id) or {}
+        endpoints = agent.get("endpoints") or [f"client:{agent_id}"]
+        leg = self.legs.get(call_id)
+        self.flow.offered(call_id, agent_id, endpoints[0])
+        call = self.client.calls.create(
+            to=twiml.endpoint_address(endpoints[0]), from_=self._from(leg),
+            url=self.url(call_id, "agent-answer", call=call_id, agent=agent_id),
+            status_callback=self.url(call_id, "agent-status", call=call_id, agent=agent_id),
+            timeout=self.ring_timeout_s)
+        self.legs.set(call_id, agent=agent_id, agent_call=call.sid, agent_in="0")
+        log.info("call %s: ringing agent %s (%s)", call_id, agent_id, call.sid)
+        return call.sid
+
+    def agent_answered(self, call_id: str, agent_id: str, agent_call: str) -> str:
+        """The agent picked up: move the caller into the conference; TwiML for the agent."""
+        state = self._flow_state(call_id)
+        leg = self.legs.get(call_id)
+        if state is None or state.state == "ended" or leg.get("agent_call") not in (None, agent_call):
+            return twiml.goodbye([{"do": "say", "text": "来电已结束。"}])
+        try:
+            self.client.calls(call_id).update(twiml=twiml.conference(call_id, caller=True, stop_recording=True))
+        except TwilioRestException as exc:  # the citizen hung up while the agent was ringing
+            log.warning("call %s: caller gone before agent %s answered (%s)", call_id, agent_id, exc.code)
+            self.flow.hung_up(call_id)
+            return twiml.goodbye([{"do": "say", "text": "来电已挂断。"}])
+        try:
+            self.flow.agent_answered(call_id)
+            self.legs.set(call_id, agent_in="1")
+        except Exception:  # e.g. Redis died just now: the caller is already in the conference, so
+            # the agent joins them all the same; their hang-up is recognised by asking Twilio
+            log.exception("call %s: agent %s answered but the call state could not be updated", call_id, agent_id)
+        greeting = [{"do": "say", "text": f"{state.line}来电，工单{state.ticket}。" if state.ticket else f"{state.line}来电。"}]
+        return twiml.conference(call_id, caller=False, greeting=greeting)
+
+    def agent_leg_ended(self, call_id: str, status: str) -> None:
+        """Status callback of the agent's leg (retried by Twilio: idempotent)."""
+        try:
+            leg = self.legs.get(call_id)
+        except RedisError:  # Redis down: Twilio will not call again, so act on what is known
+            leg = {}
+        if not leg and status == "completed":
+            # the call's Twilio facts are gone (Redis down, or restarted empty) but the agent
+            # talked and hung up: the caller must not be left alone in a silent conference. Only
+            # a caller Twilio says is in the call's conference is moved on: one still holding in
+            # <Enqueue> (the agent answered after the wipe and was told "来电已结束") keeps
+            # polling the wait URL, which registers the call again — a goodbye would lose them.
+            if self._in_conference(call_id):
+                self._release_alone_caller(call_id)
+            else:
+                log.info("call %s: agent leg ended with the call's facts gone; the caller is not in its "
+                         "conference, so stays queued", call_id)
+            return
+        if leg.get("agent_in") == "1":
+            if not self.legs.once(call_id, f"agent-left:{leg.get('agent_call')}"):
+                return
+            self.legs.set(call_id, agent_in="0")
+            if leg.get("transfer_state") == "joined":
+                self._agent_done(call_id, leg)  # hung up instead of "leave": same as leaving
+            else:
+                if leg.get("transfer_call") or leg.get("transfer_state"):
+                    # the party still ringing: nobody is left to talk to (the flow cancels it)
+                    self.flow.three_way_agent_left(call_id)
+                    self._clear_transfer(call_id)
+                self.to_survey(call_id)
+            return
+        if status == "completed" and leg.get("agent_call") and self._in_conference(call_id):
+            # the agent talked in the conference but their answer was never recorded (the call
+            # state could not be written then): they have hung up, the caller is alone in it
+            if self.legs.once(call_id, f"agent-left:{leg['agent_call']}"):
+                log.warning("call %s: agent leg ended unrecorded while the caller is in the conference", call_id)
+                self._release_alone_caller(call_id)
+            return
+        if status in ("no-answer", "busy", "failed", "canceled") and leg.get("agent_call"):
+            if not self.legs.once(call_id, f"agent-missed:{leg['agent_call']}"):
+                return
+            self.legs.set(call_id, agent=None, agent_call=None, agent_in=None)
+            state = self._flow_state(call_id)
+            if state is not None and state.state == "transferring":
+                self.flow.transfer_ended(call_id, "NOANSWER")  # head of the queue, next agent
+
+    def to_survey(self, call_id: str) -> None:
+        """The citizen is alone in the conference: take them to the satisfaction survey."""
+        state = self._flow_state(call_id)
+        if state is None or state.state == "ended":
+            return
+        try:
+            self.client.calls(call_id).update(url=self.url(call_id, "survey-start"), method="POST")
+        except TwilioRestException as exc:
+            log.info("call %s: no survey, caller already gone (%s)", call_id, exc.code)
+
+    # -- transfers --------------------------------------------------------------------
+    def start_transfer(self, call_id: str, kind: str, mode: str) -> dict:
+        """Three-way (``mode='three_way'``) or cold transfer to the line's sub-center / experts.
+
+        The decisions are the flow's (:meth:`ivr.flow.CallFlow.three_way` and friends, shared with
+        Asterisk): experts are reserved through the ACD (``acd.transfer(call, expert_skill,
+        three_way=True)``, the only way into an expert group): the seat offered in that same round
+        trip joins the conference; no free seat → ``LookupError`` and nothing changed. The agent
+        stays out of rotation while in the conference (paused ``three-way``) and wraps up when they
+        leave."""
+        leg = self.legs.get(call_id)
+        if leg.get("agent_in") != "1":
+            raise LookupError("no conversation with an agent on this call")
+        if leg.get("transfer_call") or leg.get("transfer_state"):
+            raise LookupError("a transfer is already under way: cancel it first")
+        if kind == "expert":
+            return self._start_expert(call_id, leg, mode)
+        turn = self.flow.three_way(call_id, kind)
+        if turn.action != "transfer":
+            raise LookupError(_REFUSED.get(turn.reason, "no transfer is possible now"))
+        try:
+            participant = self._add_participant(call_id, leg, turn.target, turn.ticket)
+        except Exception:
+            self.flow.three_way_cancel(call_id, "ring-failed")
+            raise
+        self.legs.set(call_id, transfer_call=participant.call_sid, transfer_mode=mode, transfer_state="ringing",
+                      transfer_target=turn.target)
+        log.info("call %s: %s transfer to %s %s", call_id, mode, kind, turn.target)
+        return {"call": call_id, "mode": mode, "kind": kind, "target": turn.target, "ticket": turn.ticket}
+
+    def _add_participant(self, call_id: str, leg: dict, target: str, ticket: str | None, **query):
+        return self.client.conferences(self._conference_sid(call_id, leg)).participants.create(
+            from_=self._from(leg), to=twiml.endpoint_address(target, ticket), label="transfer",
+            status_callback=self.url(call_id, "transfer-status", call=call_id, **query),
+            status_callback_event=["answered", "completed"], timeout=self.transfer_timeout_s,
+            early_media=True, beep="false", end_conference_on_exit=False)
+
+    def _start_expert(self, call_id: str, leg: dict, mode: str) -> dict:
+        state = self._flow_state(call_id)
+        if state is None:
+            raise LookupError("the call has ended")
+        conference = self._conference_sid(call_id, leg)  # before reserving: no seat held for nothing
+        # other processes' offer listeners see "reserving" and leave this offer to us
+        self.legs.set(call_id, transfer_state="reserving", transfer_mode=mode)
+        try:
+            turn = self.flow.three_way(call_id, "expert")  # the ACD reserves the seat (or nothing changes)
+        except Exception:
+            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
+            raise
+        if turn.action != "transfer" or not turn.party:
+            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
+            raise LookupError(_REFUSED.get(turn.reason, "no expert seat is free now"))
+        expert = turn.party
+        target = turn.target or f"client:{expert}"
+        n = (self.acd.call(call_id) or {}).get("offers") or 0
+        self.legs.r.set(f"{self.legs.prefix}ring:{call_id}:{n}", 1, ex=3600)  # rung here, by nobody else
+        try:
+            participant = self._add_participant(call_id, dict(leg, conference_sid=conference), target, state.ticket,
+                                                expert=expert)
+        except Exception:
+            log.exception("call %s: could not ring expert %s; the call stays with the agent", call_id, expert)
+            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
+            self.flow.three_way_cancel(call_id, "ring-failed")
+            raise LookupError("the expert seat could not be rung") from None
+        self.legs.set(call_id, transfer_call=participant.call_sid, transfer_state="ringing",
+                      transfer_target=target, transfer_agent=expert)
+        log.info("call %s: %s transfer to expert %s (%s)", call_id, mode, expert, target)
+        return {"call": call_id, "mode": mode, "kind": "expert", "target": target, "ticket": state.ticket,
+                "expert": expert}
+
+    def transfer_status(self, call_id: str, status: str) -> None:
+        leg = self.legs.get(call_id)
+        tcall = leg.get("transfer_call")
+        if not tcall:
+            return
+        if status in ("in-progress", "answered"):
+            if not self.legs.once(call_id, f"transfer-answered:{tcall}"):
+                return
+            self.legs.set(call_id, transfer_state="joined")
+            self.flow.three_way_answered(call_id)  # a reserved expert seat is now busy on the call
+            if leg.get("transfer_mode") == "cold":
+                self.agent_leave(call_id)
+        elif status in GONE:
+            if not self.legs.once(call_id, f"transfer-ended:{tcall}"):
+                return
+            self._clear_transfer(call_id)
+            joined = leg.get("transfer_state") == "joined"
+            # did not answer, or left: the call is the agent's again (or, agent gone, over)
+            self.flow.three_way_ended(call_id, "completed" if joined else status)
+            if joined and leg.get("agent_in") != "1":
+                self.to_survey(call_id)  # the target took over and has now hung up
+
+    def _clear_transfer(self, call_id: str) -> None:
+        self.legs.set(call_id, transfer_call=None, transfer_state=None, transfer_mode=None, transfer_target=None,
+                      transfer_agent=None)
+
+    def cancel_transfer(self, call_id: str) -> dict:
+        """Hang up the transfer target (ringing or joined); the caller stays with the agent."""
+        leg = self.legs.get(call_id)
+        tcall = leg.get("transfer_call")
+        if not tcall:
+            raise LookupError("no transfer to cancel")
+        if leg.get("agent_in") != "1":
+            raise LookupError("the agent has already left: the transfer cannot be cancelled")
+        status = "canceled" if leg.get("transfer_state") == "ringing" else "completed"
+        self.client.calls(tcall).update(status=status)
+        self.legs.once(call_id, f"transfer-ended:{tcall}")
+        self._clear_transfer(call_id)
+        self.flow.three_way_cancel(call_id)  # an expert seat is free again
+        return {"call": call_id, "cancelled": tcall}
+
+    def agent_leave(self, call_id: str) -> dict:
+        """The agent leaves a three-way call (warm transfer): the target stays with the caller."""
+        leg = self.legs.get(call_id)
+        if leg.get("transfer_state") != "joined":
+            raise LookupError("the transfer target has not answered yet")
+        self.client.conferences(self._conference_sid(call_id, leg)).participants(leg["agent_call"]).delete()
+        self.legs.set(call_id, agent_in="0")
+        self.legs.once(call_id, f"agent-left:{leg['agent_call']}")
+        self._agent_done(call_id, leg)
+        return {"call": call_id, "left": leg.get("agent")}
+
+    def _agent_done(self, call_id: str, leg: dict) -> None:
+        """The agent's part of the call is over: wrap-up. After an expert three-way the call
+        itself is the expert's in the ACD; the agent only leaves the conference."""
+        if self.flow.three_way_agent_left(call_id).action == "none":  # no three-way known to the flow
+            self.flow.queue.completed(call_id)
+
+    def _release_alone_caller(self, call_id: str) -> None:
+        """The agent has gone and the caller is alone in the conference: the survey when the
+        call is known, else a spoken goodbye (its state is gone: nothing to record a rating on)."""
+        try:
+            state = self._flow_state(call_id)
+        except RedisError:
+            state = None
+        if state is not None:
+            self.to_survey(call_id)
+            return
+        try:
+            self.client.calls(call_id).update(twiml=twiml.goodbye([{"do": "say", "text": CALL_ENDED}]))
+        except TwilioRestException as exc:
+            log.info("call %s: caller already gone (%s)", call_id, exc.code)
+
+    def _running_conference(self, call_id: str) -> str | None:
+        """The SID of the call's conference if Twilio says it is running (the caller is in it)."""
+        found = self.client.conferences.list(friendly_name=twiml.conference_name(call_id), status="in-progress",
+                                             limit=1)
+        return found[0].sid if found else None
+
+    def _in_conference(self, call_id: str) -> bool:
+        """:meth:`_running_conference` as a yes/no. When Twilio cannot say, answer False: leaving
+        a holding caller queued is recoverable, a goodbye is not."""
+        try:
+            return self._running_conference(call_id) is not None
+        except (TwilioRestException, RuntimeError, OSError) as exc:
+            log.warning("call %s: could not ask Twilio for the call's conference (%s)", call_id, exc)
+            return False
+
+    def _conference_sid(self, call_id: str, leg: dict) -> str:
+        sid = leg.get("conference_sid") or self._running_conference(call_id)
+        if not sid:
+            raise LookupError("the call's conference is not running")
+        if sid != leg.get("conference_sid"):
+            self.legs.set(call_id, conference_sid=sid)
+        return sid
+
+    # -- the citizen hung up ----------------------------------------------------------------
+    def caller_gone(self, call_id: str) -> None:
+        """Caller's status callback: update flow/ACD/ticket once; stop an agent still ringing."""
+        if not self.legs.once(call_id, "caller-gone"):
+            return
+        leg = self.legs.get(call_id)
+        self.flow.hung_up(call_id)  # also releases or wraps up seats of a three-way still open
+        if leg.get("agent_call") and leg.get("agent_in") != "1":
+            try:
+                self.client.calls(leg["agent_call"]).update(status="canceled")
+            except TwilioRestException as exc:
+                log.info("call %s: agent leg already ended (%s)", call_id, exc.code)
+        log.info("call %s from %s ended", call_id, mask(leg.get("from")))
+
+    def _flow_state(self, call_id: str):
+        from .flow import CallNotFound
+
+        try:
+            return self.flow.state(call_id)
+        except CallNotFound:
+            return None
+
+
+# -- offers made in other processes ---------------------------------------------------------------
+class OfferListener:
+    """Rings agents for offers made in *other* processes: the ACD ticker (``python -m
+    call_routing.acd tick``), another gunicorn worker, the rq worker, the agent API elsewhere.
+
+    One per web process, as daemon threads started lazily by the Twilio blueprint on its first
+    request — after gunicorn has forked, so the threads exist in the worker that serves calls,
+    whatever starts the app (``python app.py``, gunicorn, a container) and without a separate
+    service that could be forgotten or die alone. Two threads:
+
+    * ``acd.follow_offers`` (pub/sub ``acd:offers``), reconnecting after Redis errors;
+    * a sweep of the ACD's ringing set every ``sweep_s``: pub/sub is at-most-once (a message
+      published while this process was reconnecting is lost), so an offer to a Twilio call that
+      no process has rung yet is rung from there.
+
+    Every web process hears every offer; :meth:`Switchboard.on_offer` claims
+    ``twilio:ring:<call>:<n>`` with ``SET NX`` before ringing, so each offer rings exactly once
+    across all processes (tests/test_twilio_offers.py checks it with separate processes).
+    """
+
+    def __init__(self, acd, board: "Switchboard", *, poll_s: float = 1.0, sweep_s: float = 2.0):
+        import threading
+
+        self.acd, self.board = acd, board
+        self.poll_s, self.sweep_s = poll_s, sweep_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pid = None
+        self._threads: list = []
+
+    @property
+    def running(self) -> bool:
+        import os
+
+        return self._pid == os.getpid() and all(t.is_alive() for t in self._threads)
+
+    def ensure_started(self) -> None:
+        if self.running:
+            return
+        import os
+        import threading
+
+        with self._lock:
+            if self.running:
+                return
+            self._stop = threading.Event()  # a fresh event: a forked copy must not share its parent's
+            self._pid = os.getpid()
+            self._threads = [threading.Thread(target=self._listen, name="twilio-offers", daemon=True),
+                             threading.Thread(target=self._sweep_loop, name="twilio-offer-sweep", daemon=True)]
+            for t in self._threads:
+                t.start()
+            log.info("listening for ACD offers made by other processes (pid %s)", self._pid)
+
+    start = ensure_started
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        self._pid = None
+
+    def _handle(self, offer) -> None:
+        try:
+            self.board.on_offer(offer)
+        except Exception:
+            log.exception("offer %s/%s to %s could not be handled", offer.call_id, offer.n, offer.agent_id)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.acd.follow_offers(self._handle, self._stop, self.poll_s)
+            except Exception:
+                log.exception("offer listener lost Redis; reconnecting")
+                self._stop.wait(1.0)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_s):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("offer sweep failed")
+
+    def sweep(self) -> int:
+        """Ring offers to Twilio calls that no process has rung (a lost pub/sub message)."""
+        from call_routing.acd import Offer
+
+        r, keys = self.acd.redis, self.acd.keys
+        ringing = [_s(c) for c in r.zrange(keys.ringing(), 0, -1)]
+        if not ringing:
+            return 0
+        pipe = r.pipeline(transaction=False)
+        for call_id in ringing:
+            pipe.hmget(keys.call(call_id), "agent", "kind", "offers", "oskill")
+            pipe.exists(self.board.legs.key(call_id))
+        raw = pipe.execute()
+        found = 0
+        for i, call_id in enumerate(ringing):
+            (agent, kind, n, skill), known = raw[2 * i], raw[2 * i + 1]
+            if not known or not agent or _s(kind) not in ("live", "transfer"):
+                continue
+            offer = Offer(call_id, _s(agent), _s(kind), int(n or 0), _s(skill or ""))
+            if r.exists(self.board._ring_key(offer)):
+                continue
+            found += 1
+            self._handle(offer)
+        return found
+
+
+# -- missed-call callbacks (漏接回拨) through Twilio ----------------------------------------------
+CALLBACK_AGENT_WHISPER = "回拨来电，{line}，工单{ticket}。正在为您接通市民，请稍候。"
+CALLBACK_GREETING = "您好，这里是12345热线，您预约的回拨已接通，坐席将为您服务。"
+CALLBACK_GONE = "回拨已取消。"
+_FAILED = ("no-answer", "busy", "failed", "canceled")
+
+
+class TwilioCallbackDialer:
+    """The :class:`call_routing.acd.callbacks.CallbackDialer` for Twilio
+    (``HOTLINE_CALLBACK_DIALER=ivr.twilio_calls:TwilioCallbackDialer``, in the rq worker).
+
+    Agent first, then the citizen — nobody is rung into silence: ``dial`` places the agent's
+    leg (``Calls.json``, ``Url=/twilio/callback-agent``); when the agent answers, that webhook
+    places the citizen's leg (``Url=/twilio/callback-citizen``: a short sentence, then both in
+    the conference ``hotline-<call>-cb<n>``). Status callbacks (``/twilio/callback-status``)
+    report the outcome to the ACD: citizen answered → ``answer``; citizen no answer/busy/failed
+    → ``callback_failed`` (retried later from the same place) and the agent's leg is hung up;
+    agent no answer → ``no_answer`` (agent paused, callback offered to the next seat). Returns
+    ``placed``: the outcome comes later, through those webhooks.
+
+    Configuration from the environment: ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``,
+    ``TWILIO_CALLER_ID`` (the 12345 number the citizen sees), ``TWILIO_PUBLIC_URL`` (used
+    unless the missed call itself came through Twilio and its base URL is known), ``REDIS_URL``.
+    """
+
+    def __init__(self, *, account_sid: str | None = None, auth_token: str | None = None,
+                 caller_id: str | None = None, public_url: str | None = None, http_client=None,
+                 redis_client=None, ring_timeout_s: int = 30):
+        import os
+
+        self.account_sid = account_sid or os.environ.get("TWILIO_ACCOUNT_SID")
+        self.auth_token = auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
+        self.caller_id = caller_id or os.environ.get("TWILIO_CALLER_ID") or "12345"
+        self.public_url = (public_url or os.environ.get("TWILIO_PUBLIC_URL") or "").rstrip("/") or None
+        self.http_client = http_client
+        if redis_client is None:
+            import redis
+
+            redis_client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                                                decode_responses=True)
+        self.legs = Legs(redis_client)
+        self.ring_timeout_s = ring_timeout_s
+        self._client = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            if not (self.account_sid and self.auth_token):
+                raise RuntimeError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are needed to place callbacks")
+            self._client = Client(self.account_sid, self.auth_token, http_client=self.http_client)
+        return self._client
+
+    def dial(self, request) -> str:
+        from call_routing.acd.callbacks import PLACED
+
+        endpoint = next(iter(request.agent_endpoints), None) or f"client:{request.agent_id}"
+        base = self.legs.r.hget(self.legs.key(request.call_id), "base")
+        base = _s(base) if base else self.public_url
+        if not base:
+            raise RuntimeError("TWILIO_PUBLIC_URL is not set: Twilio could not reach the callback webhooks")
+        q = {"call": request.call_id, "n": request.offer, "agent": request.agent_id}
+        call = self.client.calls.create(
+            to=twiml.endpoint_address(endpoint), from_=self.caller_id,
+            url=f"{base}/twilio/callback-agent?{urlencode(q)}",
+            status_callback=f"{base}/twilio/callback-status?{urlencode(dict(q, leg='agent'))}",
+            status_callback_event=["initiated", "answered", "completed"], timeout=self.ring_timeout_s)
+        self.legs.open(request.call_id, base=base, cb_n=request.offer, cb_agent=request.agent_id,
+                       cb_agent_call=call.sid, cb_from=self.caller_id)
+        log.info("callback %s offer %s: ringing agent %s first (%s), then %s", request.call_id, request.offer,
+                 request.agent_id, call.sid, mask(request.number))
+        return PLACED
+
+
+class CallbackLegs:
+    """The web side of Twilio callbacks: the webhooks of :class:`TwilioCallbackDialer`'s legs."""
+
+    def __init__(self, board: "Switchboard"):
+        self.board, self.acd, self.legs = board, board.acd, board.legs
+
+    def _current(self, call_id: str, n: int) -> dict | None:
+        """The ACD call when offer ``n`` of its callback is still the one ringing."""
+        call = self.acd.call(call_id)
+        if call is None or call["kind"] != "callback" or call["offers"] != n:
+            return None
+        return call
+
+    def agent_answered(self, call_id: str, n: int, agent_id: str) -> str:
+        """The agent took the callback: dial the citizen (once, even if Twilio retries)."""
+        call = self._current(call_id, n)
+        if call is None or call["state"] != "ringing" or call["agent"] != agent_id:
+            return twiml.goodbye([{"do": "say", "text": CALLBACK_GONE}])
+        leg = self.legs.get(call_id)
+        if self.legs.once(call_id, f"cb-citizen:{n}"):
+            base = leg.get("base") or self.board.public_url
+            q = {"call": call_id, "n": n}
+            citizen = self.board.client.calls.create(
+                to=call["caller"], from_=leg.get("cb_from") or self.board.caller_id or "12345",
+                url=f"{base}/twilio/callback-citizen?{urlencode(q)}",
+                status_callback=f"{base}/twilio/callback-status?{urlencode(dict(q, leg='citizen'))}",
+                status_callback_event=["initiated", "answered", "completed"], timeout=30)
+            self.legs.set(call_id, cb_citizen_call=citizen.sid)
+            log.info("callback %s offer %s: agent %s answered, dialing %s (%s)", call_id, n, agent_id,
+                     mask(call["caller"]), citizen.sid)
+        text = CALLBACK_AGENT_WHISPER.format(line=call["line"], ticket=call["ticket"] or "待建")
+        return twiml.callback_bridge(call_id, n, citizen=False, greeting=[{"do": "say", "text": text}])
+
+    def citizen_answered(self, call_id: str, n: int) -> str:
+        call = self._current(call_id, n)
+        if call is None or call["state"] not in ("ringing", "connected"):
+            return twiml.goodbye([{"do": "say", "text": CALLBACK_GONE}])
+        if call["state"] == "ringing" and self.legs.once(call_id, f"cb-answered:{n}"):
+            report_callback_outcome(self.acd, call_id, CONNECTED, call["agent"])
+        return twiml.callback_bridge(call_id, n, citizen=True, greeting=[{"do": "say", "text": CALLBACK_GREETING}])
+
+    def status(self, call_id: str, n: int, which: str, status: str) -> None:
+        """Status callbacks of both legs (Twilio retries them: each effect happens once)."""
+        call = self._current(call_id, n)
+        if call is None:
+            return
+        leg = self.legs.get(call_id)
+        if status in _FAILED and call["state"] == "ringing":
+            if which == "agent" and not leg.get("cb_citizen_call"):
+                if self.legs.once(call_id, f"cb-agent-missed:{n}"):
+                    report_callback_outcome(self.acd, call_id, AGENT_NO_ANSWER)  # next seat; agent paused
+            elif which == "citizen" and self.legs.once(call_id, f"cb-citizen-missed:{n}"):
+                report_callback_outcome(self.acd, call_id, NO_ANSWER)  # retried later from the same place
+                self._hang_up(leg.get("cb_agent_call"))
+        elif status == "completed" and call["state"] == "connected":
+            if self.legs.once(call_id, f"cb-ended:{n}"):
+                self.acd.hangup(call_id, "caller" if which == "citizen" else "agent")
+        elif status == "completed" and call["state"] == "ringing" and which == "agent":
+            # the agent hung up before the citizen answered: stop ringing the citizen, try again later
+            if self.legs.once(call_id, f"cb-citizen-missed:{n}"):
+                self._hang_up(leg.get("cb_citizen_call"), "canceled")
+                report_callback_outcome(self.acd, call_id, NO_ANSWER)
+
+    def _hang_up(self, sid: str | None, status: str = "completed") -> None:
+        if not sid:
+            return
+        try:
+            self.board.client.calls(sid).update(status=status)
+        except TwilioRestException as exc:
+            log.info("callback leg %s already ended (%s)", sid, exc.code)
+
+
+def pending_steps(raw: str | None) -> list:
+    return json.loads(raw) if raw else []

@@ -1,0 +1,651 @@
+"""The Twilio front-end: webhooks under ``/twilio/`` answered with TwiML, and the agent's
+transfer controls under ``/agent/api/twilio/``.
+
+A call's life is :class:`ivr.flow.CallFlow`'s (shared with Asterisk); this module only turns
+Twilio requests into flow events and turns into TwiML (:mod:`ivr.twiml`), and lets the
+:class:`~ivr.twilio_calls.Switchboard` move legs with the REST API. Every path Twilio calls is
+flat under ``/twilio/`` so that relative URLs in TwiML resolve to it.
+
+    voice           entry (number's Voice URL)        fallback    number's Fallback URL
+    status          number's Status Callback URL      wait        <Enqueue> waitUrl
+    heard/pressed   <Gather> in the wait              queue-exit  <Enqueue> action
+    dial-ended      emergency / sub-center <Dial>     recording   intake recording status
+    agent-answer    agent leg answered                agent-status  agent leg status
+    conference-events / conference-ended / survey-start / survey / transfer-status
+
+Security: every request must carry a valid ``X-Twilio-Signature`` for the URL Twilio called
+(behind a proxy: ``TWILIO_PUBLIC_URL``, or ``X-Forwarded-Proto/Host`` when
+``TWILIO_TRUST_PROXY``); otherwise 403. Without ``TWILIO_AUTH_TOKEN`` nothing under
+``/twilio/`` is served (503) unless ``TWILIO_VALIDATE`` is explicitly off (development).
+Failure: an exception in a call webhook still answers TwiML that queues the caller for the
+general seats; ``fallback`` does the same when Twilio could not reach ``voice`` at all.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import hmac
+import io
+import logging
+import os
+from dataclasses import replace
+from hashlib import sha1
+from hmac import compare_digest
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import VoiceResponse
+from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.wsgi import get_host
+
+from call_routing.numbers import mask
+
+from . import twiml
+from .flow import CallNotFound
+from .redis_batch import one_trip
+from .twilio_calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard
+
+log = logging.getLogger("hotline.twilio")
+
+bp = Blueprint("twilio", __name__, url_prefix="/twilio")
+agent_bp = Blueprint("twilio_agent", __name__, url_prefix="/agent/api/twilio")
+
+SETTINGS = {  # config key: default (also read from the environment)
+    "TWILIO_ACCOUNT_SID": None,
+    "TWILIO_VALIDATE": True,  # False only for local development without Twilio
+    "TWILIO_TRUST_PROXY": False,  # honour X-Forwarded-Proto / X-Forwarded-Host
+    "TWILIO_PUBLIC_URL": None,  # e.g. https://hotline.example.gov.cn — wins over everything
+    "TWILIO_CALLER_ID": None,  # the number agent / transfer legs are placed from
+    "TWILIO_HOLD_MUSIC": None,  # URL of a hold clip (~10 s); default: a short pause per round
+    "TWILIO_WAIT_TICK_S": 5,  # how often a waiting caller's wait URL is asked again
+    "TWILIO_QUEUE_SHARDS": 1,  # holding queues per skill (a Twilio queue holds ≤ 5,000 calls)
+    "TWILIO_OFFER_LISTENER": True,  # ring agents for offers made in other processes (ticker, workers)
+    "TWILIO_FAST_VOICE": True,  # serve signed POST /twilio/voice below Flask (VoiceFastPath)
+}
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(value) -> bool:
+    return not (value is False or (isinstance(value, str) and value.strip().lower() in _FALSE))
+
+
+def init_app(app, services=None) -> None:
+    """Register the blueprints; build the flow (shared with Asterisk) and the switchboard."""
+    for key, default in SETTINGS.items():
+        if app.config.get(key) is None:
+            app.config[key] = os.environ.get(key, default)
+    if services is None:
+        from call_routing.acd import ACD
+
+        from .services import AcdQueue, build
+
+        acd = app.extensions.get("acd")
+        if acd is None:
+            import redis
+
+            acd = app.extensions["acd"] = ACD(redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True),
+                                              app.extensions["rules"])
+        queue = AcdQueue(acd)
+        services = build({"REDIS_URL": app.config["REDIS_URL"], "rules_store": app.extensions["rules"],
+                          "queue": queue, **app.config.get("HOTLINE_SERVICES", {})})
+    else:
+        acd = services.flow.queue.acd
+    legs = Legs(acd.redis)
+    board = Switchboard(services.flow, acd, legs, account_sid=app.config["TWILIO_ACCOUNT_SID"],
+                        auth_token=app.config["TWILIO_AUTH_TOKEN"], caller_id=app.config["TWILIO_CALLER_ID"],
+                        public_url=app.config["TWILIO_PUBLIC_URL"], http_client=app.config.get("TWILIO_HTTP_CLIENT"),
+                        ring_timeout_s=int(acd.ring_timeout_s))
+    acd.on_offer.append(board.on_offer)
+    validate = _flag(app.config["TWILIO_VALIDATE"])
+    token = app.config.get("TWILIO_AUTH_TOKEN")
+    if validate and not token:
+        log.error("TWILIO_AUTH_TOKEN is not set: /twilio/ webhooks are refused (set it, or TWILIO_VALIDATE=0 "
+                  "for development only)")
+    elif not validate:
+        log.warning("Twilio signature validation is OFF: development only, never on a public address")
+    app.extensions["twilio"] = {
+        "flow": services.flow, "board": board, "legs": legs, "callbacks": CallbackLegs(board),
+        "listener": OfferListener(acd, board), "listen": _flag(app.config["TWILIO_OFFER_LISTENER"]),
+        "rules": app.extensions["rules"],
+        "validate": validate, "validator": _Validator(token) if token else None,
+        "trust_proxy": _flag(app.config["TWILIO_TRUST_PROXY"]) if app.config["TWILIO_TRUST_PROXY"] else False,
+        "public_url": (app.config["TWILIO_PUBLIC_URL"] or "").rstrip("/") or None,
+        "hold_music": app.config["TWILIO_HOLD_MUSIC"], "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
+        "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
+    }
+    app.register_blueprint(bp)
+    app.register_blueprint(agent_bp)
+    if _flag(app.config["TWILIO_FAST_VOICE"]):
+        app.wsgi_app = VoiceFastPath(app, app.wsgi_app)
+
+
+def _tw() -> dict:
+    return current_app.extensions["twilio"]
+
+
+class _Validator(RequestValidator):
+    """Twilio's validator, checking the URL as called first: ``RequestValidator.validate``
+    always computes two HMACs (the URL with and without its port); a valid request needs one.
+    Anything that does not match that way gets Twilio's own full check.
+
+    :meth:`signature` is Twilio's ``compute_signature`` (HMAC-SHA1 over the URL and the sorted
+    parameters) without its per-parameter exceptions (it asks a Werkzeug ``MultiDict`` for
+    ``getall`` first) and with the key schedule done once per process."""
+
+    def __init__(self, token):
+        super().__init__(token)
+        self._mac = hmac.new(self.token, digestmod=sha1)
+
+    def signature(self, uri: str, params) -> str:
+        if params and not hasattr(params, "getlist"):
+            return self.compute_signature(uri, params)
+        parts = [uri]
+        if params:
+            for name in sorted(set(params)):
+                for value in sorted(set(params.getlist(name))):
+                    parts += (name, value)
+        mac = self._mac.copy()
+        mac.update("".join(parts).encode("utf-8"))
+        return base64.b64encode(mac.digest()).decode("utf-8").strip()
+
+    def validate(self, uri, params, signature, algorithm=None):
+        if algorithm is None and signature:
+            try:
+                if compare_digest(self.signature(uri, params), signature):
+                    return True
+            except Exception:  # fall through to the library's own handling
+                pass
+        return super().validate(uri, params, signature, algorithm)
+
+
+# -- security ------------------------------------------------------------------------------
+def _base_url() -> str:
+    """scheme://host[/script_root] of the URL Twilio called (worked out once per request)."""
+    tw = _tw()
+    if tw["public_url"]:
+        return tw["public_url"]
+    base = request.environ.get("hotline.twilio_base")
+    if base is None:
+        scheme, host = request.scheme, request.host
+        if tw["trust_proxy"]:
+            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+        base = request.environ["hotline.twilio_base"] = f"{scheme}://{host}{request.script_root}"
+    return base
+
+
+def _called_url() -> str:
+    qs = request.query_string.decode("latin-1")
+    return _base_url() + request.path + (f"?{qs}" if qs else "")
+
+
+@bp.before_request
+def _check_signature():
+    tw = _tw()
+    if tw["listen"] and not tw["listener"].running:  # first request of this (forked) worker
+        tw["listener"].ensure_started()
+    if not tw["validate"]:
+        return None
+    if tw["validator"] is None:
+        return Response("Twilio webhooks are disabled: TWILIO_AUTH_TOKEN is not configured\n", 503)
+    signature = request.headers.get("X-Twilio-Signature", "")
+    url = _called_url()
+    params = request.form if request.method == "POST" else {}
+    if not signature or not tw["validator"].validate(url, params, signature):
+        log.warning("refused unsigned or forged Twilio request to %s from %s (call %s)", url,
+                    request.remote_addr, request.form.get("CallSid", "-"))
+        return Response("invalid Twilio signature\n", 403)
+    return None
+
+
+# -- answering ------------------------------------------------------------------------------
+def _xml(body: str) -> Response:
+    return Response(body, mimetype="application/xml")
+
+
+def _general_queue(call_id: str | None) -> str:
+    """The safe answer: the caller waits for the general seats (the wait URL registers them)."""
+    rules = _tw()["rules"].current()
+    skill = rules.hotline.skill
+    if call_id:
+        try:
+            _ensure_call(call_id, rules.hotline.number)
+        except Exception:
+            log.exception("call %s: could not register the call; the wait URL will retry", call_id)
+    r = VoiceResponse()
+    twiml.enqueue(r, skill, call_id or "unknown", shards=_tw()["shards"], record=False)
+    return str(r)
+
+
+def _ensure_call(call_id: str, dialed: str | None = None) -> None:
+    """Make the flow know a call that reached us only through a failure path."""
+    flow = _tw()["flow"]
+    try:
+        flow.state(call_id)
+    except CallNotFound:
+        rules = _tw()["rules"].current()
+        flow.start(call_id, dialed or rules.hotline.number, request.form.get("From"))
+        _tw()["legs"].open(call_id, base=_base_url(), to=request.form.get("To", ""), **{"from": request.form.get("From", "")})
+
+
+def call_webhook(kind: str):
+    """A webhook whose failure must still leave the caller on the way to a seat.
+
+    ``kind``: ``call`` (a TwiML document for the call: failure = general queue), ``wait``
+    (inside <Enqueue>: failure = keep holding), ``leg`` (the TwiML of a leg at its end or of
+    a leg placed by the app — survey answer, agent and callback legs: failure = a spoken
+    goodbye, never a call left without TwiML), ``event`` (status callbacks: failure = 204
+    after logging; Twilio retries)."""
+    def wrap(view):
+        @functools.wraps(view)
+        def handler(*args, **kwargs):
+            call_id = request.form.get("CallSid") or request.args.get("call")
+            try:
+                return view(*args, **kwargs)
+            except Exception:
+                log.exception("Twilio %s webhook failed for call %s from %s", request.path, call_id,
+                              mask(request.form.get("From")))
+                if kind == "call":
+                    return _xml(_general_queue(call_id))
+                if kind == "wait":
+                    return _xml(twiml.wait([], None, hold_music=_tw()["hold_music"], tick_s=_tw()["tick_s"]))
+                if kind == "leg":
+                    return _xml(twiml.goodbye([{"do": "say", "text": CALL_ENDED}]))
+                return Response(status=204)
+        return handler
+    return wrap
+
+
+_TWIML_CACHE: dict = {}  # (action, steps, queue or target) -> TwiML: most calls get one of a few documents
+_TICKET_MARK = "HOTLINETICKETMARK"  # stands for the ticket id in a cached transfer (SIP header value)
+
+
+def _fresh_turn_twiml(turn, call_id: str, shards: int) -> str:
+    """A flow turn in an ordinary (not waiting) call context, rendered by ``twilio.twiml``."""
+    r = VoiceResponse()
+    twiml.speak(r, turn.steps)
+    if turn.action == "queue":
+        twiml.enqueue(r, turn.skill, call_id, shards=shards)
+    elif turn.action == "transfer":
+        twiml.dial(r, turn.target, action="dial-ended", ticket=turn.ticket)
+    elif turn.action == "survey":
+        return twiml.survey(turn.steps)
+    else:
+        r.hangup()
+    return str(r)
+
+
+def _render_turn(turn, call_id: str, tw: dict | None = None) -> str:
+    """A flow turn in an ordinary (not waiting) call context, from the cache when it can be:
+    a queue answer depends only on what is said and the holding queue; a transfer only on what
+    is said and the target, the ticket id (digits) being put in its place afterwards. Equal to
+    :func:`_fresh_turn_twiml` (tested for every line of the rules)."""
+    shards = (tw or _tw())["shards"]
+    if turn.action == "queue":
+        key = ("queue", tuple((s["do"], s.get("text"), s.get("file"), s.get("language")) for s in turn.steps
+                              if s["do"] in ("say", "play")),
+               twiml.hold_queue_name(turn.skill, call_id, shards))
+        body = _TWIML_CACHE.get(key)
+        if body is None:
+            body = _cache(key, _fresh_turn_twiml(turn, call_id, shards))
+        return body
+    if turn.action == "transfer" and turn.target and turn.ticket and turn.ticket.isascii() and turn.ticket.isdigit():
+        key = ("transfer", tuple((s["do"], s.get("text"), s.get("file"), s.get("language")) for s in turn.steps
+                                 if s["do"] in ("say", "play")), turn.target)
+        template = _TWIML_CACHE.get(key)
+        if template is None:
+            template = _fresh_turn_twiml(replace(turn, ticket=_TICKET_MARK), call_id, shards)
+            if template.count(_TICKET_MARK) > 1 or _TICKET_MARK in turn.target:
+                return _fresh_turn_twiml(turn, call_id, shards)
+            _cache(key, template)
+        return template.replace(_TICKET_MARK, turn.ticket)
+    return _fresh_turn_twiml(turn, call_id, shards)
+
+
+def _cache(key, body: str) -> str:
+    if len(_TWIML_CACHE) > 4096:
+        _TWIML_CACHE.clear()
+    _TWIML_CACHE[key] = body
+    return body
+
+
+def _start_call(tw: dict, f, base: str) -> str:
+    """``/voice``: route the call, open its ticket, remember the leg; the TwiML to answer."""
+    call_id = f["CallSid"]
+    legs = tw["legs"]
+    pipe = one_trip(legs.r, own_connection=True)  # ticket draft, call state and leg: one command
+    turn = tw["flow"].start(call_id, f.get("To", ""), f.get("From"), pipe=pipe)
+    legs.open(call_id, pipe=pipe, base=base, to=f.get("To", ""), **{"from": f.get("From", "")})
+    pipe.execute()
+    return _render_turn(turn, call_id, tw)
+
+
+@bp.post("/voice")
+@call_webhook("call")
+def voice():
+    return _xml(_start_call(_tw(), request.form, _base_url()))
+
+
+class VoiceFastPath:
+    """WSGI middleware serving a valid, signed ``POST /twilio/voice`` without Flask's request
+    machinery (request context, Werkzeug form parser, routing, hooks, response object): the
+    entry webhook is every call's first request, and that machinery cost as much as the call's
+    own work. The work is the Flask view's own (:func:`_start_call`), so is the answer.
+
+    Anything not plainly a well-formed signed voice request — another path or method, another
+    content type, a body over 64 KiB (or Flask's own limits) or not UTF-8, validation off or no token, a missing or
+    wrong signature, no ``CallSid`` — goes to Flask untouched, which answers as it always did
+    (403, 503, 400, …). A failure while answering is logged and answered with the general queue
+    exactly as :func:`call_webhook` does (inside a Flask request context, since that answer
+    registers the call). ``TWILIO_FAST_VOICE=0`` turns it off."""
+
+    PATH = "/twilio/voice"
+    MAX_BODY = 64 * 1024
+    HEADERS_CT = ("Content-Type", "application/xml; charset=utf-8")
+
+    def __init__(self, app, wsgi_app):
+        self.app, self.wsgi_app = app, wsgi_app
+        from werkzeug import urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
+
+    def __call__(self, environ, start_response):
+        if (environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "POST"
+                or environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded"):
+            return self.wsgi_app(environ, start_response)
+        tw = self.app.extensions["twilio"]
+        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
+        if not (tw["validate"] and tw["validator"] is not None and signature):
+            return self.wsgi_app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        cfg = self.app.config
+        if not 0 <= length <= min(self.MAX_BODY, cfg.get("MAX_CONTENT_LENGTH") or self.MAX_BODY,
+                                  cfg.get("MAX_FORM_MEMORY_SIZE") or self.MAX_BODY):
+            return self.wsgi_app(environ, start_response)  # Flask applies its own limits
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)  # whoever answers instead reads it again
+        try:
+            form = ImmutableMultiDict(parse_qsl(body.decode(), keep_blank_values=True, errors="werkzeug.url_quote"))
+            base = tw["public_url"] or self._base(environ, tw["trust_proxy"], self.app.config.get("TRUSTED_HOSTS"))
+            qs = environ.get("QUERY_STRING", "")
+            url = base + self.PATH + (f"?{qs}" if qs else "")
+            valid = form.get("CallSid") and tw["validator"].validate(url, form, signature)
+        except Exception:  # Flask tells the caller what is wrong with it
+            valid = False
+        if not valid:
+            return self.wsgi_app(environ, start_response)
+        if tw["listen"] and not tw["listener"].running:  # first request of this (forked) worker
+            tw["listener"].ensure_started()
+        try:
+            out = _start_call(tw, form, base).encode()
+        except Exception:
+            with self.app.request_context(environ):
+                call_id = form.get("CallSid")
+                log.exception("Twilio %s webhook failed for call %s from %s", self.PATH, call_id,
+                              mask(form.get("From")))
+                out = _general_queue(call_id).encode()
+        start_response("200 OK", [self.HEADERS_CT, ("Content-Length", str(len(out)))])
+        return [out]
+
+    @staticmethod
+    def _base(environ, trust_proxy, trusted_hosts=None) -> str:
+        """``_base_url()`` from the WSGI environ (what Werkzeug's ``request.scheme``,
+        ``request.host`` and ``request.script_root`` give); raises where they would differ."""
+        root = environ.get("SCRIPT_NAME", "")
+        if not root.isascii():
+            raise ValueError("non-ASCII script root: Flask decodes it")
+        scheme = environ.get("wsgi.url_scheme", "http")
+        host = get_host(environ, trusted_hosts)
+        if trust_proxy:
+            scheme = (environ.get("HTTP_X_FORWARDED_PROTO") or scheme).split(",")[0].strip() or scheme
+            host = (environ.get("HTTP_X_FORWARDED_HOST") or host).split(",")[0].strip() or host
+        return f"{scheme}://{host}{root.rstrip('/')}"
+
+
+@bp.post("/fallback")
+@call_webhook("call")
+def fallback():
+    """Twilio could not use ``voice`` (error or 15 s timeout): general seats, no questions."""
+    log.error("Twilio fallback for call %s from %s: %s %s", request.form.get("CallSid"),
+              mask(request.form.get("From")), request.form.get("ErrorCode"), request.form.get("ErrorUrl"))
+    return _xml(_general_queue(request.form.get("CallSid")))
+
+
+@bp.post("/wait")
+@call_webhook("wait")
+def wait():
+    call_id = request.form["CallSid"]
+    flow, tw = _tw()["flow"], _tw()
+    try:
+        turn = flow.wait(call_id)
+    except CallNotFound:  # reached the queue through a failure path: register it now
+        _ensure_call(call_id)
+        turn = flow.wait(call_id)
+    if turn.action == "hangup":
+        return _xml(twiml.goodbye(turn.steps))
+    # "transfer" to an agent: the switchboard is already ringing them; keep holding
+    return _xml(twiml.wait(turn.steps if turn.action == "queue" else [], turn.listen,
+                           hold_music=tw["hold_music"], tick_s=tw["tick_s"]))
+
+
+@bp.post("/heard")
+@call_webhook("wait")
+def heard():
+    call_id = request.form["CallSid"]
+    turn = _tw()["flow"].heard(call_id, request.form.get("SpeechResult", ""), "twilio-speech")
+    if turn.action == "transfer":  # emergency: out of the queue, queue-exit dials it
+        _tw()["legs"].set(call_id, pending="transfer")
+        _tw()["legs"].r.set(f"twilio:pending:{call_id}", _steps_json(turn.steps), ex=3600)
+        return _xml(twiml.leave())
+    return _xml(twiml.empty())
+
+
+@bp.post("/pressed")
+@call_webhook("wait")
+def pressed():
+    turn = _tw()["flow"].pressed(request.form["CallSid"], request.form.get("Digits", ""))
+    if turn.action == "hangup":
+        return _xml(twiml.goodbye(turn.steps))
+    return _xml(twiml.empty())
+
+
+@bp.post("/queue-exit")
+@call_webhook("call")
+def queue_exit():
+    """<Enqueue> action: why the caller left the holding queue."""
+    call_id, result = request.form["CallSid"], request.form.get("QueueResult", "")
+    if result == "leave":
+        state = _tw()["flow"].state(call_id)
+        raw = _tw()["legs"].r.get(f"twilio:pending:{call_id}")
+        steps = _steps_load(raw)
+        r = VoiceResponse()
+        twiml.speak(r, steps)
+        twiml.dial(r, state.target, action="dial-ended", ticket=state.ticket)
+        return _xml(str(r))
+    if result == "hangup":
+        _tw()["board"].caller_gone(call_id)
+        return _xml(twiml.empty())
+    if result in ("queue-full", "system-error", "error"):
+        log.error("call %s: Twilio holding queue said %s; holding in the next queue", call_id, result)
+        state = _tw()["flow"].state(call_id)
+        r = VoiceResponse()
+        r.enqueue(f"overflow-{state.skill}", wait_url="wait", action="queue-exit")
+        return _xml(str(r))
+    return _xml(twiml.empty())  # bridged / redirected: moved to the conference
+
+
+@bp.post("/dial-ended")
+@call_webhook("call")
+def dial_ended():
+    """Emergency or sub-center <Dial> ended: answered → survey; failed → the fallback seats."""
+    call_id = request.form["CallSid"]
+    if request.form.get("CallStatus") in GONE:
+        _tw()["board"].caller_gone(call_id)
+        return _xml(twiml.empty())
+    turn = _tw()["flow"].transfer_ended(call_id, request.form.get("DialCallStatus", "failed"))
+    return _xml(_render_turn(turn, call_id))
+
+
+@bp.post("/recording")
+@call_webhook("event")
+def recording():
+    """What the caller said while waiting: to the ticket (transcribed by an rq job)."""
+    f = request.form
+    call_id = f.get("CallSid")
+    if f.get("RecordingStatus") == "completed" and f.get("RecordingUrl"):
+        if _tw()["legs"].once(call_id, f"recording:{f.get('RecordingSid')}"):
+            _tw()["flow"].recorded(call_id, f["RecordingUrl"])
+    return Response(status=204)
+
+
+@bp.post("/status")
+@call_webhook("event")
+def status():
+    """The number's status callback: the citizen's call ended (any reason). Idempotent."""
+    if request.form.get("CallStatus") in GONE:
+        _tw()["board"].caller_gone(request.form["CallSid"])
+    return Response(status=204)
+
+
+@bp.post("/agent-answer")
+@call_webhook("leg")
+def agent_answer():
+    body = _tw()["board"].agent_answered(request.args["call"], request.args.get("agent", ""),
+                                         request.form.get("CallSid", ""))
+    return _xml(body)
+
+
+@bp.post("/agent-status")
+@call_webhook("event")
+def agent_status():
+    _tw()["board"].agent_leg_ended(request.args["call"], request.form.get("CallStatus", ""))
+    return Response(status=204)
+
+
+@bp.post("/transfer-status")
+@call_webhook("event")
+def transfer_status():
+    _tw()["board"].transfer_status(request.args["call"], request.form.get("CallStatus", ""))
+    return Response(status=204)
+
+
+@bp.post("/callback-agent")
+@call_webhook("leg")
+def callback_agent():
+    """A callback's agent leg answered (:class:`~ivr.twilio_calls.TwilioCallbackDialer`)."""
+    return _xml(_tw()["callbacks"].agent_answered(request.args["call"], int(request.args.get("n", 0)),
+                                                  request.args.get("agent", "")))
+
+
+@bp.post("/callback-citizen")
+@call_webhook("leg")
+def callback_citizen():
+    """The citizen answered the callback: a short sentence, then the conference with the agent."""
+    return _xml(_tw()["callbacks"].citizen_answered(request.args["call"], int(request.args.get("n", 0))))
+
+
+@bp.post("/callback-status")
+@call_webhook("event")
+def callback_status():
+    _tw()["callbacks"].status(request.args["call"], int(request.args.get("n", 0)), request.args.get("leg", ""),
+                              request.form.get("CallStatus", ""))
+    return Response(status=204)
+
+
+@bp.post("/conference-events")
+@call_webhook("event")
+def conference_events():
+    f = request.form
+    name = f.get("FriendlyName", "")
+    if name.startswith("hotline-") and f.get("ConferenceSid"):
+        _tw()["legs"].set(name[len("hotline-"):], conference_sid=f["ConferenceSid"])
+    return Response(status=204)
+
+
+@bp.post("/conference-ended")
+@call_webhook("call")
+def conference_ended():
+    """The caller's <Dial><Conference> ended: the caller hung up, or the conference was ended."""
+    call_id = request.form["CallSid"]
+    if request.form.get("CallStatus") in GONE:
+        _tw()["board"].caller_gone(call_id)
+        return _xml(twiml.empty())
+    return survey_start()
+
+
+@bp.post("/survey-start")
+@call_webhook("call")
+def survey_start():
+    turn = _tw()["flow"].transfer_ended(request.form["CallSid"], "completed")
+    return _xml(_render_turn(turn, request.form["CallSid"]))
+
+
+@bp.post("/survey")
+@call_webhook("leg")
+def survey():
+    turn = _tw()["flow"].survey(request.form["CallSid"], request.form.get("Digits", ""))
+    return _xml(twiml.goodbye(turn.steps))
+
+
+def _steps_json(steps) -> str:
+    import json
+
+    return json.dumps([dict(s) for s in steps], ensure_ascii=False)
+
+
+def _steps_load(raw) -> list:
+    import json
+
+    return json.loads(raw) if raw else []
+
+
+# -- the agent's transfer controls ------------------------------------------------------------
+def _agent_call() -> str | None:
+    agent = current_app.extensions["acd"].agent(g.agent_id) or {}
+    return agent.get("call")
+
+
+def _agent_action(fn):
+    from .agent_api import agent_required
+
+    @agent_required
+    @functools.wraps(fn)
+    def view():
+        call_id = _agent_call()
+        if not call_id or not _tw()["legs"].known(call_id):
+            return jsonify(error="no Twilio call in progress for this seat"), 409
+        try:
+            return jsonify(fn(call_id, request.get_json(silent=True) or {}))
+        except LookupError as exc:
+            return jsonify(error=str(exc).strip("'\"")), 409
+    view.__name__ = fn.__name__
+    return view
+
+
+@agent_bp.post("/three-way")
+@_agent_action
+def three_way(call_id, body):
+    """三方转接: ``{"kind": "subcenter"|"expert"}`` joins the caller and the agent."""
+    return _tw()["board"].start_transfer(call_id, body.get("kind", "subcenter"), "three_way")
+
+
+@agent_bp.post("/cold")
+@_agent_action
+def cold(call_id, body):
+    """Cold transfer: the agent drops out as soon as the target answers."""
+    return _tw()["board"].start_transfer(call_id, body.get("kind", "subcenter"), "cold")
+
+
+@agent_bp.post("/cancel")
+@_agent_action
+def cancel(call_id, body):
+    return _tw()["board"].cancel_transfer(call_id)
+
+
+@agent_bp.post("/leave")
+@_agent_action
+def leave(call_id, body):
+    """Warm transfer done: the agent leaves the caller with the target."""
+    return _tw()["board"].agent_leave(call_id)

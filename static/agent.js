@@ -1,0 +1,196 @@
+// Agent console: polls the ACD agent API and the call's ticket; every action is one JSON call.
+(function () {
+  "use strict";
+  var app = document.getElementById("agent-app");
+  if (!app) return;
+  var token = app.dataset.token;
+  var STATE = {ready: "就绪", ringing: "来电振铃", busy: "通话中", wrapup: "话后整理", paused: "小休", offline: "离线"};
+  var CALL = {waiting: "排队中", ringing: "振铃中", connected: "通话中", completed: "已结束", abandoned: "来电人已挂断"};
+  var KIND = {expert: "专家座席", subcenter: "分中心"};
+  var TSTATE = {ringing: "正在呼叫", joined: "已接通"};
+  var dirty = {};
+  var lastTicket = null;
+  var lastTransfers = "";
+
+  function $(id) { return document.getElementById(id); }
+  function msg(text, bad) { var m = $("agent-msg"); m.textContent = text || ""; m.className = "msg" + (bad ? " bad" : ""); }
+
+  function api(method, path, body) {
+    return fetch("/agent/api/" + path, {
+      method: method,
+      headers: {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+      body: body ? JSON.stringify(body) : undefined
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (data) {
+        if (r.status === 401) { msg("登录已失效，请刷新页面重新上岗。", true); }
+        if (!r.ok) { throw new Error(data.error || ("请求失败 " + r.status)); }
+        return data;
+      });
+    });
+  }
+  function act(method, path, body, done) {
+    return api(method, path, body).then(function (d) { if (done) msg(done); refresh(); return d; })
+      .catch(function (e) { msg(e.message, true); });
+  }
+
+  function renderSeat(me) {
+    var a = me.agent;
+    var threeWay = a.state === "paused" && a.reason === "three-way";  // out of rotation while in a three-way call
+    $("seat-state").textContent = threeWay ? "三方通话" : (STATE[a.state] || a.state);
+    $("seat-state").className = "state s-" + (threeWay ? "busy" : a.state);
+    $("seat-reason").textContent = a.state === "paused" && a.reason && !threeWay ? "（" + a.reason + "）" : "";
+    $("btn-ready").disabled = a.state !== "paused" || threeWay;
+    $("btn-pause").disabled = !(a.state === "ready" || a.state === "wrapup");
+    $("btn-wrapup").disabled = a.state !== "wrapup";
+  }
+
+  function renderCall(me, t) {
+    var call = me.call || (t && t.call && me.agent.state === "wrapup" ? t.call : null);
+    $("no-call").hidden = !!call;
+    $("call").hidden = !call;
+    if (!call) return;
+    var threeWay = me.agent.state === "paused" && me.agent.reason === "three-way";
+    $("call-state").textContent = threeWay ? "三方转接中" : me.agent.state === "ringing" ? "来电振铃" : (CALL[call.state] || call.state);
+    $("call-line").textContent = call.line || "";
+    $("call-line-name").textContent = t && t.line_name ? t.line_name : "";
+    $("call-caller").textContent = call.caller || call.caller_masked || "";
+    var waited = call.entered ? Math.max(0, Math.round(Date.now() / 1000 - call.entered)) : 0;
+    $("call-waited").textContent = waited + " 秒";
+    $("btn-decline").hidden = me.agent.state !== "ringing";
+    var busy = me.agent.state === "busy";
+    var box = $("transfer-buttons");
+    var key = JSON.stringify([t && t.transfers, t && t.expert_skill, busy]);
+    if (key !== lastTransfers) {
+      lastTransfers = key;
+      box.innerHTML = "";
+      ((t && t.transfers) || []).forEach(function (o) {
+        box.appendChild(button("btn-3way-" + o.kind, "三方转接：" + (KIND[o.kind] || o.kind) + " " + o.name, !busy, function () {
+          act("POST", "twilio/three-way", {kind: o.kind}, "正在呼叫" + o.name + "，接通后三方通话");
+        }));
+        box.appendChild(button("btn-cold-" + o.kind, "直接转出：" + o.name, !busy, function () {
+          act("POST", "twilio/cold", {kind: o.kind}, "对方接听后您将自动退出");
+        }, "secondary"));
+      });
+      if (t && t.expert_skill) {
+        box.appendChild(button("btn-queue-expert", "转入专家队列排队", !busy, function () {
+          act("POST", "call/transfer", {skill: t.expert_skill}, "已转入专家队列，来电人保留排队位置");
+        }, "secondary"));
+      }
+      if (!box.children.length) { box.innerHTML = '<span class="muted">这条热线没有分中心或专家座席。</span>'; }
+    }
+    var tr = t && t.transfer;
+    var active = tr && tr.transfer_state;
+    $("transfer-state").textContent = active ? ((tr.transfer_mode === "cold" ? "直接转出" : "三方转接") + "：" +
+      (TSTATE[tr.transfer_state] || tr.transfer_state) + " " + (tr.transfer_target || "")) : "";
+    $("btn-cancel-transfer").hidden = !active;
+    $("btn-leave").hidden = !(active && tr.transfer_state === "joined");
+  }
+
+  function button(id, text, disabled, onclick, cls) {
+    var b = document.createElement("button");
+    b.type = "button"; b.id = id; b.textContent = text; b.disabled = disabled; if (cls) b.className = cls;
+    b.addEventListener("click", onclick);
+    return b;
+  }
+
+  function field(t, name) { return (t.fields || {})[name] || null; }
+
+  function renderTicket(payload) {
+    var t = payload && payload.ticket;
+    $("no-ticket").hidden = !!t;
+    $("ticket").hidden = !t;
+    if (!t) { $("ticket-id").textContent = ""; $("ticket-status").textContent = ""; return; }
+    if (lastTicket !== t.id) { dirty = {}; lastTicket = t.id; }
+    $("ticket-id").textContent = "#" + t.id;
+    var statusName = {open: "待确认", manual_entry: "需人工填写", confirmed: "已确认", finished: "已办结", handed_off: "已派发"};
+    $("ticket-status").textContent = (statusName[t.status] || t.status) + (t.manual_reason ? "：" + t.manual_reason : "");
+    $("ticket-status").dataset.status = t.status;
+    $("t-transcript").value = t.transcript || (t.transcript_status === "pending" ? "（正在识别…）" : "（无转写）");
+    ["type", "line", "location", "unit", "subject", "summary"].forEach(function (n) {
+      if (dirty[n]) return;
+      var f = field(t, n);
+      $("t-" + n).value = f && f.value != null ? f.value : "";
+    });
+    if (!dirty.enterprise) { var e = field(t, "enterprise"); $("t-enterprise").checked = !!(e && e.value); }
+    document.querySelectorAll("#ticket .src").forEach(function (el) {
+      var f = field(t, el.dataset.src);
+      el.textContent = "";
+      el.className = "src";
+      if (f && f.source === "machine" && !f.confirmed) { el.textContent = "机器填写"; el.className = "src tag machine"; }
+      else if (f && f.confirmed) { el.textContent = f.source === "agent" ? "坐席修改" : "已确认"; el.className = "src tag ok"; }
+    });
+    var dep = field(t, "department"), em = field(t, "emergency");
+    $("t-department").textContent = dep && dep.value ? dep.value : "—";
+    $("t-emergency").textContent = em && em.value ? em.value : "无";
+    $("t-contact-due").textContent = (t.contact_due || "").replace("T", " ").slice(0, 16);
+    $("t-due").textContent = (t.due_at || "").replace("T", " ").slice(0, 16);
+    $("btn-confirm").disabled = t.status === "finished" || t.status === "handed_off";
+    // 办结: once the ticket is confirmed; the hand-off to the departments follows
+    $("finish").hidden = !(t.status === "confirmed" || t.status === "finished" || t.status === "handed_off");
+    $("btn-finish").disabled = t.status !== "confirmed";
+    $("t-result").disabled = t.status !== "confirmed";
+    if (t.result && t.status !== "confirmed") { $("t-result").value = t.result; }
+  }
+
+  var busyPoll = false;
+  function refresh() {
+    if (busyPoll) return;
+    busyPoll = true;
+    api("GET", "me").then(function (me) {
+      renderSeat(me);
+      if (me.call || me.agent.state === "wrapup") {
+        return api("GET", "ticket").then(function (t) {
+          renderCall(me, t.call ? t : null);
+          renderTicket(t);
+        });
+      }
+      renderCall(me, null);
+      renderTicket(null);
+    }).catch(function (e) { msg(e.message, true); }).then(function () { busyPoll = false; });
+  }
+
+  document.querySelectorAll("#ticket input, #ticket select").forEach(function (el) {
+    el.addEventListener("input", function () { dirty[el.name] = true; });
+    el.addEventListener("change", function () { dirty[el.name] = true; });
+  });
+  $("ticket").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var edits = {};
+    Object.keys(dirty).forEach(function (n) {
+      var el = $("t-" + n);
+      edits[n] = el.type === "checkbox" ? el.checked : el.value;
+    });
+    api("POST", "ticket/confirm", {edits: edits}).then(function (t) {
+      dirty = {};
+      renderTicket(t);
+      msg("工单已确认");
+    }).catch(function (e) { msg(e.message, true); });
+  });
+  $("finish").addEventListener("submit", function (ev) {
+    ev.preventDefault();  // same POST as the plain form, with the session's CSRF token, answered in JSON
+    var result = $("t-result").value.trim();
+    if (!result) { msg("请填写办理结果", true); return; }
+    fetch($("finish").action, {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": app.dataset.csrf},
+      body: JSON.stringify({result: result, ticket: lastTicket})
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (d) {
+        if (!r.ok) { throw new Error(d.error || ("请求失败 " + r.status)); }
+        return d;
+      });
+    }).then(function (d) { renderTicket(d); msg("工单已办结，已排队派发"); })
+      .catch(function (e) { msg(e.message, true); });
+  });
+  $("btn-ready").addEventListener("click", function () { act("POST", "state", {state: "ready"}, "已就绪，等待来电"); });
+  $("btn-pause").addEventListener("click", function () { act("POST", "state", {state: "paused", reason: $("pause-reason").value}, "已小休"); });
+  $("btn-wrapup").addEventListener("click", function () { act("POST", "wrapup/done", null, "话后整理完成，已就绪"); });
+  $("btn-decline").addEventListener("click", function () { act("POST", "call/decline", null, "已拒接，来电转给下一位坐席"); });
+  $("btn-cancel-transfer").addEventListener("click", function () { act("POST", "twilio/cancel", null, "已取消转接，来电人仍与您通话"); });
+  $("btn-leave").addEventListener("click", function () { act("POST", "twilio/leave", null, "您已退出三方通话"); });
+
+  refresh();
+  setInterval(refresh, 1500);
+  setInterval(function () { api("POST", "heartbeat").catch(function () {}); }, 10000);
+  api("POST", "heartbeat").catch(function () {});
+})();

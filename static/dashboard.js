@@ -1,0 +1,60 @@
+// Supervisor dashboard: redraws figures and the hourly chart (inline SVG) every 5 seconds.
+(function () {
+  "use strict";
+  var script = document.getElementById("dashboard-script");
+  var url = script && script.dataset.url;
+  var NS = "http://www.w3.org/2000/svg";
+  function pct(v) { return v == null ? "—" : (v * 100).toFixed(1) + "%"; }
+  function el(name, attrs, text) {
+    var e = document.createElementNS(NS, name);
+    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  function chart(hourly) {
+    var svg = document.getElementById("hourly-chart");
+    if (!svg) return;
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var W = 720, H = 220, L = 40, R = 40, T = 10, B = 30;
+    var w = (W - L - R) / 24, max = 1;
+    hourly.forEach(function (h) { max = Math.max(max, h.offered); });
+    svg.appendChild(el("line", {x1: L, y1: H - B, x2: W - R, y2: H - B, "class": "axis"}));
+    svg.appendChild(el("text", {x: 4, y: T + 10, "class": "lbl"}, String(max)));
+    svg.appendChild(el("text", {x: W - R + 4, y: T + 10, "class": "lbl"}, "100%"));
+    var pts = [];
+    hourly.forEach(function (h) {
+      var x = L + h.hour * w, bh = (H - B - T) * h.offered / max;
+      var bar = el("rect", {x: x + 2, y: H - B - bh, width: w - 4, height: bh, "class": "bar"});
+      bar.appendChild(el("title", {}, h.hour + "时：" + h.offered + " 通，接通率 " + pct(h.answer_rate)));
+      svg.appendChild(bar);
+      if (h.answer_rate != null) pts.push((x + w / 2) + "," + (T + (H - B - T) * (1 - h.answer_rate)));
+    });
+    for (var i = 0; i < 24; i += 3) svg.appendChild(el("text", {x: L + i * w + 2, y: H - 10, "class": "lbl"}, i + "时"));
+    if (pts.length) svg.appendChild(el("polyline", {points: pts.join(" "), "class": "rate"}));
+    pts.forEach(function (p) { var xy = p.split(","); svg.appendChild(el("circle", {cx: xy[0], cy: xy[1], r: 3, "class": "dot"})); });
+  }
+  function render(d) {
+    var t = d.today.total;
+    document.querySelectorAll("#kpi-total [data-k]").forEach(function (e) {
+      var k = e.dataset.k, v = t[k];
+      e.textContent = k === "offered" ? v : pct(v);
+    });
+    document.getElementById("updated-at").textContent = d.at;
+    var body = document.querySelector("#queues tbody");
+    body.innerHTML = "";
+    d.queues.forEach(function (q) {
+      if (!q.waiting && !q.logged_in) return;
+      var tr = document.createElement("tr");
+      [q.name, q.waiting, Math.round(q.longest_wait_s) + " 秒", q.agents.ready, q.agents.ringing, q.agents.busy,
+        q.agents.wrapup, q.agents.paused].forEach(function (v) { var td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
+      body.appendChild(tr);
+    });
+    chart(d.today.hourly);
+  }
+  var first = document.getElementById("dashboard-data");
+  if (first) chart(JSON.parse(first.textContent).today.hourly);
+  if (url) setInterval(function () {
+    fetch(url, {headers: {"Accept": "application/json"}}).then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (d) { if (d) render(d); }).catch(function () {});
+  }, 5000);
+})();

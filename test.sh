@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the test suite (sets up .venv first). Extra arguments go to pytest, e.g. ./test.sh -k router
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"

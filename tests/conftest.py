@@ -1,0 +1,76 @@
+"""Shared fixtures: a real Redis for every test that needs one, the shipped rules, paths."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"  # copied from ../shared/data: legacy lines, labelled utterances
+sys.path.insert(0, str(ROOT))
+# every Flask app a test builds shares one Redis: an offer listener left running by one test's
+# app would ring agents of the next test's calls. Tests that need it turn it on in their config.
+os.environ.setdefault("TWILIO_OFFER_LISTENER", "0")
+
+from call_routing.redis_server import EmbeddedRedis  # noqa: E402
+from call_routing.rules import load_rules  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server_url():
+    """``REDIS_URL`` if set (its database is flushed between tests!), else a private server."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server_url):
+    """A Redis URL whose database starts empty for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    client.close()
+    yield redis_server_url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def rules_path() -> Path:
+    return ROOT / "transfer_rules.yaml"
+
+
+@pytest.fixture(scope="session")
+def rules(rules_path):
+    """The shipped rules, loaded once."""
+    return load_rules(rules_path)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data: legacy_lines.csv (the State Council list) and utterances_dev.jsonl."""
+    return DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` (full load runs) only with ``HOTLINE_FULL=1``; CI runs the reduced forms."""
+    if os.environ.get("HOTLINE_FULL") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set HOTLINE_FULL=1 for the full run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,58 @@
+"""Helpers for the console tests: an app on a copy of the rules, users of every role, sign-in."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORDS = {"admin": "admin-pass-123", "super": "super-pass-123", "agent1": "agent-pass-123"}
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def copy_rules(directory: Path) -> Path:
+    """The shipped rules and keyword files, copied where a test may edit them."""
+    shutil.copy(ROOT / "transfer_rules.yaml", directory / "transfer_rules.yaml")
+    shutil.copy(ROOT / "emergency_keywords.yaml", directory / "emergency_keywords.yaml")
+    return directory / "transfer_rules.yaml"
+
+
+def make_console_app(tmp_path: Path, redis_url: str, **extra):
+    """create_app on a copy of the rules, a fresh SQLite file, Twilio with a recording HTTP client."""
+    from app import create_app
+    from ivr.jobs import CallTickets
+    from ivr.tickets import TicketStore
+    from tests.twilio_support import ACCOUNT, TOKEN, RecordingHttpClient
+
+    rules_path = copy_rules(tmp_path)
+    url = f"sqlite:///{tmp_path / 'console.db'}"
+    tickets = TicketStore(url)
+    http = RecordingHttpClient()
+    config = {"RULES_PATH": str(rules_path), "REDIS_URL": redis_url, "DATABASE_URL": url,
+              "SECRET_KEY": "test-secret-key", "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_ACCOUNT_SID": ACCOUNT,
+              "TWILIO_HTTP_CLIENT": http, "TWILIO_CALLER_ID": "+8612345",
+              "HOTLINE_SERVICES": {"tickets": CallTickets(tickets), "classify": None}, "CONSOLE_TICKETS": tickets}
+    config.update(extra)
+    app = create_app(config)
+    console = app.extensions["console"]
+    console.db.add_user("admin", PASSWORDS["admin"], "admin", display_name="王管理")
+    console.db.add_user("super", PASSWORDS["super"], "supervisor", display_name="李班长")
+    console.db.add_user("agent1", PASSWORDS["agent1"], "agent", agent_id="a1", display_name="张坐席")
+    app.test_http = http
+    return app
+
+
+def csrf_of(client) -> str:
+    """The session's CSRF token (creates the session by opening the sign-in page)."""
+    html = client.get("/login").get_data(as_text=True)
+    return _CSRF.search(html).group(1)
+
+
+def sign_in(client, username: str, password: str | None = None):
+    token = csrf_of(client)
+    return client.post("/login", data={"username": username, "password": password or PASSWORDS[username],
+                                        "csrf_token": token})
+
+
+def form_csrf(html: str) -> str:
+    return _CSRF.search(html).group(1)

@@ -1,0 +1,91 @@
+"""The product as a user starts it: create_app() and `python app.py`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from call_routing.redis_server import free_port
+from call_routing.rules import RulesError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_create_app_reads_config_from_the_mapping_then_the_environment(monkeypatch, rules_path, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/from-env.db")
+    app = create_app({"RULES_PATH": str(rules_path), "TWILIO_AUTH_TOKEN": "secret"})
+    assert app.config["DATABASE_URL"] == f"sqlite:///{tmp_path}/from-env.db"
+    assert app.config["TWILIO_AUTH_TOKEN"] == "secret"
+    body = app.test_client().get("/healthz").get_json()
+    assert body == {"status": "ok", "rules_version": app.extensions["rules"].current().version}
+
+
+def test_the_app_refuses_to_start_on_invalid_rules_and_says_why(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("hotline: {number: '12345'}\n", encoding="utf-8")
+    with pytest.raises(RulesError) as err:
+        create_app({"RULES_PATH": str(bad)})
+    assert f"{bad}:1: hotline: missing required key 'name'" in str(err.value)
+
+
+def _ps(session_id) -> str:
+    return subprocess.run(["ps", "-o", "args=", "-s", str(session_id)], capture_output=True, text=True).stdout
+
+
+def _get(url, timeout=1.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    agi_port = free_port()
+    env.update(BIND=f"127.0.0.1:{port}", WEB_WORKERS="1", PYTHONUNBUFFERED="1", FASTAGI_BIND=f"127.0.0.1:{agi_port}")
+    log = open(tmp_path / "app.log", "w+")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                body = _get(f"http://127.0.0.1:{port}/healthz")
+            except OSError:
+                time.sleep(0.2)
+        assert body and body["status"] == "ok", open(tmp_path / "app.log").read()
+        log.seek(0)
+        text = log.read()
+        assert "started embedded Redis" in text
+        import redis
+
+        redis_url = text.split("started embedded Redis at ")[1].split()[0]
+        assert redis_url.startswith("unix://")  # local processes reach it through its Unix socket
+        assert redis.Redis.from_url(redis_url).ping()
+        deadline = time.monotonic() + 30
+        while "Listening on speech" not in text and time.monotonic() < deadline:
+            time.sleep(0.2)
+            log.seek(0)
+            text = log.read()
+        assert "Listening on speech" in text  # the rq worker is taking jobs
+        running = _ps(proc.pid)
+        assert "call_routing.acd tick" in running and "agi_scripts.fastagi_server" in running
+        import socket
+
+        with socket.create_connection(("127.0.0.1", agi_port), timeout=5):
+            pass  # the FastAGI server accepts Asterisk's connections
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    with pytest.raises(Exception):
+        redis.Redis.from_url(redis_url, socket_connect_timeout=0.5).ping()  # no orphan Redis left behind
+    out = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+    assert out.stdout.strip() == ""  # nothing of the session left running

@@ -1,0 +1,58 @@
+"""``python -m bench.webhooks`` runs as documented: both servers under gunicorn, every
+/twilio/voice request a new signed call (all answered 200, no CallSid repeated), one JSON object
+last, saying which load generator measured it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args):
+    r = subprocess.run([sys.executable, "-m", "bench.webhooks", "--seconds", "1", "--rounds", "1",
+                        "--connections", "10", *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("generator", ["wrk", "python"])
+def test_bench_webhooks_reports_figures_with_its_generator(generator):
+    if generator == "wrk" and not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    figures = run("--generator", generator)
+    assert figures["generator"] == generator
+    for key in ("req_per_s", "bare_req_per_s", "ratio", "p99_ms", "bare_p99_ms"):
+        assert figures[key] and figures[key] > 0, key
+    assert figures["errors"] == 0 and figures["bare_errors"] == 0  # every signed call answered 200
+    assert figures["callsid_repeats"] == 0
+    from ivr.serving import default_workers
+
+    # both servers run with the product's gunicorn settings (ivr/serving.py)
+    assert figures["worker_class"] == "sync" and figures["workers"] == default_workers()
+    assert figures["connections"] == 10
+
+
+def test_the_product_serves_with_one_sync_worker_per_core_plus_one_unless_told(monkeypatch):
+    import gc
+    import os
+
+    from ivr import serving
+
+    monkeypatch.delenv("WEB_WORKERS", raising=False)
+    assert serving.default_workers() == (os.cpu_count() or 1) + 1
+    monkeypatch.setenv("WEB_WORKERS", "7")
+    assert serving.default_workers() == 7
+    before = gc.get_freeze_count()
+    kept = [[] for _ in range(100)]  # objects a worker builds at start-up
+    try:
+        serving.post_worker_init(None)
+        assert gc.get_freeze_count() >= before + 100  # out of the full collections' way
+    finally:
+        gc.unfreeze()
+    assert kept

@@ -1,0 +1,172 @@
+"""Sign-in, roles, CSRF and the audit log of the consoles (Flask test client, real Redis, SQLite)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consoles import bootstrap_admin
+from tests.console_support import PASSWORDS, ROOT, csrf_of, form_csrf, make_console_app, sign_in
+
+ADMIN_PAGES = ["/admin/rules", "/admin/rules/lines/12301", "/admin/rules/yaml", "/admin/rules/history",
+               "/admin/users", "/admin/audit"]
+STAFF_PAGES = ["/admin/", "/admin/api/dashboard"]
+AGENT_PAGES = ["/agent/"]
+POSTS = ["/admin/rules/yaml", "/admin/rules/lines/12301", "/admin/rules/drafts/1", "/admin/rules/drafts/1/publish",
+         "/admin/rules/history/1/rollback", "/admin/users", "/admin/users/agent1", "/agent/seat/login",
+         "/agent/seat/logout"]
+
+
+@pytest.fixture
+def app(tmp_path, redis_url):
+    return make_console_app(tmp_path, redis_url)
+
+
+def test_every_console_page_sends_a_stranger_to_the_sign_in_page(app):
+    client = app.test_client()
+    for path in ADMIN_PAGES + STAFF_PAGES + AGENT_PAGES:
+        r = client.get(path)
+        if path.startswith("/admin/api/"):
+            assert r.status_code == 401, path
+        else:
+            assert r.status_code == 302 and "/login?next=" in r.location, path
+
+
+def test_every_console_post_refuses_a_stranger_even_with_a_valid_csrf_token(app):
+    client = app.test_client()
+    token = csrf_of(client)
+    for path in POSTS:
+        r = client.post(path, data={"csrf_token": token})
+        assert r.status_code == 401, path
+
+
+def test_each_role_is_refused_the_pages_of_the_others(app):
+    cases = {"super": (ADMIN_PAGES + AGENT_PAGES, STAFF_PAGES), "agent1": (ADMIN_PAGES + STAFF_PAGES, AGENT_PAGES),
+             "admin": (AGENT_PAGES, ADMIN_PAGES + STAFF_PAGES)}
+    for user, (refused, allowed) in cases.items():
+        client = app.test_client()
+        assert sign_in(client, user).status_code == 302
+        for path in refused:
+            r = client.get(path)
+            assert r.status_code == 403, (user, path)
+            if not path.startswith("/admin/api/"):
+                assert "无权访问" in r.get_data(as_text=True)
+        for path in allowed:
+            assert client.get(path).status_code == 200, (user, path)
+        token = csrf_of(client)
+        for path in POSTS:
+            expected = 403 if (path.startswith("/agent/") != (user == "agent1")) else None
+            if expected:
+                assert client.post(path, data={"csrf_token": token}).status_code == 403, (user, path)
+
+
+def test_the_agent_api_ticket_endpoints_need_an_agent_token(app):
+    client = app.test_client()
+    assert client.get("/agent/api/ticket").status_code == 401
+    assert client.post("/agent/api/ticket/confirm", json={}).status_code == 401
+    sign_in(client, "agent1")  # a browser session is not an agent-API token
+    assert client.get("/agent/api/ticket").status_code == 401
+
+
+def test_a_post_without_the_session_csrf_token_is_refused_and_changes_nothing(app):
+    client = app.test_client()
+    sign_in(client, "admin")
+    users_before = [u.username for u in app.extensions["console"].db.users()]
+    form = {"username": "mallory", "password": "long-enough-pw", "role": "admin"}
+    assert client.post("/admin/users", data=form).status_code == 400
+    assert client.post("/admin/users", data={**form, "csrf_token": "forged"}).status_code == 400
+    r = client.post("/admin/users", data=form, headers={"X-CSRF-Token": "forged"})
+    assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True)
+    assert [u.username for u in app.extensions["console"].db.users()] == users_before
+    # sign-in itself needs the token (login CSRF)
+    other = app.test_client()
+    assert other.post("/login", data={"username": "admin", "password": PASSWORDS["admin"]}).status_code == 400
+
+
+def test_passwords_are_stored_hashed_and_a_wrong_one_is_refused_and_audited(app):
+    db = app.extensions["console"].db
+    user = db.user("admin")
+    assert PASSWORDS["admin"] not in user.password_hash and user.password_hash.startswith(("scrypt:", "pbkdf2:"))
+    client = app.test_client()
+    r = sign_in(client, "admin", "wrong-password")
+    assert r.status_code == 401 and "用户名或密码错误" in r.get_data(as_text=True)
+    assert client.get("/admin/rules").status_code == 302
+    failed = db.audit_entries(action="login.failed")
+    assert failed and failed[0].actor == "admin"
+
+
+def test_sign_in_sends_each_role_home_and_never_to_another_site(app):
+    homes = {"admin": "/admin/", "super": "/admin/", "agent1": "/agent/"}
+    for user, home in homes.items():
+        assert sign_in(app.test_client(), user).location == home
+    client = app.test_client()
+    token = csrf_of(client)
+    r = client.post("/login?next=//evil.example/x", data={"username": "admin", "password": PASSWORDS["admin"],
+                                                          "csrf_token": token})
+    assert r.location == "/admin/"
+
+
+def test_a_disabled_user_loses_their_session_at_once(app):
+    client = app.test_client()
+    sign_in(client, "super")
+    assert client.get("/admin/").status_code == 200
+    app.extensions["console"].db.update_user("super", active=False)
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_first_admin_gets_a_one_time_password_that_must_be_changed(tmp_path, redis_url, capsys):
+    from consoles.db import ConsoleStore
+
+    app = make_console_app(tmp_path, redis_url)
+    # a fresh database: nobody yet
+
+    fresh = ConsoleStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    password = bootstrap_admin(fresh)
+    assert password and password in capsys.readouterr().out
+    assert bootstrap_admin(fresh) is None  # only once
+    app.extensions["console"].db = fresh
+    client = app.test_client()
+    assert sign_in(client, "admin", password).location == "/account/password"
+    assert client.get("/admin/rules").location == "/account/password"
+    html = client.get("/account/password").get_data(as_text=True)
+    r = client.post("/account/password", data={"csrf_token": form_csrf(html), "old_password": password,
+                                                "new_password": "a-new-pass-2026", "new_password2": "a-new-pass-2026"})
+    assert r.status_code == 200 and "密码已修改" in r.get_data(as_text=True)
+    assert client.get("/admin/rules").status_code == 200
+    assert bootstrap_admin(ConsoleStore(f"sqlite:///{tmp_path / 'env.db'}"), "from-env-pass-1") is None
+    assert ConsoleStore(f"sqlite:///{tmp_path / 'env.db'}").authenticate("admin", "from-env-pass-1") is not None
+
+
+def test_user_changes_are_audited_with_who_when_and_a_before_after_diff(app):
+    client = app.test_client()
+    sign_in(client, "admin")
+    token = csrf_of(client)
+    r = client.post("/admin/users", data={"csrf_token": token, "username": "zhao", "password": "zhao-pass-123",
+                                          "role": "agent", "display_name": "赵坐席"})
+    assert r.status_code == 302
+    r = client.post("/admin/users/zhao", data={"csrf_token": token, "role": "supervisor", "active": "1"})
+    assert r.status_code == 302
+    entries = app.extensions["console"].db.audit_entries()
+    update = next(e for e in entries if e.action == "user.update")
+    create = next(e for e in entries if e.action == "user.create")
+    assert update.actor == "admin" and update.target == "zhao" and update.at is not None
+    assert "role: 'agent' → 'supervisor'" in update.diff
+    assert '"role": "agent"' in update.before and '"role": "supervisor"' in update.after
+    assert create.before is None and "zhao" in create.after
+    page = client.get(f"/admin/audit/{update.id}").get_data(as_text=True)
+    assert "supervisor" in page and "admin" in page
+
+
+def test_the_users_command_creates_a_user_who_can_sign_in(app, tmp_path):
+    env = {**os.environ, "DATABASE_URL": app.config["DATABASE_URL"]}
+    out = subprocess.run([sys.executable, "-m", "consoles.users", "add", "qian", "--role", "supervisor",
+                          "--password", "qian-pass-123"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "created supervisor qian" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "consoles.users", "add", "sun", "--role", "agent", "--password", "short"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "至少" in bad.stderr
+    assert sign_in(app.test_client(), "qian", "qian-pass-123").location == "/admin/"
+    assert app.extensions["console"].db.audit_entries(action="user.create")[0].actor.startswith("cli")

@@ -1,0 +1,291 @@
+"""End to end in headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) against
+the app served for real on a free port, with the Redis of the fixtures and a SQLite file.
+
+Citizens' calls arrive as signed Twilio webhooks over HTTP; Twilio's REST side is a recording
+client (no network). Screenshots of every page go to artifacts/consoles/.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from call_routing.acd import Agent
+from tests.console_support import PASSWORDS, ROOT, make_console_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = "/usr/bin/chromedriver"
+_missing = [what for what, ok in (("chromium (apt install chromium)", CHROMIUM),
+                                  ("chromedriver (apt install chromium-driver)", os.path.exists(DRIVER)),
+                                  ("selenium (pip install selenium)", importlib.util.find_spec("selenium")))
+            if not ok]
+pytestmark = pytest.mark.skipif(bool(_missing), reason="end-to-end browser tests need " + ", ".join(_missing))
+
+ARTIFACTS = ROOT / "artifacts" / "consoles"
+OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
+NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务座席。"
+CALLER = "+8613812345678"
+SAID = "我想咨询一下法律援助怎么申请，我住在朝阳区幸福路12号"
+
+
+@pytest.fixture(scope="module")
+def server(redis_server_url, tmp_path_factory):
+    import redis
+    from werkzeug.serving import make_server
+
+    redis.Redis.from_url(redis_server_url).flushdb()
+    app = make_console_app(tmp_path_factory.mktemp("e2e"), redis_server_url)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    app.base_url = f"http://127.0.0.1:{httpd.server_port}"
+    yield app
+    httpd.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000", "--lang=zh-CN",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)  # never Selenium Manager
+    driver.implicitly_wait(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def shot(driver, name):
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def wait_for(driver, condition, timeout=10, what="condition"):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+
+
+def by_id(driver, element_id):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id)
+
+
+def css(driver, selector):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def sign_in(driver, base, user):
+    driver.delete_all_cookies()
+    driver.get(base + "/login")
+    by_id(driver, "username").send_keys(user)
+    by_id(driver, "password").send_keys(PASSWORDS[user])
+    by_id(driver, "login-button").click()
+    wait_for(driver, lambda d: "/login" not in d.current_url, what="sign-in")
+
+
+def set_field(driver, element, value):
+    """Set an input's value the way a user's typing ends (also for datetime-local inputs)."""
+    driver.execute_script("arguments[0].value = arguments[1];"
+                          "arguments[0].dispatchEvent(new Event('input', {bubbles: true}));"
+                          "arguments[0].dispatchEvent(new Event('change', {bubbles: true}));", element, value)
+
+
+class Twilio:
+    """Posts webhooks to the running app exactly as Twilio does: form params + X-Twilio-Signature."""
+
+    def __init__(self, base):
+        import requests
+        from twilio.request_validator import RequestValidator
+
+        from tests.twilio_support import TOKEN
+
+        self.base, self.session, self.validator = base, requests.Session(), RequestValidator(TOKEN)
+
+    def post(self, path, params):
+        url = self.base + path
+        r = self.session.post(url, data=params, headers={"X-Twilio-Signature":
+                                                         self.validator.compute_signature(url, params)}, timeout=10)
+        assert r.status_code in (200, 204), (path, r.status_code, r.text)
+        return r
+
+    def said(self, path, params) -> str:
+        root = ET.fromstring(self.post(path, params).text)
+        return "".join(e.text or "" for e in root.iter("Say"))
+
+
+def call(sid, to, **extra):
+    from tests.twilio_support import call_params
+
+    return call_params(sid, to, CALLER, **extra)
+
+
+# -- the admin -----------------------------------------------------------------------------------
+def test_an_admin_fixes_a_broken_rule_dry_runs_publishes_and_rolls_back_while_calls_flow(server, browser):
+    base, d = server.base_url, browser
+    twilio = Twilio(base)
+    flow = server.extensions["twilio"]["flow"]
+    d.get(base + "/admin/")
+    shot(d, "01-login")
+    sign_in(d, base, "admin")
+    shot(d, "02-dashboard-admin")
+    old_version = server.extensions["rules"].current().version
+
+    # a caller rings 12301 before the change: the old transition prompt
+    assert OLD_PROMPT in twilio.said("/twilio/voice", call("CAbefore", "12301"))
+
+    d.get(base + "/admin/rules")
+    assert "12301" in by_id(d, "line-12301").text
+    shot(d, "03-rules")
+    css(d, "#line-12301 .edit-line").click()
+    wait_for(d, lambda d: "/admin/rules/lines/12301" in d.current_url, what="line form")
+    set_field(d, by_id(d, "f-transition.prompt"), NEW_PROMPT)
+    set_field(d, by_id(d, "f-transition.until"), "2026-02-30")  # a slip of the finger
+    by_id(d, "check-line").click()
+    error = wait_for(d, lambda d: d.find_elements("css selector", ".field.invalid .error-text"), what="field error")
+    assert re.search(r"第 \d+ 行", error[0].text) and "2026-02-30" in error[0].text
+    assert "校验未通过" in by_id(d, "problems").text
+    shot(d, "04-line-error")
+    set_field(d, by_id(d, "f-transition.until"), "2026-12-31")  # fixed after reading the error
+    by_id(d, "check-line").click()
+    wait_for(d, lambda d: "/admin/rules/drafts/" in d.current_url, what="draft page")
+    assert "校验通过" in by_id(d, "draft-valid").text
+    assert NEW_PROMPT in by_id(d, "diff").text
+    assert d.find_elements("id", "publish-blocked")  # no publish before a dry-run
+    shot(d, "05-draft")
+
+    set_field(d, by_id(d, "dr-to"), "12301")
+    set_field(d, by_id(d, "dr-caller"), "13812345678")
+    set_field(d, by_id(d, "dr-at"), "2026-07-01T09:00")
+    set_field(d, by_id(d, "dr-heard"), "景区门票价格不合理")
+    by_id(d, "dry-run").click()
+    wait_for(d, lambda d: d.find_elements("id", "result-draft"), what="dry-run result")
+    assert NEW_PROMPT in by_id(d, "result-draft").text and "tourism" in by_id(d, "result-draft").text
+    assert OLD_PROMPT in by_id(d, "result-running").text
+    shot(d, "06-dry-run")
+    set_field(d, by_id(d, "publish-note"), "12301过渡期提示语改短")
+    by_id(d, "publish").click()
+    wait_for(d, lambda d: "/admin/rules/history" in d.current_url, what="history after publish")
+    new_version = server.extensions["rules"].current().version
+    assert new_version != old_version and new_version in by_id(d, "running-version").text
+    assert "已发布规则版本" in d.page_source
+    shot(d, "07-history-after-publish")
+
+    # a new call uses the new prompt; the call already in progress kept the version it started with
+    assert NEW_PROMPT in twilio.said("/twilio/voice", call("CAafter", "12301"))
+    assert flow.state("CAbefore").rules_version == old_version
+    assert flow.state("CAafter").rules_version == new_version
+    twilio.post("/twilio/wait", call("CAbefore", "12301", CallStatus="in-progress"))  # still served
+    tickets = server.extensions["console"].tickets
+    assert tickets.by_call("CAbefore").rules_version == old_version
+
+    # rollback restores it
+    initial = next(v for v in server.extensions["console"].db.versions() if v.version == old_version)
+    css(d, f"#version-{initial.id} .view-version").click()
+    wait_for(d, lambda d: d.find_elements("id", "rollback"), what="version page")
+    shot(d, "08-version")
+    set_field(d, by_id(d, "rollback-note"), "恢复原提示语")
+    by_id(d, "rollback").click()
+    wait_for(d, lambda d: "/admin/rules/history" in d.current_url, what="history after rollback")
+    assert server.extensions["rules"].current().version == old_version
+    assert "已回滚" in d.page_source
+    shot(d, "09-history-after-rollback")
+    assert OLD_PROMPT in twilio.said("/twilio/voice", call("CArolledback", "12301"))
+
+    # the whole-file editor shows an error at its line; the audit log has every change
+    d.get(base + "/admin/rules/yaml")
+    content = by_id(d, "content")
+    text = content.get_attribute("value")
+    set_field(d, content, text.replace("    skill: tourism\n", "    skill: tourisn\n", 1))
+    by_id(d, "validate").click()
+    wait_for(d, lambda d: d.find_elements("id", "problems"), what="YAML problems")
+    line = text.splitlines().index("    skill: tourism") + 1
+    assert f"第 {line} 行" in by_id(d, "problems").text and "tourisn" in by_id(d, "problems").text
+    assert css(d, "#gutter .err").text == str(line)
+    shot(d, "10-yaml-error")
+    d.get(base + "/admin/audit")
+    audit = by_id(d, "audit").text
+    assert "rules.publish" in audit and "rules.rollback" in audit
+    shot(d, "11-audit")
+    for sid in ("CAbefore", "CAafter", "CArolledback"):  # the callers hang up
+        twilio.post("/twilio/status", call(sid, "12301", CallStatus="completed"))
+
+
+# -- the agent -----------------------------------------------------------------------------------
+def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_a_three_way_transfer(server, browser):
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a1", "张坐席", {"legal": 50}, endpoints=("client:a1",)))
+    acd.save_agent(Agent("e1", "法律专家", {"legal_expert": 50}, endpoints=("sip:expert1@pbx.example.gov.cn",),
+                         expert=True))
+    acd.login("e1")
+    twilio = Twilio(base)
+
+    sign_in(d, base, "agent1")
+    assert "/agent/" in d.current_url
+    shot(d, "12-agent-seat-login")
+    by_id(d, "seat-login-paused").click()
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "小休", what="seat paused")
+    shot(d, "13-agent-paused")
+
+    twilio.post("/twilio/voice", call("CAlegal", "12348"))
+    twilio.post("/twilio/wait", call("CAlegal", "12348", CallStatus="in-progress"))
+    twilio.post("/twilio/heard", call("CAlegal", "12348", CallStatus="in-progress", SpeechResult=SAID))
+
+    by_id(d, "btn-ready").click()
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "来电振铃", what="the call ringing")
+    wait_for(d, lambda d: by_id(d, "t-transcript").get_attribute("value") == SAID, what="pre-filled ticket")
+    assert by_id(d, "t-location").get_attribute("value") == "朝阳区幸福路12号"
+    assert by_id(d, "call-line").text == "12348" and by_id(d, "call-caller").text == "138****5678"
+    marked = [e.text for e in d.find_elements("css selector", "#ticket .src.machine")]
+    assert "机器填写" in marked and len(marked) >= 3
+    assert by_id(d, "t-due").text
+    shot(d, "14-agent-ringing-prefilled")
+
+    leg = server.extensions["twilio"]["legs"].get("CAlegal")["agent_call"]  # the agent picks up
+    twilio.post("/twilio/agent-answer?call=CAlegal&agent=a1", {"CallSid": leg, "CallStatus": "in-progress"})
+    twilio.post("/twilio/conference-events", {"FriendlyName": "hotline-CAlegal", "ConferenceSid": "CF" + "2" * 32,
+                                              "StatusCallbackEvent": "conference-start"})
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "通话中", what="connected")
+    location = by_id(d, "t-location")
+    location.clear()
+    location.send_keys("朝阳区幸福路12号院3号楼")
+    by_id(d, "btn-confirm").click()
+    wait_for(d, lambda d: by_id(d, "ticket-status").text.startswith("已确认"), what="ticket confirmed")
+    ticket = server.extensions["console"].tickets.by_call("CAlegal")
+    assert ticket.status == "confirmed" and ticket.fields["location"]["value"] == "朝阳区幸福路12号院3号楼"
+    assert ticket.fields["location"]["source"] == "agent"
+    shot(d, "15-agent-confirmed")
+
+    wait_for(d, lambda d: d.find_elements("id", "btn-3way-expert") and by_id(d, "btn-3way-expert").is_enabled(),
+             what="three-way button")
+    by_id(d, "btn-3way-expert").click()
+    wait_for(d, lambda d: "三方转接" in by_id(d, "transfer-state").text, what="transfer under way")
+    assert "sip:expert1@pbx.example.gov.cn" in by_id(d, "transfer-state").text
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "三方通话", what="seat shown in the three-way call")
+    assert by_id(d, "btn-cancel-transfer").is_displayed()
+    assert server.test_http.posts("/Participants.json")[-1][1]["To"].startswith("sip:expert1@pbx.example.gov.cn")
+    shot(d, "16-agent-three-way")
+
+    # the supervisor sees it all on the dashboard
+    sign_in(d, base, "super")
+    wait_for(d, lambda d: d.find_elements("css selector", "#hourly-chart rect"), what="hourly chart")
+    assert "接通率" in by_id(d, "kpi-total").text
+    shot(d, "17-dashboard-supervisor")

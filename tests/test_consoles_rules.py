@@ -1,0 +1,243 @@
+"""Rules editing by a telecom admin: validate, dry-run, publish, history, rollback, disk edits."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from call_routing.router import decide
+from call_routing.rules_store import RulesStore
+from consoles.rules_admin import PublishConflict
+from consoles.rules_sync import CHANNEL, KEY, apply_published
+from tests.console_support import ROOT, copy_rules, csrf_of, make_console_app, sign_in
+
+OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
+NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务座席。"
+IN_WINDOW = "2026-07-01T09:00"
+
+
+@pytest.fixture
+def app(tmp_path, redis_url):
+    return make_console_app(tmp_path, redis_url)
+
+
+@pytest.fixture
+def admin(app):
+    client = app.test_client()
+    sign_in(client, "admin")
+    client.csrf = csrf_of(client)
+    return client
+
+
+def line_form(app, **changes):
+    editor = app.extensions["console"].editor
+    values = editor.line_values(editor.disk_text(), "12301")
+    values.update(changes)
+    values["base_sha"] = app.extensions["console"].editor.disk_sha()
+    return values
+
+
+def make_draft(admin, app, **changes) -> str:
+    r = admin.post("/admin/rules/lines/12301", data={"csrf_token": admin.csrf, **line_form(app, **changes)})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    return r.location.split("?")[0]
+
+
+def dry_run(admin, draft_url, **form):
+    return admin.post(draft_url, data={"csrf_token": admin.csrf, "to": "12301", "at": IN_WINDOW, **form})
+
+
+def publish(admin, draft_url):
+    return admin.post(draft_url + "/publish", data={"csrf_token": admin.csrf, "note": "新提示语"})
+
+
+def test_the_rules_page_lists_every_line_with_mode_window_prompt_skill_and_target(admin, rules):
+    html = admin.get("/admin/rules").get_data(as_text=True)
+    rows = re.findall(r'<tr id="line-(\d+)">', html)
+    assert set(rows) == set(rules.lines) | {rules.hotline.number}
+    row_12301 = html.split('id="line-12301"')[1].split("</tr>")[0]
+    assert "整体并入" in row_12301 and "2021-01-01 至 2026-12-31" in row_12301 and OLD_PROMPT in row_12301
+    assert "旅游服务座席" in row_12301 and "tourism" in row_12301
+    sub = next(n for n, line in rules.lines.items() if line.mode == "subcenter")
+    row_sub = html.split(f'id="line-{sub}"')[1].split("</tr>")[0]
+    assert "设分中心" in row_sub and rules.lines[sub].subcenter_target in row_sub
+    row_12348 = html.split('id="line-12348"')[1].split("</tr>")[0]
+    assert "双号并行" in row_12348 and "专家：公共法律服务专家座席" in row_12348
+
+
+def test_yaml_errors_are_shown_at_their_line_exactly_as_the_check_command_reports_them(admin, app, tmp_path):
+    text = app.extensions["console"].editor.disk_text()
+    broken = text.replace("    skill: tourism\n", "    skill: tourisn\n", 1).replace(
+        "      until: 2026-12-31", "      until: 2026-02-30", 1)
+    r = admin.post("/admin/rules/yaml", data={"csrf_token": admin.csrf, "content": broken, "action": "validate"})
+    assert r.status_code == 422
+    html = r.get_data(as_text=True)
+    bad = tmp_path / "check" / "transfer_rules.yaml"
+    bad.parent.mkdir()
+    copy_rules(bad.parent)
+    bad.write_text(broken, encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "call_routing", "check", str(bad)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1
+    reported = re.findall(r":(\d+): (\S+): ", out.stdout)
+    assert {f for _, f in reported} == {"lines.12396.transition.until", "lines.12301.skill"}
+    for line, field in reported:
+        assert re.search(rf"第 {line} 行</a> · <code>{re.escape(field)}</code>", html), (line, field)
+    assert "no skill &#39;tourisn&#39;" in html
+    # the draft button refuses an invalid file too: no draft is made
+    r = admin.post("/admin/rules/yaml", data={"csrf_token": admin.csrf, "content": broken, "action": "draft"})
+    assert r.status_code == 422 and not app.extensions["console"].db.drafts()
+
+
+def test_a_line_edited_in_the_form_keeps_every_other_byte_of_the_file(admin, app):
+    before = Path(app.config["RULES_PATH"]).read_text(encoding="utf-8")
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    draft = app.extensions["console"].db.draft(int(url.rsplit("/", 1)[1]))
+    changed = [(a, b) for a, b in zip(before.splitlines(), draft.content.splitlines()) if a != b]
+    assert len(before.splitlines()) == len(draft.content.splitlines())
+    assert changed == [(f"      prompt: {OLD_PROMPT}", f"      prompt: {NEW_PROMPT}")]
+
+
+def test_a_form_error_is_shown_next_to_its_field_with_its_line(admin, app):
+    r = admin.post("/admin/rules/lines/12301", data={"csrf_token": admin.csrf,
+                                                     **line_form(app, **{"transition.until": "2026-02-30"})})
+    assert r.status_code == 422
+    html = r.get_data(as_text=True)
+    field = html.split('for="f-transition.until"')[1].split("</div>")[0]
+    line = app.extensions["console"].editor.disk_text().splitlines().index("      until: 2026-12-31", 300) + 1
+    assert f"第 {line} 行" in field and "is not a date" in field
+
+
+def test_dry_run_shows_the_drafts_decision_beside_the_running_one_and_is_required_before_publishing(admin, app):
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    r = publish(admin, url)  # not dry-run yet
+    assert r.status_code == 302 and r.location.endswith(url)
+    assert app.extensions["rules"].current().lines["12301"].transition.prompt == OLD_PROMPT
+    r = dry_run(admin, url, caller="13812345678", heard="景区门票太贵了")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200
+    draft_part, running_part = html.split('id="result-draft"')[1].split('id="result-running"')
+    assert NEW_PROMPT in draft_part and "tourism" in draft_part and OLD_PROMPT not in draft_part
+    assert OLD_PROMPT in running_part.split("</div>")[0]
+    # an emergency heard is routed by the draft the same way the router does
+    r = dry_run(admin, url, heard="家里着火了")
+    assert "119" in r.get_data(as_text=True).split('id="result-draft"')[1]
+
+
+def test_publish_serves_new_calls_the_new_version_while_a_call_in_flight_keeps_its_rules(admin, app, redis_client):
+    store = app.extensions["rules"]
+    held = store.current()  # a call that started before the publish
+    other_process = RulesStore(app.config["RULES_PATH"])  # e.g. the FastAGI server
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    dry_run(admin, url)
+    r = publish(admin, url)
+    assert r.status_code == 302 and r.location.endswith("/admin/rules/history")
+    new = store.current()
+    assert new.version != held.version
+    at = datetime.fromisoformat(IN_WINDOW)
+    assert decide("12301", None, at, None, new).steps[0]["text"] == NEW_PROMPT
+    assert decide("12301", None, at, None, held).steps[0]["text"] == OLD_PROMPT
+    assert held.lines["12301"].transition.prompt == OLD_PROMPT
+    deadline = time.monotonic() + 1.5
+    while other_process.current().version != new.version and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other_process.current().version == new.version  # within a second, no restart
+    assert redis_client.hget(KEY, "version").decode() == new.version
+    message = None
+    for _ in range(5):  # the first read may be the (ignored) subscribe confirmation
+        message = message or pubsub.get_message(timeout=0.5)
+    assert message and message["data"].decode() == new.version
+    history = admin.get("/admin/rules/history").get_data(as_text=True)
+    assert new.version in history and held.version in history and "使用中" in history
+    entry = app.extensions["console"].db.audit_entries(action="rules.publish")[0]
+    assert entry.actor == "admin" and f"-      prompt: {OLD_PROMPT}" in entry.diff and f"+      prompt: {NEW_PROMPT}" in entry.diff
+
+
+def test_rollback_republishes_an_earlier_version_and_is_audited(admin, app):
+    store = app.extensions["rules"]
+    original = store.current().version
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    dry_run(admin, url)
+    publish(admin, url)
+    assert store.current().lines["12301"].transition.prompt == NEW_PROMPT
+    versions = app.extensions["console"].db.versions()
+    initial = next(v for v in versions if v.kind == "initial")
+    page = admin.get(f"/admin/rules/history/{initial.id}").get_data(as_text=True)
+    assert "回滚到此版本" in page
+    r = admin.post(f"/admin/rules/history/{initial.id}/rollback", data={"csrf_token": admin.csrf, "note": "提示语有误"})
+    assert r.status_code == 302
+    assert store.current().version == original
+    assert store.current().lines["12301"].transition.prompt == OLD_PROMPT
+    latest = app.extensions["console"].db.latest_version()
+    assert latest.kind == "rollback" and latest.restored_from == initial.id and latest.note == "提示语有误"
+    entry = app.extensions["console"].db.audit_entries(action="rules.rollback")[0]
+    assert entry.actor == "admin" and f"+      prompt: {OLD_PROMPT}" in entry.diff
+
+
+def test_an_invalid_edit_on_disk_never_replaces_the_running_rules_and_is_shown_to_the_admin(admin, app):
+    store = app.extensions["rules"]
+    running = store.current()
+    path = Path(app.config["RULES_PATH"])
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("    skill: tourism\n", "    skill: no_such_group\n", 1), encoding="utf-8")
+    line = text.splitlines().index("    skill: tourism") + 1
+    time.sleep(1.1)
+    assert store.current() is running
+    html = admin.get("/admin/rules").get_data(as_text=True)
+    assert "未通过校验，因此没有生效" in html and f"第 {line} 行" in html and "no_such_group" in html
+    editor = admin.get("/admin/rules/yaml").get_data(as_text=True)  # opens the broken file with its error
+    assert "no_such_group" in editor and f'data-errors="{line}"' in editor
+    assert "hotline_rules_file_invalid 1.0" in admin.get("/metrics").get_data(as_text=True)
+    # publishing a fix on top of the broken file works (its base is what is on disk)
+    assert not [v for v in app.extensions["console"].db.versions() if v.kind == "disk"]
+
+
+def test_a_valid_edit_on_disk_is_picked_up_and_recorded_as_a_version(admin, app):
+    store = app.extensions["rules"]
+    admin.get("/admin/rules")  # first look: the initial version is recorded
+    path = Path(app.config["RULES_PATH"])
+    path.write_text(path.read_text(encoding="utf-8").replace(OLD_PROMPT, NEW_PROMPT), encoding="utf-8")
+    time.sleep(1.1)
+    assert store.current().lines["12301"].transition.prompt == NEW_PROMPT
+    admin.get("/admin/rules")
+    latest = app.extensions["console"].db.latest_version()
+    assert latest.kind == "disk" and latest.version == store.current().version
+    entry = app.extensions["console"].db.audit_entries(action="rules.disk_change")[0]
+    assert entry.actor == "system" and NEW_PROMPT in entry.diff
+
+
+def test_publishing_a_draft_made_before_someone_elses_change_is_refused(admin, app):
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    dry_run(admin, url)
+    path = Path(app.config["RULES_PATH"])
+    path.write_text(path.read_text(encoding="utf-8").replace("全国统一旅游资讯服务电话", "旅游服务热线"), encoding="utf-8")
+    r = publish(admin, url)
+    assert r.status_code == 302
+    assert "已被修改" in admin.get(url).get_data(as_text=True)
+    assert NEW_PROMPT not in path.read_text(encoding="utf-8")
+    with pytest.raises(PublishConflict):
+        editor = app.extensions["console"].editor
+        editor.publish(editor.disk_text().replace("a", "a"), "admin", base_sha256="0" * 64)
+
+
+def test_another_host_follows_published_versions_and_never_writes_an_invalid_one(admin, app, tmp_path, redis_client):
+    other = tmp_path / "other-host"
+    other.mkdir()
+    other_rules = copy_rules(other)
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    dry_run(admin, url)
+    publish(admin, url)
+    version = app.extensions["rules"].current().version
+    assert apply_published(redis_client, str(other_rules)) == version
+    assert NEW_PROMPT in other_rules.read_text(encoding="utf-8")
+    assert apply_published(redis_client, str(other_rules)) is None  # already equal
+    redis_client.hset(KEY, mapping={"content": "hotline: [", "sha256": "x", "version": "bad"})
+    assert apply_published(redis_client, str(other_rules)) is None
+    assert NEW_PROMPT in other_rules.read_text(encoding="utf-8")

@@ -1,0 +1,140 @@
+"""The call flow without any telephony: what callers hear and where they go, on the shipped
+rules, an in-memory queue, and the real Redis ACD through its port."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from call_routing.acd import ACD, Agent
+from call_routing.rules import CHINA_TZ
+from ivr import flow as F
+from ivr.services import AcdQueue
+
+T0 = datetime(2024, 6, 3, 10, 0, tzinfo=CHINA_TZ).timestamp()
+
+
+class Clock:
+    t = T0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def mem(rules):
+    clock = Clock()
+    queue, tickets = F.MemoryQueue(), F.MemoryTickets()
+    domain = {"我家小区的公积金": {"skill": "housing_fund", "line": "12329"}}
+    flow = F.CallFlow(rules, queue, tickets, F.MemoryCalls(), classify=lambda text: domain.get(text), clock=clock)
+    return flow, queue, tickets, clock
+
+
+def test_position_announcement_reads_counts_the_way_people_say_them():
+    assert F.position_announcement(3, 50)["text"] == "您前面还有三位，预计等待一分钟。"
+    assert F.position_announcement(2, 121)["text"] == "您前面还有两位，预计等待三分钟。"
+    assert F.position_announcement(12, 600)["parts"] == ["您前面还有", "十二", "位，预计等待", "十", "分钟。"]
+    assert F.position_announcement(0, 0)["text"] == F.NEXT_IN_LINE
+    assert F.position_announcement(250, 3000)["text"].startswith(F.MANY_WAITING)
+    assert [F.spoken_number(n) for n in (1, 10, 20, 21, 99)] == ["一", "十", "二十", "二十一", "九十九"]
+
+
+def test_a_waiting_caller_hears_invitation_then_position_every_interval_then_callback_offer(mem, rules):
+    flow, queue, tickets, clock = mem
+    flow.start("c1", "12345", "13800138000")
+    heard = []
+    for _ in range(rules.callback_offer_after_s + 1):
+        turn = flow.wait("c1")
+        assert turn.action == "queue"
+        heard += [s["text"] for s in turn.steps]
+        clock.t += 1
+    assert heard[0] == F.INVITE
+    assert F.CALLBACK_OFFER in heard
+    assert sum(t.startswith(F.POSITION_HEAD) or t == F.NEXT_IN_LINE for t in heard) >= 2
+
+
+def test_the_caller_is_queued_by_the_first_wait_not_before(mem):
+    flow, queue, *_ = mem
+    turn = flow.start("c2", "12333", "13800138000")
+    assert (turn.action, turn.skill) == ("queue", "labor_social_security")
+    assert "c2" not in queue.calls
+    flow.wait("c2")
+    assert queue.calls["c2"]["skill"] == "labor_social_security"
+
+
+def test_fire_heard_while_waiting_transfers_to_119_at_once_and_leaves_the_queue(mem, rules):
+    flow, queue, tickets, _ = mem
+    flow.start("c3", "12345", "13800138000")
+    flow.wait("c3")
+    turn = flow.heard("c3", "楼下着火了，烟很大")
+    assert (turn.action, turn.target, turn.reason) == ("transfer", "119", "emergency")
+    assert turn.steps[0]["text"] == rules.emergency_notice.format(number="119", name="消防救援")
+    assert ("emergency", "c3") in queue.events and "c3" not in queue.calls
+    assert tickets.tickets[turn.ticket]["transcript"] == [("speech", "楼下着火了，烟很大")]
+
+
+def test_a_clear_domain_heard_moves_the_waiting_call_to_that_seat_group(mem):
+    flow, queue, *_ = mem
+    flow.start("c4", "12345", "13800138000")
+    flow.wait("c4")
+    turn = flow.heard("c4", "我家小区的公积金")
+    assert turn.action == "queue" and turn.skill == "housing_fund"
+    assert queue.calls["c4"]["skill"] == "housing_fund"
+
+
+def test_a_failed_emergency_transfer_lands_with_the_general_seats(mem):
+    flow, queue, *_ = mem
+    flow.start("c5", "12345", "13800138000")
+    flow.wait("c5")
+    flow.heard("c5", "有人晕倒了，快叫救护车")
+    turn = flow.transfer_ended("c5", "CONGESTION")
+    assert (turn.action, turn.skill) == ("queue", "general")
+    flow.wait("c5")
+    assert queue.calls["c5"]["skill"] == "general"
+
+
+def test_announce_and_hangup_opens_no_ticket(rules, tmp_path):
+    # a merge number after its window with announce_and_hangup ends the call; nothing to serve
+    flow = F.CallFlow(rules, F.MemoryQueue(), F.MemoryTickets(), F.MemoryCalls(),
+                      clock=lambda: datetime(2030, 1, 1, tzinfo=CHINA_TZ).timestamp())
+    turn = flow.start("c6", "12301", "13800138000")
+    assert turn.action == "queue"  # shipped rules forward after the window
+    assert turn.steps[0]["text"].startswith("12301旅游服务热线已停用")
+
+
+def test_hangup_is_idempotent_and_closes_the_ticket_once(mem):
+    flow, queue, tickets, _ = mem
+    t = flow.start("c7", "12345", "13800138000")
+    flow.wait("c7")
+    flow.hung_up("c7")
+    flow.hung_up("c7")
+    assert [e for e in queue.events if e[0] == "abandoned"] == [("abandoned", "c7")]
+    assert tickets.tickets[t.ticket]["status"] == "abandoned"
+
+
+def test_the_contract_variables_are_all_there():
+    names = set(F.Turn("queue").variables())
+    assert {"HOTLINE_ACTION", "HOTLINE_TARGET", "HOTLINE_SKILL", "HOTLINE_LINE", "HOTLINE_TICKET",
+            "HOTLINE_RULES_VERSION"} <= names
+
+
+def test_on_the_redis_acd_an_agent_is_assigned_and_a_callback_keeps_the_place(redis_client, redis_url, rules):
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.MemoryCalls())
+    for i in range(3):
+        flow.start(f"r{i}", "12345", f"1380013800{i}")
+        assert flow.wait(f"r{i}").action == "queue"
+    status = flow.queue.status("r2")
+    assert (status.state, status.position) == ("waiting", 2)  # two callers ahead
+    call = flow.state("r2")  # r2 has waited long enough to have been offered a callback
+    call.callback_offered = True
+    flow.calls.put("r2", call.__dict__)
+    turn = flow.pressed("r2", "1")
+    assert turn.action == "hangup" and turn.steps[0]["text"] == F.CALLBACK_BOOKED
+    assert acd.call("r2")["kind"] == "callback" and acd.position("r2").position == 3
+    acd.save_agent(Agent("a1", "张敏", {"general": 10}, ("PJSIP/agent1",)))
+    acd.login("a1")
+    turn = flow.wait("r0")
+    assert (turn.action, turn.target) == ("transfer", "PJSIP/agent1")

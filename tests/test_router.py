@@ -1,0 +1,263 @@
+"""How calls are routed: every legacy number, window edges, number forms, emergencies."""
+from __future__ import annotations
+
+import csv
+from datetime import datetime, timedelta
+
+import pytest
+
+from call_routing.numbers import mask, service_number
+from call_routing.router import decide, emergency_heard, three_way
+from call_routing.rules import CHINA_TZ, load_rules
+
+IN_WINDOW = datetime(2024, 6, 1, 10, 0, tzinfo=CHINA_TZ)
+AFTER_WINDOW = datetime(2027, 3, 1, 10, 0, tzinfo=CHINA_TZ)
+
+
+def legacy_lines(data_dir):
+    with open(data_dir / "legacy_lines.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def steps(decision):
+    return [dict(s) for s in decision.steps]
+
+
+def test_the_shipped_rules_hold_every_legacy_number_of_the_state_council_list(rules, data_dir):
+    rows = legacy_lines(data_dir)
+    assert len(rows) == 32
+    for row in rows:
+        line = rules.lines[row["number"]]
+        assert (line.mode, line.name, line.department) == (row["mode"], row["name"], row["department"])
+        assert (line.expert_skill is not None) == (row["expert_seats"] == "yes"), row["number"]
+    assert sorted(l.mode for l in rules.lines.values()).count("merge") == 13
+    assert [l.mode for l in rules.lines.values()].count("dual") == 14
+    assert [l.mode for l in rules.lines.values()].count("subcenter") == 5
+
+
+@pytest.mark.parametrize("row", legacy_lines(__import__("pathlib").Path(__file__).parent / "data"),
+                         ids=lambda r: r["number"])
+def test_each_legacy_number_gets_its_mode_and_steps(rules, row):
+    number = row["number"]
+    line = rules.lines[number]
+    d = decide(number, "13800138000", IN_WINDOW, None, rules)
+    assert d.line == number and d.mode == row["mode"] and d.rules_version == rules.version
+    if row["mode"] == "merge":
+        assert steps(d) == [
+            {"do": "say", "text": line.transition.prompt, "language": "zh-CN"},
+            {"do": "enqueue", "skill": line.skill, "line": number},
+        ]
+        assert number in line.transition.prompt and "12345" in line.transition.prompt
+    elif row["mode"] == "dual":
+        assert steps(d) == [{"do": "enqueue", "skill": line.skill, "line": number}]
+        experts = [t for t in d.transfers if t["kind"] == "expert"]
+        assert bool(experts) == (row["expert_seats"] == "yes")
+        if experts:
+            assert rules.skills[experts[0]["skill"]].expert
+    else:
+        assert steps(d) == [{"do": "transfer", "number": line.subcenter_target, "name": line.subcenter_name,
+                             "fallback_skill": line.skill}]
+        assert [t["kind"] for t in d.transfers] == ["subcenter"]
+
+
+def test_12345_goes_straight_to_the_general_seats_without_a_menu(rules):
+    d = decide("12345", "13800138000", IN_WINDOW, None, rules)
+    assert (d.line, d.mode) == ("12345", "main")
+    assert steps(d) == [{"do": "enqueue", "skill": "general", "line": "12345"}]
+
+
+def test_an_unknown_number_is_treated_as_the_main_hotline(rules):
+    d = decide("95566", None, IN_WINDOW, None, rules)
+    assert (d.line, d.mode, d.skill) == ("12345", "main", "general")
+
+
+# --- transition window edges, in China time --------------------------------------------
+
+def _window(rules, number="12301"):
+    t = rules.lines[number].transition
+    return t.starts, t.ends
+
+
+def test_transition_starts_at_midnight_china_time_of_its_from_date(rules):
+    starts, _ = _window(rules)
+    assert starts == datetime(2021, 1, 1, 0, 0, tzinfo=CHINA_TZ)
+    before = decide("12301", None, starts - timedelta(seconds=1), None, rules)
+    at = decide("12301", None, starts, None, rules)
+    after = decide("12301", None, starts + timedelta(seconds=1), None, rules)
+    assert [s["do"] for s in before.steps] == ["enqueue"]  # before the window: a normal line
+    assert [s["do"] for s in at.steps] == ["say", "enqueue"]
+    assert [s["do"] for s in after.steps] == ["say", "enqueue"]
+    assert "已并入12345" in at.steps[0]["text"]
+
+
+def test_transition_until_date_lasts_to_the_end_of_that_day(rules):
+    _, ends = _window(rules)
+    assert ends == datetime(2027, 1, 1, 0, 0, tzinfo=CHINA_TZ)  # until: 2026-12-31, inclusive
+    last = decide("12301", None, ends - timedelta(seconds=1), None, rules)
+    at = decide("12301", None, ends, None, rules)
+    after = decide("12301", None, ends + timedelta(seconds=1), None, rules)
+    assert "已并入12345" in last.steps[0]["text"]
+    for d in (at, after):
+        assert "已停用" in d.steps[0]["text"]
+        assert d.steps[-1]["do"] == "enqueue"  # shipped after-behaviour: forward
+
+
+def test_window_edges_are_china_time_whatever_zone_the_caller_time_is_in(rules):
+    _, ends = _window(rules)
+    utc_second_before = (ends - timedelta(seconds=1)).astimezone(tz=None).astimezone(
+        __import__("datetime").timezone.utc)
+    assert utc_second_before.hour == 15  # 23:59:59 in Shanghai is 15:59:59 UTC
+    assert "已并入" in decide("12301", None, utc_second_before, None, rules).steps[0]["text"]
+    naive_china = datetime(2026, 12, 31, 23, 59, 59)  # naive means China time
+    assert "已并入" in decide("12301", None, naive_china, None, rules).steps[0]["text"]
+    assert "已停用" in decide("12301", None, naive_china + timedelta(seconds=1), None, rules).steps[0]["text"]
+
+
+def test_every_merge_line_changes_behaviour_exactly_at_its_window_edges(rules):
+    for number, line in rules.lines.items():
+        if line.mode != "merge":
+            continue
+        t = line.transition
+        just_before = decide(number, None, t.starts - timedelta(seconds=1), None, rules)
+        first = decide(number, None, t.starts, None, rules)
+        last = decide(number, None, t.ends - timedelta(seconds=1), None, rules)
+        over = decide(number, None, t.ends, None, rules)
+        assert [s["do"] for s in just_before.steps] == ["enqueue"], number
+        assert first.steps[0]["text"] == last.steps[0]["text"] == t.prompt, number
+        assert over.steps[0]["text"] == line.after_text, number
+
+
+def _rules_with(tmp_path, rules_path, replace):
+    text = rules_path.read_text(encoding="utf-8")
+    for old, new in replace:
+        assert old in text
+        text = text.replace(old, new, 1)
+    (tmp_path / "emergency_keywords.yaml").write_text(
+        (rules_path.parent / "emergency_keywords.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    path = tmp_path / "rules.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_rules(path)
+
+
+def test_after_the_window_announce_and_hangup_tells_the_caller_and_ends_the_call(tmp_path, rules_path):
+    rules = _rules_with(tmp_path, rules_path, [(
+        '    after:\n      action: forward\n      text: 12301旅游服务热线已停用，以后请直接拨打12345。正在为您转接。',
+        '    after:\n      action: announce_and_hangup\n      text: 12301已停用，请改拨12345。',
+    )])
+    d = decide("12301", None, AFTER_WINDOW, None, rules)
+    assert steps(d) == [{"do": "say", "text": "12301已停用，请改拨12345。", "language": "zh-CN"},
+                        {"do": "hangup"}]
+    assert d.skill is None
+
+
+def test_a_recorded_prompt_is_played_instead_of_spoken(tmp_path, rules_path):
+    rules = _rules_with(tmp_path, rules_path, [(
+        "      prompt: 您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。",
+        "      prompt: 您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。\n"
+        "      audio: 12301_transition.wav",
+    )])
+    d = decide("12301", None, IN_WINDOW, None, rules)
+    assert d.steps[0]["do"] == "play" and d.steps[0]["file"] == "12301_transition.wav"
+    assert "已并入" in d.steps[0]["text"]  # the text stays for tickets and front-ends without the file
+
+
+# --- number normalisation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("raw,expected", [
+    ("12301", "12301"),
+    ("+8612301", "12301"),
+    ("008612301", "12301"),
+    ("8612301", "12301"),
+    ("sip:12301@pbx.example.gov.cn", "12301"),
+    ("sip:+8612301@10.0.0.1:5060;user=phone", "12301"),
+    ("tel:+86-12301", "12301"),
+    ("02112345", "12345"),
+    ("01012345", "12345"),
+    ("075512345", "12345"),
+    ("+862112345", "12345"),
+    ("+86 755 12301", "12301"),
+    ("0086 21 12345", "12345"),
+    (" 123 01 ", "12301"),
+    ("96119", "96119"),
+])
+def test_dialed_numbers_in_every_carrier_form_reach_the_right_line(rules, raw, expected):
+    assert decide(raw, None, IN_WINDOW, None, rules).line == expected
+
+
+def test_an_ordinary_subscriber_number_is_not_mangled_into_a_service_number(rules):
+    assert service_number("+8613812301000", rules.known_numbers) == "13812301000"
+    assert service_number("02188886666", rules.known_numbers) == "02188886666"
+
+
+def test_caller_numbers_are_masked_for_logs():
+    assert mask("+8613812345678") == "138****5678"
+    assert mask("13812345678") == "138****5678"
+    assert mask("sip:1001@pbx") == "**01"
+    assert mask(None) == "unknown"
+    assert "12345678" not in mask("13812345678")
+
+
+# --- emergencies ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,number", [
+    ("我家厨房着火了", "119"),
+    ("燃气管道好像漏气了，闻到很大的煤气味", "119"),
+    ("有人晕倒了，叫不醒", "120"),
+    ("老人突然昏迷了", "120"),
+    ("路口发生交通事故，有人受伤", "122"),
+    ("有人在街上抢劫", "110"),
+    ("对方让我把钱转到安全账户", "110"),
+])
+@pytest.mark.parametrize("dialed", ["12345", "12301", "12348", "12366", "95566"])
+def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dialed):
+    d = decide(dialed, "13800138000", IN_WINDOW, text, rules)
+    assert d.mode == "emergency" and d.emergency == number
+    assert [s["do"] for s in d.steps] == ["say", "transfer"]
+    assert d.steps[1]["number"] == number
+    assert number in d.steps[0]["text"]
+    assert d.line == (dialed if dialed in rules.known_numbers else "12345")
+
+
+@pytest.mark.parametrize("text", [
+    "小区里有人私自搭建违章建筑，挡住了消防通道",
+    "想举报一个火灾隐患，楼道里堆满了杂物",
+    "我们工厂发生了一起工伤事故，怎么做工伤认定",
+    "上个月出了交通事故，保险公司一直不理赔",
+    "饭店门口油烟直排，整个小区都是油烟味",
+    "我想问一下急救培训在哪里报名",
+    "",
+])
+def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, text):
+    d = decide("12345", None, IN_WINDOW, text, rules)
+    assert d.mode == "main" and d.emergency is None
+
+
+def test_life_comes_first_when_several_emergencies_are_heard(rules):
+    assert emergency_heard(rules, "着火了，有人昏迷了").number == "120"
+    assert emergency_heard(rules, "车祸以后车子起火了").number == "119"
+
+
+def test_dialing_an_emergency_number_through_the_gateway_hands_it_straight_over(rules):
+    d = decide("119", None, IN_WINDOW, None, rules)
+    assert d.mode == "emergency" and steps(d)[0]["do"] == "transfer" and steps(d)[0]["number"] == "119"
+
+
+# --- agent-side three-way transfers ---------------------------------------------------------
+
+def test_agents_can_pull_in_a_sub_center_or_expert_seats(rules):
+    sub = three_way(rules, "12366", "subcenter")
+    assert sub["do"] == "conference" and sub["number"] == rules.lines["12366"].subcenter_target
+    expert = three_way(rules, "12333", "expert")
+    assert expert["do"] == "conference" and expert["skill"] == "labor_social_security_expert"
+    with pytest.raises(LookupError, match="no expert seats"):
+        three_way(rules, "12369", "expert")
+    with pytest.raises(LookupError, match="not a legacy line"):
+        three_way(rules, "99999", "subcenter")
+
+
+def test_decisions_record_the_rules_version_and_serialise_to_json(rules):
+    import json
+
+    d = decide("12348", None, IN_WINDOW, None, rules).to_dict()
+    assert d["rules_version"] == rules.version and len(rules.version) == 12
+    assert json.loads(json.dumps(d, ensure_ascii=False)) == d
