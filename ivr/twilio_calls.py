@@ -67,6 +67,7 @@ class Legs:
         values = {k: v for k, v in fields.items() if v is not None}
         if values:
             pipe.hset(self.key(call_id), mapping=values)
+            pipe.expire(self.key(call_id), LEG_TTL_S)  # a hash written back after a Redis wipe expires too
         pipe.execute()
 
     def once(self, call_id: str, marker: str) -> bool:
@@ -178,9 +179,10 @@ class Switchboard:
             leg = self.legs.get(call_id)
         except RedisError:  # Redis down: Twilio will not call again, so act on what is known
             leg = {}
-        if not leg and status == "completed":
-            # the call's Twilio facts are gone (Redis down, or restarted empty) but the agent
-            # talked and hung up: the caller must not be left alone in a silent conference. Only
+        if status == "completed" and not leg.get("agent_call"):
+            # the call's Twilio facts are gone (Redis down, or restarted empty; a webhook since,
+            # e.g. the conference's participant-join, may have written a field or two back) but the
+            # agent talked and hung up: the caller must not be left alone in a silent conference. Only
             # a caller Twilio says is in the call's conference is moved on: one still holding in
             # <Enqueue> (the agent answered after the wipe and was told "来电已结束") keeps
             # polling the wait URL, which registers the call again — a goodbye would lose them.
@@ -219,9 +221,13 @@ class Switchboard:
                 self.flow.transfer_ended(call_id, "NOANSWER")  # head of the queue, next agent
 
     def to_survey(self, call_id: str) -> None:
-        """The citizen is alone in the conference: take them to the satisfaction survey."""
+        """The citizen is alone in the conference: take them to the satisfaction survey (a
+        spoken goodbye when the call's state is gone: there is nothing to record a rating on)."""
         state = self._flow_state(call_id)
-        if state is None or state.state == "ended":
+        if state is None:
+            self._say_goodbye(call_id)
+            return
+        if state.state == "ended":
             return
         try:
             self.client.calls(call_id).update(url=self.url(call_id, "survey-start"), method="POST")
@@ -360,12 +366,11 @@ class Switchboard:
         """The agent has gone and the caller is alone in the conference: the survey when the
         call is known, else a spoken goodbye (its state is gone: nothing to record a rating on)."""
         try:
-            state = self._flow_state(call_id)
-        except RedisError:
-            state = None
-        if state is not None:
             self.to_survey(call_id)
-            return
+        except RedisError:
+            self._say_goodbye(call_id)
+
+    def _say_goodbye(self, call_id: str) -> None:
         try:
             self.client.calls(call_id).update(twiml=twiml.goodbye([{"do": "say", "text": CALL_ENDED}]))
         except TwilioRestException as exc:

@@ -333,6 +333,24 @@ def test_a_caller_in_the_conference_when_redis_forgot_the_call_hears_goodbye_whe
     assert "感谢您的来电" in move["Twiml"] and "<Hangup" in move["Twiml"]  # not left alone in a silent conference
 
 
+def test_a_conference_event_after_redis_forgot_the_call_does_not_hide_that_the_caller_is_alone(hotline, redis_url):
+    import redis as redis_lib
+
+    hotline.seat("a1", {"general": 50})
+    agent_leg, _ = connect(hotline, "CApartial")
+    r = redis_lib.Redis.from_url(redis_url)
+    r.flushall()  # Redis restarted empty while the two talked...
+    hotline.twilio.post("/twilio/conference-events", {"FriendlyName": "hotline-CApartial", "CallSid": agent_leg,
+                                                       "ConferenceSid": "CF" + "7" * 32,
+                                                       "StatusCallbackEvent": "participant-join"})
+    assert r.hget("twilio:leg:CApartial", "conference_sid")  # ...and a conference event wrote one fact back
+    assert 0 < r.ttl("twilio:leg:CApartial") <= 24 * 3600  # which expires like every call's facts
+    hotline.twilio.post("/twilio/agent-status?call=CApartial&agent=a1", {"CallSid": agent_leg,
+                                                                         "CallStatus": "completed"})
+    url, move = hotline.http.posts("/Calls/CApartial.json")[-1]
+    assert "感谢您的来电" in move["Twiml"] and "<Hangup" in move["Twiml"]  # not left alone in a silent conference
+
+
 def test_an_agent_whose_answer_could_not_be_recorded_still_talks_and_the_caller_then_gets_the_survey(
         hotline, monkeypatch):
     hotline.seat("a1", {"general": 50})
