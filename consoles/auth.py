@@ -4,6 +4,12 @@
 * Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when ``SESSION_COOKIE_SECURE``),
   12 hours; the user row is re-read at every request, so a disabled user or a changed password
   ends existing sessions at once.
+* Guessing is throttled: after ``LOGIN_MAX_FAILURES_PER_USER`` (5) failed sign-ins for one user
+  name since its last success, or ``LOGIN_MAX_FAILURES_PER_ADDRESS`` (20) from one address,
+  within ``LOGIN_WINDOW_MIN`` (15) minutes, sign-in is refused (429, the password not even
+  checked) until the window has passed. Counted from the audit log's ``login.failed`` entries
+  (shared by every process); each refusal is audited as ``login.throttled``. App config can
+  change the three numbers.
 * CSRF: one random token per session, required on every POST of the console blueprints as form
   field ``csrf_token`` or header ``X-CSRF-Token`` (compared in constant time). JSON APIs with a
   bearer token (``/agent/api/``) need none: no browser sends that header by itself.
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import wraps
 from urllib.parse import urlparse
 
@@ -23,6 +29,9 @@ from .db import ROLE_NAMES, ConsoleError
 
 bp = Blueprint("auth", __name__)
 SESSION_HOURS = 12
+LOGIN_MAX_FAILURES_PER_USER = 5
+LOGIN_MAX_FAILURES_PER_ADDRESS = 20
+LOGIN_WINDOW_MIN = 15
 HOME = {"admin": "admin.home", "supervisor": "admin.home", "agent": "agent_console.console"}
 
 
@@ -137,6 +146,11 @@ def login():
     if request.method == "POST":
         username = request.form.get("username", "").strip()
         password = request.form.get("password", "")
+        if _throttled(username):
+            console().db.audit(username or "-", "login.throttled", username, "登录尝试过多，已暂停该账号或地址的登录",
+                               address=request.remote_addr)
+            minutes = current_app.config.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN)
+            return render_template("login.html", error=f"登录失败次数过多，请{minutes}分钟后再试。"), 429
         user = console().db.authenticate(username, password)
         if user is None:
             console().db.audit(username or "-", "login.failed", username, "登录失败：用户名或密码错误",
@@ -155,6 +169,14 @@ def login():
             wanted = _safe_next(request.args.get("next"))
             return redirect(wanted or url_for(HOME[user.role]))
     return render_template("login.html", error=error), status
+
+
+def _throttled(username: str) -> bool:
+    cfg = current_app.config
+    since = datetime.now(timezone.utc) - timedelta(minutes=cfg.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN))
+    by_name, by_address = console().db.failed_sign_ins(username, request.remote_addr, since)
+    return (by_name >= cfg.get("LOGIN_MAX_FAILURES_PER_USER", LOGIN_MAX_FAILURES_PER_USER)
+            or by_address >= cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", LOGIN_MAX_FAILURES_PER_ADDRESS))
 
 
 @bp.post("/logout")

@@ -170,3 +170,52 @@ def test_the_users_command_creates_a_user_who_can_sign_in(app, tmp_path):
     assert bad.returncode == 1 and "至少" in bad.stderr
     assert sign_in(app.test_client(), "qian", "qian-pass-123").location == "/admin/"
     assert app.extensions["console"].db.audit_entries(action="user.create")[0].actor.startswith("cli")
+
+
+def _age_failed_sign_ins(db, minutes: int) -> None:
+    """Time passes: the failed sign-ins recorded so far happened ``minutes`` ago."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from consoles.db import AuditEntry
+
+    with db._session.begin() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.action == "login.failed")
+                  .values(at=datetime.now(timezone.utc) - timedelta(minutes=minutes)))
+
+
+def test_password_guessing_is_stopped_for_that_user_name_until_the_window_has_passed(app):
+    db = app.extensions["console"].db
+    guesser = app.test_client()
+    for _ in range(5):
+        assert sign_in(guesser, "admin", "guess").status_code == 401
+    r = sign_in(guesser, "admin")  # even the right password: the account is throttled, not probed
+    assert r.status_code == 429 and "登录失败次数过多，请15分钟后再试" in r.get_data(as_text=True)
+    assert guesser.get("/admin/rules").status_code == 302  # not signed in
+    throttled = db.audit_entries(action="login.throttled")
+    assert throttled and throttled[0].actor == "admin" and throttled[0].address == "127.0.0.1"
+    assert sign_in(app.test_client(), "agent1").status_code == 302  # other users are not locked out
+    _age_failed_sign_ins(db, 16)
+    assert sign_in(app.test_client(), "admin").status_code == 302
+
+
+def test_a_successful_sign_in_starts_the_count_of_failures_again(app):
+    client = app.test_client()
+    for _ in range(4):
+        assert sign_in(client, "admin", "typo").status_code == 401
+    assert sign_in(client, "admin").status_code == 302
+    other = app.test_client()
+    for _ in range(4):
+        assert sign_in(other, "admin", "typo").status_code == 401
+    assert sign_in(other, "admin").status_code == 302
+
+
+def test_one_address_trying_many_user_names_is_stopped_but_other_addresses_are_not(app):
+    sprayer = app.test_client()
+    for i in range(20):
+        assert sign_in(sprayer, f"user{i}", "123456").status_code == 401
+    assert sign_in(sprayer, "admin").status_code == 429
+    elsewhere = app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "10.0.0.8"
+    assert sign_in(elsewhere, "admin").status_code == 302
