@@ -1,7 +1,9 @@
 """Composition root of the 12345 gateway: ``create_app()`` and ``python app.py``.
 
 ``create_app(config)`` builds the Flask app from a mapping, then the environment
-(``RULES_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ``TWILIO_AUTH_TOKEN``, ``VOSK_MODEL_PATH``).
+(``RULES_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ``TWILIO_AUTH_TOKEN``, ``VOSK_MODEL_PATH``,
+``PROXY_HOPS``: the number of reverse proxies in front whose ``X-Forwarded-For`` gives the
+client's address for the audit log and sign-in throttling; default 0, the socket's peer).
 ``python app.py`` runs the whole product on one machine: an embedded Redis when
 ``REDIS_URL`` is not set, the rq worker (``python -m ivr.worker``), the ACD timers
 (``python -m call_routing.acd tick``), the FastAGI server for
@@ -22,7 +24,7 @@ from call_routing.rules import DEFAULT_RULES_PATH, load_rules
 from call_routing.rules_store import RulesStore
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "VOSK_MODEL_PATH")
+CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "VOSK_MODEL_PATH", "PROXY_HOPS")
 log = logging.getLogger("hotline.app")
 
 
@@ -55,6 +57,15 @@ def create_app(config: dict | None = None) -> Flask:
     import consoles  # sign-in /login, admin and supervisor pages /admin/, agent console /agent/, /metrics
 
     consoles.init_app(app)
+
+    try:
+        hops = int(app.config.get("PROXY_HOPS") or 0)
+    except ValueError:
+        raise ValueError(f"PROXY_HOPS must be a whole number of proxies, not {app.config['PROXY_HOPS']!r}") from None
+    if hops > 0:  # the client's address, as the proxies say, for the audit log and sign-in throttling
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0)
 
     @app.get("/healthz")
     def healthz():

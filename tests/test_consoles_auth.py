@@ -219,3 +219,23 @@ def test_one_address_trying_many_user_names_is_stopped_but_other_addresses_are_n
     elsewhere = app.test_client()
     elsewhere.environ_base["REMOTE_ADDR"] = "10.0.0.8"
     assert sign_in(elsewhere, "admin").status_code == 302
+
+
+def test_behind_a_proxy_the_throttle_and_the_audit_log_see_the_clients_own_address(tmp_path, redis_url):
+    app = make_console_app(tmp_path, redis_url, PROXY_HOPS="1")
+    proxy = {"REMOTE_ADDR": "10.0.0.1"}  # every request arrives from the reverse proxy
+    sprayer = app.test_client()
+    sprayer.environ_base.update(proxy, HTTP_X_FORWARDED_FOR="203.0.113.9")
+    for i in range(20):
+        assert sign_in(sprayer, f"user{i}", "123456").status_code == 401
+    assert sign_in(sprayer, "admin").status_code == 429
+    failed = app.extensions["console"].db.audit_entries(action="login.failed")
+    assert {e.address for e in failed} == {"203.0.113.9"}
+    colleague = app.test_client()  # behind the same proxy, another address: not locked out
+    colleague.environ_base.update(proxy, HTTP_X_FORWARDED_FOR="198.51.100.4")
+    assert sign_in(colleague, "admin").status_code == 302
+
+
+def test_a_proxy_hops_setting_that_is_not_a_number_is_named_at_start_up(tmp_path, redis_url):
+    with pytest.raises(ValueError, match="PROXY_HOPS"):
+        make_console_app(tmp_path, redis_url, PROXY_HOPS="one")
