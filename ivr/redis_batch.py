@@ -18,6 +18,10 @@ command.
     pipe.hset("h", mapping={"a": 1})
     pipe.execute()
 
+``send()`` writes the commands and returns a :class:`Sent` whose ``wait()`` reads the replies
+later (``execute()`` is both at once): the entry webhook answers Twilio in between. A thread's
+unread replies are read before its next write on that connection, whoever forgot them.
+
 Like a non-transactional pipeline it is not atomic: a command that fails (e.g. WRONGTYPE) does
 not stop the others; every reply is read, then ``execute`` raises the first error. ``execute``
 returns the number of commands run, not their replies (nobody on the call path reads them).
@@ -27,9 +31,12 @@ sent plainly, for ≈ 10 µs less parsing in the worker.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
+
+log = logging.getLogger("hotline.redis")
 
 
 class OneTrip:
@@ -80,39 +87,91 @@ class OneTrip:
         return self.command("RPUSH", name, *values)
 
     def execute(self) -> int:
-        if not self.packed:
-            return 0
-        packed, self.packed = self.packed, []
-        return self._send(b"".join(packed), len(packed))
+        return self.send().wait()
 
-    def _send(self, packed: bytes, n: int, retry: bool = True):
-        from redis.exceptions import ConnectionError, ResponseError
+    def send(self) -> "Sent":
+        """Write the queued commands now; :meth:`Sent.wait` reads their replies. In between the
+        caller may do other work (answer its HTTP request) while Redis runs them: by the time
+        the replies are read they are usually there, and the thread does not sleep waiting."""
+        packed, self.packed = self.packed, []
+        return Sent(self, b"".join(packed), len(packed))
+
+    def _write(self, packed: bytes, retry: bool = True):
+        from redis.exceptions import ConnectionError
 
         pool = self.client.connection_pool
-        conn = _connection(pool) if self.own_connection else pool.get_connection()
+        if self.own_connection:
+            _finish_pending(pool)  # replies of an earlier send on this connection come first
+            conn = _connection(pool)
+        else:
+            conn = pool.get_connection()
         try:
             conn.send_packed_command((packed,), check_health=not self.own_connection)
-            failed = None
-            for _ in range(n):  # every reply is read, so none is left for the next command
+        except ConnectionError:
+            self._release(conn, dead=True)
+            if not retry:
+                raise
+            return self._write(packed, retry=False)  # the connection was dead: once more on a new one
+        except BaseException:
+            self._release(conn, dead=True)
+            raise
+        return conn
+
+    def _release(self, conn, dead: bool = False) -> None:
+        pool = self.client.connection_pool
+        if dead:
+            _drop(pool, conn)
+        if not self.own_connection:
+            pool.release(conn)
+
+
+class Sent:
+    """Commands of a :class:`OneTrip` written to Redis, their replies not read yet."""
+
+    __slots__ = ("trip", "packed", "n", "conn")
+
+    def __init__(self, trip: OneTrip, packed: bytes, n: int):
+        self.trip, self.packed, self.n = trip, packed, n
+        self.conn = trip._write(packed) if n else None
+        if self.conn is not None and trip.own_connection:
+            _LOCALS[trip.client.connection_pool].pending = self
+
+    def wait(self, retry: bool = True) -> int:
+        """Read every reply (none is left for the next command); raise the first error. A
+        connection that died meanwhile (a Redis restart) is replaced and the commands sent once
+        more, as redis-py's retry would."""
+        from redis.exceptions import ConnectionError, ResponseError
+
+        conn, self.conn = self.conn, None
+        if conn is None:  # nothing was sent, or the replies were read already
+            return 0
+        if self.trip.own_connection:
+            local = _LOCALS.get(self.trip.client.connection_pool)
+            if local is not None and getattr(local, "pending", None) is self:
+                local.pending = None
+        failed = None
+        try:
+            for _ in range(self.n):
                 try:
                     conn.read_response()
                 except ResponseError as exc:
                     failed = failed or exc
         except ConnectionError:
-            _drop(pool, conn)
+            self.trip._release(conn, dead=True)
             if not retry:
                 raise
+            return self._again()
         except BaseException:
-            _drop(pool, conn)
+            self.trip._release(conn, dead=True)
             raise
-        else:
-            if failed is not None:  # the connection is in step: only the command failed
-                raise failed
-            return n
-        finally:
-            if not self.own_connection:
-                pool.release(conn)
-        return self._send(packed, n, retry=False)  # the connection was dead: once more on a new one
+        self.trip._release(conn)
+        if failed is not None:  # the connection is in step: only the command failed
+            raise failed
+        return self.n
+
+    def _again(self) -> int:
+        self.conn = self.trip._write(self.packed, retry=False)
+        return self.wait(retry=False)
 
 
 _LOCALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pool -> threading.local
@@ -130,6 +189,20 @@ def _connection(pool):
         conn = pool.connection_class(**pool.connection_kwargs)
         local.conn, local.pid = conn, os.getpid()
     return conn
+
+
+def _finish_pending(pool) -> None:
+    """Read the replies of this thread's last :class:`Sent` if its owner never did (a WSGI
+    server that did not call the response's ``close``): they must not be taken for the next
+    command's."""
+    local = _LOCALS.get(pool)
+    pending = getattr(local, "pending", None) if local is not None else None
+    if pending is not None:
+        local.pending = None
+        try:
+            pending.wait()
+        except Exception:  # noqa: BLE001 - its owner is gone; the next command must still run
+            log.exception("Redis: the replies of an earlier write could not be read")
 
 
 def _drop(pool, conn) -> None:

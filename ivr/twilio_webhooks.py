@@ -310,14 +310,21 @@ def _cache(key, body: str) -> str:
     return body
 
 
-def _start_call(tw: dict, f, base: str) -> str:
-    """``/voice``: route the call, open its ticket, remember the leg; the TwiML to answer."""
+def _start_call(tw: dict, f, base: str, sent: list | None = None) -> str:
+    """``/voice``: route the call, open its ticket, remember the leg; the TwiML to answer.
+
+    The writes go to Redis in one round trip. With ``sent`` (a list) their replies are left to
+    read by the caller — after the answer has gone out — through the :class:`~ivr.redis_batch.Sent`
+    appended to it; without it they are read here."""
     call_id = f["CallSid"]
     legs = tw["legs"]
     pipe = one_trip(legs.r, own_connection=True)  # ticket draft, call state and leg: one command
     turn = tw["flow"].start(call_id, f.get("To", ""), f.get("From"), pipe=pipe)
     legs.open(call_id, pipe=pipe, base=base, to=f.get("To", ""), **{"from": f.get("From", "")})
-    pipe.execute()
+    if sent is not None and hasattr(pipe, "send"):
+        sent.append(pipe.send())
+    else:
+        pipe.execute()
     return _render_turn(turn, call_id, tw)
 
 
@@ -325,6 +332,30 @@ def _start_call(tw: dict, f, base: str) -> str:
 @call_webhook("call")
 def voice():
     return _xml(_start_call(_tw(), request.form, _base_url()))
+
+
+class _AnswerThenReplies:
+    """The WSGI body of a call start whose Redis writes were sent but whose replies are read
+    only in ``close()``, after the server has sent the answer: Redis runs the writes while the
+    TwiML goes out, so reading their replies rarely has to wait (a sleep and a wake-up per call
+    on a busy machine). A failure there (Redis died within that millisecond) is logged: the
+    caller's next webhook (``/twilio/wait``) finds the call unknown and registers it again, as
+    after a Redis restart."""
+
+    __slots__ = ("body", "sent", "call_id")
+
+    def __init__(self, body: bytes, sent, call_id: str):
+        self.body, self.sent, self.call_id = body, sent, call_id
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self) -> None:
+        try:
+            self.sent.wait()
+        except Exception:
+            log.exception("Twilio /twilio/voice: the writes of call %s were not confirmed by Redis; its next "
+                          "webhook registers it again", self.call_id)
 
 
 class VoiceFastPath:
@@ -378,16 +409,23 @@ class VoiceFastPath:
             return self.wsgi_app(environ, start_response)
         if tw["listen"] and not tw["listener"].running:  # first request of this (forked) worker
             tw["listener"].ensure_started()
+        sent: list = []
         try:
-            out = _start_call(tw, form, base).encode()
+            out = _start_call(tw, form, base, sent).encode()
         except Exception:
             with self.app.request_context(environ):
                 call_id = form.get("CallSid")
                 log.exception("Twilio %s webhook failed for call %s from %s", self.PATH, call_id,
                               mask(form.get("From")))
+                for pending in sent:  # written before the failure: read their replies first
+                    try:
+                        pending.wait()
+                    except Exception:  # noqa: BLE001 - the general queue below registers the call
+                        pass
                 out = _general_queue(call_id).encode()
+            sent = []
         start_response("200 OK", [self.HEADERS_CT, ("Content-Length", str(len(out)))])
-        return [out]
+        return _AnswerThenReplies(out, sent[0], form.get("CallSid")) if sent else [out]
 
     @staticmethod
     def _base(environ, trust_proxy, trusted_hosts=None) -> str:

@@ -4,6 +4,8 @@ written is ``asdict`` of the call."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import asdict
 
 import pytest
@@ -76,6 +78,41 @@ def test_one_trip_fails_loudly(redis_url):
         pack_command(("SET", "k", True))
     with pytest.raises(ValueError):
         OneTrip(r).hset("h")
+
+
+def test_one_trip_sent_now_and_its_replies_read_later(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    trip = OneTrip(r, own_connection=True)
+    trip.set("later1", "v", ex=30)
+    trip.rpush("later-list", "a")
+    sent = trip.send()
+    assert len(trip) == 0
+    deadline = time.monotonic() + 5
+    while r.get("later1") != "v" and time.monotonic() < deadline:
+        pass  # Redis runs the commands without anyone reading their replies
+    assert r.get("later1") == "v" and r.lrange("later-list", 0, -1) == ["a"]
+    assert sent.wait() == 2 and sent.wait() == 0  # read once
+    # replies never read by their sender are read before the thread's next command on that connection
+    unread = OneTrip(r, own_connection=True)
+    unread.set("str2", "x")
+    unread.rpush("str2", "boom")  # its WRONGTYPE reply is read, logged, and not mistaken for the next one's
+    unread.send()
+    nxt = OneTrip(r, own_connection=True)
+    nxt.set("after-unread", "1")
+    assert nxt.execute() == 1 and r.get("after-unread") == "1"
+    # the connection dies between the write and the read (Redis restarted): sent once more
+    trip.set("later2", "w")
+    sent = trip.send()
+    redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+    assert sent.wait() == 1 and r.get("later2") == "w"
+    # an error is raised where the replies are read, with every reply read
+    trip.rpush("later1", "x")
+    trip.set("later3", "1")
+    sent = trip.send()
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        sent.wait()
+    trip.set("later4", "1")
+    assert trip.execute() == 1 and r.get("later4") == "1"
 
 
 def test_pack_command_is_redis_py_s_encoding():
@@ -253,6 +290,46 @@ def test_fast_voice_failure_still_queues_the_caller_for_the_general_seats(make_e
     assert flow.state("CAboom")  # the call is known to the flow
     failed = [rec for rec in caplog.records if "webhook failed" in rec.getMessage()]
     assert failed and "12345678" not in failed[0].getMessage()  # caller masked
+
+
+def test_fast_voice_answers_first_and_reads_redis_s_replies_once_the_answer_is_out(make_env, monkeypatch, caplog):
+    from werkzeug.test import EnvironBuilder
+
+    from ivr import redis_batch
+
+    client, _ = make_env()
+    app = client.application
+    flow = app.extensions["twilio"]["flow"]
+    pool = app.extensions["twilio"]["legs"].r.connection_pool
+
+    def request(call_id):
+        params = {"CallSid": call_id, "From": "+8613812345678", "To": "12345"}
+        sig = RequestValidator(TOKEN).compute_signature("http://localhost/twilio/voice", params)
+        return EnvironBuilder(path="/twilio/voice", method="POST", data=params,
+                              headers={"X-Twilio-Signature": sig}).get_environ()
+
+    statuses = []
+    body = app(request("CAlazy1"), lambda status, headers: statuses.append(status))
+    assert redis_batch._LOCALS[pool].pending is not None  # the answer is ready, Redis's replies not read yet
+    assert b"<Enqueue" in b"".join(body) and statuses == ["200 OK"]
+    body.close()  # the server has sent the answer: now they are read
+    assert redis_batch._LOCALS[pool].pending is None and flow.state("CAlazy1").ticket
+    # a server that never calls close(): the next calls still go through, the connection in step
+    for call_id in ("CAlazy2", "CAlazy3"):
+        assert b"<Enqueue" in b"".join(app(request(call_id), lambda status, headers: None))
+    assert flow.state("CAlazy2").ticket and flow.state("CAlazy3").ticket
+    # Redis fails between the write and the read: logged with the call, the answer stands
+    caplog.set_level(logging.ERROR)
+
+    def lost(self, retry=True):
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(redis_batch.Sent, "wait", lost)
+    body = app(request("CAlazy4"), lambda status, headers: statuses.append(status))
+    assert b"<Enqueue" in b"".join(body) and statuses[-1] == "200 OK"
+    body.close()
+    assert any("CAlazy4" in rec.getMessage() and "not confirmed" in rec.getMessage() for rec in caplog.records)
+    assert not any("12345678" in rec.getMessage() for rec in caplog.records)  # caller numbers stay masked
 
 
 # -- cached TwiML is the TwiML twilio.twiml renders ----------------------------------------------
