@@ -645,6 +645,32 @@ class CallbackLegs:
             report_callback_outcome(self.acd, call_id, CONNECTED, call["agent"])
         return twiml.callback_bridge(call_id, n, citizen=True, greeting=[{"do": "say", "text": CALLBACK_GREETING}])
 
+    def survey_question(self, call_id: str, n: int) -> str:
+        """The citizen's leg of callback ``n`` left its conference with the citizen still on the
+        line — the agent hung up first: the satisfaction question, as after a call answered at
+        once. Only when the two talked; a call whose state is gone gets a plain goodbye."""
+        from .flow import CallNotFound
+
+        if not self.legs.get(call_id).get(f"once:cb-answered:{n}"):
+            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
+        try:
+            question = self.board.flow.survey_question(call_id)
+        except CallNotFound:
+            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
+        return twiml.callback_survey(call_id, n, question.steps, int(question.listen["timeout_s"]))
+
+    def survey_answer(self, call_id: str, n: int, digit: str) -> str:
+        """The key pressed after a callback: on the call's ticket and in the KPIs (once)."""
+        from .flow import CallNotFound
+
+        if not self.legs.get(call_id).get(f"once:cb-answered:{n}"):
+            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
+        try:
+            turn = self.board.flow.survey(call_id, digit)
+        except CallNotFound:
+            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
+        return twiml.goodbye(turn.steps)
+
     def status(self, call_id: str, n: int, which: str, status: str) -> None:
         """Status callbacks of both legs (Twilio retries them: each effect happens once)."""
         call = self._current(call_id, n)

@@ -11,7 +11,8 @@ flat under ``/twilio/`` so that relative URLs in TwiML resolve to it.
     heard/pressed   <Gather> in the wait              queue-exit  <Enqueue> action
     dial-ended      emergency / sub-center <Dial>     recording   intake recording status
     agent-answer    agent leg answered                agent-status  agent leg status
-    conference-events / conference-ended / survey-start / survey / transfer-status
+    conference-events / conference-ended / survey-start / survey / transfer-status /
+    callback-agent / callback-citizen / callback-survey / callback-status
 
 Security: every request must carry a valid ``X-Twilio-Signature`` for the URL Twilio called
 (behind a proxy: ``TWILIO_PUBLIC_URL``, or ``X-Forwarded-Proto/Host`` when
@@ -582,6 +583,19 @@ def callback_agent():
 def callback_citizen():
     """The citizen answered the callback: a short sentence, then the conference with the agent."""
     return _xml(_tw()["callbacks"].citizen_answered(request.args["call"], int(request.args.get("n", 0))))
+
+
+@bp.post("/callback-survey")
+@call_webhook("leg")
+def callback_survey():
+    """The citizen's <Dial> of a callback ended (``step`` absent), or the survey key (``step=rate``)."""
+    call_id, n = request.args["call"], int(request.args.get("n", 0))
+    callbacks = _tw()["callbacks"]
+    if request.args.get("step") == "rate":
+        return _xml(callbacks.survey_answer(call_id, n, request.form.get("Digits", "")))
+    if request.form.get("CallStatus") in GONE:  # the citizen hung up: nobody to ask
+        return _xml(twiml.empty())
+    return _xml(callbacks.survey_question(call_id, n))
 
 
 @bp.post("/callback-status")

@@ -12,6 +12,7 @@ before ``<Enqueue>`` and by a speech ``<Gather>`` inside the wait.
 from __future__ import annotations
 
 import zlib
+from urllib.parse import urlencode
 
 from twilio.twiml import GenericNode
 from twilio.twiml.voice_response import VoiceResponse
@@ -155,6 +156,17 @@ def survey(steps, timeout_s: int = 8) -> str:
     return str(r)
 
 
+def callback_survey(call_id: str, offer: int, steps, timeout_s: int = 8) -> str:
+    """The survey after a callback: as :func:`survey`, the key sent to ``callback-survey`` with
+    the call it rates (the citizen's leg of a callback is not the call's own CallSid)."""
+    r = VoiceResponse()
+    g = r.gather(input="dtmf", num_digits=1, method="POST", timeout=timeout_s,
+                 action=f"callback-survey?{urlencode({'call': call_id, 'n': offer, 'step': 'rate'})}")
+    _speak_into(g, steps)
+    r.hangup()
+    return str(r)
+
+
 def goodbye(steps=()) -> str:
     r = VoiceResponse()
     speak(r, steps)
@@ -168,10 +180,13 @@ def empty() -> str:
 
 def callback_bridge(call_id: str, offer: int, *, citizen: bool, greeting=()) -> str:
     """A callback's two legs meet in their own conference (``hotline-<call>-cb<n>``): the agent
-    waits there (silence, no hold music) until the citizen answers; either side hanging up ends it."""
+    waits there (silence, no hold music) until the citizen answers; either side hanging up ends it.
+    The agent hanging up first leaves the citizen on the line for the survey."""
     r = VoiceResponse()
     speak(r, greeting)
-    d = r.dial()
+    # the citizen's <Dial> ends when the agent hangs up: its action asks the satisfaction question
+    d = r.dial(action=f"callback-survey?{urlencode({'call': call_id, 'n': offer})}" if citizen else None,
+               method="POST" if citizen else None)
     d.conference(f"{conference_name(call_id)}-cb{offer}", beep=False, start_conference_on_enter=citizen,
                  end_conference_on_exit=True, participant_label="caller" if citizen else "agent",
                  wait_url="")

@@ -59,6 +59,20 @@ def test_the_callback_rings_the_agent_first_through_an_atomically_placed_call_fi
     assert not list(tmp_path.glob(".hotline-*"))  # nothing half-written left behind
 
 
+def test_after_a_callback_the_citizen_left_on_the_line_gets_the_survey_and_the_callback_is_reported_once():
+    ctx = contexts()
+    callback = ctx["hotline-callback"]
+    (dial,) = [line for line in callback if ",Dial(" in line]
+    # the agent's channel dials the citizen; the agent hanging up first sends the citizen's channel on
+    assert "F(hotline-callback-survey^s^1)" in dial
+    assert any("Set(__HOTLINE_CALL_ID=${HOTLINE_CALL_ID})" in line for line in callback[:callback.index(dial)])
+    after = callback[callback.index(dial) + 1]
+    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},${DIALSTATUS})" in after  # citizen hung up first
+    survey = ctx["hotline-callback-survey"]
+    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},ANSWER)" in survey[0]  # reported here instead
+    assert "Gosub(hotline-agi,s,1(survey))" in survey[1] and "Goto(hotline-hangup,s,1)" in survey[2]
+
+
 def test_the_three_way_dialplan_matches_the_threeway_handler_and_the_snippets():
     from agi_scripts import HANDLERS
 

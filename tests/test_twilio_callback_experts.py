@@ -179,3 +179,59 @@ def test_emergency_words_take_the_caller_out_without_a_missed_call_callback(hotl
     assert call["state"] == "left" and call["kind"] == "live"
     k = h.acd.kpis()["total"]
     assert (k["left_emergency"], k["abandoned"], k["callbacks"]) == (1, 0, 0)
+
+
+def _connected_callback(h, sid):
+    n = offered_callback(h, sid)
+    assert place_callback(h.acd, sid, n, dialer_for(h)) == PLACED
+    h.twilio.twiml(f"/twilio/callback-agent?call={sid}&n=1&agent=a1", {"CallSid": "CAcbagent",
+                                                                        "CallStatus": "in-progress"})
+    citizen = h.twilio.twiml(f"/twilio/callback-citizen?call={sid}&n=1", {"CallSid": "CAcbcitizen",
+                                                                         "CallStatus": "in-progress"})
+    return citizen.find("Dial").get("action")
+
+
+def test_after_a_callback_the_agent_hangs_up_and_the_citizen_rates_the_service(hotline):
+    h = hotline
+    sid = missed_call(h, "CAcbsurvey")
+    action = _connected_callback(h, sid)
+    assert action == f"callback-survey?call={sid}&n=1"  # relative to the citizen's TwiML URL
+    h.twilio.post(f"/twilio/callback-status?call={sid}&n=1&leg=agent", {"CallSid": "CAcbagent",
+                                                                       "CallStatus": "completed"})
+    # the conference ended with the citizen still on the line: the satisfaction question
+    q = h.twilio.twiml(f"/twilio/{action}", {"CallSid": "CAcbcitizen", "CallStatus": "in-progress",
+                                             "DialCallStatus": "completed"})
+    gather = q.find("Gather")
+    assert gather.get("numDigits") == "1" and "满意请按1" in said(gather)
+    assert gather.get("action") == f"callback-survey?call={sid}&n=1&step=rate"
+    for _ in range(2):  # Twilio retries: rated once
+        bye = h.twilio.twiml(f"/twilio/{gather.get('action')}", {"CallSid": "CAcbcitizen", "Digits": "1",
+                                                                 "CallStatus": "in-progress"})
+    assert verbs(bye) == ["Say", "Hangup"]
+    assert h.tickets.tickets[h.flow.state(sid).ticket]["survey"] == "satisfied"
+    k = h.acd.kpis()["total"]
+    assert (k["surveyed"], k["survey_1"], k["callbacks_connected"]) == (1, 1, 1)
+
+
+def test_a_citizen_who_hangs_up_after_the_callback_is_not_asked_and_nothing_is_rated(hotline):
+    h = hotline
+    sid = missed_call(h, "CAcbgone")
+    action = _connected_callback(h, sid)
+    h.twilio.post(f"/twilio/callback-status?call={sid}&n=1&leg=citizen", {"CallSid": "CAcbcitizen",
+                                                                         "CallStatus": "completed"})
+    after = h.twilio.twiml(f"/twilio/{action}", {"CallSid": "CAcbcitizen", "CallStatus": "completed"})
+    assert verbs(after) == []
+    assert h.acd.kpis()["total"]["surveyed"] == 0
+
+
+def test_no_survey_for_a_callback_the_citizen_never_answered(hotline):
+    h = hotline
+    sid = missed_call(h, "CAcbnever")
+    n = offered_callback(h, sid)
+    assert place_callback(h.acd, sid, n, dialer_for(h)) == PLACED
+    q = h.twilio.twiml(f"/twilio/callback-survey?call={sid}&n=1", {"CallSid": "CAcbcitizen",
+                                                                   "CallStatus": "in-progress"})
+    assert verbs(q) == ["Say", "Hangup"] and q.find("Gather") is None
+    rated = h.twilio.twiml(f"/twilio/callback-survey?call={sid}&n=1&step=rate", {"CallSid": "CAcbcitizen",
+                                                                                 "Digits": "3"})
+    assert verbs(rated) == ["Say", "Hangup"] and h.acd.kpis()["total"]["surveyed"] == 0
