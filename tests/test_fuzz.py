@@ -33,7 +33,8 @@ WAIT_PATHS = ["/twilio/wait", "/twilio/heard", "/twilio/pressed"]
 EVENT_PATHS = ["/twilio/status", "/twilio/recording", "/twilio/conference-events", "/twilio/survey",
                "/twilio/agent-answer?call=CAx&agent=a1", "/twilio/agent-status?call=CAx", "/twilio/transfer-status?call=CAx",
                "/twilio/callback-agent?call=CAx&n=1&agent=a1", "/twilio/callback-citizen?call=CAx&n=zz",
-               "/twilio/callback-status?call=CAx&n=1&leg=agent"]
+               "/twilio/callback-status?call=CAx&n=1&leg=agent", "/twilio/callback-survey?call=CAx&n=1",
+               "/twilio/callback-survey?call=CAx&n=zz&step=rate"]
 NASTY = st.one_of(st.text(max_size=60), st.sampled_from(["", "\x00", "../../etc/passwd", "12345", "+8612301", "110",
                                                          "sip:12360@x", "%00", "<Say>", "😀" * 20, "1" * 500,
                                                          "completed", "leave", "hangup", "-1", "9" * 40]))
