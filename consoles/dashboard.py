@@ -6,8 +6,11 @@
   definition of 接通率 / 15-s answer rate / 呼损率), satisfaction from the tickets' survey keys.
 * Calls offered and answer rate per hour of today (the same KPI function over each hour).
 
-Reading a busy day's log costs time, so the day's figures are cached for ``ttl_s`` seconds per
-process (the live queue is never cached).
+The queue log holds days of events (up to ``log_max``, ≈ 5 M): each process keeps today's
+figures as running tallies (:class:`call_routing.acd.kpi.Tally`, one for the day and one per
+hour) and reads only the entries written since its last read — the first read of a day starts
+where the day begins in the log (:func:`call_routing.acd.kpi.start_id`). They are refreshed at
+most every ``ttl_s`` seconds (the live queue is read at every request).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
+from call_routing.acd.kpi import Tally, read_entries, start_id
 from call_routing.acd.kpi import kpis as compute_kpis
 from call_routing.rules import CHINA_TZ
 
@@ -45,6 +49,8 @@ class Dashboard:
         self.ttl_s = ttl_s
         self._cache: dict = {}
         self._lock = threading.Lock()
+        self._day: _DayTally | None = None  # today's figures so far, and where in the log they stop
+        self._day_lock = threading.Lock()
 
     # -- live queue ----------------------------------------------------------------------
     def queues(self) -> list[dict]:
@@ -98,18 +104,31 @@ class Dashboard:
     def today(self) -> dict:
         return self._cached("today", self._today)
 
+    def _tally(self, since: float) -> "_DayTally":
+        """Today's tallies brought up to date with the entries written since the last read."""
+        with self._day_lock:
+            day = self._day
+            if day is None or day.since != since:  # first read, or a new day: from where it begins
+                day = self._day = _DayTally(since, start_id(self.acd.redis, self.acd.keys, since))
+            for entry_id, e in read_entries(self.acd.redis, self.acd.keys, day.resume):
+                day.resume = "(" + entry_id
+                t = float(e.get("t", since))
+                if since <= t < since + 86400:
+                    day.total.add(e)
+                    day.hours[int((t - since) // 3600)].add(e)
+            return day
+
     def _today(self) -> dict:
         now = self.acd.clock()
         since = start_of_day(now)
-        events = list(self.acd.events(since, None))
-        figures = compute_kpis(events)
-        hours = defaultdict(list)
-        for e in events:
-            hours[int((float(e.get("t", since)) - since) // 3600)].append(e)
+        day = self._tally(since)
+        with self._day_lock:
+            figures = day.total.figures()
+            by_hour = {h: tally.figures()["total"] for h, tally in day.hours.items()}
         current_hour = int((now - since) // 3600)
         hourly = []
         for h in range(0, min(23, current_hour) + 1):
-            t = compute_kpis(hours.get(h, []))["total"]
+            t = by_hour.get(h) or compute_kpis([])["total"]
             hourly.append({"hour": h, "offered": t["offered"], "answered": t["answered"],
                            "answer_rate": t["connection_rate"], "answer_rate_15s": t["answer_rate_15s"]})
         satisfaction = self.satisfaction(since)
@@ -164,6 +183,15 @@ class Dashboard:
     def snapshot(self) -> dict:
         return {"at": datetime.fromtimestamp(self.acd.clock(), CHINA_TZ).isoformat(timespec="seconds"),
                 "queues": self.queues(), "today": self.today(), "alerts": self.acd.alerts(10)}
+
+
+class _DayTally:
+    __slots__ = ("since", "resume", "total", "hours")
+
+    def __init__(self, since: float, resume: str):
+        self.since, self.resume = since, resume  # resume: where the next read of the log starts
+        self.total = Tally()
+        self.hours: dict = defaultdict(Tally)
 
 
 def _survey(surveyed: int, satisfied: int) -> dict:
