@@ -19,3 +19,9 @@ def run_bench(name, *args):
 def test_bench_router_reports_decisions_per_second_and_load_time():
     figures = run_bench("router", "--seconds", "0.3")
     assert figures["decisions_per_s"] > 0 and figures["rules_load_ms"] > 0
+
+
+def test_bench_dashboard_reports_the_whole_log_against_the_days_first_read_and_a_refresh():
+    figures = run_bench("dashboard", "--days", "2", "--per-day", "3000", "--new", "10")
+    assert figures["log_entries"] > 6000 and figures["new_entries"] == 10
+    assert all(figures[k] >= 0 for k in ("whole_log_cpu_s", "first_read_cpu_s", "refresh_cpu_s"))
