@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from call_routing.rules import CHINA_TZ, Rules, load_rules
+from call_routing.rules import CHINA_TZ, Rules
 
 log = logging.getLogger("hotline.jobs")
 
@@ -63,14 +63,24 @@ def ticket_store(url: str | None = None):
 
 
 def prefiller(rules_path: str | None = None):
+    """This process's pre-filler, on the current rules: the worker lives for weeks, admins edit
+    the rules meanwhile. The rules file is watched as the web app watches it
+    (:class:`~call_routing.rules_store.RulesStore`: checked at most once a second, an invalid
+    edit never replaces valid rules); the pre-filler is rebuilt when the rules change."""
+    from call_routing.rules_store import RulesStore
+
     from .prefill import Prefiller
 
     path = rules_path or os.environ.get("RULES_PATH") or None
     with _lock:
-        filler = _prefillers.get(path)
-        if filler is None:
-            filler = _prefillers[path] = Prefiller(load_rules(path))
-        return filler
+        entry = _prefillers.get(path)
+        if entry is None:
+            entry = _prefillers[path] = {"store": RulesStore(path), "rules": None, "filler": None}
+    rules = entry["store"].current()
+    with _lock:
+        if entry["rules"] is not rules:
+            entry["rules"], entry["filler"] = rules, Prefiller(rules)
+        return entry["filler"]
 
 
 def close_resources() -> None:

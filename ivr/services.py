@@ -115,15 +115,21 @@ class PrefillClassifier:
         self._lock = threading.Lock()
 
     def __call__(self, text: str) -> dict | None:
+        rules = self._source()
+        fields = self._filler(rules).fill(text).to_dict()
+        return fields if fields["line"] != rules.hotline.number else None
+
+    def _filler(self, rules):
         from .prefill import Prefiller
 
-        rules = self._source()
         with self._lock:
             if self._cache[0] is not rules:
                 self._cache = (rules, Prefiller(rules))
-            filler = self._cache[1]
-        fields = filler.fill(text).to_dict()
-        return fields if fields["line"] != rules.hotline.number else None
+            return self._cache[1]
+
+    def warm(self) -> None:
+        """Build the classifier now (≈ 0.5 s) rather than on the first words heard."""
+        self._filler(self._source()).fill("预热")
 
 
 @dataclass

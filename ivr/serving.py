@@ -29,5 +29,24 @@ def post_worker_init(worker) -> None:
     objects, all living as long as the process) out of the cyclic garbage collector. A full
     collection over them took ≈ 54 ms — a stall every caller queued on that worker waited
     through, once every few thousand requests (it set the p99 of ``/twilio/voice``); frozen,
-    a full collection takes well under a millisecond. Objects made later are collected as usual."""
+    a full collection takes well under a millisecond. Objects made later are collected as usual.
+
+    Then the app's warm-ups (``app.extensions["warm_up"]``, e.g. the pre-fill classifier, whose
+    first build takes ≈ 0.5 s) run in a background thread, so that the first caller whose words
+    are heard does not wait for them while holding a worker."""
     gc.freeze()
+    warm_ups = list(getattr(getattr(worker, "wsgi", None), "extensions", {}).get("warm_up", ()))
+    if warm_ups:
+        import threading
+
+        threading.Thread(target=_run, args=(warm_ups,), name="warm-up", daemon=True).start()
+
+
+def _run(warm_ups) -> None:
+    import logging
+
+    for warm in warm_ups:
+        try:
+            warm()
+        except Exception:  # a warm-up is an optimisation: the first request builds it instead
+            logging.getLogger("hotline.serving").exception("warm-up %r failed", warm)

@@ -56,3 +56,31 @@ def test_the_product_serves_with_one_sync_worker_per_core_plus_one_unless_told(m
     finally:
         gc.unfreeze()
     assert kept
+
+
+def test_a_started_worker_builds_the_pre_fill_classifier_in_the_background(redis_url, rules_path, tmp_path, caplog):
+    import gc
+    import time
+    from types import SimpleNamespace
+
+    from app import create_app
+    from ivr import serving
+
+    app = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_path), "TWILIO_AUTH_TOKEN": "t",
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "SECRET_KEY": "s", "TWILIO_OFFER_LISTENER": "0"})
+    classify = app.extensions["twilio"]["flow"].classify
+    assert classify._cache[1] is None  # nothing built while the app was made (tests make hundreds)
+
+    def broken():
+        raise RuntimeError("warm-up failed")
+
+    app.extensions["warm_up"].insert(0, broken)
+    try:
+        serving.post_worker_init(SimpleNamespace(wsgi=app))  # what gunicorn calls once the worker has the app
+    finally:
+        gc.unfreeze()
+    deadline = time.monotonic() + 30
+    while classify._cache[1] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert classify._cache[1] is not None  # built before the first words are heard
+    assert "warm-up" in caplog.text and "failed" in caplog.text  # a failing one is logged, the rest still run

@@ -405,3 +405,26 @@ def test_the_callers_rating_and_the_call_end_reach_the_ticket_through_the_worker
     t = store.get(t.id)
     assert (t.survey, t.call_outcome) == ("satisfied", "completed")
     conn.close()
+
+
+def test_the_workers_pre_fill_follows_an_admins_rules_edit_and_ignores_an_invalid_one(tmp_path, rules_path):
+    import shutil
+    import time
+
+    from ivr import jobs
+
+    shutil.copy(rules_path, tmp_path / "transfer_rules.yaml")
+    shutil.copy(rules_path.parent / "emergency_keywords.yaml", tmp_path / "emergency_keywords.yaml")
+    path = tmp_path / "transfer_rules.yaml"
+    matter = "我想申请法律援助，请律师帮我打官司"
+    first = jobs.prefiller(str(path)).fill(matter)
+    assert (first.line, first.skill) == ("12348", "legal")
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("    mode: dual\n    skill: legal", "    mode: dual\n    skill: general", 1),
+                    encoding="utf-8")
+    time.sleep(1.1)  # the rules file is checked at most once a second
+    assert jobs.prefiller(str(path)).fill(matter).skill == "general"  # the running worker, no restart
+    path.write_text(text.replace("    mode: dual\n    skill: legal", "    mode: duel\n    skill: legal", 1),
+                    encoding="utf-8")
+    time.sleep(1.1)
+    assert jobs.prefiller(str(path)).fill(matter).skill == "general"  # an invalid edit changes nothing
