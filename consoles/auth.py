@@ -5,7 +5,8 @@
   12 hours; the user row is re-read at every request, so a disabled user or a changed password
   ends existing sessions at once.
 * Guessing is throttled: after ``LOGIN_MAX_FAILURES_PER_USER`` (5) failed sign-ins for one user
-  name since its last success, or ``LOGIN_MAX_FAILURES_PER_ADDRESS`` (20) from one address,
+  name since its last success, or ``LOGIN_MAX_FAILURES_PER_ADDRESS`` (100: a call centre signs in
+  from behind one NAT address at shift change) from one address,
   within ``LOGIN_WINDOW_MIN`` (15) minutes, sign-in is refused (429, the password not even
   checked) until the window has passed. Counted from the audit log's ``login.failed`` entries
   (shared by every process); each refusal is audited as ``login.throttled``. App config can
@@ -30,7 +31,7 @@ from .db import ROLE_NAMES, ConsoleError
 bp = Blueprint("auth", __name__)
 SESSION_HOURS = 12
 LOGIN_MAX_FAILURES_PER_USER = 5
-LOGIN_MAX_FAILURES_PER_ADDRESS = 20
+LOGIN_MAX_FAILURES_PER_ADDRESS = 100
 LOGIN_WINDOW_MIN = 15
 HOME = {"admin": "admin.home", "supervisor": "admin.home", "agent": "agent_console.console"}
 
