@@ -4,13 +4,15 @@
 * Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when ``SESSION_COOKIE_SECURE``),
   12 hours; the user row is re-read at every request, so a disabled user or a changed password
   ends existing sessions at once.
-* Guessing is throttled: after ``LOGIN_MAX_FAILURES_PER_USER`` (5) failed sign-ins for one user
-  name since its last success, or ``LOGIN_MAX_FAILURES_PER_ADDRESS`` (100: a call centre signs in
-  from behind one NAT address at shift change) from one address,
-  within ``LOGIN_WINDOW_MIN`` (15) minutes, sign-in is refused (429, the password not even
-  checked) until the window has passed. Counted from the audit log's ``login.failed`` entries
-  (shared by every process); each refusal is audited as ``login.throttled``. App config can
-  change the three numbers.
+* Guessing is throttled, counted over the last ``LOGIN_WINDOW_MIN`` (15) minutes from the
+  audit log's ``login.failed`` entries (shared by every process): sign-in is refused (429, the
+  password not even checked) after ``LOGIN_MAX_FAILURES_PER_USER`` (5) failures for one user
+  name from one address, ``LOGIN_MAX_FAILURES_PER_USER_ANYWHERE`` (50) for one user name from
+  all addresses (both since its last success), or ``LOGIN_MAX_FAILURES_PER_ADDRESS`` (100) from
+  one address for any names. Per address and name, so that a stranger's five guesses do not
+  lock an agent out of their seat; high per address, as a call centre signs in from behind one
+  NAT address at every shift change. Each refusal is audited as ``login.throttled``; app config
+  changes the numbers.
 * CSRF: one random token per session, required on every POST of the console blueprints as form
   field ``csrf_token`` or header ``X-CSRF-Token`` (compared in constant time). JSON APIs with a
   bearer token (``/agent/api/``) need none: no browser sends that header by itself.
@@ -31,6 +33,7 @@ from .db import ROLE_NAMES, ConsoleError
 bp = Blueprint("auth", __name__)
 SESSION_HOURS = 12
 LOGIN_MAX_FAILURES_PER_USER = 5
+LOGIN_MAX_FAILURES_PER_USER_ANYWHERE = 50
 LOGIN_MAX_FAILURES_PER_ADDRESS = 100
 LOGIN_WINDOW_MIN = 15
 HOME = {"admin": "admin.home", "supervisor": "admin.home", "agent": "agent_console.console"}
@@ -175,9 +178,10 @@ def login():
 def _throttled(username: str) -> bool:
     cfg = current_app.config
     since = datetime.now(timezone.utc) - timedelta(minutes=cfg.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN))
-    by_name, by_address = console().db.failed_sign_ins(username, request.remote_addr, since)
-    return (by_name >= cfg.get("LOGIN_MAX_FAILURES_PER_USER", LOGIN_MAX_FAILURES_PER_USER)
-            or by_address >= cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", LOGIN_MAX_FAILURES_PER_ADDRESS))
+    here, anywhere, address = console().db.failed_sign_ins(username, request.remote_addr, since)
+    return (here >= cfg.get("LOGIN_MAX_FAILURES_PER_USER", LOGIN_MAX_FAILURES_PER_USER)
+            or anywhere >= cfg.get("LOGIN_MAX_FAILURES_PER_USER_ANYWHERE", LOGIN_MAX_FAILURES_PER_USER_ANYWHERE)
+            or address >= cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", LOGIN_MAX_FAILURES_PER_ADDRESS))
 
 
 @bp.post("/logout")

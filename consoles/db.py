@@ -244,21 +244,22 @@ class ConsoleStore:
                 q = q.where(AuditEntry.action == action)
             return list(s.scalars(q))
 
-    def failed_sign_ins(self, username: str, address: str | None, since: datetime) -> tuple[int, int]:
-        """Failed sign-ins since ``since``: (for ``username`` after its last successful sign-in,
-        from ``address``). Read from the audit log, so every process sees the same count."""
-        from sqlalchemy import func
-
+    def failed_sign_ins(self, username: str, address: str | None, since: datetime) -> tuple[int, int, int]:
+        """Failed sign-ins since ``since``: (for ``username`` from ``address``, for ``username``
+        from anywhere — both only after its last successful sign-in —, from ``address`` for any
+        name). Read from the audit log, so every process sees the same count."""
         with self._session() as s:
             user = s.scalar(select(User).where(User.username == username)) if username else None
             name_since = since
             if user is not None and user.last_login_at and user.last_login_at > since:
                 name_since = user.last_login_at
             failed = select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "login.failed")
-            by_name = s.scalar(failed.where(AuditEntry.at >= name_since, AuditEntry.actor == (username or "-")[:64]))
+            named = failed.where(AuditEntry.at >= name_since, AuditEntry.actor == (username or "-")[:64])
+            by_name = s.scalar(named)
+            by_name_here = s.scalar(named.where(AuditEntry.address == address)) if address else by_name
             by_address = s.scalar(failed.where(AuditEntry.at >= since, AuditEntry.address == address)) \
                 if address else 0
-        return int(by_name or 0), int(by_address or 0)
+        return int(by_name_here or 0), int(by_name or 0), int(by_address or 0)
 
     def audit_entry(self, entry_id: int) -> AuditEntry | None:
         with self._session() as s:

@@ -196,8 +196,23 @@ def test_password_guessing_is_stopped_for_that_user_name_until_the_window_has_pa
     throttled = db.audit_entries(action="login.throttled")
     assert throttled and throttled[0].actor == "admin" and throttled[0].address == "127.0.0.1"
     assert sign_in(app.test_client(), "agent1").status_code == 302  # other users are not locked out
+    elsewhere = app.test_client()  # nor is the admin at their own desk: five guesses lock out only the guesser
+    elsewhere.environ_base["REMOTE_ADDR"] = "10.0.0.8"
+    assert sign_in(elsewhere, "admin").status_code == 302
     _age_failed_sign_ins(db, 16)
     assert sign_in(app.test_client(), "admin").status_code == 302
+
+
+def test_guessing_one_password_from_many_addresses_is_stopped_too(tmp_path, redis_url):
+    app = make_console_app(tmp_path, redis_url, LOGIN_MAX_FAILURES_PER_USER_ANYWHERE=8)
+    for i in range(8):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"203.0.113.{i}"
+        assert sign_in(client, "agent1", "guess").status_code == 401
+    desk = app.test_client()
+    desk.environ_base["REMOTE_ADDR"] = "10.0.0.21"
+    assert sign_in(desk, "agent1").status_code == 429
+    assert sign_in(desk, "admin").status_code == 302  # only that user name is held
 
 
 def test_a_successful_sign_in_starts_the_count_of_failures_again(app):
