@@ -5,6 +5,10 @@ Redis only as its SHA-256, valid for one 12-hour shift); every other call sends
 ``Authorization: Bearer <token>``. Routes: ``GET me`` (state and current call with its ticket),
 ``POST state`` (``ready`` | ``paused`` + reason), ``POST heartbeat``, ``POST wrapup/done``,
 ``POST call/decline``, ``POST call/transfer`` (``{"skill"}``), ``POST logout``.
+
+Password guessing on ``login`` is throttled with the consoles' numbers (``consoles/auth.py``:
+per agent and address, per agent, per address, within ``LOGIN_WINDOW_MIN``), counted in Redis
+(``<prefix>:loginfail:…``, expiring with the window): 429 without checking the password.
 """
 from __future__ import annotations
 
@@ -83,13 +87,40 @@ def _me():
     return {"agent": {k: agent[k] for k in ("id", "name", "state", "reason", "since", "skills")}, "call": call}
 
 
+def _fail_keys(agent_id: str) -> tuple[str, str, str]:
+    p, address = _acd().keys.prefix, request.remote_addr or "-"
+    return f"{p}:loginfail:at:{agent_id}:{address}", f"{p}:loginfail:agent:{agent_id}", f"{p}:loginfail:addr:{address}"
+
+
+def _login_limits() -> tuple[int, int, int, int]:
+    from consoles import auth
+
+    cfg = current_app.config
+    return (cfg.get("LOGIN_MAX_FAILURES_PER_USER", auth.LOGIN_MAX_FAILURES_PER_USER),
+            cfg.get("LOGIN_MAX_FAILURES_PER_USER_ANYWHERE", auth.LOGIN_MAX_FAILURES_PER_USER_ANYWHERE),
+            cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", auth.LOGIN_MAX_FAILURES_PER_ADDRESS),
+            int(cfg.get("LOGIN_WINDOW_MIN", auth.LOGIN_WINDOW_MIN) * 60))
+
+
 @bp.post("/login")
 def login():
     body = request.get_json(silent=True) or {}
-    agent_id, password = str(body.get("agent_id", "")), str(body.get("password", ""))
+    agent_id, password = str(body.get("agent_id", ""))[:64], str(body.get("password", ""))
     acd = _acd()
+    keys, limits = _fail_keys(agent_id), _login_limits()
+    counts = acd.redis.mget(keys)
+    if any(int(n or 0) >= limit for n, limit in zip(counts, limits)):
+        log.warning("agent login %r from %s refused: too many failed attempts", agent_id, request.remote_addr)
+        return _error(429, f"too many failed logins: try again in {limits[3] // 60} minutes")
     if not agent_id or not acd.check_password(agent_id, password):
+        pipe = acd.redis.pipeline(transaction=False)
+        for key in keys:  # the window starts at the first failure (SET NX EX: Redis 6.2 has no EXPIRE NX)
+            pipe.set(key, 0, ex=limits[3], nx=True)
+            pipe.incr(key)
+        pipe.execute()
+        log.info("agent login %r from %s failed", agent_id, request.remote_addr)
         return _error(401, "unknown agent or wrong password")
+    acd.redis.delete(*keys[:2])  # counted since the agent's last success
     state = body.get("state", "ready")
     if state not in ("ready", "paused"):
         return _error(400, "state must be ready or paused")

@@ -51,6 +51,21 @@ def test_a_wrong_password_or_a_missing_or_unknown_token_is_refused(client):
     assert client.get("/agent/api/me", headers=auth("forged")).status_code == 401
 
 
+def test_guessing_an_agents_password_is_stopped_without_locking_the_agent_out_at_their_desk(client, acd):
+    for _ in range(5):
+        assert login(client, password="guess").status_code == 401
+    r = login(client)  # the right password, from the guesser's address: refused, not even checked
+    assert r.status_code == 429 and "too many failed logins" in r.get_json()["error"]
+    desk = client.application.test_client()
+    desk.environ_base["REMOTE_ADDR"] = "10.0.0.31"
+    assert login(desk).status_code == 200  # the agent at their own desk
+    assert 0 < acd.redis.ttl(f"acd:loginfail:addr:127.0.0.1") <= 15 * 60  # the count expires with the window
+    assert acd.redis.get("acd:loginfail:agent:7001") is None  # a success starts the agent's count again
+    for i in range(95):  # one address trying many agents (a call centre's NAT allows 100)
+        assert login(client, agent=f"x{i}", password="123456").status_code == 401
+    assert login(client, agent="7002").status_code == 429
+
+
 def test_an_agent_sees_the_current_call_with_its_ticket_and_finishes_wrap_up(client, acd):
     token = login(client).get_json()["token"]
     call = acd.enqueue("general", "12345", "13812345678", ticket="T-88").call_id
