@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
+from urllib.parse import urlparse
 
 import pytest
 
@@ -182,7 +183,8 @@ def test_an_admin_fixes_a_broken_rule_dry_runs_publishes_and_rolls_back_while_ca
     shot(d, "06-dry-run")
     set_field(d, by_id(d, "publish-note"), "12301过渡期提示语改短")
     by_id(d, "publish").click()
-    wait_for(d, lambda d: "/admin/rules/history" in d.current_url, what="history after publish")
+    wait_for(d, lambda d: urlparse(d.current_url).path.rstrip("/") == "/admin/rules/history",
+             what="history after publish")
     new_version = server.extensions["rules"].current().version
     assert new_version != old_version and new_version in by_id(d, "running-version").text
     assert "已发布规则版本" in d.page_source
@@ -203,7 +205,9 @@ def test_an_admin_fixes_a_broken_rule_dry_runs_publishes_and_rolls_back_while_ca
     shot(d, "08-version")
     set_field(d, by_id(d, "rollback-note"), "恢复原提示语")
     by_id(d, "rollback").click()
-    wait_for(d, lambda d: "/admin/rules/history" in d.current_url, what="history after rollback")
+    # the version page's own URL is under /admin/rules/history/ too: wait for the list and its message
+    wait_for(d, lambda d: urlparse(d.current_url).path.rstrip("/") == "/admin/rules/history" and "已回滚" in d.page_source,
+             what="history after rollback")
     assert server.extensions["rules"].current().version == old_version
     assert "已回滚" in d.page_source
     shot(d, "09-history-after-rollback")
