@@ -199,6 +199,8 @@ def _finish_pending(pool) -> None:
     pending = getattr(local, "pending", None) if local is not None else None
     if pending is not None:
         local.pending = None
+        if getattr(local, "pid", None) != os.getpid():
+            return  # a forked child: those replies are on the parent's connection, the parent's to read
         try:
             pending.wait()
         except Exception:  # noqa: BLE001 - its owner is gone; the next command must still run
