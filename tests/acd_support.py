@@ -66,11 +66,15 @@ class RedisRecordingDialer:
 SKILL_LINES = {"general": "12345", "telecom": "12300", "legal": "12348"}
 
 
+HELD_SKILL = "civil_affairs"  # the concurrency test keeps a few callers waiting here: they overflow
+
+
 def churn_acd(redis_url: str) -> ACD:
-    """Short ring timeouts and a 1-second telecom overflow, so the ticker races the agents."""
+    """Short ring timeouts and 1-second telecom and civil-affairs overflows, so the ticker races
+    the agents."""
     from call_routing.rules import load_rules
 
-    rules = with_skill(load_rules(), "telecom", overflow_after_s=1)
+    rules = with_skill(with_skill(load_rules(), "telecom", overflow_after_s=1), HELD_SKILL, overflow_after_s=1)
     return ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules, ring_timeout_s=0.03,
                abandon_callback_after_s=None, dispatch_callback=False, heartbeat_timeout_s=3600)
 

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import Counter
 
-from acd_support import SKILL_LINES, churn, churn_acd, events, make_acd
+from acd_support import HELD_SKILL, SKILL_LINES, churn, churn_acd, events, make_acd
 from call_routing.acd import Agent
 from call_routing.acd.kpi import audit
 
@@ -25,6 +25,14 @@ def test_thousands_of_concurrent_operations_never_double_assign_and_the_counts_a
         if i % 4 == 0:
             skills["legal"] = 1 + i % 7
         acd.save_agent(Agent(f"ag{i}", f"坐席{i}", skills))
+    # whatever the random traffic does, the overflow timer must race it: a seat group whose one
+    # seat is paused (logged in, so its callers queue rather than overflow at once) holds two
+    # callers until the ticker moves them to the general seats
+    held = churn_acd(redis_url)
+    held.save_agent(Agent("held", "民政坐席", {HELD_SKILL: 5}))
+    held.login("held", "paused", "break")
+    for n in range(2):
+        assert held.enqueue(HELD_SKILL, "12345", f"1370000000{n}").status == "queued"
     ctx = multiprocessing.get_context("fork")
     processes = [ctx.Process(target=churn, args=(redis_url, 100 + i, PROCESS_OPS)) for i in range(PROCESSES)]
     for p in processes:  # fork before any thread starts
@@ -49,6 +57,9 @@ def test_thousands_of_concurrent_operations_never_double_assign_and_the_counts_a
     for p in processes:
         p.join(120)
         assert p.exitcode == 0
+    deadline = time.monotonic() + 10  # a fast machine may finish the traffic before 1 s has passed
+    while not (timers["ring_timeout"] and timers["overflow"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     threads[-1].join()
     assert timers["ring_timeout"] > 0 and timers["overflow"] > 0, timers
