@@ -142,6 +142,7 @@ class Rules:
     callback_offer_after_s: int
     known_numbers: frozenset = field(default=frozenset())
     keywords_path: str = ""  # the emergency keyword file these rules were built with
+    acd_settings: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # queue: timers set (ACD_SETTINGS)
 
     def line(self, number: str) -> Line | None:
         if number == self.hotline.number:
@@ -561,15 +562,40 @@ def _check_subcenter(c: _Checker, spec, sp) -> dict:
     return out
 
 
-def _check_queue(c: _Checker, raw) -> tuple[int, int]:
+# The ACD's timers an admin may set under ``queue:`` (name -> (lowest, highest) seconds or
+# count). Absent keys keep the ACD's defaults (call_routing/acd/core.py, docs/acd.md).
+ACD_SETTINGS = {
+    "ring_timeout_s": (5, 120),  # an offered seat that does not answer: auto-pause, next seat
+    "callback_ring_timeout_s": (10, 300),  # the same for a callback offer
+    "heartbeat_timeout_s": (10, 600),  # a console silent this long leaves rotation
+    "wrapup_max_s": (0, 1800),  # wrap-up (话后整理) ends by itself after this
+    "missed_call_callback_after_s": (0, 600),  # a caller who hangs up after waiting this long gets a callback
+    "callback_attempts": (1, 10),  # dialing attempts per callback
+    "callback_retry_s": (30, 86400),  # between two attempts
+}
+
+
+def _check_queue(c: _Checker, raw) -> tuple[int, int, dict]:
     path = ("queue",)
     if raw is None:
-        return 30, 60
-    if not c.keys(raw, path, (), ("announce_every_s", "callback_offer_after_s")):
-        return 30, 60
+        return 30, 60, {}
+    if not c.keys(raw, path, (), ("announce_every_s", "callback_offer_after_s", *ACD_SETTINGS)):
+        return 30, 60, {}
     every = c.seconds(raw.get("announce_every_s", 30), path + ("announce_every_s",), 10, 600)
     offer = c.seconds(raw.get("callback_offer_after_s", 60), path + ("callback_offer_after_s",), 0, 3600)
-    return every or 30, offer if offer is not None else 60
+    acd = {}
+    for name, (low, high) in ACD_SETTINGS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if name.endswith("_s"):
+            value = c.seconds(value, path + (name,), low, high)
+        elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            c.doc.problem(path + (name,), f"{value!r} must be a whole number from {low} to {high}")
+            value = None
+        if value is not None:
+            acd[name] = value
+    return every or 30, offer if offer is not None else 60, acd
 
 
 def _check_emergency(c: _Checker, raw, base_dir: Path) -> tuple[str | None, list[EmergencyLine], bytes, str]:
@@ -681,7 +707,7 @@ def check_rules(path: str | os.PathLike) -> tuple[Rules | None, list[Problem]]:
     lines = _check_lines(c, raw.get("lines"), skills)
     if hotline and hotline.number in lines:
         c.doc.problem(("lines", hotline.number), f"{hotline.number} is the hotline itself; it cannot be a legacy line")
-    announce_every, offer_after = _check_queue(c, raw.get("queue"))
+    announce_every, offer_after, acd_settings = _check_queue(c, raw.get("queue"))
     notice, emergency, kw_data, kw_path = _check_emergency(c, raw.get("emergency"), Path(path).resolve().parent)
     if doc.problems:
         return None, sorted(doc.problems, key=lambda p: (p.file != name, p.file, p.line))
@@ -694,7 +720,7 @@ def check_rules(path: str | os.PathLike) -> tuple[Rules | None, list[Problem]]:
         lines=MappingProxyType(lines), skills=MappingProxyType(skills),
         emergency=tuple(emergency), emergency_notice=notice,
         announce_every_s=announce_every, callback_offer_after_s=offer_after,
-        known_numbers=known, keywords_path=kw_path,
+        known_numbers=known, keywords_path=kw_path, acd_settings=MappingProxyType(acd_settings),
     )
     return rules, []
 

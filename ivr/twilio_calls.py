@@ -87,7 +87,7 @@ class Switchboard:
 
     def __init__(self, flow, acd, legs: Legs, *, account_sid: str | None, auth_token: str | None,
                  caller_id: str | None, public_url: str | None = None, http_client=None,
-                 ring_timeout_s: int = 20, transfer_timeout_s: int = 30):
+                 ring_timeout_s: int | None = None, transfer_timeout_s: int = 30):
         self.flow, self.acd, self.legs = flow, acd, legs
         self.account_sid, self.auth_token = account_sid, auth_token
         self.caller_id = caller_id
@@ -147,7 +147,7 @@ class Switchboard:
             to=twiml.endpoint_address(endpoints[0]), from_=self._from(leg),
             url=self.url(call_id, "agent-answer", call=call_id, agent=agent_id),
             status_callback=self.url(call_id, "agent-status", call=call_id, agent=agent_id),
-            timeout=self.ring_timeout_s)
+            timeout=self.ring_timeout_s or int(self.acd.ring_timeout_s))  # the rules' queue: setting
         self.legs.set(call_id, agent=agent_id, agent_call=call.sid, agent_in="0")
         log.info("call %s: ringing agent %s (%s)", call_id, agent_id, call.sid)
         return call.sid

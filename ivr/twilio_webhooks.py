@@ -98,8 +98,7 @@ def init_app(app, services=None) -> None:
     legs = Legs(acd.redis)
     board = Switchboard(services.flow, acd, legs, account_sid=app.config["TWILIO_ACCOUNT_SID"],
                         auth_token=app.config["TWILIO_AUTH_TOKEN"], caller_id=app.config["TWILIO_CALLER_ID"],
-                        public_url=app.config["TWILIO_PUBLIC_URL"], http_client=app.config.get("TWILIO_HTTP_CLIENT"),
-                        ring_timeout_s=int(acd.ring_timeout_s))
+                        public_url=app.config["TWILIO_PUBLIC_URL"], http_client=app.config.get("TWILIO_HTTP_CLIENT"))
     acd.on_offer.append(board.on_offer)
     validate = _flag(app.config["TWILIO_VALIDATE"])
     token = app.config.get("TWILIO_AUTH_TOKEN")

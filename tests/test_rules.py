@@ -317,3 +317,20 @@ def test_route_with_a_bad_time_says_what_is_wrong():
     r = run_cli("route", "--to", "12345", "--at", "yesterday")
     assert r.returncode != 0 and "--at: 'yesterday' is not an ISO-8601 time" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_acd_timers_are_set_under_queue_and_checked_at_their_line(shipped_text, write_rules):
+    text = edit(shipped_text, "  ring_timeout_s: 20 ", "  ring_timeout_s: 2 ")
+    text = edit(text, "  callback_attempts: 3 ", "  callback_attempts: 0 ")
+    text = edit(text, "  wrapup_max_s: 120 ", "  wrapup_max_s: two minutes ")
+    path = write_rules(text)
+    got = problems_of(path)
+    assert f"{path}:{line_of(text, '  ring_timeout_s: 2 ')}: queue.ring_timeout_s: 2 must be a whole number of " \
+           "seconds from 5 to 120" in got
+    assert f"{path}:{line_of(text, '  callback_attempts: 0')}: queue.callback_attempts: 0 must be a whole number " \
+           "from 1 to 10" in got
+    assert any("queue.wrapup_max_s: 'two minutes' must be a whole number of seconds" in p for p in got)
+    ok = write_rules(edit(shipped_text, "  missed_call_callback_after_s: 10 ", "  missed_call_callback_after_s: 25 "))
+    rules, problems = check_rules(ok)
+    assert problems == [] and rules.acd_settings["missed_call_callback_after_s"] == 25
+    assert rules.acd_settings["ring_timeout_s"] == 20

@@ -40,6 +40,28 @@ MAX_PRIORITY = 9
 DEFAULT_HANDLE_S = 180.0  # estimated handle time before a group has any history
 
 
+FROM_RULES = object()  # an ACD timer not given to the constructor: the rules' queue: settings decide
+TIMER_DEFAULTS = {"ring_timeout_s": 20, "callback_ring_timeout_s": 90, "heartbeat_timeout_s": 30,
+                  "wrapup_max_s": 120, "abandon_callback_after_s": 10, "callback_attempts": 3,
+                  "callback_retry_s": 300}
+
+
+def _timer(name: str, rules_name: str | None = None) -> property:
+    """An ACD timer: set on the ACD (constructor or assignment: tests, tools), else the current
+    rules' ``queue:`` value (an admin's edit applies from the next operation), else the default."""
+    key = rules_name or name
+
+    def get(self):
+        if name in self._explicit:
+            return self._explicit[name]
+        return getattr(self.rules, "acd_settings", {}).get(key, TIMER_DEFAULTS[name])
+
+    def set_(self, value):
+        self._explicit[name] = value
+
+    return property(get, set_, doc=get.__doc__)
+
+
 class ACDError(Exception):
     """A request the ACD refuses, worded for the agent or front-end that made it."""
 
@@ -153,10 +175,10 @@ class ACD:
     def __init__(self, client: redis_lib.Redis, rules: Rules | Callable[[], Rules], *,
                  clock: Callable[[], float] = time.time, prefix: str = "acd",
                  calendar: WorkdayCalendar | None = None,
-                 ring_timeout_s: float = 20, callback_ring_timeout_s: float = 90,
-                 heartbeat_timeout_s: float = 30, wrapup_max_s: float = 120,
-                 abandon_callback_after_s: float | None = 10,
-                 callback_attempts: int = 3, callback_retry_s: float = 300,
+                 ring_timeout_s: float = FROM_RULES, callback_ring_timeout_s: float = FROM_RULES,
+                 heartbeat_timeout_s: float = FROM_RULES, wrapup_max_s: float = FROM_RULES,
+                 abandon_callback_after_s: float | None = FROM_RULES,
+                 callback_attempts: int = FROM_RULES, callback_retry_s: float = FROM_RULES,
                  log_max: int = 5_000_000,
                  dispatch_callback: Callable[["ACD", Offer], None] | None = None,
                  on_offer: Iterable[Callable[[Offer], None]] = ()):
@@ -165,20 +187,26 @@ class ACD:
         self.clock = clock
         self.keys = Keys(prefix)
         self.calendar = calendar or default_calendar()
-        self.ring_timeout_s = ring_timeout_s
-        self.callback_ring_timeout_s = callback_ring_timeout_s
-        self.heartbeat_timeout_s = heartbeat_timeout_s
-        self.wrapup_max_s = wrapup_max_s
-        self.abandon_callback_after_s = abandon_callback_after_s
-        self.callback_attempts = callback_attempts
-        self.callback_retry_s = callback_retry_s
+        # the timers: what the caller passed, else the rules' queue: settings, else the defaults
+        given = {"ring_timeout_s": ring_timeout_s, "callback_ring_timeout_s": callback_ring_timeout_s,
+                 "heartbeat_timeout_s": heartbeat_timeout_s, "wrapup_max_s": wrapup_max_s,
+                 "abandon_callback_after_s": abandon_callback_after_s, "callback_attempts": callback_attempts,
+                 "callback_retry_s": callback_retry_s}
+        self._explicit = {k: v for k, v in given.items() if v is not FROM_RULES}
         self.log_max = log_max
         self.dispatch_callback = dispatch_callback if dispatch_callback is not None else rq_dispatch
         self.on_offer = list(on_offer)
         self._plans: dict = {}
         self._scripts = {name: _HEADER + "\n" + body for name, body in _BODIES.items()}
         self._shas = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()}
-        self._settings = f"{self.keys.prefix}\t{ring_timeout_s}\t{callback_ring_timeout_s}\t{log_max}"
+
+    ring_timeout_s = _timer("ring_timeout_s")
+    callback_ring_timeout_s = _timer("callback_ring_timeout_s")
+    heartbeat_timeout_s = _timer("heartbeat_timeout_s")
+    wrapup_max_s = _timer("wrapup_max_s")
+    abandon_callback_after_s = _timer("abandon_callback_after_s", "missed_call_callback_after_s")
+    callback_attempts = _timer("callback_attempts")
+    callback_retry_s = _timer("callback_retry_s")
 
     @classmethod
     def from_url(cls, url: str, rules, **kwargs) -> "ACD":
@@ -200,7 +228,8 @@ class ACD:
     def _run(self, name: str, *args, now: float | None = None) -> Result:
         now = self.clock() if now is None else now
         # one tab-separated argument (see acd.lua); a tab inside a value would shift the fields
-        argv = "\t".join((self._settings, repr(float(now)), *(str(a).replace("\t", " ") for a in args)))
+        settings = f"{self.keys.prefix}\t{self.ring_timeout_s}\t{self.callback_ring_timeout_s}\t{self.log_max}"
+        argv = "\t".join((settings, repr(float(now)), *(str(a).replace("\t", " ") for a in args)))
         try:
             raw = self.redis.evalsha(self._shas[name], 0, argv)
         except redis_lib.exceptions.NoScriptError:  # a restarted or new server: load once, run again
