@@ -36,6 +36,11 @@ def handler(session) -> None:
 def _leave(session, turn) -> None:
     session.agi.music(False)
     hand_back(session.agi, turn)
+    acd = getattr(session.flow.queue, "acd", None)
+    if turn.action == "transfer" and turn.reason == "agent" and acd is not None:
+        # how long the dialplan rings the agent: the ACD's ring timeout from the rules' queue:
+        # settings (this channel's value shadows the [globals] default)
+        session.agi.set_var("HOTLINE_AGENT_RING_S", str(int(acd.ring_timeout_s)))
     play_steps(session.agi, turn.steps, session.services.prompt_dir)
 
 

@@ -308,3 +308,12 @@ def test_a_line_without_the_party_or_a_call_without_an_agent_gets_nothing(world)
     legacy = agi(w, "transfer", call_id, "threeway", "subcenter", uid=call_id)  # the older spelling
     assert legacy.variables["HOTLINE_ACTION"] == "stay"
     assert on_agent(w, "no-such-call", "a1", "start", "expert").variables["HOTLINE_ACTION"] == "none"
+
+
+def test_the_agent_is_rung_for_as_long_as_the_rules_ring_timeout_says(world):
+    w = world
+    w.acd.ring_timeout_s = 35  # as if queue: ring_timeout_s: 35 had been published
+    seat(w, "a35", {"legal": 50})
+    route = fastagi_session(w.server.address, agi_env(LEGAL, uniqueid="rt1", network=True), Peer())
+    waited = agi(w, "queue_wait", route.variables["HOTLINE_CALL_ID"], uid="rt1")
+    assert waited.variables["HOTLINE_ACTION"] == "transfer" and waited.variables["HOTLINE_AGENT_RING_S"] == "35"
