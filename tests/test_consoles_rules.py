@@ -109,7 +109,8 @@ def test_a_form_error_is_shown_next_to_its_field_with_its_line(admin, app):
     assert r.status_code == 422
     html = r.get_data(as_text=True)
     field = html.split('for="f-transition.until"')[1].split("</div>")[0]
-    line = app.extensions["console"].editor.disk_text().splitlines().index("      until: 2026-12-31", 300) + 1
+    lines = app.extensions["console"].editor.disk_text().splitlines()
+    line = lines.index("      until: 2026-12-31", lines.index('  "12301":')) + 1  # line 12301's own
     assert f"第 {line} 行" in field and "is not a date" in field
 
 
