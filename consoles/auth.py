@@ -153,7 +153,7 @@ def login():
         if _throttled(username):
             console().db.audit(username or "-", "login.throttled", username, "登录尝试过多，已暂停该账号或地址的登录",
                                address=request.remote_addr)
-            minutes = current_app.config.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN)
+            minutes = login_window_s(current_app.config) // 60
             return render_template("login.html", error=f"登录失败次数过多，请{minutes}分钟后再试。"), 429
         user = console().db.authenticate(username, password)
         if user is None:
@@ -175,13 +175,23 @@ def login():
     return render_template("login.html", error=error), status
 
 
-def _throttled(username: str) -> bool:
-    cfg = current_app.config
-    since = datetime.now(timezone.utc) - timedelta(minutes=cfg.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN))
-    here, anywhere, address = console().db.failed_sign_ins(username, request.remote_addr, since)
+def login_window_s(cfg) -> int:
+    """How long failed sign-ins count (``LOGIN_WINDOW_MIN``), in seconds."""
+    return int(cfg.get("LOGIN_WINDOW_MIN", LOGIN_WINDOW_MIN) * 60)
+
+
+def too_many_failures(cfg, here: int, anywhere: int, address: int) -> bool:
+    """The one throttling policy of every sign-in (console and agent API): failures for the name
+    from this address, for the name from anywhere, from this address for any name."""
     return (here >= cfg.get("LOGIN_MAX_FAILURES_PER_USER", LOGIN_MAX_FAILURES_PER_USER)
             or anywhere >= cfg.get("LOGIN_MAX_FAILURES_PER_USER_ANYWHERE", LOGIN_MAX_FAILURES_PER_USER_ANYWHERE)
             or address >= cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", LOGIN_MAX_FAILURES_PER_ADDRESS))
+
+
+def _throttled(username: str) -> bool:
+    cfg = current_app.config
+    since = datetime.now(timezone.utc) - timedelta(seconds=login_window_s(cfg))
+    return too_many_failures(cfg, *console().db.failed_sign_ins(username, request.remote_addr, since))
 
 
 @bp.post("/logout")

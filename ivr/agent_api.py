@@ -88,18 +88,9 @@ def _me():
 
 
 def _fail_keys(agent_id: str) -> tuple[str, str, str]:
+    """Failed-login counters in the order :func:`consoles.auth.too_many_failures` takes them."""
     p, address = _acd().keys.prefix, request.remote_addr or "-"
     return f"{p}:loginfail:at:{agent_id}:{address}", f"{p}:loginfail:agent:{agent_id}", f"{p}:loginfail:addr:{address}"
-
-
-def _login_limits() -> tuple[int, int, int, int]:
-    from consoles import auth
-
-    cfg = current_app.config
-    return (cfg.get("LOGIN_MAX_FAILURES_PER_USER", auth.LOGIN_MAX_FAILURES_PER_USER),
-            cfg.get("LOGIN_MAX_FAILURES_PER_USER_ANYWHERE", auth.LOGIN_MAX_FAILURES_PER_USER_ANYWHERE),
-            cfg.get("LOGIN_MAX_FAILURES_PER_ADDRESS", auth.LOGIN_MAX_FAILURES_PER_ADDRESS),
-            int(cfg.get("LOGIN_WINDOW_MIN", auth.LOGIN_WINDOW_MIN) * 60))
 
 
 @bp.post("/login")
@@ -107,15 +98,16 @@ def login():
     body = request.get_json(silent=True) or {}
     agent_id, password = str(body.get("agent_id", ""))[:64], str(body.get("password", ""))
     acd = _acd()
-    keys, limits = _fail_keys(agent_id), _login_limits()
-    counts = acd.redis.mget(keys)
-    if any(int(n or 0) >= limit for n, limit in zip(counts, limits)):
+    from consoles.auth import login_window_s, too_many_failures
+
+    keys, window_s = _fail_keys(agent_id), login_window_s(current_app.config)
+    if too_many_failures(current_app.config, *(int(n or 0) for n in acd.redis.mget(keys))):
         log.warning("agent login %r from %s refused: too many failed attempts", agent_id, request.remote_addr)
-        return _error(429, f"too many failed logins: try again in {limits[3] // 60} minutes")
+        return _error(429, f"too many failed logins: try again in {window_s // 60} minutes")
     if not agent_id or not acd.check_password(agent_id, password):
         pipe = acd.redis.pipeline(transaction=False)
         for key in keys:  # the window starts at the first failure (SET NX EX: Redis 6.2 has no EXPIRE NX)
-            pipe.set(key, 0, ex=limits[3], nx=True)
+            pipe.set(key, 0, ex=window_s, nx=True)
             pipe.incr(key)
         pipe.execute()
         log.info("agent login %r from %s failed", agent_id, request.remote_addr)
