@@ -66,21 +66,18 @@ def prefiller(rules_path: str | None = None):
     """This process's pre-filler, on the current rules: the worker lives for weeks, admins edit
     the rules meanwhile. The rules file is watched as the web app watches it
     (:class:`~call_routing.rules_store.RulesStore`: checked at most once a second, an invalid
-    edit never replaces valid rules); the pre-filler is rebuilt when the rules change."""
+    edit never replaces valid rules); the pre-filler is rebuilt when the rules change
+    (:class:`~ivr.services.PrefillClassifier`, as in the web app)."""
     from call_routing.rules_store import RulesStore
 
-    from .prefill import Prefiller
+    from .services import PrefillClassifier
 
     path = rules_path or os.environ.get("RULES_PATH") or None
     with _lock:
-        entry = _prefillers.get(path)
-        if entry is None:
-            entry = _prefillers[path] = {"store": RulesStore(path), "rules": None, "filler": None}
-    rules = entry["store"].current()
-    with _lock:
-        if entry["rules"] is not rules:
-            entry["rules"], entry["filler"] = rules, Prefiller(rules)
-        return entry["filler"]
+        classifier = _prefillers.get(path)
+        if classifier is None:
+            classifier = _prefillers[path] = PrefillClassifier(RulesStore(path).current)
+    return classifier.filler()
 
 
 def close_resources() -> None:

@@ -116,12 +116,15 @@ class PrefillClassifier:
 
     def __call__(self, text: str) -> dict | None:
         rules = self._source()
-        fields = self._filler(rules).fill(text).to_dict()
+        fields = self.filler(rules).fill(text).to_dict()
         return fields if fields["line"] != rules.hotline.number else None
 
-    def _filler(self, rules):
+    def filler(self, rules=None):
+        """The :class:`~ivr.prefill.Prefiller` of ``rules`` (default: the current ones), built
+        once per rules version."""
         from .prefill import Prefiller
 
+        rules = rules if rules is not None else self._source()
         with self._lock:
             if self._cache[0] is not rules:
                 self._cache = (rules, Prefiller(rules))
@@ -129,7 +132,7 @@ class PrefillClassifier:
 
     def warm(self) -> None:
         """Build the classifier now (≈ 0.5 s) rather than on the first words heard."""
-        self._filler(self._source()).fill("预热")
+        self.filler().fill("预热")
 
 
 @dataclass
