@@ -649,27 +649,27 @@ class CallbackLegs:
         """The citizen's leg of callback ``n`` left its conference with the citizen still on the
         line — the agent hung up first: the satisfaction question, as after a call answered at
         once. Only when the two talked; a call whose state is gone gets a plain goodbye."""
-        from .flow import CallNotFound
-
-        if not self.legs.get(call_id).get(f"once:cb-answered:{n}"):
-            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
-        try:
-            question = self.board.flow.survey_question(call_id)
-        except CallNotFound:
+        question = self._after_talk(call_id, n, lambda: self.board.flow.survey_question(call_id))
+        if question is None:
             return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
         return twiml.callback_survey(call_id, n, question.steps, int(question.listen["timeout_s"]))
 
     def survey_answer(self, call_id: str, n: int, digit: str) -> str:
         """The key pressed after a callback: on the call's ticket and in the KPIs (once)."""
+        turn = self._after_talk(call_id, n, lambda: self.board.flow.survey(call_id, digit))
+        return twiml.goodbye(turn.steps if turn is not None else [{"do": "say", "text": CALL_ENDED}])
+
+    def _after_talk(self, call_id: str, n: int, step):
+        """``step()`` when the citizen and the agent of callback ``n`` talked and the call is
+        still known; else None."""
         from .flow import CallNotFound
 
         if not self.legs.get(call_id).get(f"once:cb-answered:{n}"):
-            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
+            return None
         try:
-            turn = self.board.flow.survey(call_id, digit)
+            return step()
         except CallNotFound:
-            return twiml.goodbye([{"do": "say", "text": CALL_ENDED}])
-        return twiml.goodbye(turn.steps)
+            return None
 
     def status(self, call_id: str, n: int, which: str, status: str) -> None:
         """Status callbacks of both legs (Twilio retries them: each effect happens once)."""

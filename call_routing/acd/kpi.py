@@ -58,13 +58,13 @@ def start_id(client, keys, since: float) -> str:
 
     def first_at(ms: int):
         got = client.xrange(log, min=f"{ms}-0", max="+", count=1)
-        return (_ms(got[0][0]), float(_text(got[0][1].get(b"t", got[0][1].get("t", 0))))) if got else None
+        return (_ms(got[0][0]), _t(got[0][1])) if got else None
 
     first = first_at(0)
     if first is None or first[1] >= target:
         return "-"
     last = client.xrevrange(log, max="+", min="-", count=1)
-    if float(_text(last[0][1].get(b"t", last[0][1].get("t", 0)))) < target:
+    if _t(last[0][1]) < target:
         return "(" + _text(last[0][0])  # nothing that recent: only what comes next
     lo, hi = first[0], _ms(last[0][0])  # the first entry at lo is too early; at hi it is not
     while hi - lo > 1:
@@ -75,6 +75,11 @@ def start_id(client, keys, since: float) -> str:
         else:
             hi = mid
     return f"{lo}-0"
+
+
+def _t(fields) -> float:
+    """An entry's ``t``, whether the client decodes responses or not."""
+    return float(_text(fields.get("t", fields.get(b"t", 0))))
 
 
 def _ms(entry_id) -> int:
