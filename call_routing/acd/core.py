@@ -54,7 +54,7 @@ def _timer(name: str, rules_name: str | None = None) -> property:
     def get(self):
         if name in self._explicit:
             return self._explicit[name]
-        return getattr(self.rules, "acd_settings", {}).get(key, TIMER_DEFAULTS[name])
+        return self.rules.acd_settings.get(key, TIMER_DEFAULTS[name])
 
     def set_(self, value):
         self._explicit[name] = value
