@@ -102,7 +102,12 @@ class OneTrip:
         pool = self.client.connection_pool
         if self.own_connection:
             _finish_pending(pool)  # replies of an earlier send on this connection come first
-            conn = _connection(pool)
+            try:
+                conn = _connection(pool)
+            except ConnectionError:  # Redis is not there (yet): as a failed write on a dead connection
+                if not retry:
+                    raise
+                return self._write(packed, retry=False)
         else:
             conn = pool.get_connection()
         try:
@@ -178,17 +183,97 @@ _LOCALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pool -> th
 _LOCALS_LOCK = threading.Lock()
 
 
+_PID = os.getpid()  # os.getpid() is a system call; this process's id, kept up to date across forks
+
+
+def _forked() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _connection(pool):
-    """This thread's connection for ``pool``'s server (a new one after a fork)."""
+    """This thread's connection for ``pool``'s server (a new one after a fork): a :class:`_Wire`
+    over a connected redis-py connection where it can, else the redis-py connection itself."""
     local = _LOCALS.get(pool)
     if local is None:
         with _LOCALS_LOCK:
             local = _LOCALS.setdefault(pool, threading.local())
     conn = getattr(local, "conn", None)
-    if conn is None or local.pid != os.getpid():
-        conn = pool.connection_class(**pool.connection_kwargs)
-        local.conn, local.pid = conn, os.getpid()
+    if conn is None or local.pid != _PID:
+        conn = _Wire.over(pool.connection_class(**pool.connection_kwargs))
+        local.conn, local.pid = conn, _PID
     return conn
+
+
+class _Wire:
+    """A web worker's own Redis connection, spoken to with one system call per write and per
+    read. redis-py connects it (address, AUTH, SELECT, client name: the client's settings); then
+    its socket is used directly: blocking, with the client's socket timeout set in the kernel
+    (``SO_SNDTIMEO``/``SO_RCVTIMEO``) instead of Python's — which polls the socket before every
+    send and every receive, two more system calls per call start — and the replies parsed by
+    hiredis as they come. TLS connections and a missing hiredis keep redis-py's own path."""
+
+    __slots__ = ("conn", "sock", "reader")
+
+    def __init__(self, conn, sock, reader):
+        self.conn, self.sock, self.reader = conn, sock, reader
+
+    @classmethod
+    def over(cls, conn):
+        try:
+            import hiredis
+        except ImportError:  # pragma: no cover - hiredis is a requirement
+            return conn
+        import socket
+        import ssl
+        import struct
+
+        conn.connect()
+        sock = conn._sock
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return conn
+        timeout = sock.gettimeout()
+        if timeout is not None:
+            sec = int(timeout)
+            tv = struct.pack("ll", sec, int((timeout - sec) * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.settimeout(None)
+        from redis.exceptions import ResponseError
+
+        return cls(conn, sock, hiredis.Reader(replyError=ResponseError))
+
+    def send_packed_command(self, command, check_health: bool = False) -> None:
+        from redis.exceptions import ConnectionError
+
+        try:
+            for item in command:
+                self.sock.sendall(item)
+        except OSError as exc:  # a timeout (EAGAIN), a reset, a closed server
+            raise ConnectionError(f"Redis: writing failed: {exc!r}") from exc
+
+    def read_response(self):
+        reply = self.reader.gets()
+        while reply is False:
+            from redis.exceptions import ConnectionError
+
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
+                raise ConnectionError(f"Redis: reading failed: {exc!r}") from exc
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            self.reader.feed(data)
+            reply = self.reader.gets()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def disconnect(self) -> None:
+        self.conn.disconnect()
 
 
 def _finish_pending(pool) -> None:
@@ -199,7 +284,7 @@ def _finish_pending(pool) -> None:
     pending = getattr(local, "pending", None) if local is not None else None
     if pending is not None:
         local.pending = None
-        if getattr(local, "pid", None) != os.getpid():
+        if getattr(local, "pid", None) != _PID:
             return  # a forked child: those replies are on the parent's connection, the parent's to read
         try:
             pending.wait()

@@ -115,6 +115,29 @@ def test_one_trip_sent_now_and_its_replies_read_later(redis_url):
     assert trip.execute() == 1 and r.get("later4") == "1"
 
 
+def test_one_trip_gives_up_on_a_redis_that_does_not_answer_within_the_client_s_timeout(redis_url):
+    """The worker's own connection keeps the client's socket timeout (set in the kernel, not by
+    Python polling before each send and receive): a Redis that stops answering costs a webhook
+    that timeout, once per try, and never hangs the worker."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.4)
+    trip = OneTrip(r, own_connection=True)
+    trip.set("pause-before", "1")
+    assert trip.execute() == 1
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_pause(3000, all=False)  # write commands wait 3 s
+    try:
+        trip.set("paused", "1")
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            trip.execute()
+        took = time.monotonic() - started
+    finally:
+        admin.client_unpause()
+    assert 0.7 <= took < 2.5  # two tries of 0.4 s each, not the 3 s pause
+    trip.set("after-pause", "1")
+    assert trip.execute() == 1 and r.get("after-pause") == "1"
+
+
 def test_pack_command_is_redis_py_s_encoding():
     conn = redis.connection.Connection()
     for args in [("SET", "k", "v", "EX", 60), ("HSET", "h", "a", 1, "b", 2.5, "c", "中文", b"\x00raw", -3),
