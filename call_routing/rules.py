@@ -572,6 +572,7 @@ ACD_SETTINGS = {
     "missed_call_callback_after_s": (0, 600),  # a caller who hangs up after waiting this long gets a callback
     "callback_attempts": (1, 10),  # dialing attempts per callback
     "callback_retry_s": (30, 86400),  # between two attempts
+    "lost_after_s": (60, 3600),  # a waiting caller no front-end asked about this long is lost: callback
 }
 
 

@@ -51,7 +51,7 @@ class AcdQueue:
             return QueueStatus("offered", 0, 0.0, call["agent"], endpoints[0] if endpoints else None)
         if call["state"] == "connected":
             return QueueStatus("connected", 0, 0.0, call["agent"])
-        pos = self.acd.position(call_id)
+        pos = self.acd.position(call_id, caller_there=True)  # the caller's own waiting loop asks
         if pos is None:
             return QueueStatus("gone")
         return QueueStatus("waiting", max(0, pos.position - 1), pos.estimated_wait_s)

@@ -99,11 +99,16 @@ local function call_join(c, skill, score)
   redis.call('ZADD', k_queue(skill), score, c)
   redis.call('ZADD', k_age(skill), NOW_S, c)
 end
+-- a live caller (back) in line: the clock of their front-end's sign of life starts (see lost)
+local function call_seen(c)
+  if hget(k_call(c), 'kind') == 'live' then redis.call('ZADD', k_seen(), NOW_S, c) end
+end
 -- back to its own place (same score) in every queue it belongs to
 local function call_rejoin(c)
   local ck = k_call(c)
   local score = hget(ck, 'score')
   for _, s in ipairs(split(hget(ck, 'queues'))) do redis.call('ZADD', k_queue(s), score, c) end
+  call_seen(c)
 end
 local function call_leave_queues(c)
   for _, s in ipairs(split(hget(k_call(c), 'queues'))) do redis.call('ZREM', k_queue(s), c) end
@@ -116,6 +121,7 @@ local function call_forget(c)
   end
   redis.call('ZREM', k_ringing(), c)
   redis.call('ZREM', k_retry(), c)
+  redis.call('ZREM', k_seen(), c)
 end
 local function clear_pending_callback(c)
   local key = hget(k_call(c), 'caller_key') or ''
@@ -282,6 +288,7 @@ else
 end
 redis.call('ZADD', k_age(skill), NOW_S, c)
 if not seat then redis.call('ZADD', k_queue(skill), score, c) end
+if kind == 'live' then redis.call('ZADD', k_seen(), NOW_S, c) end
 log('enter', 'call', c, 'skill', skill, 'line', line, 'kind', kind, 'prio', prio, 'caller', masked, 'asked', asked)
 if overflowed then
   log('overflow', 'call', c, 'from', chain[1], 'to', skill, 'reason', 'unstaffed', 'line', line)
@@ -592,6 +599,7 @@ else
   end
   redis.call('HSET', ck, 'state', 'waiting', 'skill', skill, 'queues', skill)
   call_join(c, skill, hget(ck, 'score'))
+  call_seen(c)
   if mode == 'consult' then
     log('transfer', 'call', c, 'from', old, 'to', skill, 'line', line, 'three_way', '1')
   else
@@ -607,6 +615,36 @@ end
 local offers = {}
 add(offers, try_assign_skill(skill))
 return reply('ok', skill, offers)
+
+--@ lost
+-- call, stale_before (s): a live caller still waiting whose front-end has not asked about them
+-- since stale_before (an AGI server or web process that died with the call, a lost status
+-- callback) is lost to us: counted as abandoned, and called back (漏接回拨, keeping the place
+-- in line) when the number is known, so that no agent is offered a caller who is not there.
+-- Entries of calls no longer waiting live are dropped here (the index cleans itself).
+local c, stale_before = ARGV[A], tonumber(ARGV[A + 1])
+local seen = redis.call('ZSCORE', k_seen(), c)
+if not seen then return reply('gone') end
+if tonumber(seen) >= stale_before then return reply('alive', seen) end
+redis.call('ZREM', k_seen(), c)
+local ck = k_call(c)
+local st = hget(ck, 'state') or 'unknown'
+if st ~= 'waiting' or hget(ck, 'kind') ~= 'live' then return reply('not_waiting', st) end
+local skill, line = hget(ck, 'skill') or '', hget(ck, 'line') or ''
+local wait = NOW - tonumber(hget(ck, 'entered'))
+log('abandon', 'call', c, 'skill', skill, 'line', line, 'kind', 'live', 'wait', secs(wait), 'agent', '',
+    'reason', 'lost')
+redis.call('XADD', k_alerts(), 'MAXLEN', '~', 10000, '*', 't', NOW_S, 'alert', 'lost', 'skill', skill, 'call', c,
+           'line', line, 'silent', secs(NOW - tonumber(seen)))
+if (hget(ck, 'caller') or '') ~= '' then
+  redis.call('HSET', ck, 'kind', 'callback')  -- already in its queues: it keeps its place
+  log('callback', 'call', c, 'skill', skill, 'line', line, 'reason', 'lost')
+  mark_pending_callback(c)
+  return reply('callback', secs(wait))
+end
+call_forget(c)
+redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
+return reply('abandoned', secs(wait))
 
 --@ leave
 -- call, reason: the caller leaves the queue on purpose (an emergency transfer, the front-end's

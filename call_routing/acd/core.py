@@ -43,7 +43,7 @@ DEFAULT_HANDLE_S = 180.0  # estimated handle time before a group has any history
 FROM_RULES = object()  # an ACD timer not given to the constructor: the rules' queue: settings decide
 TIMER_DEFAULTS = {"ring_timeout_s": 20, "callback_ring_timeout_s": 90, "heartbeat_timeout_s": 30,
                   "wrapup_max_s": 120, "abandon_callback_after_s": 10, "callback_attempts": 3,
-                  "callback_retry_s": 300}
+                  "callback_retry_s": 300, "lost_after_s": 120}
 
 
 def _timer(name: str, rules_name: str | None = None) -> property:
@@ -179,7 +179,7 @@ class ACD:
                  heartbeat_timeout_s: float = FROM_RULES, wrapup_max_s: float = FROM_RULES,
                  abandon_callback_after_s: float | None = FROM_RULES,
                  callback_attempts: int = FROM_RULES, callback_retry_s: float = FROM_RULES,
-                 log_max: int = 5_000_000,
+                 lost_after_s: float = FROM_RULES, log_max: int = 5_000_000,
                  dispatch_callback: Callable[["ACD", Offer], None] | None = None,
                  on_offer: Iterable[Callable[[Offer], None]] = ()):
         self.redis = client
@@ -191,7 +191,7 @@ class ACD:
         given = {"ring_timeout_s": ring_timeout_s, "callback_ring_timeout_s": callback_ring_timeout_s,
                  "heartbeat_timeout_s": heartbeat_timeout_s, "wrapup_max_s": wrapup_max_s,
                  "abandon_callback_after_s": abandon_callback_after_s, "callback_attempts": callback_attempts,
-                 "callback_retry_s": callback_retry_s}
+                 "callback_retry_s": callback_retry_s, "lost_after_s": lost_after_s}
         self._explicit = {k: v for k, v in given.items() if v is not FROM_RULES}
         self.log_max = log_max
         self.dispatch_callback = dispatch_callback if dispatch_callback is not None else rq_dispatch
@@ -207,6 +207,7 @@ class ACD:
     abandon_callback_after_s = _timer("abandon_callback_after_s", "missed_call_callback_after_s")
     callback_attempts = _timer("callback_attempts")
     callback_retry_s = _timer("callback_retry_s")
+    lost_after_s = _timer("lost_after_s")
 
     @classmethod
     def from_url(cls, url: str, rules, **kwargs) -> "ACD":
@@ -474,9 +475,13 @@ class ACD:
                 "agent": d.get("agent") or None, "entered": float(d.get("entered") or 0),
                 "offers": int(d.get("offers") or 0), "attempts": int(d.get("attempts") or 0)}
 
-    def position(self, call_id: str) -> Position | None:
+    def position(self, call_id: str, *, caller_there: bool = False) -> Position | None:
         """Place in line (best over the queues the call is in) and an estimated wait from the
-        group's recent handle times: position × average handle time ÷ seats logged in."""
+        group's recent handle times: position × average handle time ÷ seats logged in.
+
+        ``caller_there``: asked by the front-end holding the caller (its waiting loop), which
+        proves the caller is still on the line; a live caller nobody asks about for
+        ``lost_after_s`` is taken as lost by :meth:`tick`."""
         call = self.call(call_id)
         if call is None:
             return None
@@ -491,6 +496,8 @@ class ACD:
             pipe.zrank(k.queue(q), call_id)
             pipe.scard(k.staffed(q))
             pipe.lrange(k.handle(q), 0, 19)
+        if caller_there:
+            pipe.zadd(k.seen(), {call_id: now}, xx=True)  # only a caller still in the index (waiting live)
         raw = pipe.execute()
         best = None
         for i, q in enumerate(call["queues"]):
@@ -554,7 +561,7 @@ class ACD:
         now = self.clock() if now is None else now
         k = self.keys
         done = {"overflow": 0, "ring_timeout": 0, "heartbeat": 0, "wrapup_timeout": 0, "callback_retry": 0,
-                "stranded": 0}
+                "stranded": 0, "lost": 0}
         for agent_id in self.redis.zrangebyscore(k.beats(), "-inf", now - self.heartbeat_timeout_s):
             r = self._run("logout", _text(agent_id), "heartbeat", repr(now - self.heartbeat_timeout_s), now=now)
             done["heartbeat"] += r.status in ("ok", "after_call")
@@ -562,6 +569,15 @@ class ACD:
             done["ring_timeout"] += self._run("no_answer", _text(call_id), "ring-timeout", "1", now=now).status == "ok"
         for call_id in self.redis.zrangebyscore(k.retry(), "-inf", now):
             done["callback_retry"] += self._run("callback_retry", _text(call_id), now=now).status == "ok"
+        lost_after = self.lost_after_s
+        if lost_after:
+            stale_before = now - lost_after
+            for call_id in self.redis.zrangebyscore(k.seen(), "-inf", stale_before, start=0, num=500):
+                r = self._run("lost", _text(call_id), repr(stale_before), now=now)
+                if r.status in ("callback", "abandoned"):
+                    done["lost"] += 1
+                    log.warning("call %s: no word from its front-end for %.0f s: caller lost, %s", _text(call_id),
+                                lost_after, "callback booked" if r.status == "callback" else "no number to call back")
         for agent_id in self.redis.zrangebyscore(k.wrapping(), "-inf", now - self.wrapup_max_s):
             done["wrapup_timeout"] += self._run("ready", _text(agent_id), "wrapup", "wrapup-timeout",
                                                 now=now).status == "ok"

@@ -26,6 +26,7 @@ KEYS = {
     "log": ("{p}:log", "stream: the append-only queue log (event e, time t, call, agent, skill, line, ...)"),
     "alerts": ("{p}:alerts", "stream: supervisor warnings (unstaffed group, ...)"),
     "offers": ("{p}:offers", "pub/sub channel: 'call agent kind n skill' for every offer (see ACD.follow_offers)"),
+    "seen": ("{p}:seen", "zset: live callers waiting, score = last time their front-end asked about them (s)"),
     "retry": ("{p}:retry", "zset: callbacks whose callee did not answer, score = when to try again (s)"),
     "alert_lock": ("{p}:alertlock:{x}", "string with TTL: one unstaffed-group warning per skill per minute"),
     "token": ("{p}:token:{x}", "string: agent id of an API token (x = sha256 of the token), with TTL"),
