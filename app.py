@@ -5,7 +5,8 @@
 ``PROXY_HOPS``: the number of reverse proxies in front whose ``X-Forwarded-For`` gives the
 client's address for the audit log and sign-in throttling; default 0, the socket's peer).
 ``python app.py`` runs the whole product on one machine: an embedded Redis when
-``REDIS_URL`` is not set, the rq worker (``python -m ivr.worker``), the ACD timers
+``REDIS_URL`` is not set (its data in ``REDIS_DATA_DIR``, default ``var/redis``, ``off`` for
+none), the rq worker (``python -m ivr.worker``), the ACD timers
 (``python -m call_routing.acd tick``), the FastAGI server for
 Asterisk (``FASTAGI_BIND``, default 127.0.0.1:4573, ``off`` to skip) and the web app under
 gunicorn (``BIND``, default 0.0.0.0:8000).
@@ -76,7 +77,7 @@ def create_app(config: dict | None = None) -> Flask:
 
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
-    from call_routing.redis_server import redis_url_or_embedded
+    from call_routing.redis_server import DataDirError, redis_url_or_embedded
     from call_routing.rules import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -85,7 +86,11 @@ def main() -> int:
     except RulesError as exc:
         print(exc, file=sys.stderr)
         return 1
-    url, embedded = redis_url_or_embedded()
+    try:  # REDIS_DATA_DIR (default var/redis): seats, queues and callbacks survive a restart
+        url, embedded = redis_url_or_embedded(persistent=True)
+    except DataDirError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     os.environ["REDIS_URL"] = url
     if embedded:
         log.info("started embedded Redis at %s (set REDIS_URL to use your own)", url)

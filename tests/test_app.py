@@ -49,7 +49,8 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     agi_port = free_port()
-    env.update(BIND=f"127.0.0.1:{port}", WEB_WORKERS="1", PYTHONUNBUFFERED="1", FASTAGI_BIND=f"127.0.0.1:{agi_port}")
+    env.update(BIND=f"127.0.0.1:{port}", WEB_WORKERS="1", PYTHONUNBUFFERED="1", FASTAGI_BIND=f"127.0.0.1:{agi_port}",
+               REDIS_DATA_DIR=str(tmp_path / "redis"))  # not the checkout's var/redis
     log = open(tmp_path / "app.log", "w+")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -65,6 +66,7 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
         log.seek(0)
         text = log.read()
         assert "started embedded Redis" in text
+        assert f"keeps its data in {tmp_path / 'redis'}" in text  # seats survive a restart
         import redis
 
         redis_url = text.split("started embedded Redis at ")[1].split()[0]
