@@ -180,9 +180,37 @@ class Dashboard:
             out.append({**sup, "tickets": tickets})
         return out
 
+    def alerts(self, count: int = 10) -> list[dict]:
+        """The ACD's latest supervisor warnings, newest first, each with a sentence to show."""
+        rules = self.acd.rules
+        return [{**a, "text": describe_alert(a, rules)} for a in self.acd.alerts(count)]
+
     def snapshot(self) -> dict:
         return {"at": datetime.fromtimestamp(self.acd.clock(), CHINA_TZ).isoformat(timespec="seconds"),
-                "queues": self.queues(), "today": self.today(), "alerts": self.acd.alerts(10)}
+                "queues": self.queues(), "today": self.today(), "alerts": self.alerts(10)}
+
+
+def describe_alert(alert: dict, rules) -> str:
+    """One ACD alert as the supervisor reads it (time in Beijing, the group's name, the line)."""
+    try:
+        at = datetime.fromtimestamp(float(alert.get("t") or 0), CHINA_TZ).strftime("%H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        at = "--:--:--"
+    skill = rules.skills.get(alert.get("skill") or "")
+    group = f"座席组「{skill.name}」" if skill else f"座席组 {alert.get('skill') or '?'}"
+    call = alert.get("call") or "?"
+    kind = alert.get("alert")
+    if kind == "unstaffed":
+        return f"{at} {group}无坐席在岗，来电 {call} 已按规则溢出或登记回拨"
+    if kind == "lost":
+        line = alert.get("line") or "12345"
+        try:
+            silent = f"{float(alert.get('silent') or 0):.0f} 秒"
+        except ValueError:
+            silent = "长时间"
+        return (f"{at} 来电 {call}（{line}，{group}）的接入端 {silent}无响应，按呼损处理；"
+                f"有来电号码的已登记回拨")
+    return f"{at} {kind or '告警'}：" + "，".join(f"{k}={v}" for k, v in alert.items() if k not in ("t", "alert"))
 
 
 class _DayTally:

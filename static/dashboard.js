@@ -50,6 +50,16 @@
       body.appendChild(tr);
     });
     chart(d.today.hourly);
+    var alerts = document.getElementById("alerts");
+    if (alerts) {
+      alerts.innerHTML = "";
+      (d.alerts.length ? d.alerts : [{text: "暂无告警。", none: true}]).forEach(function (a) {
+        var li = document.createElement("li");
+        li.textContent = a.text;
+        if (a.none) li.className = "muted";
+        alerts.appendChild(li);
+      });
+    }
   }
   var first = document.getElementById("dashboard-data");
   if (first) chart(JSON.parse(first.textContent).today.hourly);

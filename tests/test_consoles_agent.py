@@ -179,3 +179,21 @@ def test_csrf_protects_the_seat_forms(app):
     assert client.post("/agent/seat/login", data={"state": "ready"}).status_code == 400
     assert app.extensions["acd"].agent("a1")["state"] == "offline"
     assert client.post("/agent/seat/login", data={"state": "ready", "csrf_token": csrf_of(client)}).status_code == 302
+
+
+def test_the_dashboard_says_in_words_when_a_group_is_unstaffed_and_when_a_caller_was_lost(app):
+    import time
+
+    acd = app.extensions["acd"]
+    call_waiting(app, "CAghost", said=None)  # nobody on the legal seats: overflows, waits
+    assert acd.call("CAghost")["state"] == "waiting"
+    # the caller's front-end never asks again (its process died): the ticker takes the caller as lost
+    assert acd.tick(time.time() + acd.lost_after_s + 5)["lost"] == 1
+    sup = app.test_client()
+    sign_in(sup, "super")
+    texts = [a["text"] for a in sup.get("/admin/api/dashboard").get_json()["alerts"]]
+    assert any("来电 CAghost（12348，座席组「" in t and "无响应，按呼损处理；有来电号码的已登记回拨" in t for t in texts)
+    assert any("无坐席在岗，来电 CAghost 已按规则溢出或登记回拨" in t for t in texts)
+    html = sup.get("/admin/").get_data(as_text=True)
+    assert "CAghost" in html and "{'t'" not in html  # sentences, not raw records
+    assert acd.call("CAghost")["kind"] == "callback"  # and the citizen will be called back

@@ -292,4 +292,8 @@ def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_
     sign_in(d, base, "super")
     wait_for(d, lambda d: d.find_elements("css selector", "#hourly-chart rect"), what="hourly chart")
     assert "接通率" in by_id(d, "kpi-total").text
+    served = by_id(d, "updated-at").text
+    wait_for(d, lambda d: by_id(d, "updated-at").text != served, what="the dashboard's 5-second refresh")
+    alerts = [li.text for li in d.find_elements("css selector", "#alerts li")]
+    assert alerts and all(t and "{" not in t and "undefined" not in t for t in alerts), alerts  # redrawn as sentences
     shot(d, "17-dashboard-supervisor")
