@@ -4,7 +4,10 @@
 ANSWER -> ``HOTLINE_ACTION=survey``; an agent who did not answer -> ``queue`` (back to the
 head of the queue); an emergency or sub-center that could not be reached -> ``queue`` to its
 fallback seat group. ``...,answered`` from the agent leg's answer Gosub marks the call
-connected in the ACD; ``...,hangup`` from the ``h`` extension closes the call.
+connected in the ACD; ``...,hangup`` from the ``h`` extension closes the call; ``...,fallback``
+from the ``h`` extension of ``[hotline-fallback]`` (the call ended at the dialplan's own
+general seats after our AGI failed) releases it from the ACD — served, not lost: no missed-call
+callback, and one the ACD had booked meanwhile (the caller looked lost) is cancelled.
 ``...,threeway,subcenter|expert`` is the older spelling of ``threeway,<call>,start,<kind>``
 (:mod:`agi_scripts.threeway`).
 """
@@ -24,6 +27,9 @@ def handler(session) -> None:
     flow = session.flow
     if what == "hangup":  # from the h extension: the caller left during a Dial or between AGIs
         flow.hung_up(call_id)
+        return
+    if what == "fallback":  # the h extension of [hotline-fallback]
+        flow.fallback(call_id)
         return
     if what == "answered":
         flow.agent_answered(call_id)

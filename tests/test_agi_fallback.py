@@ -1,0 +1,78 @@
+"""A caller our AGI lost (the FastAGI server down or hung: the dialplan's own [hotline-fallback]
+seats take them) is released from the Redis ACD when that call ends — over a real FastAGI socket
+with the real ACD: not kept in line for the seats, not called back as a lost call."""
+from __future__ import annotations
+
+import pytest
+import redis
+from agi_peer import Peer, agi_env, fastagi_session
+
+from agi_scripts.fastagi_server import FastAGIServer
+from call_routing.acd import ACD
+from call_routing.rules_store import RulesStore
+from ivr import flow as F
+from ivr.services import AcdQueue, Services
+from tests.acd_support import Clock, events
+from test_agi_dialplan import contexts
+
+PROMPTS = "/var/lib/asterisk/sounds/hotline"
+
+
+@pytest.fixture
+def world(rules_path, redis_url, tmp_path):
+    store = RulesStore(rules_path)
+    clock = Clock()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    acd = ACD(client, store, clock=clock, dispatch_callback=False)
+    tickets = F.MemoryTickets()
+    flow = F.CallFlow(store.current, AcdQueue(acd), tickets, F.RedisCalls(client), clock=clock)
+    server = FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path / "rec")), "127.0.0.1", 0, workers=8).start()
+    w = type("World", (), {})()
+    w.clock, w.acd, w.flow, w.server, w.tickets = clock, acd, flow, server, tickets
+    yield w
+    server.stop(2)
+    client.close()
+
+
+def waiting_caller(w, uid) -> str:
+    route = fastagi_session(w.server.address, agi_env("12345", uniqueid=uid, network=True), Peer())
+    call_id = route.variables["HOTLINE_CALL_ID"]
+    w.flow.wait(call_id)  # the first tick of queue_wait: in line in the ACD
+    assert w.acd.call(call_id)["state"] == "waiting"
+    return call_id
+
+
+def fell_back_call_ended(w, call_id) -> Peer:
+    """What [hotline-fallback]'s h extension runs once the call is over."""
+    return fastagi_session(w.server.address, agi_env("12345", uniqueid=call_id, script="transfer",
+                                                     args=(call_id, "fallback"), network=True), Peer())
+
+
+def test_the_dialplan_reports_a_call_served_by_its_fallback_seats_only_once_it_is_over():
+    ctx = contexts()
+    fallback = ctx["hotline-fallback"]
+    assert "AGI(" not in " ".join(fallback)  # nothing that can stall a caller on the way to a seat
+    assert "exten => h,1,Gosub(hotline-fell-back,s,1)" in fallback
+    assert "AGI(${HOTLINE_AGI}/transfer,${HOTLINE_CALL_ID},fallback)" in " ".join(ctx["hotline-fell-back"])
+
+
+def test_a_caller_served_by_the_fallback_seats_leaves_the_acd_without_a_callback(world):
+    call_id = waiting_caller(world, "1700000001.1")
+    # our AGI fails; the caller is served by the dialplan's general seats and hangs up
+    fell_back_call_ended(world, call_id)
+    call = world.acd.call(call_id)
+    assert call["state"] == "left" and not world.acd.redis.zcard(world.acd.keys.queue("general"))
+    assert [e["reason"] for e in events(world.acd, "leave", call_id)] == ["fallback"]
+    assert not events(world.acd, "abandon", call_id)  # not a lost call (呼损)
+    world.clock.advance(600)
+    assert world.acd.tick()["lost"] == 0
+    assert world.tickets.tickets[call["ticket"]]["status"] == "fallback"
+
+
+def test_a_callback_booked_while_the_caller_was_with_the_fallback_seats_is_cancelled(world):
+    call_id = waiting_caller(world, "1700000002.1")
+    world.clock.advance(world.acd.lost_after_s + 1)  # a long talk at the fallback seats: looks lost
+    assert world.acd.tick()["lost"] == 1 and world.acd.call(call_id)["kind"] == "callback"
+    fell_back_call_ended(world, call_id)
+    assert world.acd.call(call_id)["state"] == "left"
+    assert not world.acd.redis.keys(world.acd.keys.cb_by_caller("*"))  # the citizen will not be rung back
