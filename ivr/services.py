@@ -46,6 +46,7 @@ class AcdQueue:
         if call["kind"] == "callback":
             return QueueStatus("callback")
         if call["state"] == "ringing":
+            self.acd.offer_seen(call_id, call["offers"])  # the caller's own loop rings the seat (Asterisk)
             agent = self.acd.agent(call["agent"]) or {}
             endpoints = agent.get("endpoints") or []
             return QueueStatus("offered", 0, 0.0, call["agent"], endpoints[0] if endpoints else None)

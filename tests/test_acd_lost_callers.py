@@ -135,3 +135,48 @@ def test_a_lost_after_shorter_than_a_front_ends_round_is_refused_at_its_line(rul
     assert loaded is None
     assert [str(p) for p in problems] == [
         f"{tmp_path / 'rules.yaml'}:{line}: queue.lost_after_s: 20 must be a whole number of seconds from 60 to 3600"]
+
+
+def test_a_seat_nobody_rang_is_not_paused_one_that_let_it_ring_is(redis_url, rules):
+    """On Asterisk the caller's own waiting loop rings the seat when it sees the offer: with that
+    loop gone (its AGI server died), the seat's phone never rang and its agent is not to blame."""
+    from ivr.services import AcdQueue
+
+    clock = Clock()
+    acd = make_acd(redis_url, rules, clock)
+    queue = AcdQueue(acd)
+    queue.enqueue("ghost", skill="general", line="12345", caller="13800138000", ticket="1")
+    assert queue.status("ghost").state == "waiting"  # its front-end asked once, then died
+    seat(acd, "a1", {"general": 5})
+    assert acd.call("ghost")["state"] == "ringing" and acd.call("ghost")["agent"] == "a1"
+    clock.advance(21)  # nobody asks about the caller, nobody rings a1's phone
+    assert acd.tick()["ring_timeout"] == 1
+    assert acd.agent("a1")["state"] != "paused"
+    assert [e["reason"] for e in events(acd, "noanswer", "ghost")] == ["not-rung"]
+    assert acd.call("ghost")["state"] in ("waiting", "ringing")  # back in line (and offered again)
+    # a caller whose front-end is there sees the offer: a seat that lets it ring out is paused
+    seat(acd, "a2", {"legal": 5})
+    acd.pause("a2", "break")
+    queue.enqueue("here", skill="legal", line="12348", caller="13900139000", ticket="2")
+    assert queue.status("here").state == "waiting"
+    acd.ready("a2")
+    assert queue.status("here").state == "offered"  # the loop sees the offer and dials a2
+    clock.advance(21)
+    assert acd.tick()["ring_timeout"] >= 1
+    assert acd.agent("a2")["state"] == "paused" and acd.agent("a2")["reason"] == "no-answer"
+
+
+def test_an_ended_call_s_record_is_kept_two_days_then_dropped(redis_url, rules):
+    """Redis keeps data across restarts (docs/acd.md): ended calls must not pile up in it."""
+    clock = Clock()
+    acd = make_acd(redis_url, rules, clock)
+    seat(acd, "a1", {"general": 5})
+    acd.enqueue("general", "12345", "13800138000", call_id="done")
+    acd.answer("done", "a1")
+    ttl = acd.redis.ttl(acd.keys.call("done"))
+    assert ttl == -1  # a call in progress is never dropped
+    acd.hangup("done", "agent")
+    assert 2 * 86400 - 5 <= acd.redis.ttl(acd.keys.call("done")) <= 2 * 86400
+    acd.enqueue("general", "12345", None, call_id="gave-up")
+    acd.hangup("gave-up")
+    assert acd.call("gave-up")["state"] == "abandoned" and acd.redis.ttl(acd.keys.call("gave-up")) > 86400

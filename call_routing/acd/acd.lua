@@ -26,6 +26,9 @@ local NOW = tonumber(NOW_S)
 local A = 6
 --KEYS--
 
+-- an ended call's hash is kept this long (late surveys and status callbacks, the agent's last
+-- call), then Redis drops it: KPIs come from the queue log, the call's story from its ticket
+local ENDED_KEEP_S = 2 * 86400
 local function fmt(n) return string.format('%.0f', n) end
 local function secs(n) return string.format('%.3f', n) end
 local function now_ms() return math.floor(NOW * 1000) end
@@ -254,6 +257,7 @@ if kind == 'live' and caller_key ~= '' then
     if tonumber(prev_score) < tonumber(score) then score = prev_score end
     call_forget(prev)
     redis.call('HSET', k_call(prev), 'state', 'resumed', 'ended', NOW_S, 'by', c)
+    redis.call('EXPIRE', k_call(prev), ENDED_KEEP_S)  -- an ended call's record is kept 2 days
     redis.call('DEL', k_cb_by_caller(caller_key))
     log('resume', 'call', c, 'prev', prev, 'line', line)
     resumed = prev
@@ -409,9 +413,20 @@ if due_only == '1' then
   if due and tonumber(due) > NOW then return reply('not_due', st) end
 end
 local a = hget(ck, 'agent')
+local offers = {}
+if due_only == '1' and hget(ck, 'kind') == 'live' and hget(ck, 'polled') == '1'
+    and hget(ck, 'offer_seen') ~= hget(ck, 'offers') then
+  -- the caller's front-end asks about its caller all the time, but never saw this offer: it
+  -- is gone (an AGI server died), so nobody rang the seat. Not the agent's fault: back to
+  -- ready, keeping the place earned by idling (the caller is taken as lost by the ticker).
+  agent_state(a, 'ready', '', '')
+  agent_enter_ready(a, hget(k_agent(a), 'idle_ms') or now_ms())
+  add(offers, return_call(c, a, 'not-rung'))
+  add(offers, try_assign_agent(a))
+  return reply('not_rung', a, offers)
+end
 agent_state(a, 'paused', 'no-answer', '')
 agent_log(a, 'paused', 'no-answer')
-local offers = {}
 add(offers, return_call(c, a, reason))
 return reply('ok', a, offers)
 
@@ -448,6 +463,7 @@ if st == 'waiting' or st == 'ringing' then
   else
     call_forget(c)
     redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
+    redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
   end
   if a then add(offers, try_assign_agent(a)) end
   return reply(status, secs(wait), offers)
@@ -456,6 +472,7 @@ elseif st == 'connected' then
   local talk = NOW - tonumber(hget(ck, 'connected'))
   local skill = hget(ck, 'oskill') or ''
   redis.call('HSET', ck, 'state', 'completed', 'ended', NOW_S)
+  redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
   log('complete', 'call', c, 'agent', a, 'skill', skill, 'line', line, 'kind', kind, 'talk', secs(talk), 'by', ended_by)
   local ak = k_agent(a)
   redis.call('HSET', ak, 'last_call', c, 'last_talk', secs(talk), 'last_skill', skill, 'last_line', line)
@@ -503,6 +520,7 @@ if attempts >= max_attempts then
   call_forget(c)
   clear_pending_callback(c)
   redis.call('HSET', ck, 'state', 'failed', 'ended', NOW_S, 'agent', '')
+  redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
   status = 'failed'
 else
   redis.call('HSET', ck, 'state', 'retry', 'agent', '')
@@ -644,7 +662,16 @@ if (hget(ck, 'caller') or '') ~= '' then
 end
 call_forget(c)
 redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
+redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
 return reply('abandoned', secs(wait))
+
+--@ offer_seen
+-- call, offer n: the caller's front-end saw this offer (see no_answer)
+local c, n = ARGV[A], ARGV[A + 1]
+local ck = k_call(c)
+if hget(ck, 'state') ~= 'ringing' or hget(ck, 'offers') ~= n then return reply('stale') end
+redis.call('HSET', ck, 'polled', '1', 'offer_seen', n)
+return reply('ok')
 
 --@ leave
 -- call, reason: the caller leaves the queue on purpose (an emergency transfer, the front-end's
@@ -660,6 +687,7 @@ local wait = NOW - tonumber(hget(ck, 'entered'))
 call_forget(c)
 if kind == 'callback' then clear_pending_callback(c) end
 redis.call('HSET', ck, 'state', 'left', 'ended', NOW_S, 'agent', '', 'left_reason', reason)
+redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
 log('leave', 'call', c, 'skill', hget(ck, 'skill') or '', 'line', hget(ck, 'line') or '', 'kind', kind,
     'wait', secs(wait), 'reason', reason, 'agent', a or '')
 local offers = {}

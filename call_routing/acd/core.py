@@ -498,6 +498,7 @@ class ACD:
             pipe.lrange(k.handle(q), 0, 19)
         if caller_there:
             pipe.zadd(k.seen(), {call_id: now}, xx=True)  # only a caller still in the index (waiting live)
+            pipe.hsetnx(k.call(call_id), "polled", "1")  # its front-end is one that asks (see no_answer)
         raw = pipe.execute()
         best = None
         for i, q in enumerate(call["queues"]):
@@ -512,6 +513,13 @@ class ACD:
         if best is None:
             return Position(call_id, call["state"], call["skill"], 0, waited, 0.0, due)
         return Position(call_id, "waiting", best[2], best[0], waited, round(best[1], 1), due)
+
+    def offer_seen(self, call_id: str, offer: int) -> None:
+        """The caller's front-end saw offer number ``offer`` of its call (and rings the seat, or
+        its process does). At the ring timeout a seat is paused only for an offer that was seen:
+        when a front-end that asks about its caller (see :meth:`position`) never saw the offer,
+        it is gone and nobody rang the seat — the seat goes back to ready instead."""
+        self._run("offer_seen", call_id, str(offer))
 
     # -- routing by rules --------------------------------------------------------------------
     def is_open(self, skill: Skill | str, now: float | None = None) -> bool:
@@ -566,7 +574,8 @@ class ACD:
             r = self._run("logout", _text(agent_id), "heartbeat", repr(now - self.heartbeat_timeout_s), now=now)
             done["heartbeat"] += r.status in ("ok", "after_call")
         for call_id in self.redis.zrangebyscore(k.ringing(), "-inf", now):
-            done["ring_timeout"] += self._run("no_answer", _text(call_id), "ring-timeout", "1", now=now).status == "ok"
+            status = self._run("no_answer", _text(call_id), "ring-timeout", "1", now=now).status
+            done["ring_timeout"] += status in ("ok", "not_rung")
         for call_id in self.redis.zrangebyscore(k.retry(), "-inf", now):
             done["callback_retry"] += self._run("callback_retry", _text(call_id), now=now).status == "ok"
         lost_after = self.lost_after_s
