@@ -4,34 +4,16 @@ with the real ACD: not kept in line for the seats, not called back as a lost cal
 from __future__ import annotations
 
 import pytest
-import redis
 from agi_peer import Peer, agi_env, fastagi_session
 
-from agi_scripts.fastagi_server import FastAGIServer
-from call_routing.acd import ACD
 from call_routing.rules_store import RulesStore
-from ivr import flow as F
-from ivr.services import AcdQueue, Services
-from tests.acd_support import Clock, events
+from tests.acd_support import agi_world, events
 from test_agi_dialplan import contexts
-
-PROMPTS = "/var/lib/asterisk/sounds/hotline"
 
 
 @pytest.fixture
 def world(rules_path, redis_url, tmp_path):
-    store = RulesStore(rules_path)
-    clock = Clock()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    acd = ACD(client, store, clock=clock, dispatch_callback=False)
-    tickets = F.MemoryTickets()
-    flow = F.CallFlow(store.current, AcdQueue(acd), tickets, F.RedisCalls(client), clock=clock)
-    server = FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path / "rec")), "127.0.0.1", 0, workers=8).start()
-    w = type("World", (), {})()
-    w.clock, w.acd, w.flow, w.server, w.tickets = clock, acd, flow, server, tickets
-    yield w
-    server.stop(2)
-    client.close()
+    yield from agi_world(RulesStore(rules_path), redis_url, tmp_path, workers=8)
 
 
 def waiting_caller(w, uid) -> str:

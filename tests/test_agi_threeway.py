@@ -8,17 +8,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-import redis
 from agi_peer import Peer, agi_env, fastagi_session
 
-from agi_scripts.fastagi_server import FastAGIServer
-from call_routing.acd import ACD, Agent
+from call_routing.acd import Agent
 from call_routing.rules_store import RulesStore
-from ivr import flow as F
-from ivr.services import AcdQueue, Services
-from tests.acd_support import Clock
+from tests.acd_support import agi_world
 
-PROMPTS = "/var/lib/asterisk/sounds/hotline"
 LEGAL = "12348"  # dual line: seat group legal, expert seats legal_expert
 
 
@@ -29,17 +24,7 @@ def store(rules_path):
 
 @pytest.fixture
 def world(store, redis_url, tmp_path):
-    clock = Clock()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    acd = ACD(client, store, clock=clock, dispatch_callback=False)
-    tickets = F.MemoryTickets()
-    flow = F.CallFlow(store.current, AcdQueue(acd), tickets, F.RedisCalls(client), clock=clock)
-    server = FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path / "rec")), "127.0.0.1", 0, workers=64).start()
-    w = type("World", (), {})()
-    w.clock, w.acd, w.flow, w.server, w.tickets = clock, acd, flow, server, tickets
-    yield w
-    server.stop(2)
-    client.close()
+    yield from agi_world(store, redis_url, tmp_path)
 
 
 def agi(w, script, *args, uid="1700000000.1", channel="PJSIP/carrier-00000001", **peer) -> Peer:
