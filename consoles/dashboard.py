@@ -271,6 +271,8 @@ class HotlineCollector:
             "offered": ("hotline_calls_offered_today", "calls offered since midnight (China time)"),
             "answered": ("hotline_calls_answered_today", "calls answered since midnight"),
             "abandoned": ("hotline_calls_abandoned_today", "calls abandoned since midnight"),
+            "lost": ("hotline_calls_lost_today", "callers lost with their front-end (AGI server, web process) "
+                                                 "since midnight; counted in abandoned"),
             "connection_rate": ("hotline_connection_rate_today", "接通率: answered / offered since midnight"),
             "answer_rate_15s": ("hotline_answer_rate_15s_today", "answered within 15 s / offered since midnight"),
             "abandon_rate": ("hotline_abandon_rate_today", "呼损率: abandoned / offered since midnight"),

@@ -42,6 +42,8 @@ def test_a_caller_nobody_asks_about_is_called_back_keeping_their_place(redis_url
     assert [e.get("reason") for e in events(acd, "abandon")] == ["lost", "lost"]
     assert [e["reason"] for e in events(acd, "callback", "gone-with-number")] == ["lost"]
     assert {a["call"] for a in acd.alerts() if a["alert"] == "lost"} == {"gone-with-number", "gone-anonymous"}
+    total = acd.kpis()["total"]
+    assert (total["offered"], total["abandoned"], total["lost"]) == (3, 2, 2)
     # the next free seat gets the callback, not a ghost caller to ring into silence
     seat(acd, "a1", {"general": 5})
     assert acd.call("gone-with-number")["state"] == "ringing" and acd.call("gone-with-number")["agent"] == "a1"
@@ -153,6 +155,7 @@ def test_a_seat_nobody_rang_is_not_paused_one_that_let_it_ring_is(redis_url, rul
     assert acd.tick()["ring_timeout"] == 1
     assert acd.agent("a1")["state"] != "paused"
     assert [e["reason"] for e in events(acd, "noanswer", "ghost")] == ["not-rung"]
+    assert acd.kpis()["total"]["no_answer"] == 0  # nobody was rung: no seat failed to answer
     assert acd.call("ghost")["state"] in ("waiting", "ringing")  # back in line (and offered again)
     # a caller whose front-end is there sees the offer: a seat that lets it ring out is paused
     seat(acd, "a2", {"legal": 5})

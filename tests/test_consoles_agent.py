@@ -197,3 +197,5 @@ def test_the_dashboard_says_in_words_when_a_group_is_unstaffed_and_when_a_caller
     html = sup.get("/admin/").get_data(as_text=True)
     assert "CAghost" in html and "{'t'" not in html  # sentences, not raw records
     assert acd.call("CAghost")["kind"] == "callback"  # and the citizen will be called back
+    metrics = sup.get("/metrics").get_data(as_text=True)
+    assert 'hotline_calls_lost_today{line="12348"} 1.0' in metrics  # for the operators' alerting

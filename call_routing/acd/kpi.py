@@ -138,6 +138,8 @@ class Tally:
                 return
             self.per[line]["abandoned"] += 1
             self.per[line]["abandon_wait_sum"] += float(e.get("wait", 0))
+            if e.get("reason") == "lost":  # its front-end died with it (ACD.tick): part of 呼损
+                self.per[line]["lost"] += 1
         elif ev == "callback":
             self.per[line]["callbacks"] += 1
             if e.get("reason") == "requested":
@@ -153,7 +155,8 @@ class Tally:
         elif ev == "overflow":
             self.per[line]["overflowed"] += 1
         elif ev == "noanswer":
-            self.per[line]["no_answer"] += 1
+            if e.get("reason") != "not-rung":  # nobody rang that seat (its caller's front-end was gone)
+                self.per[line]["no_answer"] += 1
         elif ev == "resume":
             self.per[line]["resumed"] += 1
         elif ev == "leave":
@@ -183,7 +186,7 @@ def _finish(f) -> dict:
     def rate(n, d):
         return round(n / d, 4) if d else None
 
-    out = {k: int(f[k]) for k in ("offered", "answered", "answered_15s", "answered_30s", "abandoned",
+    out = {k: int(f[k]) for k in ("offered", "answered", "answered_15s", "answered_30s", "abandoned", "lost",
                                    "callback_requested", "callbacks", "callbacks_connected", "callbacks_failed",
                                    "transfers_connected", "transfers_abandoned", "overflowed", "no_answer", "resumed", "completed",
                                    "left", "left_emergency", "left_fallback", "transfers_left",
