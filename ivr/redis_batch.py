@@ -19,8 +19,10 @@ command.
     pipe.execute()
 
 ``send()`` writes the commands and returns a :class:`Sent` whose ``wait()`` reads the replies
-later (``execute()`` is both at once): the entry webhook answers Twilio in between. A thread's
-unread replies are read before its next write on that connection, whoever forgot them.
+later (``execute()`` is both at once): the entry webhook answers Twilio in between. On a
+thread's own connection several writes may be in flight; a ``wait()`` reads the replies of the
+earlier ones first, whoever forgot them. Inside :func:`deferred_writes` (the web server's batch
+worker) the writes of several webhooks go to Redis together, in one system call.
 
 Like a non-transactional pipeline it is not atomic: a command that fails (e.g. WRONGTYPE) does
 not stop the others; every reply is read, then ``execute`` raises the first error. ``execute``
@@ -35,6 +37,8 @@ import logging
 import os
 import threading
 import weakref
+from collections import deque
+from contextlib import contextmanager
 
 log = logging.getLogger("hotline.redis")
 
@@ -97,21 +101,13 @@ class OneTrip:
         return Sent(self, b"".join(packed), len(packed))
 
     def _write(self, packed: bytes, retry: bool = True):
+        """A pool connection's write (``own_connection`` writes go through :func:`_send_own`)."""
         from redis.exceptions import ConnectionError
 
         pool = self.client.connection_pool
-        if self.own_connection:
-            _finish_pending(pool)  # replies of an earlier send on this connection come first
-            try:
-                conn = _connection(pool)
-            except ConnectionError:  # Redis is not there (yet): as a failed write on a dead connection
-                if not retry:
-                    raise
-                return self._write(packed, retry=False)
-        else:
-            conn = pool.get_connection()
+        conn = pool.get_connection()
         try:
-            conn.send_packed_command((packed,), check_health=not self.own_connection)
+            conn.send_packed_command((packed,), check_health=True)
         except ConnectionError:
             self._release(conn, dead=True)
             if not retry:
@@ -131,41 +127,67 @@ class OneTrip:
 
 
 class Sent:
-    """Commands of a :class:`OneTrip` written to Redis, their replies not read yet."""
+    """Commands of a :class:`OneTrip` written to Redis (or, inside :func:`deferred_writes`, to be
+    written with the others of the batch), their replies not read yet.
 
-    __slots__ = ("trip", "packed", "n", "conn")
+    On a thread's own connection several may be in flight: their replies come back in the order
+    they were written, and :meth:`wait` reads those of every earlier one first (whoever forgot
+    to); a connection found dead sends every unread one again, in order, on a new one."""
+
+    __slots__ = ("trip", "packed", "n", "conn", "unsent", "error")
 
     def __init__(self, trip: OneTrip, packed: bytes, n: int):
         self.trip, self.packed, self.n = trip, packed, n
-        self.conn = trip._write(packed) if n else None
-        if self.conn is not None and trip.own_connection:
-            _LOCALS[trip.client.connection_pool].pending = self
+        self.conn, self.unsent, self.error = None, False, None
+        if not n:
+            return
+        if not trip.own_connection:
+            self.conn = trip._write(packed)
+        elif getattr(_BATCH, "deferring", False):
+            self.unsent = True
+            _BATCH.unsent.append(self)
+        else:
+            _send_own(trip.client.connection_pool, [self])
 
     def wait(self, retry: bool = True) -> int:
         """Read every reply (none is left for the next command); raise the first error. A
         connection that died meanwhile (a Redis restart) is replaced and the commands sent once
         more, as redis-py's retry would."""
-        from redis.exceptions import ConnectionError, ResponseError
+        if self.unsent:
+            flush_deferred()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if not self.trip.own_connection:
+            return self._wait_pooled(retry)
+        return _read_own(self.trip.client.connection_pool, self, retry)
+
+    def _read(self, conn):
+        """This write's replies; the first command error, or None."""
+        from redis.exceptions import ResponseError
+
+        failed = None
+        for _ in range(self.n):
+            try:
+                conn.read_response()
+            except ResponseError as exc:
+                failed = failed or exc
+        return failed
+
+    def _wait_pooled(self, retry: bool) -> int:
+        from redis.exceptions import ConnectionError
 
         conn, self.conn = self.conn, None
         if conn is None:  # nothing was sent, or the replies were read already
             return 0
-        if self.trip.own_connection:
-            local = _LOCALS.get(self.trip.client.connection_pool)
-            if local is not None and getattr(local, "pending", None) is self:
-                local.pending = None
-        failed = None
         try:
-            for _ in range(self.n):
-                try:
-                    conn.read_response()
-                except ResponseError as exc:
-                    failed = failed or exc
+            failed = self._read(conn)
         except ConnectionError:
             self.trip._release(conn, dead=True)
             if not retry:
                 raise
-            return self._again()
+            self.conn = self.trip._write(self.packed, retry=False)
+            return self._wait_pooled(retry=False)
         except BaseException:
             self.trip._release(conn, dead=True)
             raise
@@ -174,13 +196,140 @@ class Sent:
             raise failed
         return self.n
 
-    def _again(self) -> int:
-        self.conn = self.trip._write(self.packed, retry=False)
-        return self.wait(retry=False)
-
 
 _LOCALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pool -> threading.local
 _LOCALS_LOCK = threading.Lock()
+_BATCH = threading.local()  # deferring: bool; unsent: Sents of the batch, in order
+
+
+def hold_writes() -> None:
+    """From now on, this thread's own-connection writes are held back until
+    :func:`release_writes` (or the first :meth:`Sent.wait`, or :func:`flush_deferred`) writes
+    them all at once, in order: one system call and one wake-up of Redis for the whole batch.
+    The web server's batch worker (:mod:`ivr.batch_worker`) runs several call starts this way
+    and answers none of them before their writes are out: no answer leaves before its writes
+    are in Redis's socket."""
+    if not getattr(_BATCH, "deferring", False):
+        _BATCH.deferring, _BATCH.unsent = True, []
+
+
+def release_writes() -> None:
+    """Stop holding writes back and write those held (errors logged; each write keeps its own
+    error for its :meth:`Sent.wait`)."""
+    _BATCH.deferring = False
+    try:
+        flush_deferred()
+    except Exception:  # noqa: BLE001
+        log.exception("Redis: a batch of writes could not be sent")
+
+
+@contextmanager
+def deferred_writes():
+    """``hold_writes()`` for the block, ``release_writes()`` at its end."""
+    if getattr(_BATCH, "deferring", False):  # nested: the outer block writes
+        yield
+        return
+    hold_writes()
+    try:
+        yield
+    finally:
+        release_writes()
+
+
+def flush_deferred() -> None:
+    """Write this thread's held-back writes now (see :func:`deferred_writes`)."""
+    unsent = getattr(_BATCH, "unsent", None)
+    if not unsent:
+        return
+    _BATCH.unsent = []
+    by_pool: dict = {}
+    for sent in unsent:
+        sent.unsent = False
+        by_pool.setdefault(sent.trip.client.connection_pool, []).append(sent)
+    first = None
+    for pool, sents in by_pool.items():
+        try:
+            _send_own(pool, sents)
+        except Exception as exc:  # noqa: BLE001 - every one of them raises it at its wait()
+            for sent in sents:
+                sent.error = exc
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _local(pool):
+    local = _LOCALS.get(pool)
+    if local is None:
+        with _LOCALS_LOCK:
+            local = _LOCALS.setdefault(pool, threading.local())
+    return local
+
+
+def _send_own(pool, sents: list, retry: bool = True) -> None:
+    """Write ``sents`` in one go on this thread's connection; they join its unread ones."""
+    from redis.exceptions import ConnectionError
+
+    local = _local(pool)
+    try:
+        conn = _connection(pool)
+        conn.send_packed_command((b"".join(s.packed for s in sents),), check_health=False)
+    except ConnectionError:
+        # Redis restarted (or is not there yet): the unread writes on the old connection may
+        # be lost with it — they go again, in order, before these, on a new one
+        stale = _forget(pool, local)
+        if not retry:
+            raise
+        return _send_own(pool, stale + sents, retry=False)
+    except BaseException:
+        _forget(pool, local)
+        raise
+    for sent in sents:
+        sent.conn = conn
+    local.fifo.extend(sents)
+
+
+def _read_own(pool, sent: Sent, retry: bool) -> int:
+    from redis.exceptions import ConnectionError
+
+    local = _local(pool)
+    conn = sent.conn
+    if conn is None or getattr(local, "conn", None) is not conn:
+        return 0  # read already (by a later write's wait), or never sent
+    while local.fifo:
+        head = local.fifo[0]
+        try:
+            failed = head._read(conn)
+        except ConnectionError:
+            stale = _forget(pool, local)
+            if not retry:
+                raise
+            _send_own(pool, stale, retry=False)
+            return _read_own(pool, sent, retry=False)
+        except BaseException:
+            _forget(pool, local)
+            raise
+        local.fifo.popleft()
+        head.conn = None
+        if head is sent:
+            if failed is not None:  # the connection is in step: only the command failed
+                raise failed
+            return sent.n
+        if failed is not None:
+            log.error("Redis: a write whose replies nobody read failed: %s", failed)
+    return 0
+
+
+def _forget(pool, local) -> list:
+    """Drop this thread's connection; the writes whose replies were not read yet."""
+    stale = list(getattr(local, "fifo", ()))
+    for sent in stale:
+        sent.conn = None
+    conn = getattr(local, "conn", None)
+    if conn is not None:
+        _drop(pool, conn)
+    local.fifo = deque()
+    return stale
 
 
 _PID = os.getpid()  # os.getpid() is a system call; this process's id, kept up to date across forks
@@ -197,12 +346,11 @@ os.register_at_fork(after_in_child=_forked)
 def _connection(pool):
     """This thread's connection for ``pool``'s server (a new one after a fork): a :class:`_Wire`
     over a connected redis-py connection where it can, else the redis-py connection itself."""
-    local = _LOCALS.get(pool)
-    if local is None:
-        with _LOCALS_LOCK:
-            local = _LOCALS.setdefault(pool, threading.local())
+    local = _local(pool)
     conn = getattr(local, "conn", None)
     if conn is None or local.pid != _PID:
+        # a forked child never reads its parent's replies: its own connection, its own line
+        local.conn, local.fifo = None, deque()
         conn = _Wire.over(pool.connection_class(**pool.connection_kwargs))
         local.conn, local.pid = conn, _PID
     return conn
@@ -274,22 +422,6 @@ class _Wire:
 
     def disconnect(self) -> None:
         self.conn.disconnect()
-
-
-def _finish_pending(pool) -> None:
-    """Read the replies of this thread's last :class:`Sent` if its owner never did (a WSGI
-    server that did not call the response's ``close``): they must not be taken for the next
-    command's."""
-    local = _LOCALS.get(pool)
-    pending = getattr(local, "pending", None) if local is not None else None
-    if pending is not None:
-        local.pending = None
-        if getattr(local, "pid", None) != _PID:
-            return  # a forked child: those replies are on the parent's connection, the parent's to read
-        try:
-            pending.wait()
-        except Exception:  # noqa: BLE001 - its owner is gone; the next command must still run
-            log.exception("Redis: the replies of an earlier write could not be read")
 
 
 def _drop(pool, conn) -> None:

@@ -20,7 +20,9 @@ def default_workers() -> int:
 
 
 workers = default_workers()
-worker_class = "sync"
+# gunicorn's sync worker, serving waiting call starts in small batches whose Redis writes go in
+# one go (WEB_BATCH, default 8; 1 = the plain sync worker): ivr/batch_worker.py
+worker_class = "ivr.batch_worker.BatchSyncWorker"
 backlog = 2048
 
 

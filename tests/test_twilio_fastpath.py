@@ -138,6 +138,51 @@ def test_one_trip_gives_up_on_a_redis_that_does_not_answer_within_the_client_s_t
     assert trip.execute() == 1 and r.get("after-pause") == "1"
 
 
+def test_held_writes_go_to_redis_together_in_order_and_each_reads_its_own_replies(redis_url):
+    """The batch worker's group commit (ivr/batch_worker.py): the writes of several call starts
+    are held, then written at once; nothing of them reaches Redis before; each wait() gets its
+    own replies (its own error), in whatever order the waits come."""
+    from ivr import redis_batch
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("str", "x")
+    sent = []
+    redis_batch.hold_writes()
+    try:
+        for i in range(3):
+            trip = OneTrip(r, own_connection=True)
+            trip.set(f"held{i}", str(i), ex=30)
+            if i == 1:
+                trip.rpush("str", "boom")  # WRONGTYPE: this call's error, no one else's
+            trip.rpush("held-order", i)
+            sent.append(trip.send())
+        time.sleep(0.05)
+        assert r.exists("held0", "held1", "held2") == 0  # held back
+    finally:
+        redis_batch.release_writes()  # one write for all three
+    assert r.lrange("held-order", 0, -1) == ["0", "1", "2"]
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        sent[1].wait()  # reads the first one's replies on the way, then its own
+    assert sent[0].wait() == 0 and sent[2].wait() == 2  # read already / its own
+    assert [r.get(f"held{i}") for i in range(3)] == ["0", "1", "2"]
+    # a wait() on a write still held sends the batch first (the webhook's own failure path)
+    with redis_batch.deferred_writes():
+        trip = OneTrip(r, own_connection=True)
+        trip.set("held-then-waited", "1")
+        assert trip.send().wait() == 1 and r.get("held-then-waited") == "1"
+    # Redis restarted while the batch was held: all of it goes, in order, on a new connection
+    redis_batch.hold_writes()
+    sent = []
+    for i in range(3):
+        trip = OneTrip(r, own_connection=True)
+        trip.rpush("after-restart", i)
+        sent.append(trip.send())
+    redis.Redis.from_url(redis_url).client_kill_filter(_type="normal", skipme=True)
+    redis_batch.release_writes()
+    assert [s.wait() for s in sent] == [1, 1, 1]
+    assert r.lrange("after-restart", 0, -1) == ["0", "1", "2"]
+
+
 def test_pack_command_is_redis_py_s_encoding():
     conn = redis.connection.Connection()
     for args in [("SET", "k", "v", "EX", 60), ("HSET", "h", "a", 1, "b", 2.5, "c", "中文", b"\x00raw", -3),
@@ -333,10 +378,10 @@ def test_fast_voice_answers_first_and_reads_redis_s_replies_once_the_answer_is_o
 
     statuses = []
     body = app(request("CAlazy1"), lambda status, headers: statuses.append(status))
-    assert redis_batch._LOCALS[pool].pending is not None  # the answer is ready, Redis's replies not read yet
+    assert len(redis_batch._LOCALS[pool].fifo) == 1  # the answer is ready, Redis's replies not read yet
     assert b"<Enqueue" in b"".join(body) and statuses == ["200 OK"]
     body.close()  # the server has sent the answer: now they are read
-    assert redis_batch._LOCALS[pool].pending is None and flow.state("CAlazy1").ticket
+    assert not redis_batch._LOCALS[pool].fifo and flow.state("CAlazy1").ticket
     # a server that never calls close(): the next calls still go through, the connection in step
     for call_id in ("CAlazy2", "CAlazy3"):
         assert b"<Enqueue" in b"".join(app(request(call_id), lambda status, headers: None))
