@@ -1,6 +1,6 @@
 """Benchmark the Twilio entry webhook under gunicorn against a bare Flask endpoint.
 
-    python -m bench.webhooks [--seconds 6] [--rounds 3] [--connections 100] [--workers 2]
+    python -m bench.webhooks [--seconds 12] [--rounds 12] [--connections 100] [--workers 2]
                              [--tickets db|memory] [--generator auto|wrk|python] [--threads 1]
 
 Both servers run in this run with the same gunicorn settings — the product's (``ivr/serving.py``;
@@ -256,8 +256,10 @@ def _measure_both(env, args, generator, workdir, redis_pid=None) -> tuple[dict, 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per server, over all rounds")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (bare, app, bare, app, ...)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per server, over all rounds")
+    # short alternating rounds: a shared VM's speed drifts over seconds, and 1-s rounds spread
+    # that drift over both servers alike (3 rounds of 2 s let it fall on one: docs/twilio.md)
+    parser.add_argument("--rounds", type=int, default=12, help="alternating rounds (bare, app, bare, app, ...)")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn workers for both servers (default: the product's, ivr/serving.py)")
