@@ -154,7 +154,10 @@ class Sent:
         connection that died meanwhile (a Redis restart) is replaced and the commands sent once
         more, as redis-py's retry would."""
         if self.unsent:
-            flush_deferred()
+            try:
+                flush_deferred()
+            except Exception:  # noqa: BLE001 - each write of the batch keeps its own error
+                pass
         if self.error is not None:
             error, self.error = self.error, None
             raise error
