@@ -21,8 +21,8 @@ command.
 ``send()`` writes the commands and returns a :class:`Sent` whose ``wait()`` reads the replies
 later (``execute()`` is both at once): the entry webhook answers Twilio in between. On a
 thread's own connection several writes may be in flight; a ``wait()`` reads the replies of the
-earlier ones first, whoever forgot them. Inside :func:`deferred_writes` (the web server's batch
-worker) the writes of several webhooks go to Redis together, in one system call.
+earlier ones first, whoever forgot them. Between :func:`hold_writes` and :func:`release_writes` (the web server's
+batch worker) the writes of several webhooks go to Redis together, in one system call.
 
 Like a non-transactional pipeline it is not atomic: a command that fails (e.g. WRONGTYPE) does
 not stop the others; every reply is read, then ``execute`` raises the first error. ``execute``
@@ -38,7 +38,6 @@ import os
 import threading
 import weakref
 from collections import deque
-from contextlib import contextmanager
 
 log = logging.getLogger("hotline.redis")
 
@@ -119,16 +118,15 @@ class OneTrip:
         return conn
 
     def _release(self, conn, dead: bool = False) -> None:
-        pool = self.client.connection_pool
+        pool = self.client.connection_pool  # (a pool connection: own ones go through _send_own)
         if dead:
             _drop(pool, conn)
-        if not self.own_connection:
-            pool.release(conn)
+        pool.release(conn)
 
 
 class Sent:
-    """Commands of a :class:`OneTrip` written to Redis (or, inside :func:`deferred_writes`, to be
-    written with the others of the batch), their replies not read yet.
+    """Commands of a :class:`OneTrip` written to Redis (or, while writes are held — :func:`hold_writes` —,
+    to be written with the others of the batch), their replies not read yet.
 
     On a thread's own connection several may be in flight: their replies come back in the order
     they were written, and :meth:`wait` reads those of every earlier one first (whoever forgot
@@ -154,10 +152,7 @@ class Sent:
         connection that died meanwhile (a Redis restart) is replaced and the commands sent once
         more, as redis-py's retry would."""
         if self.unsent:
-            try:
-                flush_deferred()
-            except Exception:  # noqa: BLE001 - each write of the batch keeps its own error
-                pass
+            flush_deferred()
         if self.error is not None:
             error, self.error = self.error, None
             raise error
@@ -217,30 +212,14 @@ def hold_writes() -> None:
 
 
 def release_writes() -> None:
-    """Stop holding writes back and write those held (errors logged; each write keeps its own
-    error for its :meth:`Sent.wait`)."""
+    """Stop holding writes back and write those held."""
     _BATCH.deferring = False
-    try:
-        flush_deferred()
-    except Exception:  # noqa: BLE001
-        log.exception("Redis: a batch of writes could not be sent")
-
-
-@contextmanager
-def deferred_writes():
-    """``hold_writes()`` for the block, ``release_writes()`` at its end."""
-    if getattr(_BATCH, "deferring", False):  # nested: the outer block writes
-        yield
-        return
-    hold_writes()
-    try:
-        yield
-    finally:
-        release_writes()
+    flush_deferred()
 
 
 def flush_deferred() -> None:
-    """Write this thread's held-back writes now (see :func:`deferred_writes`)."""
+    """Write this thread's held-back writes now. A failure is logged and kept by each write of
+    the batch, which raises it at its :meth:`Sent.wait`."""
     unsent = getattr(_BATCH, "unsent", None)
     if not unsent:
         return
@@ -249,16 +228,13 @@ def flush_deferred() -> None:
     for sent in unsent:
         sent.unsent = False
         by_pool.setdefault(sent.trip.client.connection_pool, []).append(sent)
-    first = None
     for pool, sents in by_pool.items():
         try:
             _send_own(pool, sents)
         except Exception as exc:  # noqa: BLE001 - every one of them raises it at its wait()
+            log.error("Redis: a batch of %d writes could not be sent: %r", len(sents), exc)
             for sent in sents:
                 sent.error = exc
-            first = first or exc
-    if first is not None:
-        raise first
 
 
 def _local(pool):
@@ -352,8 +328,7 @@ def _connection(pool):
     local = _local(pool)
     conn = getattr(local, "conn", None)
     if conn is None or local.pid != _PID:
-        # a forked child never reads its parent's replies: its own connection, its own line
-        local.conn, local.fifo = None, deque()
+        local.fifo = deque()  # a forked child never reads its parent's replies: its own line
         conn = _Wire.over(pool.connection_class(**pool.connection_kwargs))
         local.conn, local.pid = conn, _PID
     return conn

@@ -166,10 +166,13 @@ def test_held_writes_go_to_redis_together_in_order_and_each_reads_its_own_replie
     assert sent[0].wait() == 0 and sent[2].wait() == 2  # read already / its own
     assert [r.get(f"held{i}") for i in range(3)] == ["0", "1", "2"]
     # a wait() on a write still held sends the batch first (the webhook's own failure path)
-    with redis_batch.deferred_writes():
+    redis_batch.hold_writes()
+    try:
         trip = OneTrip(r, own_connection=True)
         trip.set("held-then-waited", "1")
         assert trip.send().wait() == 1 and r.get("held-then-waited") == "1"
+    finally:
+        redis_batch.release_writes()
     # Redis restarted while the batch was held: all of it goes, in order, on a new connection
     redis_batch.hold_writes()
     sent = []
