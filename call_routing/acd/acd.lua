@@ -134,6 +134,20 @@ local function mark_pending_callback(c)
   local key = hget(k_call(c), 'caller_key') or ''
   if key ~= '' then redis.call('SET', k_cb_by_caller(key), c, 'EX', 7 * 86400) end
 end
+-- the caller of a waiting call is to be called back (漏接回拨 / 预约回拨): its place is kept
+local function make_callback(c, reason)
+  local ck = k_call(c)
+  redis.call('HSET', ck, 'kind', 'callback')
+  log('callback', 'call', c, 'skill', hget(ck, 'skill') or '', 'line', hget(ck, 'line') or '', 'reason', reason)
+  mark_pending_callback(c)
+end
+-- a caller gone for good before reaching a seat
+local function end_abandoned(c)
+  local ck = k_call(c)
+  call_forget(c)
+  redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
+  redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
+end
 
 -- assignment: a call to exactly one agent, an agent to exactly one call --------------------
 -- ``sk``: the agent's skills when already read; ``unready``: the agent is in no ready set;
@@ -454,16 +468,13 @@ if st == 'waiting' or st == 'ringing' then
   local status = 'abandoned'
   if cb_after ~= '' and kind == 'live' and (hget(ck, 'caller') or '') ~= '' and wait >= tonumber(cb_after) then
     -- missed-call callback (漏接回拨) keeping the caller's place in line
-    redis.call('HSET', ck, 'kind', 'callback', 'state', 'waiting', 'agent', '')
+    make_callback(c, 'abandoned')
+    redis.call('HSET', ck, 'state', 'waiting', 'agent', '')
     call_rejoin(c)
-    log('callback', 'call', c, 'skill', hget(ck, 'skill') or '', 'line', line, 'reason', 'abandoned')
-    mark_pending_callback(c)
     status = 'callback'
     add(offers, try_assign_call(c))
   else
-    call_forget(c)
-    redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
-    redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
+    end_abandoned(c)
   end
   if a then add(offers, try_assign_agent(a)) end
   return reply(status, secs(wait), offers)
@@ -498,9 +509,7 @@ local st = hget(ck, 'state') or 'unknown'
 if st ~= 'waiting' then return reply('bad_state', st) end
 if hget(ck, 'kind') == 'callback' then return reply('already', st) end
 if (hget(ck, 'caller') or '') == '' then return reply('no_number', st) end
-redis.call('HSET', ck, 'kind', 'callback')
-log('callback', 'call', c, 'skill', hget(ck, 'skill') or '', 'line', hget(ck, 'line') or '', 'reason', 'requested')
-mark_pending_callback(c)
+make_callback(c, 'requested')
 return reply('ok', st)
 
 --@ callback_failed
@@ -655,14 +664,10 @@ log('abandon', 'call', c, 'skill', skill, 'line', line, 'kind', 'live', 'wait', 
 redis.call('XADD', k_alerts(), 'MAXLEN', '~', 10000, '*', 't', NOW_S, 'alert', 'lost', 'skill', skill, 'call', c,
            'line', line, 'silent', secs(NOW - tonumber(seen)))
 if (hget(ck, 'caller') or '') ~= '' then
-  redis.call('HSET', ck, 'kind', 'callback')  -- already in its queues: it keeps its place
-  log('callback', 'call', c, 'skill', skill, 'line', line, 'reason', 'lost')
-  mark_pending_callback(c)
+  make_callback(c, 'lost')  -- already in its queues
   return reply('callback', secs(wait))
 end
-call_forget(c)
-redis.call('HSET', ck, 'state', 'abandoned', 'ended', NOW_S, 'agent', '')
-redis.call('EXPIRE', ck, ENDED_KEEP_S)  -- an ended call's record is kept 2 days
+end_abandoned(c)
 return reply('abandoned', secs(wait))
 
 --@ offer_seen
