@@ -31,7 +31,7 @@ def handler(session) -> None:
     if what == "fallback":  # the h extension of [hotline-fallback]
         flow.fallback(call_id)
         return
-    if what == "answered":
-        flow.agent_answered(call_id)
+    if what == "answered":  # on the agent's leg: its channel lets the console move the call later
+        flow.agent_answered(call_id, channel=session.agi.env.get("agi_channel"))
         return
     hand_back(session.agi, flow.transfer_ended(call_id, what or "unknown"))

@@ -61,6 +61,7 @@ POSITION_HEAD, POSITION_MID, POSITION_TAIL = "您前面还有", "位，预计等
 MANY_WAITING = "当前来电较多，预计等待"
 SURVEY_SCORES = MappingProxyType({"1": "satisfied", "2": "basically_satisfied", "3": "dissatisfied"})
 MAX_SPOKEN_NUMBER = 99
+EMERGENCY_PRIORITY = 9  # queue priority of an emergency caller whose transfer failed (ACD's highest)
 
 _DIGITS = "零一二三四五六七八九"
 
@@ -120,12 +121,13 @@ class QueueStatus:
 
 
 class QueuePort(Protocol):
-    def enqueue(self, call_id: str, *, skill: str, line: str, caller: str, ticket: str | None) -> None: ...
+    def enqueue(self, call_id: str, *, skill: str, line: str, caller: str, ticket: str | None,
+                priority: int = 0) -> None: ...  # priority 0-9: higher is served first
     def status(self, call_id: str) -> QueueStatus: ...
     def requeue(self, call_id: str, skill: str) -> None: ...  # another skill, same place in time
     def no_answer(self, call_id: str) -> None: ...  # offered agent did not answer: head of queue
     def connected(self, call_id: str) -> None: ...
-    def completed(self, call_id: str) -> None: ...
+    def completed(self, call_id: str, by: str = "agent") -> None: ...  # by: who hung up (agent | caller)
     def leave(self, call_id: str, reason: str) -> None: ...  # abandoned (may call back) / emergency / fallback
     def survey(self, call_id: str, line: str, digit: str) -> None: ...  # 1/2/3 into the queue log (KPIs)
     def request_callback(self, call_id: str, number: str) -> None: ...  # keeps the place in line
@@ -209,6 +211,9 @@ class CallState:
     three_way_state: str | None = None  # ringing | joined | handed (the agent left: warm transfer)
     three_way_target: str | None = None  # where the party is rung
     expert: str | None = None  # the expert seat reserved through the ACD
+    priority: int = 0  # in the queue: an emergency whose transfer failed goes ahead of everyone
+    channel: str | None = None  # the caller's channel on the PBX (Asterisk), for moves from outside
+    agent_channel: str | None = None  # the agent's leg on the PBX, once answered
 
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallState))  # all scalars: a shallow dict is asdict()
@@ -256,7 +261,8 @@ class CallFlow:
         return self._load(call_id)
 
     # -- call start -------------------------------------------------------------------
-    def start(self, call_id: str, dialed: str, caller: str | None, at=None, pipe=None) -> Turn:
+    def start(self, call_id: str, dialed: str, caller: str | None, at=None, pipe=None,
+              channel: str | None = None) -> Turn:
         """Route a new call, open its ticket; the caller is queued by the first :meth:`wait`.
 
         With a Redis call store, the ticket's draft and the call state go in one pipeline (one
@@ -268,7 +274,7 @@ class CallFlow:
         now = self.clock()
         decision = decide(dialed, caller, at if at is not None else now, None, rules)
         call = CallState(call_id, dialed, caller or "", decision.line, decision.mode, decision.rules_version, now,
-                         skill=decision.skill)
+                         skill=decision.skill, channel=channel or None)
         steps = [dict(s) for s in decision.steps]
         action = "hangup"
         for s in steps:
@@ -299,10 +305,16 @@ class CallFlow:
         now = self.clock()
         if call.state == "ended":
             return self._turn(call, "hangup")
+        if call.state == "transferring" and call.target_kind == "emergency" and call.target:
+            # an emergency heard by another process (the caller's speech while waiting): go now
+            decision = decide(call.line, call.caller, now, call.heard, rules)
+            return self._turn(call, "transfer", [dict(s) for s in decision.steps if s["do"] == "say"],
+                              reason="emergency")
         if call.enqueued_at is None or call.state != "waiting":
             if call.enqueued_at is None:
+                extra = {"priority": call.priority} if call.priority else {}
                 self.queue.enqueue(call_id, skill=call.skill or rules.hotline.skill, line=call.line,
-                                   caller=call.caller, ticket=call.ticket)
+                                   caller=call.caller, ticket=call.ticket, **extra)
                 call.enqueued_at = call.announced_at = now
             call.state = "waiting"
             self._save(call)
@@ -398,10 +410,12 @@ class CallFlow:
             call.state, call.target, call.target_kind, call.agent = "transferring", endpoint, "agent", agent
             self._save(call)
 
-    def agent_answered(self, call_id: str) -> None:
+    def agent_answered(self, call_id: str, channel: str | None = None) -> None:
+        """The agent answered (``channel``: their leg on the PBX, for moves from outside)."""
         call = self._load(call_id)
         if call.target_kind == "agent":
             self.queue.connected(call_id)
+            call.agent_channel = channel or call.agent_channel
         call.state = "talking"
         self._save(call)
 
@@ -428,8 +442,11 @@ class CallFlow:
             call.state, call.target, call.agent = "waiting", None, None
             self._save(call)
             return self._turn(call, "queue", reason="no_answer")
-        # emergency / sub-center unreachable: the caller is queued to a seat group instead
+        # emergency / sub-center unreachable: the caller is queued to a seat group instead, an
+        # emergency ahead of everyone waiting there (an agent relays it)
         call.skill = call.fallback_skill or self._rules().hotline.skill
+        if call.target_kind == "emergency":
+            call.priority = EMERGENCY_PRIORITY
         call.state, call.target, call.target_kind = "waiting", None, None
         call.enqueued_at = None
         self._save(call)
@@ -617,7 +634,7 @@ class CallFlow:
         if call.state == "waiting" and call.enqueued_at is not None:
             self.queue.leave(call_id, "abandoned")
         elif call.state in ("transferring", "talking") and call.target_kind == "agent":
-            self.queue.completed(call_id)
+            self.queue.completed(call_id, "caller")
         if joined_expert and call.agent:
             self.queue.end_three_way(call.agent)  # the agent was still in the three-way
         self._finish(call, "abandoned" if call.state in ("waiting", "routing") else "completed")
@@ -690,7 +707,7 @@ class MemoryQueue:
     def _event(self, *e):
         self.events.append(e)
 
-    def enqueue(self, call_id, *, skill, line, caller, ticket):
+    def enqueue(self, call_id, *, skill, line, caller, ticket, priority=0):
         with self._lock:
             self._seq += 1
             self.calls[call_id] = {"skill": skill, "line": line, "caller": caller, "ticket": ticket,
@@ -729,7 +746,7 @@ class MemoryQueue:
     def connected(self, call_id):
         self._set(call_id, "connect", state="connected")
 
-    def completed(self, call_id):
+    def completed(self, call_id, by="agent"):
         self._set(call_id, "complete", state="completed")
 
     def leave(self, call_id, reason):

@@ -1,6 +1,6 @@
 """Prompt audio for Asterisk: every text callers may hear, as 16-bit PCM mono 8 kHz WAV.
 
-    python -m ivr.prompts render [--rules FILE] [--out DIR] [--recorded DIR] [--prune]
+    python -m ivr.prompts render [--rules FILE] [--out DIR] [--recorded DIR] [--prune] [--moh DIR]
     python -m ivr.prompts list   [--rules FILE]          # id and text of every prompt
 
 A prompt is named by a hash of its text (and the voice), so an edited text gets a new file
@@ -152,6 +152,43 @@ def render(texts, out: Path, recorded: Path | None = None, prune: bool = False, 
     return counts
 
 
+HOLD_MUSIC = "hotline-hold.wav"
+
+
+def render_hold_music(out: Path, seconds: float = 24.0) -> Path:
+    """The project's own hold music (music-on-hold class ``hotline``): a quiet, slow pentatonic
+    melody as 16-bit PCM mono 8 kHz WAV, made here so that no site depends on a sound package.
+    An admin's own files dropped beside it (same format) are played too (``sort=alpha``)."""
+    import math
+    import wave
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / HOLD_MUSIC
+    if dest.exists():
+        return dest
+    rate, note_s = 8000, 0.75
+    melody = [392.0, 440.0, 523.3, 587.3, 523.3, 440.0, 392.0, 329.6,
+              293.7, 329.6, 392.0, 440.0, 392.0, 329.6, 293.7, 261.6]
+    frames = bytearray()
+    total = int(seconds / note_s)
+    n = int(rate * note_s)
+    for i in range(total):
+        f = melody[i % len(melody)]
+        for k in range(n):
+            env = min(1.0, k / 400) * min(1.0, (n - k) / 1600)  # soft attack, long release
+            v = env * (0.6 * math.sin(2 * math.pi * f * k / rate) + 0.2 * math.sin(4 * math.pi * f * k / rate))
+            frames += int(v * 6000).to_bytes(2, "little", signed=True)
+    tmp = dest.with_suffix(".tmp")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(frames))
+    os.replace(tmp, dest)
+    return dest
+
+
 def main(argv=None) -> int:
     from call_routing.rules import DEFAULT_RULES_PATH, RulesError, load_rules
 
@@ -162,6 +199,7 @@ def main(argv=None) -> int:
     r.add_argument("--recorded", help="folder of admin recordings named <id>.wav (default OUT/recorded)")
     r.add_argument("--prune", action="store_true", help="delete prompts no rule uses any more")
     r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--moh", help="also write the hold music (class hotline) into this folder")
     ls = sub.add_parser("list", help="print id and text of every prompt")
     for p in (r, ls):
         p.add_argument("--rules", default=os.environ.get("RULES_PATH") or str(DEFAULT_RULES_PATH))
@@ -181,6 +219,8 @@ def main(argv=None) -> int:
             print(f"{tool} is not installed (apt-get install espeak-ng sox)", file=sys.stderr)
             return 1
     counts = render(texts, Path(args.out), args.recorded, args.prune, args.jobs)
+    if args.moh:
+        print(f"hold music: {render_hold_music(Path(args.moh))}")
     print(f"{counts['total']} prompts in {args.out}: {counts['synthesized']} synthesized, "
           f"{counts['recorded']} from recordings, {counts['unchanged']} unchanged, {counts['pruned']} pruned")
     return 0

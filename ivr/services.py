@@ -27,11 +27,11 @@ class AcdQueue:
     def __init__(self, acd):
         self.acd = acd
 
-    def enqueue(self, call_id, *, skill, line, caller, ticket):
+    def enqueue(self, call_id, *, skill, line, caller, ticket, priority=0):
         from call_routing.acd import ACDError
 
         try:
-            self.acd.enqueue(skill, line, caller, ticket=ticket, call_id=call_id)
+            self.acd.enqueue(skill, line, caller, ticket=ticket, call_id=call_id, priority=priority)
         except ACDError:
             call = self.acd.call(call_id)
             if call is None or call["state"] not in ("waiting", "ringing", "connected"):
@@ -66,8 +66,8 @@ class AcdQueue:
     def connected(self, call_id):
         self.acd.answer(call_id)
 
-    def completed(self, call_id):
-        self.acd.hangup(call_id, "agent")
+    def completed(self, call_id, by="agent"):
+        self.acd.hangup(call_id, by)
 
     def leave(self, call_id, reason):
         """``abandoned``: the caller hung up (a missed-call callback may keep their place);

@@ -373,6 +373,25 @@ def database_url(url: str | None = None) -> str:
     return url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def _wal(dbapi_connection, wait_s: float = 30.0) -> None:
+    """Switch a SQLite file to WAL. Several processes opening a fresh file at once (the FastAGI
+    server's ``--processes``, the rq worker) race for it, and SQLite answers the loser "database
+    is locked" at once, without its busy timeout: wait for the winner instead."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str | None = None, schema: str | None = None) -> Engine:
     """An engine for ``url``; ``schema`` (PostgreSQL) keeps the tables in their own schema."""
     url = database_url(url)
@@ -386,7 +405,7 @@ def make_engine(url: str | None = None, schema: str | None = None) -> Engine:
         def _sqlite_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             if u.database not in (None, "", ":memory:"):
-                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+                _wal(dbapi_connection)
                 # WAL + NORMAL: no fsync per commit (a power cut may lose the last commits, never
                 # corrupts); a ticket insert on the call path then costs well under a millisecond
                 dbapi_connection.execute("PRAGMA synchronous=NORMAL")

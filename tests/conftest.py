@@ -66,6 +66,29 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def pbx_session():
+    """One real Asterisk 22 for every real-PBX test (tests/pbx_world.py), or a skip saying why."""
+    from bench.asterisk_lab import locate
+
+    launcher, why = locate()
+    if launcher is None:
+        pytest.skip(f"real-PBX test skipped: {why}")
+    from tests.pbx_world import World
+
+    world = World(launcher)
+    yield world
+    world.close()
+
+
+@pytest.fixture
+def pbx(pbx_session):
+    """The real-PBX world, left with no call and no seat after each test."""
+    yield pbx_session
+    pbx_session.hangup_everything()
+    pbx_session.all_seats_out()
+
+
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.slow`` (full load runs) only with ``HOTLINE_FULL=1``; CI runs the reduced forms."""
     if os.environ.get("HOTLINE_FULL") == "1":

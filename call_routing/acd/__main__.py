@@ -48,15 +48,39 @@ def main(argv=None) -> int:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
-        while not stopping:
-            started = time.monotonic()
-            done = acd.tick()
-            if any(done.values()):
-                logging.getLogger("hotline.acd").info("tick: %s", done)
-            time.sleep(max(0.0, args.every - (time.monotonic() - started)))
+        run_ticks(acd, args.every, lambda: bool(stopping))
     except KeyboardInterrupt:
         pass
     return 0
+
+
+MAX_BACKOFF_S = 30.0
+
+
+def run_ticks(acd, every: float, stopping, sleep=time.sleep) -> None:
+    """Tick until ``stopping()``. Redis unreachable (restarting, failing over) is waited out,
+    retrying with a doubling pause up to :data:`MAX_BACKOFF_S` and one log line per outage,
+    never a dead timer process (ring timeouts, overflow and callbacks would stop with it)."""
+    import redis
+
+    log = logging.getLogger("hotline.acd")
+    backoff = 0.0
+    while not stopping():
+        started = time.monotonic()
+        try:
+            done = acd.tick()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if not backoff:
+                log.error("Redis unreachable (%s): ACD timers paused, retrying", exc)
+            backoff = min(MAX_BACKOFF_S, backoff * 2 if backoff else every)
+            sleep(backoff)
+            continue
+        if backoff:
+            log.warning("Redis reachable again: ACD timers running")
+            backoff = 0.0
+        if any(done.values()):
+            log.info("tick: %s", done)
+        sleep(max(0.0, every - (time.monotonic() - started)))
 
 
 if __name__ == "__main__":

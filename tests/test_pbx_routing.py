@@ -1,0 +1,78 @@
+"""Every number through a real Asterisk 22: 12345, the 32 legacy numbers and an unknown number,
+over Local channels with and without a DNID (the dialplan installed by agi_scripts/install.sh).
+
+What is checked is what Asterisk did: the HOTLINE_* variables it set on the caller's channel
+(VarSet), the prompt files it streamed and whether they played (AGIExecEnd), and, for retired
+numbers after their window, that it hung up. The expected route is the pure router's answer for
+the lab's rules at the moment of the call.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.asterisk_lab import wait_until
+from call_routing.router import decide
+from ivr.agi import sound_of
+from tests.pbx_world import AFTER_FORWARD, AFTER_HANGUP, BEFORE_WINDOW
+
+pytestmark = pytest.mark.pbx
+
+UNKNOWN = "12399"  # no such line: plain 12345
+
+
+def numbers(world) -> list[str]:
+    return ["12345", *sorted(world.rules.lines), UNKNOWN]
+
+
+def expected(world, number: str) -> dict:
+    d = decide(number, "13800138000", time.time(), None, world.rules)
+    action = {"enqueue": "queue", "transfer": "transfer"}
+    act = next((action[s["do"]] for s in d.steps if s["do"] in action), "hangup")
+    prompts = [f for s in d.steps if s["do"] in ("say", "play") for f in sound_of(s, world.prompt_dir)]
+    return {"line": d.line, "skill": d.skill or "", "action": act, "prompts": prompts}
+
+
+@pytest.mark.parametrize("dnid", [False, True], ids=["no-DNID", "DNID"])
+def test_every_number_is_routed_as_its_own_line_by_the_real_pbx(pbx, dnid):
+    world = pbx
+    calls = {n: world.call(n, dnid=dnid) for n in numbers(world)}
+    wrong = {}
+    for number, call in calls.items():
+        want = expected(world, number)
+        got = {"line": call.first_var("HOTLINE_LINE"), "skill": call.var("HOTLINE_SKILL"),
+               "action": call.first_var("HOTLINE_ACTION")}
+        if got != {k: want[k] for k in ("line", "skill", "action")}:
+            wrong[number] = (got, want)
+    assert not wrong, wrong
+    # the legacy lines all differ from 12345: the bug this guards against routed them all as 12345
+    assert len({c.var("HOTLINE_LINE") for c in calls.values()}) == len(world.rules.lines) + 1
+    # prompts: every merge line's transition prompt (or after-window notice) really played
+    for number, call in calls.items():
+        want = expected(world, number)["prompts"]
+        if not want:
+            continue
+
+        def played():
+            return call.played()[: len(want)] == want or None
+        wait_until(played, 20, 0.1, f"the prompts of {number} to play")
+
+
+def test_retired_numbers_follow_their_window(pbx):
+    world = pbx
+    before, forward, hangup = (world.call(n) for n in (BEFORE_WINDOW, AFTER_FORWARD, AFTER_HANGUP))
+    assert before.first_var("HOTLINE_ACTION") == "queue"
+    assert forward.first_var("HOTLINE_ACTION") == "queue"
+    assert hangup.first_var("HOTLINE_ACTION") == "hangup"
+    # after the window: the after-window notice, then the seats (forward) or the end of the call
+    for call, number in ((forward, AFTER_FORWARD), (hangup, AFTER_HANGUP)):
+        notice = expected(world, number)["prompts"]
+        assert len(notice) == 1
+        wait_until(lambda: call.played() == notice, 20, 0.1, f"the after-window notice of {number}")
+    wait_until(lambda: hangup.hung_up(hangup.channel()), 10, 0.1, "the retired number to hang up")
+    # forwarded: waiting for the seats with the project's own hold music
+    wait_until(lambda: "hotline" in forward.hold_music(), 10, 0.1, "hold music on the forwarded call")
+    assert not forward.hung_up(forward.channel())
+    # before its window: a normal line, no transition prompt
+    assert before.streamed() == [] and before.var("HOTLINE_SKILL") == expected(world, BEFORE_WINDOW)["skill"]
