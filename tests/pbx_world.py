@@ -173,9 +173,15 @@ class Call:
         return wait_until(find, timeout, 0.05, f"{name} on call {self.uid}")
 
     def wait_var(self, name: str, value=None, timeout: float = 15.0, channel: str | None = None):
+        """Wait until Asterisk sets ``name`` (to ``value``, when given) on the call's PBX side;
+        returns the value. Later AGIs clear the variables again, so any moment counts."""
         def check():
-            got = self.var(name, channel)
-            return got if (got is not None and (value is None or got == value)) else None
+            ch = channel or self.channel()
+            for e in self.events():
+                if e.get("Event") == "VarSet" and e.get("Channel") == ch and e.get("Variable") == name \
+                        and e.get("Value") and (value is None or e.get("Value") == value):
+                    return e["Value"]
+            return None
         return wait_until(check, timeout, 0.05, f"{name}={value or '…'} on call {self.uid}")
 
     def streamed(self) -> list[tuple[str, float]]:
@@ -229,14 +235,24 @@ class Call:
         return wait_until(find, timeout, 0.05, f"{mine} bridged with {prefix}…")
 
     def conference(self) -> set[str]:
-        """Who is in this call's conference now (ConfbridgeJoin minus ConfbridgeLeave)."""
+        """Who is in this call's conference (``hotline-<call id>``) now, by Asterisk's
+        ConfbridgeJoin/Leave events (the party's legs are not linked to the citizen's call)."""
+        name = f"hotline-{self.call_id()}"
         members = set()
-        for e in self.events():
+        for e in self.world.events_since(self.mark):
+            if e.get("Conference") != name:
+                continue
             if e.get("Event") == "ConfbridgeJoin":
                 members.add(e["Channel"])
             elif e.get("Event") == "ConfbridgeLeave":
                 members.discard(e["Channel"])
         return members
+
+    def bridged(self, prefix: str) -> str | None:
+        """A channel starting with ``prefix`` that entered a bridge since the call began (any
+        bridge: the expert's or sub-center's phone answering the party leg)."""
+        return next((e["Channel"] for e in self.world.events_since(self.mark) if e.get("Event") == "BridgeEnter"
+                     and e["Channel"].startswith(prefix)), None)
 
     def hold_music(self) -> list[str]:
         """The music-on-hold classes Asterisk started on the call's PBX side."""
@@ -245,7 +261,13 @@ class Call:
                 and e.get("Channel") == channel]
 
     def hung_up(self, channel: str) -> bool:
-        return any(e.get("Event") == "Hangup" and e.get("Channel") == channel for e in self.events())
+        return any(e.get("Event") == "Hangup" and e.get("Channel") == channel
+                   for e in self.world.events_since(self.mark))
+
+    def ran(self, app: str, data: str | None = None) -> bool:
+        """Asterisk ran dialplan application ``app`` (with ``data``) on one of the call's channels."""
+        return any(e.get("Event") == "Newexten" and e.get("Application") == app
+                   and (data is None or e.get("AppData") == data) for e in self.events())
 
     def dtmf(self, channel: str, digits: str) -> None:
         """Send DTMF out of ``channel`` (on a Local ``;2`` it reaches its ``;1`` as if pressed)."""

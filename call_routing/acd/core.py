@@ -441,9 +441,15 @@ class ACD:
         :meth:`end_three_way` (they left: wrap-up) or :meth:`take_back` (cancelled)."""
         if skill not in self.rules.skills:
             raise ACDError(f"no skill {skill!r} in rules {self.rules.version}")
+        if three_way:
+            # a seat of that very group, open now: never its overflow (a general seat pulled in
+            # as the "expert" while the experts are closed)
+            if not self.is_open(skill):
+                return Result("no_seat", "closed")
+            return self._run("move", call_id, "consult", "", "queue", skill)
         has_number = bool(_text(self.redis.hget(self.keys.call(call_id), "caller")))
         chain, unstaffed = self._plan(skill, self.clock(), has_number)
-        return self._run("move", call_id, "consult" if three_way else "transfer", "", unstaffed, *chain)
+        return self._run("move", call_id, "transfer", "", unstaffed, *chain)
 
     def take_back(self, call_id: str, reason: str = "cancelled") -> Result:
         """A three-way transfer is cancelled (``reason='no-answer'``: the target did not answer,
