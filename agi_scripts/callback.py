@@ -32,9 +32,19 @@ class CallFileDialer:
     """A :class:`call_routing.acd.CallbackDialer` for Asterisk."""
 
     def __init__(self, spool: str | None = None, trunk: str | None = None, context: str = "hotline-callback",
-                 wait_s: int = 30):
+                 wait_s: int = 30, trunk_prefix: str | None = None, trunk_suffix: str | None = None,
+                 sip_prefix: str | None = None):
+        """Numbers are dialed like the dialplan does (globals.conf): ``trunk_prefix`` + number +
+        ``trunk_suffix`` (``HOTLINE_TRUNK_PREFIX``/``_SUFFIX``, default ``PJSIP/`` and
+        ``@carrier``; ``trunk`` is the older spelling of a PJSIP trunk endpoint)."""
+        env = os.environ.get
         self.spool = spool or SPOOL
-        self.trunk = trunk or os.environ.get("HOTLINE_TRUNK", "carrier")
+        trunk = trunk or env("HOTLINE_TRUNK")
+        self.trunk_prefix = trunk_prefix if trunk_prefix is not None else env("HOTLINE_TRUNK_PREFIX", "PJSIP/")
+        self.trunk_suffix = trunk_suffix if trunk_suffix is not None else \
+            (f"@{trunk}" if trunk else env("HOTLINE_TRUNK_SUFFIX", "@carrier"))
+        self.sip_prefix = sip_prefix if sip_prefix is not None else \
+            env("HOTLINE_SIP_PREFIX", f"PJSIP/{trunk or 'subcenters'}/")
         self.context = context
         self.wait_s = wait_s
 
@@ -42,8 +52,8 @@ class CallFileDialer:
         if "/" in endpoint and not endpoint.lower().startswith(("sip:", "sips:")):
             return endpoint  # already a Dial string: PJSIP/agent1001
         if endpoint.lower().startswith(("sip:", "sips:")):
-            return f"PJSIP/{self.trunk}/{endpoint}"
-        return f"PJSIP/{digits_of(endpoint)}@{self.trunk}"
+            return f"{self.sip_prefix}{endpoint}"
+        return f"{self.trunk_prefix}{digits_of(endpoint)}{self.trunk_suffix}"
 
     def call_file(self, request) -> str:
         endpoint = next(iter(request.agent_endpoints), "")
@@ -81,7 +91,12 @@ class CallFileDialer:
 
 
 def handler(session) -> None:
-    """``callback,${HOTLINE_CALL_ID},${DIALSTATUS}`` (or ``agent-failed`` from the failed extension)."""
+    """``callback,${HOTLINE_CALL_ID},<what>[,<who hung up>]``: ``connected`` as the citizen
+    answers (the Dial's U() on the citizen's leg); after the call ``ANSWER,caller`` (the
+    citizen hung up first: the agent's channel reports after its Dial) or ``ANSWER,agent``
+    (the agent hung up first: the citizen's channel, sent to the survey, reports); another
+    DIALSTATUS (the citizen did not answer: retried later from the same place); ``agent-failed``
+    from the call file's failed extension (the agent did not answer: the next seat)."""
     call_id = session.call_id_from_args()
     outcome = session.arg(1).upper()
     acd = getattr(session.flow.queue, "acd", None)
@@ -90,5 +105,11 @@ def handler(session) -> None:
         return
     from call_routing.acd.callbacks import AGENT_NO_ANSWER, CONNECTED, NO_ANSWER, report_callback_outcome
 
-    report_callback_outcome(acd, call_id, {"ANSWER": CONNECTED, "AGENT-FAILED": AGENT_NO_ANSWER}.get(outcome, NO_ANSWER))
+    if outcome in ("CONNECTED", "ANSWER"):
+        report_callback_outcome(acd, call_id, CONNECTED)  # "already" when the answer was reported
+        if outcome == "ANSWER":  # the conversation is over: who hung up first
+            by = session.arg(2).lower()
+            acd.hangup(call_id, by if by in ("agent", "caller") else "caller")
+    else:
+        report_callback_outcome(acd, call_id, AGENT_NO_ANSWER if outcome == "AGENT-FAILED" else NO_ANSWER)
     session.agi.set_var("HOTLINE_ACTION", "hangup")

@@ -118,10 +118,10 @@ def wait(session, max_s: float | None = None) -> None:
                     listener = _Listener(session)
                 else:
                     agi.music(False)
+                    os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
                     path = os.path.join(session.services.recordings_dir, file_name(call_id))
-                    agi.execute("RECORD FILE", path, "wav", agi._quote("#"), RECORD_MAX_S * 1000, "BEEP", "s=2",
-                                extra_s=RECORD_MAX_S)
-                    flow.recorded(call_id, path + ".wav")
+                    if agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True):
+                        flow.recorded(call_id, path + ".wav")
                     agi.music(True)
                 continue
             if flow.clock() >= deadline:

@@ -91,6 +91,33 @@ allow = ulaw,alaw
 direct_media = no
 rtp_symmetric = yes
 identify_by = username
+
+; agents' phones over PJSIP: agent7001's phone is whatever answers SIP on phone_port (a sipp
+; UAS in the tests); agent7002 has never registered (no contact: its device is UNAVAILABLE)
+[agent7001]
+type = aor
+contact = sip:agent7001@127.0.0.1:{phone_port}
+
+[agent7001]
+type = endpoint
+context = lab-agent
+aors = agent7001
+disallow = all
+allow = ulaw,alaw
+direct_media = no
+rtp_symmetric = yes
+
+[agent7002]
+type = aor
+max_contacts = 1
+
+[agent7002]
+type = endpoint
+context = lab-agent
+aors = agent7002
+disallow = all
+allow = ulaw,alaw
+direct_media = no
 """
 
 # agents' phones and the PSTN are simulated by Local channels in these contexts; the tests and
@@ -138,6 +165,7 @@ class AsteriskLab:
         self.run = Path(tempfile.mkdtemp(prefix="ast", dir=base or "/tmp"))  # short: a socket path lives here
         self.sip_port = free_port(socket.SOCK_DGRAM)
         self.ami_port = free_port()
+        self.phone_port = free_port(socket.SOCK_DGRAM)  # where agent7001's phone answers
         self.proc: subprocess.Popen | None = None
         self.ami: AMI | None = None
 
@@ -146,7 +174,7 @@ class AsteriskLab:
         run = self.run
         (run / "manager.conf").write_text(LAB_MANAGER.format(ami_port=self.ami_port, user=AMI_USER,
                                                              secret=AMI_SECRET))
-        (run / "pjsip.conf").write_text(LAB_PJSIP.format(sip_port=self.sip_port) + pjsip_extra)
+        (run / "pjsip.conf").write_text(LAB_PJSIP.format(sip_port=self.sip_port, phone_port=self.phone_port) + pjsip_extra)
         (run / "extensions.conf").write_text("[general]\nstatic=yes\nwriteprotect=yes\n"
                                              + LAB_DIALPLAN.format() + dialplan_extra)
         (run / "cdr.conf").write_text("[general]\nenable=no\n")
@@ -263,6 +291,11 @@ class Product:
 
     def start_ticker(self) -> None:
         self._spawn("ticker", [sys.executable, "-m", "call_routing.acd", "tick", "--every", "0.5"])
+
+    def start_worker(self) -> None:
+        """The rq worker: speech jobs, hand-offs, and callbacks placed as Asterisk call files."""
+        self._spawn("worker", [sys.executable, "-m", "ivr.worker", "--url", self.env["REDIS_URL"],
+                               "--log-level", "WARNING"])
 
     def _spawn(self, name: str, argv: list) -> None:
         log = open(self.workdir / f"{name}.log", "ab")

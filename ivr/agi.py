@@ -229,10 +229,19 @@ class AGIChannel(AGI):
     def music(self, on: bool, moh_class: str = "hotline") -> None:
         self.execute("SET MUSIC", "on" if on else "off", moh_class)
 
-    def record(self, path: str, max_ms: int, silence_s: int = 3) -> None:
-        """RECORD FILE (wav, '#' stops it), ending after ``silence_s`` of silence."""
-        self.execute("RECORD FILE", path, "wav", self._quote("#"), int(max_ms), "s=%d" % silence_s,
-                     extra_s=max_ms / 1000)
+    def record(self, path: str, max_ms: int, silence_s: int = 3, beep: bool = False) -> bool:
+        """RECORD FILE (wav, '#' stops it), ending after ``silence_s`` of silence. False when
+        Asterisk could not record (``result=-1`` with the caller still there: the folder is
+        missing or not writable for Asterisk): logged, and the caller simply keeps waiting."""
+        args = [path, "wav", self._quote("#"), int(max_ms)] + (["BEEP"] if beep else []) + ["s=%d" % silence_s]
+        try:
+            self.execute("RECORD FILE", *args, extra_s=max_ms / 1000)
+        except ResultHangup:
+            self.hung_up = False
+            self.execute("CHANNEL STATUS")  # raises Hangup when the caller is really gone
+            log.error("Asterisk could not record %s.wav (is the folder there and writable by Asterisk?)", path)
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------

@@ -85,8 +85,7 @@ def pbx_session():
 def pbx(pbx_session):
     """The real-PBX world, left with no call and no seat after each test."""
     yield pbx_session
-    pbx_session.hangup_everything()
-    pbx_session.all_seats_out()
+    pbx_session.reset()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -66,15 +66,31 @@ class World:
         self.redis_url = self.redis_server.url
         self.lab = AsteriskLab(launcher).start(dialplan_extra=LAB_DNID)
         self.prompt_dir = str(self.lab.run / "data" / "sounds" / "hotline")
-        self.product = Product(self.tmp, self.rules_path, self.redis_url,
-                               env={"HOTLINE_PROMPTS": self.prompt_dir, "HOTLINE_WAIT_SESSION_S": "20"})
+        self.product = Product(self.tmp, self.rules_path, self.redis_url, env={
+            "HOTLINE_PROMPTS": self.prompt_dir, "HOTLINE_WAIT_SESSION_S": "20",
+            # callbacks: call files into this Asterisk's spool, numbers through the simulated carrier
+            "HOTLINE_CALLBACK_DIALER": "agi_scripts.callback:CallFileDialer",
+            "HOTLINE_SPOOL": str(self.lab.run / "spool" / "outgoing"),
+            "HOTLINE_TRUNK_PREFIX": "Local/", "HOTLINE_TRUNK_SUFFIX": "@lab-pstn"})
         self.product.start_fastagi(processes=processes)
         self.product.start_ticker()
+        self.product.start_worker()
         self.install_log = self.lab.install(self.product.agi_url)
         self.ami = self.lab.ami
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
-        self.acd = ACD(self.redis, RulesStore(str(self.rules_path)), dispatch_callback=False)
+        # like the product's consoles: a callback offered when a seat logs in is dialed (rq job)
+        self.acd = ACD(self.redis, RulesStore(str(self.rules_path)))
         self._agents = set()
+
+    def flow_heard(self, call_id: str, text: str) -> None:
+        """What the speech pipeline does when it hears a waiting caller (``CallFlow.heard``), from
+        a process of the product's own (no Mandarin model exists here to hear real speech)."""
+        import subprocess
+        import sys
+
+        code = "import sys; from ivr.services import build; build().flow.heard(sys.argv[1], sys.argv[2])"
+        subprocess.run([sys.executable, "-c", code, call_id, text], env=self.product.env, cwd=ROOT, check=True,
+                       timeout=60, capture_output=True)
 
     def close(self) -> None:
         self.product.stop()
@@ -95,9 +111,12 @@ class World:
     def phone_mode(self, name: str, mode: str) -> None:
         self.ami.action("DBPut", Family="lab", Key=name, Val=mode)
 
-    def all_seats_out(self) -> None:
-        for agent in list(self._agents):
-            self.acd.logout(agent)
+    def reset(self) -> None:
+        """Between tests: no channel, the carrier up, and the ACD empty (no seat, no caller in
+        line, no booked callback that would take the next test's seat)."""
+        self.hangup_everything()
+        self.phone_mode("pstn", "up")
+        self.redis.flushdb()
         self._agents.clear()
 
     # -- calls ------------------------------------------------------------------------------

@@ -26,8 +26,12 @@ def test_every_legacy_number_and_12345_enter_the_gateway(rules):
     inbound = " ".join(contexts()["hotline-in"])
     for number in ["12345", *rules.lines]:
         assert f"exten => {number},1,Goto(hotline," in inbound
-    for number in ("110", "119", "120", "122"):  # emergencies never depend on the AGI
-        assert f"exten => {number},1,Dial(PJSIP/{number}@" in inbound
+    for number in ("110", "119", "120", "122"):  # emergencies go to the trunk before any AGI
+        assert f"exten => {number},1,Goto(hotline-emergency," in inbound
+    emergency = contexts()["hotline-emergency"]
+    assert emergency[1].startswith("same => n,Dial(${HOTLINE_TRUNK_PREFIX}${EXTEN}${HOTLINE_TRUNK_SUFFIX}")
+    assert not any("AGI" in line for line in emergency[:emergency.index(next(
+        line for line in emergency if "n(seats)" in line))])
 
 
 def test_every_agi_failure_form_leads_to_the_general_seats():
@@ -67,9 +71,9 @@ def test_after_a_callback_the_citizen_left_on_the_line_gets_the_survey_and_the_c
     assert "F(hotline-callback-survey^s^1)" in dial
     assert any("Set(__HOTLINE_CALL_ID=${HOTLINE_CALL_ID})" in line for line in callback[:callback.index(dial)])
     after = callback[callback.index(dial) + 1]
-    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},${DIALSTATUS})" in after  # citizen hung up first
+    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},${DIALSTATUS},caller)" in after  # citizen hung up first
     survey = ctx["hotline-callback-survey"]
-    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},ANSWER)" in survey[0]  # reported here instead
+    assert "AGI(${HOTLINE_AGI}/callback,${HOTLINE_CALL_ID},ANSWER,agent)" in survey[0]  # reported here instead
     assert "Gosub(hotline-agi,s,1(survey))" in survey[1] and "Goto(hotline-hangup,s,1)" in survey[2]
 
 

@@ -261,7 +261,12 @@ local ticket, kind, unstaffed, caller_key, asked = ARGV[A + 7], ARGV[A + 8], ARG
 local chain = {}
 for i = A + 12, #ARGV do chain[#chain + 1] = ARGV[i] end
 local ck = k_call(c)
-if redis.call('EXISTS', ck) == 1 then return reply('exists', hget(ck, 'state')) end
+if redis.call('EXISTS', ck) == 1 then
+  -- a call that left the queue on purpose comes back (an emergency transfer that failed):
+  -- it enters again as new; anything else is already known
+  if hget(ck, 'state') ~= 'left' then return reply('exists', hget(ck, 'state')) end
+  redis.call('DEL', ck)
+end
 local resumed = ''
 if kind == 'live' and caller_key ~= '' then
   -- a caller with a pending callback rings again: the new call takes the callback's place
