@@ -25,7 +25,8 @@ from call_routing.rules import DEFAULT_RULES_PATH, load_rules
 from call_routing.rules_store import RulesStore
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "VOSK_MODEL_PATH", "PROXY_HOPS")
+CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "VOSK_MODEL_PATH", "PROXY_HOPS",
+               "HOTLINE_AMI")
 log = logging.getLogger("hotline.app")
 
 
@@ -54,6 +55,10 @@ def create_app(config: dict | None = None) -> Flask:
     from ivr import twilio_webhooks  # Twilio webhooks under /twilio/ (docs/twilio.md)
 
     twilio_webhooks.init_app(app)
+
+    from ivr import asterisk_console  # the console's transfers for Asterisk calls (AMI: HOTLINE_AMI)
+
+    asterisk_console.init_app(app)
 
     import consoles  # sign-in /login, admin and supervisor pages /admin/, agent console /agent/, /metrics
 

@@ -10,6 +10,10 @@ command). When every worker is busy and the waiting line is full, a new session 
 once — Asterisk's AGI() then returns and the dialplan's fallback reaches the general seats,
 instead of the caller hearing silence.
 
+With ``HOTLINE_AMI`` set (``ami://hotline:SECRET@127.0.0.1:5038``) the server also follows
+the agents' phones through the Asterisk manager (:class:`ivr.pbx.PhoneWatcher`): a seat whose
+phone is unregistered or on another call is never offered a call.
+
 SIGHUP re-reads the rules now (they are also picked up within a second of an edit); calls
 in flight finish on the rules they started with. SIGTERM/SIGINT stop accepting and let the
 sessions in progress finish (up to ``--drain`` seconds).
@@ -188,6 +192,11 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
+    acd = getattr(services.flow.queue, "acd", None)
+    if children is not None and acd is not None:  # one process follows the agents' phones (HOTLINE_AMI)
+        from ivr.pbx import run_in_background
+
+        run_in_background(acd)
     log.info("FastAGI on %s:%d, handlers %s, rules %s", *server.address[:2], ", ".join(sorted(server.handlers)),
              services.rules.current().version)
     if children is not None:

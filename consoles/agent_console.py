@@ -128,14 +128,20 @@ def _ticket_payload(call: dict) -> dict:
     line = rules.lines.get(call["line"] or "")
     transfers = [{"kind": o["kind"], "name": o["name"]} for o in conference_options(rules, line)] if line else []
     transfer_state = None
+    front_end = None
     tw = current_app.extensions.get("twilio")
+    pbx = current_app.extensions.get("asterisk")
     if tw is not None and tw["legs"].known(call["id"]):
+        front_end = "twilio"
         leg = tw["legs"].get(call["id"])
         transfer_state = {k: leg.get(k) for k in ("transfer_state", "transfer_mode", "transfer_target", "agent_in")}
+    elif pbx is not None and pbx.knows(call["id"]):
+        front_end = "asterisk"
+        transfer_state = pbx.state(call["id"])
     line_name = (rules.line(call["line"] or "") or rules.hotline).name
     return {"call": {k: call[k] for k in ("id", "state", "kind", "line", "skill", "caller_masked", "entered")},
             "line_name": line_name, "ticket": ticket, "transfers": transfers,
-            "expert_skill": line.expert_skill if line else None, "transfer": transfer_state,
+            "expert_skill": line.expert_skill if line else None, "transfer": transfer_state, "front_end": front_end,
             "labels": FIELD_LABELS, "editable": list(EDITABLE), "types": TYPES}
 
 

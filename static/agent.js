@@ -11,6 +11,7 @@
   var dirty = {};
   var lastTicket = null;
   var lastTransfers = "";
+  var frontEnd = "twilio/";
 
   function $(id) { return document.getElementById(id); }
   function msg(text, bad) { var m = $("agent-msg"); m.textContent = text || ""; m.className = "msg" + (bad ? " bad" : ""); }
@@ -59,17 +60,20 @@
     $("btn-decline").hidden = me.agent.state !== "ringing";
     var busy = me.agent.state === "busy";
     var box = $("transfer-buttons");
-    var key = JSON.stringify([t && t.transfers, t && t.expert_skill, busy]);
+    frontEnd = (t && t.front_end === "asterisk") ? "asterisk/" : "twilio/";  // which switchboard moves the call
+    var key = JSON.stringify([t && t.transfers, t && t.expert_skill, busy, frontEnd]);
     if (key !== lastTransfers) {
       lastTransfers = key;
       box.innerHTML = "";
       ((t && t.transfers) || []).forEach(function (o) {
         box.appendChild(button("btn-3way-" + o.kind, "三方转接：" + (KIND[o.kind] || o.kind) + " " + o.name, !busy, function () {
-          act("POST", "twilio/three-way", {kind: o.kind}, "正在呼叫" + o.name + "，接通后三方通话");
+          act("POST", frontEnd + "three-way", {kind: o.kind}, "正在呼叫" + o.name + "，接通后三方通话");
         }));
-        box.appendChild(button("btn-cold-" + o.kind, "直接转出：" + o.name, !busy, function () {
-          act("POST", "twilio/cold", {kind: o.kind}, "对方接听后您将自动退出");
-        }, "secondary"));
+        if (frontEnd === "twilio/") {  // on Asterisk: three-way, then 退出三方 once the party answered
+          box.appendChild(button("btn-cold-" + o.kind, "直接转出：" + o.name, !busy, function () {
+            act("POST", "twilio/cold", {kind: o.kind}, "对方接听后您将自动退出");
+          }, "secondary"));
+        }
       });
       if (t && t.expert_skill) {
         box.appendChild(button("btn-queue-expert", "转入专家队列排队", !busy, function () {
@@ -186,8 +190,8 @@
   $("btn-pause").addEventListener("click", function () { act("POST", "state", {state: "paused", reason: $("pause-reason").value}, "已小休"); });
   $("btn-wrapup").addEventListener("click", function () { act("POST", "wrapup/done", null, "话后整理完成，已就绪"); });
   $("btn-decline").addEventListener("click", function () { act("POST", "call/decline", null, "已拒接，来电转给下一位坐席"); });
-  $("btn-cancel-transfer").addEventListener("click", function () { act("POST", "twilio/cancel", null, "已取消转接，来电人仍与您通话"); });
-  $("btn-leave").addEventListener("click", function () { act("POST", "twilio/leave", null, "您已退出三方通话"); });
+  $("btn-cancel-transfer").addEventListener("click", function () { act("POST", frontEnd + "cancel", null, "已取消转接，来电人仍与您通话"); });
+  $("btn-leave").addEventListener("click", function () { act("POST", frontEnd + "leave", null, "您已退出三方通话"); });
 
   refresh();
   setInterval(refresh, 1500);

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from bench.asterisk_lab import AsteriskLab, Product, wait_until
+from bench.asterisk_lab import PRODUCT_AMI_SECRET, AsteriskLab, Product, wait_until
 from call_routing.acd import ACD, Agent
 from call_routing.redis_server import EmbeddedRedis
 from call_routing.rules import load_rules
@@ -66,12 +66,15 @@ class World:
         self.redis_url = self.redis_server.url
         self.lab = AsteriskLab(launcher).start(dialplan_extra=LAB_DNID)
         self.prompt_dir = str(self.lab.run / "data" / "sounds" / "hotline")
+        self.ami_url = f"ami://hotline:{PRODUCT_AMI_SECRET}@127.0.0.1:{self.lab.ami_port}"
         self.product = Product(self.tmp, self.rules_path, self.redis_url, env={
             "HOTLINE_PROMPTS": self.prompt_dir, "HOTLINE_WAIT_SESSION_S": "20",
             # callbacks: call files into this Asterisk's spool, numbers through the simulated carrier
             "HOTLINE_CALLBACK_DIALER": "agi_scripts.callback:CallFileDialer",
             "HOTLINE_SPOOL": str(self.lab.run / "spool" / "outgoing"),
-            "HOTLINE_TRUNK_PREFIX": "Local/", "HOTLINE_TRUNK_SUFFIX": "@lab-pstn"})
+            "HOTLINE_TRUNK_PREFIX": "Local/", "HOTLINE_TRUNK_SUFFIX": "@lab-pstn",
+            # the product's own AMI user (install.sh --ami-secret): agents' phones, console transfers
+            "HOTLINE_AMI": self.ami_url})
         self.product.start_fastagi(processes=processes)
         self.product.start_ticker()
         self.product.start_worker()
@@ -98,11 +101,12 @@ class World:
         self.redis_server.stop()
 
     # -- seats ------------------------------------------------------------------------------
-    def seat(self, agent_id: str, skills: dict, endpoint: str | None = None, mode: str = "answer") -> str:
+    def seat(self, agent_id: str, skills: dict, endpoint: str | None = None, mode: str = "answer",
+             password: str | None = None) -> str:
         """A seat logged in ready; its phone a Local channel into [lab-agent] (``mode``:
         answer | noanswer | busy) unless ``endpoint`` is given."""
         endpoint = endpoint or f"Local/{agent_id}@lab-agent/n"
-        self.acd.save_agent(Agent(agent_id, f"坐席{agent_id}", skills, endpoints=(endpoint,)))
+        self.acd.save_agent(Agent(agent_id, f"坐席{agent_id}", skills, endpoints=(endpoint,)), password=password)
         self.phone_mode(agent_id, mode)
         self.acd.login(agent_id)
         self._agents.add(agent_id)

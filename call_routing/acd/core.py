@@ -37,6 +37,9 @@ CALL_STATES = ("waiting", "ringing", "connected", "completed", "abandoned", "lef
 LEAVE_REASONS = ("emergency", "fallback", "subcenter", "transfer", "admin")
 SURVEY_SCORES = ("1", "2", "3")  # 满意 / 基本满意 / 不满意
 MAX_PRIORITY = 9
+#: pause reasons of a seat whose phone cannot ring (the PBX says so: ivr.pbx.PhoneWatcher)
+PHONE_OFFLINE, PHONE_BUSY = "phone-offline", "phone-busy"
+PHONE_STATE_TTL_S = 60  # the watcher refreshes it every few seconds; a stopped watcher blocks nobody
 DEFAULT_HANDLE_S = 180.0  # estimated handle time before a group has any history
 
 
@@ -305,11 +308,22 @@ class ACD:
         """offline → ready (or paused with a reason). Unknown agents are refused."""
         if state not in ("ready", "paused"):
             raise ACDError("an agent logs in ready or paused")
+        phone = self.phone_problem(agent_id)
+        if state == "ready" and phone:  # never offered a call its phone cannot take
+            state, reason = "paused", phone
         return self._run("login", agent_id, state, reason)
 
     def ready(self, agent_id: str, reason: str = "") -> Result:
-        """paused → ready (resume), or wrap-up → ready (wrap-up done)."""
+        """paused → ready (resume), or wrap-up → ready (wrap-up done). A seat whose phone the
+        PBX says cannot ring stays (or goes) paused with that reason until the phone is back."""
+        phone = self.phone_problem(agent_id)
+        if phone:
+            return self._run("pause", agent_id, phone)
         return self._run("ready", agent_id, "paused,wrapup", reason)
+
+    def phone_problem(self, agent_id: str) -> str | None:
+        """``phone-offline`` / ``phone-busy`` when the PBX says the seat's phone cannot ring."""
+        return _text(self.redis.get(self.keys.phone(agent_id))) or None
 
     def wrapup_done(self, agent_id: str) -> Result:
         return self._run("ready", agent_id, "wrapup", "wrapup-done")
