@@ -337,6 +337,8 @@ local ak = k_agent(a)
 local cur = hget(ak, 'state')
 if not cur then return reply('unknown') end  -- every provisioned agent has a state
 if cur ~= 'offline' then return reply('already', cur) end
+local phone = redis.call('GET', k_phone(a))  -- the PBX says the seat's phone cannot ring
+if st == 'ready' and phone then st, reason = 'paused', phone end
 local sk = agent_skills(a)
 for i = 1, #sk, 2 do redis.call('SADD', k_staffed(sk[i]), a) end
 redis.call('ZADD', k_beats(), NOW_S, a)
@@ -361,6 +363,12 @@ local ok = false
 for _, s in ipairs(split(allowed)) do if s == cur then ok = true end end
 if not ok then return reply('bad_state', cur) end
 if cur == 'wrapup' then end_wrapup(a) end
+local phone = redis.call('GET', k_phone(a))
+if phone then  -- the PBX says the seat's phone cannot ring: paused until it can
+  agent_state(a, 'paused', phone, '')
+  agent_log(a, 'paused', phone)
+  return reply('phone', phone)
+end
 redis.call('HSET', ak, 'state', 'ready', 'reason', reason, 'since', NOW_S, 'call', '', 'idle_ms', now_ms())
 agent_log(a, 'ready', reason)
 local offers = {}

@@ -305,25 +305,19 @@ class ACD:
         return bool(stored) and verify_password(password, stored)
 
     def login(self, agent_id: str, state: str = "ready", reason: str = "") -> Result:
-        """offline → ready (or paused with a reason). Unknown agents are refused."""
+        """offline → ready (or paused with a reason; paused ``phone-offline`` when the PBX says
+        the seat's phone cannot ring). Unknown agents are refused."""
         if state not in ("ready", "paused"):
             raise ACDError("an agent logs in ready or paused")
-        phone = self.phone_problem(agent_id)
-        if state == "ready" and phone:  # never offered a call its phone cannot take
-            state, reason = "paused", phone
         return self._run("login", agent_id, state, reason)
 
     def ready(self, agent_id: str, reason: str = "") -> Result:
-        """paused → ready (resume), or wrap-up → ready (wrap-up done). A seat whose phone the
-        PBX says cannot ring stays (or goes) paused with that reason until the phone is back."""
-        phone = self.phone_problem(agent_id)
-        if phone:
-            return self._run("pause", agent_id, phone)
-        return self._run("ready", agent_id, "paused,wrapup", reason)
+        """paused → ready (resume), or wrap-up → ready (wrap-up done).
 
-    def phone_problem(self, agent_id: str) -> str | None:
-        """``phone-offline`` / ``phone-busy`` when the PBX says the seat's phone cannot ring."""
-        return _text(self.redis.get(self.keys.phone(agent_id))) or None
+        A seat whose phone the PBX says cannot ring (``phone-offline`` / ``phone-busy``, kept by
+        :class:`ivr.pbx.PhoneWatcher`) logs in paused and stays (or goes) paused with that reason
+        instead of becoming ready (status ``phone``), until its phone is back."""
+        return self._run("ready", agent_id, "paused,wrapup", reason)
 
     def wrapup_done(self, agent_id: str) -> Result:
         return self._run("ready", agent_id, "wrapup", "wrapup-done")
