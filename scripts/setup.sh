@@ -34,8 +34,17 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# the real-PBX tests (docs/asterisk.md): Asterisk's core sounds (beep, silence), sipp as carrier
+# trunk and agent phone, and the runtime libraries of the prebuilt Asterisk beside the checkout
+[ -e /usr/share/asterisk/sounds/en_US_f_Allison/beep.gsm ] || missing+=(asterisk-core-sounds-en-gsm)
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+if [ -x ../shared/asterisk/sbin/asterisk ] && command -v dpkg >/dev/null 2>&1; then
+  for lib in libxslt1.1 libjansson4 libedit2 libicu72 libsqlite3-0 libxml2 libuuid1 libssl3; do
+    dpkg -s "$lib" >/dev/null 2>&1 || missing+=("$lib")
+  done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  apt_install "${missing[@]}" || echo "setup: could not install ${missing[*]} (prompt audio, browser tests and bench.webhooks use them)" >&2
+  apt_install "${missing[@]}" || echo "setup: could not install ${missing[*]} (prompt audio, browser tests, the real-PBX tests and bench.webhooks use them)" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

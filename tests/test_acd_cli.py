@@ -54,3 +54,45 @@ def test_the_ticker_process_takes_a_silent_seat_out_of_rotation(redis_url, rules
     finally:
         ticker.terminate()
         assert ticker.wait(10) == 0
+
+
+def test_the_timer_process_waits_out_a_redis_outage_instead_of_dying(tmp_path):
+    """`python -m call_routing.acd tick` started while Redis is down (or losing it) keeps
+    retrying, and ticks again once a Redis answers on that address — seen from Redis's side."""
+    import shutil
+    import socket
+    import time
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    ticker = subprocess.Popen([sys.executable, "-m", "call_routing.acd", "tick", "--every", "0.2"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = None
+    try:
+        time.sleep(2.0)
+        assert ticker.poll() is None, ticker.stderr.read()  # Redis unreachable: still there
+        server = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                   "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 20
+        while True:  # the ticker's Lua scripts arrive at the new Redis
+            try:
+                stats = client.info("commandstats")
+            except redis.ConnectionError:
+                stats = {}
+            if any(k in stats for k in ("cmdstat_evalsha", "cmdstat_eval")):
+                break
+            assert time.monotonic() < deadline, "the ticker never came back to Redis"
+            time.sleep(0.2)
+        assert ticker.poll() is None
+    finally:
+        ticker.terminate()
+        ticker.wait(10)
+        if server is not None:
+            server.terminate()
+            server.wait(10)

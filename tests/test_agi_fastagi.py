@@ -338,3 +338,34 @@ def test_200_simultaneous_fastagi_sessions_each_get_their_own_correct_routing(wo
         tickets.add(p.variables["HOTLINE_TICKET"])
     assert len(tickets) == 200
     assert world.server.stats["ok"] == 200
+
+
+def test_several_server_processes_start_together_on_a_fresh_sqlite_database(tmp_path, redis_url):
+    """--processes 2 on a database file that does not exist yet: both processes race to switch
+    it to WAL; both must live (one died with "database is locked" and left one serving)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=f"sqlite:///{tmp_path / 'fresh' / 'tickets.db'}")
+    server = subprocess.Popen([sys.executable, "-m", "agi_scripts.fastagi_server", "--port", str(port),
+                               "--processes", "2", "--log-level", "WARNING"], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(4)
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert server.poll() is None and len(children) == 1
+        assert all(Path(f"/proc/{pid}").exists() for pid in children)
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(40)
+    assert "database is locked" not in server.stderr.read()

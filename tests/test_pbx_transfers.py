@@ -159,3 +159,21 @@ def test_star3_subcenter_unreachable_then_three_way_cancel_and_hand_over(pbx):
     call.dtmf(agent_phone(leg), "*0")
     in_conference(call, caller, party)
     assert not call.hung_up(caller)
+
+
+def test_the_caller_hanging_up_while_the_expert_rings_releases_both_seats(pbx):
+    world = pbx
+    world.seat("2103", {"legal_expert": 50}, mode="noanswer")
+    call, leg = connect(world, "12348", "2007", {"legal": 50})
+    call_id = call.call_id()
+    call.dtmf(agent_phone(leg), "*4")
+    party_leg(call)
+    wait_until(lambda: any(e.get("Event") == "Newchannel" and e["Channel"].startswith("Local/2103@lab-agent")
+                           for e in world.events_since(call.mark)), 15, 0.05, "the expert's phone to ring")
+    call.hangup()
+    # the expert was only rung: free again at once, not paused; the agent's call is over
+    wait_until(lambda: (world.acd.agent("2103") or {}).get("state") == "ready", 15, 0.1, "the expert released")
+    wait_until(lambda: (world.acd.agent("2007") or {}).get("state") in ("wrapup", "ready"), 15, 0.1,
+               "the agent released")
+    ended = [e for e in world.acd.events() if e.get("call") == call_id and e["e"] == "complete"]
+    assert ended and ended[-1].get("by") == "caller"

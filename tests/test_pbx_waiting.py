@@ -76,11 +76,12 @@ def test_waiting_hold_music_invitation_position_and_a_booked_callback_placed_age
     wait_until(lambda: any(e.get("Command", "").startswith("RECORD FILE") for e in call.events()), 10, 0.1,
                "the recording of the matter")
     # the callback offer with the position, then key 1 books it
-    wait_until(lambda: any(f == sound_path(prompts, CALLBACK_OFFER) for f, _ in call.streamed()), 40, 0.1,
-               "the callback offer")
+    offer = sound_path(prompts, CALLBACK_OFFER)
+    wait_until(lambda: any(e.get("Event") == "AGIExecStart" and offer in e.get("Command", "")
+                           for e in call.events()), 40, 0.1, "the callback offer")
     position = [f for f, _ in call.streamed() if f.startswith(prompts)]
-    assert len(position) >= 3  # 您前面还有 … 位 … before the offer
-    call.dtmf(call.citizen(), "1")
+    assert len(position) >= 3  # the invitation, then 您前面还有 … 位 … before the offer
+    call.dtmf(call.citizen(), "1")  # pressed while the offer is being spoken
     wait_until(lambda: sound_path(prompts, CALLBACK_BOOKED) in call.played(), 20, 0.1, "the booking notice")
     wait_until(lambda: call.hung_up(call.channel()), 10, 0.1, "the call to end")
     assert world.acd.call(call_id)["kind"] == "callback"
