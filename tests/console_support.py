@@ -17,6 +17,15 @@ def copy_rules(directory: Path) -> Path:
     return directory / "transfer_rules.yaml"
 
 
+def open_expert_seats(app) -> None:
+    """Expert groups open at any hour in this app's rules copy (the shipped ones keep office
+    hours, and a three-way never reaches a closed group): what an admin's edit would do."""
+    path = Path(app.config["RULES_PATH"])
+    text = path.read_text("utf-8")
+    path.write_text(text.replace('hours: {days: workdays, open: "08:30", close: "17:30"}', "hours: always"), "utf-8")
+    app.extensions["rules"].reload()
+
+
 def make_console_app(tmp_path: Path, redis_url: str, **extra):
     """create_app on a copy of the rules, a fresh SQLite file, Twilio with a recording HTTP client."""
     from app import create_app

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from call_routing.acd import Agent
-from tests.console_support import csrf_of, form_csrf, make_console_app, sign_in
+from tests.console_support import csrf_of, form_csrf, make_console_app, open_expert_seats, sign_in
 from tests.twilio_support import SignedTwilio, call_params
 
 CALLER = "+8613812345678"
@@ -55,6 +55,7 @@ def answer(app, tw, sid="CAcitizen1", agent="a1"):
 
 def test_an_agent_gets_the_call_with_its_prefilled_ticket_confirms_it_and_starts_a_three_way_transfer(app):
     acd = app.extensions["acd"]
+    open_expert_seats(app)
     acd.login("e1")  # a free expert seat
     client = app.test_client()
     auth = seat_token(app, client)

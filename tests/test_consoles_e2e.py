@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 
 from call_routing.acd import Agent
-from tests.console_support import PASSWORDS, ROOT, make_console_app
+from tests.console_support import PASSWORDS, ROOT, make_console_app, open_expert_seats
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = "/usr/bin/chromedriver"
@@ -235,6 +235,7 @@ def test_an_admin_fixes_a_broken_rule_dry_runs_publishes_and_rolls_back_while_ca
 # -- the agent -----------------------------------------------------------------------------------
 def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_a_three_way_transfer(server, browser):
     base, d = server.base_url, browser
+    open_expert_seats(server)
     acd = server.extensions["acd"]
     acd.save_agent(Agent("a1", "张坐席", {"legal": 50}, endpoints=("client:a1",)))
     acd.save_agent(Agent("e1", "法律专家", {"legal_expert": 50}, endpoints=("sip:expert1@pbx.example.gov.cn",),

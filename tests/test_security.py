@@ -158,10 +158,14 @@ def test_a_call_id_with_path_characters_never_writes_a_recording_outside_the_rec
                       "HOTLINE_RECORDINGS": str(rec_dir), "HOTLINE_PROMPTS": str(tmp_path / "prompts")})
     evil = "../../../tmp/hotline-evil"
     with FastAGIServer(services, "127.0.0.1", 0, workers=4) as server:
-        fastagi_session(server.address, agi_env("12345", uniqueid=evil, network=True), Peer())
-        peer = fastagi_session(server.address, agi_env("12345", uniqueid=evil, script="queue_wait", args=(evil,),
-                                                       network=True), Peer(hangup_form="-1",
-                               hangup_when=lambda cmd, n: n > 12))
+        first = fastagi_session(server.address, agi_env("12345", uniqueid=evil, network=True), Peer())
+        # such a UNIQUEID is not taken as the call's id at all: the call gets a plain one
+        (call_id,) = [c.split(" ", 3)[3].strip('"') for c in first.commands
+                      if c.startswith("SET VARIABLE HOTLINE_CALL_ID")]
+        assert call_id and "/" not in call_id and "." not in call_id.strip(".")[:1]
+        peer = fastagi_session(server.address, agi_env("12345", uniqueid=evil, script="queue_wait",
+                                                       args=(call_id,), network=True),
+                               Peer(hangup_form="-1", hangup_when=lambda cmd, n: n > 12))
     records = [c for c in peer.commands if c.startswith("RECORD FILE")]
     assert records, peer.commands
     for cmd in records:
