@@ -136,8 +136,8 @@ exten => _X.,1,Set(LAB_MODE=${{DB(lab/${{EXTEN}})}})
  same => n(busy),Busy(5)
 
 [lab-pstn]                ; Local/<number>@lab-pstn: the carrier's network (110, sub-centers, citizens)
-exten => _X.,1,Set(LAB_MODE=${{DB(lab/pstn)}})
- same => n,GotoIf($["${{LAB_MODE}}" = "down"]?down)
+exten => _X.,1,Set(LAB_MODE=${{DB(lab/pstn)}})   ; down: the whole network; lab/pstn-<number>: one number
+ same => n,GotoIf($["${{LAB_MODE}}" = "down" | "${{DB(lab/pstn-${{EXTEN}})}}" = "down"]?down)
  same => n,Wait(0.2)
  same => n,Answer()
  same => n,Wait(3600)

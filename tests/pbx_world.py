@@ -120,6 +120,7 @@ class World:
         line, no booked callback that would take the next test's seat)."""
         self.hangup_everything()
         self.phone_mode("pstn", "up")
+        self.ami.action("DBDelTree", Family="lab")
         self.redis.flushdb()
         self._agents.clear()
 

@@ -46,22 +46,19 @@ def test_110_whose_trunk_fails_reaches_a_seat_ahead_of_everyone_waiting(pbx):
 
 def test_an_emergency_heard_while_waiting_is_transferred_and_falls_back_when_the_trunk_fails(pbx):
     world = pbx
-    call = world.call("12345")
-    call_id = call.call_id()
-    wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
-    world.flow_heard(call_id, "楼道里全是烟，邻居家着火了")
-    assert call.wait_var("HOTLINE_TARGET", "119", timeout=20)
-    call.bridged_with("Local/119@lab-pstn")
-    assert acd_state(world, call_id) not in ("waiting", "ringing")  # out of the queue
-    # the same with the carrier down: the caller lands with a seat, never in silence
-    world.phone_mode("pstn", "down")
-    second = world.call("12345")
-    second_id = second.call_id()
-    wait_until(lambda: "hotline" in second.hold_music(), 15, 0.1, "hold music")
-    world.flow_heard(second_id, "我爸倒在地上叫不醒了")
-    assert second.wait_var("HOTLINE_TARGET", "120", timeout=20)
+    world.phone_mode("pstn-120", "down")  # 119 answers, 120 cannot be reached
+    fire, medical = world.call("12345"), world.call("12345", caller="13900000002")
+    for call, said in ((fire, "楼道里全是烟，邻居家着火了"), (medical, "我爸倒在地上叫不醒了")):
+        wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
+        world.flow_heard(call.call_id(), said)
+    assert fire.wait_var("HOTLINE_TARGET", "119", timeout=20)
+    assert medical.wait_var("HOTLINE_TARGET", "120", timeout=20)
+    fire.bridged_with("Local/119@lab-pstn", timeout=20)
+    assert acd_state(world, fire.call_id()) not in ("waiting", "ringing")  # out of the queue
+    # 120 unreachable: the caller lands with a seat, never in silence
+    assert medical.wait_var("HOTLINE_ACTION", "queue", timeout=20)
     world.seat("3002", {"general": 50})
-    second.bridged_with("Local/3002@lab-agent", timeout=30)
+    medical.bridged_with("Local/3002@lab-agent", timeout=30)
 
 
 # -- waiting ------------------------------------------------------------------------------------
