@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bench.asterisk_lab import wait_until
-from tests.test_pbx_pjsip import AGENT_PHONE_UAS, Sipp, _udp_bound
+from tests.test_pbx_pjsip import AGENT_PHONE_UAS, Sipp, start_phone
 
 pytestmark = pytest.mark.pbx
 
@@ -23,15 +23,20 @@ def seat_state(world, agent_id):
     return agent.get("state"), agent.get("reason")
 
 
-def test_a_phone_that_never_registered_is_never_offered_a_call(pbx):
-    world = pbx
-    world.seat("7002", {"general": 50}, endpoint="PJSIP/agent7002")
-    wait_until(lambda: seat_state(world, "7002") == ("paused", "phone-offline"), 10, 0.1,
-               "the seat paused: its phone is offline")
+def paused_and_passed_over(world, agent_id: str, why: str):
+    """The seat is paused for ``why``; a caller then waits in line instead of ringing it."""
+    wait_until(lambda: seat_state(world, agent_id) == ("paused", why), 10, 0.1, f"the seat paused: {why}")
     call = world.call("12345")
     call_id = call.call_id()
     time.sleep(3)
     assert world.acd.call(call_id)["state"] == "waiting"
+    return call
+
+
+def test_a_phone_that_never_registered_is_never_offered_a_call(pbx):
+    world = pbx
+    world.seat("7002", {"general": 50}, endpoint="PJSIP/agent7002")
+    call = paused_and_passed_over(world, "7002", "phone-offline")
     assert not any(e.get("Event") == "Newchannel" and e["Channel"].startswith("PJSIP/agent7002")
                    for e in world.events_since(call.mark))
     # signing in again while the phone is still offline: paused at once, never ready for a moment
@@ -48,20 +53,14 @@ def test_a_phone_on_another_call_is_paused_until_it_hangs_up(pbx, tmp_path):
     phone = Sipp(tmp_path, "agent7001", AGENT_PHONE_UAS, world.lab.phone_port,
                  "-m", "2", "-timeout", "60", "-recv_timeout", "50000")
     try:
-        phone.start()
-        wait_until(lambda: _udp_bound(world.lab.phone_port), 5, 0.02, "the agent's phone to listen")
+        start_phone(world, phone)
         world.seat("7001", {"general": 50}, endpoint="PJSIP/agent7001")
         wait_until(lambda: (world.acd.agent("7001") or {}).get("state") == "ready", 5, 0.1, "the seat ready")
         # the agent makes a call of their own on that phone
         mark = len(world.ami.events)
         world.ami.action("Originate", Channel="PJSIP/agent7001", Application="Wait", Data="60", Async="true",
                          ChannelId="own-7001")
-        wait_until(lambda: seat_state(world, "7001") == ("paused", "phone-busy"), 10, 0.1,
-                   "the seat paused: its phone is busy")
-        call = world.call("12345")
-        call_id = call.call_id()
-        time.sleep(3)
-        assert world.acd.call(call_id)["state"] == "waiting"
+        call = paused_and_passed_over(world, "7001", "phone-busy")
         # the own call ends: the seat is ready again and takes the caller on that phone
         world.ami.action("Hangup", Channel="/^PJSIP\\/agent7001-/")
         call.bridged_with("PJSIP/agent7001-", timeout=20)

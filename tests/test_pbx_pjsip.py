@@ -230,15 +230,20 @@ def phone_records(phone: Sipp, kind: str) -> list[dict]:
     return out
 
 
+def start_phone(world, phone: Sipp) -> None:
+    """Start agent7001's phone and wait until it listens on its contact's port."""
+    phone.start()
+    wait_until(lambda: _udp_bound(world.lab.phone_port) or phone.proc.poll() is not None, 5, 0.02,
+               "the agent's phone to listen")
+    assert phone.proc.poll() is None, phone.diagnosis()
+
+
 def test_a_pjsip_agent_phone_gets_the_ticket_screen_pop_and_the_bye(pbx, tmp_path):
     world = pbx
     phone = Sipp(tmp_path, "agent7001", AGENT_PHONE_UAS, world.lab.phone_port,
                  "-m", "1", "-timeout", "40", "-recv_timeout", "30000")
     try:
-        phone.start()
-        wait_until(lambda: _udp_bound(world.lab.phone_port) or phone.proc.poll() is not None, 5, 0.02,
-                   "the agent's phone to listen")
-        assert phone.proc.poll() is None, phone.diagnosis()
+        start_phone(world, phone)
         world.seat("7001", {"legal": 50}, endpoint="PJSIP/agent7001")
         call = world.call("12348")
         leg = call.bridged_with("PJSIP/agent7001-", timeout=20)
