@@ -8,6 +8,9 @@
   var CALL = {waiting: "排队中", ringing: "振铃中", connected: "通话中", completed: "已结束", abandoned: "来电人已挂断"};
   var KIND = {expert: "专家座席", subcenter: "分中心"};
   var TSTATE = {ringing: "正在呼叫", joined: "已接通"};
+  // why the system paused a seat (the agent's own reasons are already in Chinese)
+  var REASON = {"phone-offline": "话机未注册，无法接听", "phone-busy": "话机占线", "no-answer": "未接听来电",
+                "not-rung": "来电未振铃"};
   var dirty = {};
   var lastTicket = null;
   var lastTransfers = "";
@@ -39,7 +42,7 @@
     var threeWay = a.state === "paused" && a.reason === "three-way";  // out of rotation while in a three-way call
     $("seat-state").textContent = threeWay ? "三方通话" : (STATE[a.state] || a.state);
     $("seat-state").className = "state s-" + (threeWay ? "busy" : a.state);
-    $("seat-reason").textContent = a.state === "paused" && a.reason && !threeWay ? "（" + a.reason + "）" : "";
+    $("seat-reason").textContent = a.state === "paused" && a.reason && !threeWay ? "（" + (REASON[a.reason] || a.reason) + "）" : "";
     $("btn-ready").disabled = a.state !== "paused" || threeWay;
     $("btn-pause").disabled = !(a.state === "ready" || a.state === "wrapup");
     $("btn-wrapup").disabled = a.state !== "wrapup";
