@@ -63,7 +63,9 @@ includes="extensions confbridge features musiconhold queues"
 if [ -n "$ami_secret" ]; then
   printf '; the 12345 gateway'"'"'s AMI user (agi_scripts/install.sh): agents'"'"' phones, console transfers\n[hotline]\nsecret = %s\ndeny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\nread = system,call,agent\nwrite = system,call,originate\n' \
     "$ami_secret" > "$etc/hotline/.manager.tmp"
-  chmod 600 "$etc/hotline/.manager.tmp"; mv -f "$etc/hotline/.manager.tmp" "$etc/hotline/manager.conf"
+  # holds a secret: readable by Asterisk (the owner of its configuration folder) and nobody else
+  chown --reference="$etc" "$etc/hotline/.manager.tmp" 2>/dev/null || true
+  chmod 640 "$etc/hotline/.manager.tmp"; mv -f "$etc/hotline/.manager.tmp" "$etc/hotline/manager.conf"
   includes="$includes manager"
 fi
 for f in $includes; do
