@@ -9,6 +9,8 @@ ConfbridgeJoin/Leave events; seat states from the ACD the product shares with ev
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bench.asterisk_lab import wait_until
@@ -167,7 +169,6 @@ def test_the_caller_hanging_up_while_the_expert_rings_releases_both_seats(pbx):
     call, leg = connect(world, "12348", "2007", {"legal": 50})
     call_id = call.call_id()
     call.dtmf(agent_phone(leg), "*4")
-    party_leg(call)
     wait_until(lambda: any(e.get("Event") == "Newchannel" and e["Channel"].startswith("Local/2103@lab-agent")
                            for e in world.events_since(call.mark)), 15, 0.05, "the expert's phone to ring")
     call.hangup()
@@ -177,3 +178,21 @@ def test_the_caller_hanging_up_while_the_expert_rings_releases_both_seats(pbx):
                "the agent released")
     ended = [e for e in world.acd.events() if e.get("call") == call_id and e["e"] == "complete"]
     assert ended and ended[-1].get("by") == "caller"
+
+
+def test_the_caller_hanging_up_during_the_survey_leaves_the_call_completed_not_abandoned(pbx):
+    world = pbx
+    call, leg = connect(world, "12345", "2008", {"general": 50})
+    call_id = call.call_id()
+    world.ami.action("Hangup", Channel=agent_phone(leg))
+    call.wait_var("HOTLINE_ACTION", "survey", timeout=10)
+    wait_until(lambda: any(e.get("Event") == "AGIExecStart" and e.get("Command", "").startswith("STREAM FILE")
+                           and e.get("Context") == "hotline-agi" for e in call.events()), 10, 0.05,
+               "the survey question")
+    call.hangup()
+    wait_until(lambda: call.hung_up(call.channel()), 10, 0.05, "the call to end")
+    time.sleep(1)
+    assert world.acd.call(call_id)["state"] == "completed"
+    ended = [e for e in world.acd.events() if e.get("call") == call_id]
+    assert [e.get("by") for e in ended if e["e"] == "complete"] == ["agent"]
+    assert not [e for e in ended if e["e"] in ("abandon", "abandoned")]
