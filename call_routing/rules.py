@@ -260,10 +260,31 @@ def _decode(name: str, data: bytes) -> tuple[str | None, list[Problem]]:
     return text, []
 
 
+MAX_YAML_DEPTH = 32  # the shipped files nest 5 deep; PyYAML's composer recurses (≈ 500 levels crash it)
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where the YAML nests deeper than :data:`MAX_YAML_DEPTH`, read from PyYAML's
+    event stream (its parser is not recursive), before anything recursive sees the text."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return event.start_mark.line + 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return None
+
+
 def parse_yaml(name: str, text: str) -> tuple[dict | None, _Doc]:
     """Safely compose YAML text into plain values with a line for every field."""
     doc = _Doc(name)
     try:
+        deep = _too_deep(text)
+        if deep is not None:
+            doc.problems.append(Problem(name, deep, "", f"nested more than {MAX_YAML_DEPTH} levels deep"))
+            return None, doc
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -334,3 +334,31 @@ def test_the_acd_timers_are_set_under_queue_and_checked_at_their_line(shipped_te
     rules, problems = check_rules(ok)
     assert problems == [] and rules.acd_settings["missed_call_callback_after_s"] == 25
     assert rules.acd_settings["ring_timeout_s"] == 20
+
+
+def test_a_rules_file_nested_hundreds_deep_is_refused_at_its_line_and_never_replaces_the_running_rules(tmp_path):
+    """Appended ``deep: [[[[ … ]]]]`` 500 levels deep once crashed the checker (RecursionError),
+    which stopped all routing; it is an invalid file like any other."""
+    import shutil
+
+    from call_routing.rules import check_rules
+    from call_routing.rules_store import RulesStore
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("transfer_rules.yaml", "emergency_keywords.yaml"):
+        shutil.copy(root / name, tmp_path / name)
+    path = tmp_path / "transfer_rules.yaml"
+    store = RulesStore(str(path))
+    good = store.current().version
+    shipped = path.read_text("utf-8")
+    lines = shipped.count("\n")
+    path.write_text(shipped + "deep: " + "[" * 500 + "]" * 500 + "\n", "utf-8")
+    rules, problems = check_rules(path)
+    assert rules is None and len(problems) == 1
+    assert problems[0].line == lines + 1 and "nested more than" in problems[0].message
+    assert store.reload() is False and store.current().version == good
+    keywords = tmp_path / "emergency_keywords.yaml"
+    path.write_text(shipped, "utf-8")
+    keywords.write_text(keywords.read_text("utf-8") + "deep: " + "{a: " * 400 + "1" + "}" * 400 + "\n", "utf-8")
+    rules, problems = check_rules(path)
+    assert rules is None and any("nested more than" in p.message for p in problems)
