@@ -59,6 +59,10 @@ class PhoneWatcher:
         self.sweep_s = sweep_s
         self.devices: dict[str, str | None] = {}  # device -> PHONE_OFFLINE | PHONE_BUSY | None (free)
         self._lock = threading.Lock()
+        # device -> the seats on it, as of the last sweep: an event costs no read of every seat
+        # (Asterisk reports every call's Local channels too; at 500 calls and 125 seats reading
+        # them all per event kept the watcher minutes behind, pausing seats on stale states)
+        self._seats_on: dict[str, list[str]] = {}
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -98,7 +102,7 @@ class PhoneWatcher:
         if event.get("Event") == "DeviceStateChange":
             device = event.get("Device", "")
             self._note(device, event.get("State", ""))
-            for agent_id in self._agents_on(device):
+            for agent_id in self._seats_on.get(device, ()):
                 self._apply(agent_id)
 
     def _note(self, device: str, state: str) -> None:
@@ -118,11 +122,14 @@ class PhoneWatcher:
                 out[agent_id] = [device_of(e) for e in agent["endpoints"]]
         return out
 
-    def _agents_on(self, device: str) -> list[str]:
-        return [a for a, devices in self._seats().items() if device in devices]
-
     def sweep(self) -> None:
-        for agent_id in self._seats():
+        seats = self._seats()
+        seats_on: dict[str, list[str]] = {}
+        for agent_id, devices in seats.items():
+            for device in devices:
+                seats_on.setdefault(device, []).append(agent_id)
+        self._seats_on = seats_on
+        for agent_id in seats:
             self._apply(agent_id)
 
     def _apply(self, agent_id: str) -> None:
