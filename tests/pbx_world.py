@@ -96,9 +96,14 @@ class World:
                        timeout=60, capture_output=True)
 
     def close(self) -> None:
+        import os
+        import shutil
+
         self.product.stop()
         self.lab.stop()
         self.redis_server.stop()
+        if os.environ.get("HOTLINE_KEEP_LAB") != "1":
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- seats ------------------------------------------------------------------------------
     def seat(self, agent_id: str, skills: dict, endpoint: str | None = None, mode: str = "answer",
