@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bench.asterisk_lab import wait_until
-from ivr.flow import CALLBACK_BOOKED, CALLBACK_OFFER, INVITE, SURVEY
+from ivr.flow import CALLBACK_BOOKED, CALLBACK_OFFER, INVITE, NEXT_IN_LINE, SURVEY
 from ivr.prompts import sound_path
 
 pytestmark = pytest.mark.pbx
@@ -76,8 +76,10 @@ def test_waiting_hold_music_invitation_position_and_a_booked_callback_placed_age
     offer = sound_path(prompts, CALLBACK_OFFER)
     wait_until(lambda: any(e.get("Event") == "AGIExecStart" and offer in e.get("Command", "")
                            for e in call.events()), 40, 0.1, "the callback offer")
-    position = [f for f, _ in call.streamed() if f.startswith(prompts)]
-    assert len(position) >= 3  # the invitation, then 您前面还有 … 位 … before the offer
+    # before the offer: the invitation, then where the caller stands (alone in line: 您是下一位)
+    before_offer = [f for f, _ in call.streamed()]
+    assert before_offer[0] == sound_path(prompts, INVITE)
+    assert before_offer[1:] and set(before_offer[1:]) == {sound_path(prompts, NEXT_IN_LINE)}
     call.dtmf(call.citizen(), "1")  # pressed while the offer is being spoken
     wait_until(lambda: sound_path(prompts, CALLBACK_BOOKED) in call.played(), 20, 0.1, "the booking notice")
     wait_until(lambda: call.hung_up(call.channel()), 10, 0.1, "the call to end")
