@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -255,14 +254,14 @@ class AsteriskLab:
                         dnid: str | None = None, variables: dict | None = None) -> str:
         """A citizen calls ``number`` over a Local channel (no DNID unless ``dnid``); returns the
         citizen's side (``Local/…;1``), which stays on the line until hung up."""
-        action_id_vars = dict(variables or {})
+        variables = dict(variables or {})
         if dnid is not None:
-            action_id_vars["CALLERID(dnid)"] = dnid
+            variables["CALLERID(dnid)"] = dnid
         fields = {"Channel": f"Local/{number}@{context}", "Context": "lab-caller", "Exten": "s",
                   "Priority": 1, "CallerID": f'"citizen" <{caller}>', "Async": "true", "Timeout": 30000,
                   "ChannelId": f"cit-{time.monotonic_ns()}"}
-        if action_id_vars:
-            fields["Variable"] = [f"{k}={v}" for k, v in action_id_vars.items()]
+        if variables:
+            fields["Variable"] = [f"{k}={v}" for k, v in variables.items()]
         self.ami.action("Originate", **fields)
         return fields["ChannelId"]
 
@@ -325,20 +324,3 @@ class Product:
         if name is None:
             for log in self._logs:
                 log.close()
-
-
-class Events:
-    """What Asterisk reported, read from the lab's AMI event stream."""
-
-    def __init__(self, ami: AMI):
-        self.ami = ami
-        self._lock = threading.Lock()
-
-    def all(self) -> list[dict]:
-        return list(self.ami.events)
-
-    def since(self, mark: int) -> list[dict]:
-        return self.all()[mark:]
-
-    def mark(self) -> int:
-        return len(self.ami.events)

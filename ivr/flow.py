@@ -307,14 +307,12 @@ class CallFlow:
             return self._turn(call, "hangup")
         if call.state == "transferring" and call.target_kind == "emergency" and call.target:
             # an emergency heard by another process (the caller's speech while waiting): go now
-            decision = decide(call.line, call.caller, now, call.heard, rules)
-            return self._turn(call, "transfer", [dict(s) for s in decision.steps if s["do"] == "say"],
+            return self._turn(call, "transfer", self._emergency_notice(call, call.heard, rules),
                               reason="emergency")
         if call.enqueued_at is None or call.state != "waiting":
             if call.enqueued_at is None:
-                extra = {"priority": call.priority} if call.priority else {}
                 self.queue.enqueue(call_id, skill=call.skill or rules.hotline.skill, line=call.line,
-                                   caller=call.caller, ticket=call.ticket, **extra)
+                                   caller=call.caller, ticket=call.ticket, priority=call.priority)
                 call.enqueued_at = call.announced_at = now
             call.state = "waiting"
             self._save(call)
@@ -361,14 +359,12 @@ class CallFlow:
             return self._turn(call, "queue")
         emergency = emergency_heard(rules, text)
         if emergency is not None:
-            decision = decide(call.line, call.caller, self.clock(), text, rules)
             self.queue.leave(call_id, "emergency")
             call.state, call.target, call.target_kind = "transferring", emergency.number, "emergency"
             call.fallback_skill = rules.hotline.skill
             self._save(call)
             log.warning("call %s: emergency %s heard while waiting, transferring", call_id, emergency.number)
-            return self._turn(call, "transfer", [dict(s) for s in decision.steps if s["do"] == "say"],
-                              reason="emergency")
+            return self._turn(call, "transfer", self._emergency_notice(call, text, rules), reason="emergency")
         if self.classify is not None:
             try:
                 fields = self.classify(text) or {}
@@ -383,6 +379,11 @@ class CallFlow:
                 call.skill = skill
         self._save(call)
         return self._turn(call, "queue")
+
+    def _emergency_notice(self, call: CallState, heard: str, rules) -> list:
+        """What the router says before an emergency transfer for what was heard (正在为您转接…)."""
+        decision = decide(call.line, call.caller, self.clock(), heard, rules)
+        return [dict(s) for s in decision.steps if s["do"] == "say"]
 
     def recorded(self, call_id: str, path: str) -> None:
         """A recording of the caller describing the matter: transcribed off the call (rq job)."""

@@ -63,12 +63,18 @@ def test_a_dual_line_reaches_its_seat_group_and_the_caller_hanging_up_is_recorde
                       "the seat to be released")
 
 
-def test_the_agent_hanging_up_sends_the_caller_to_the_survey(pbx):
-    world = pbx
-    call, leg = connect(world, "12345", "2002", {"general": 50})
+def agent_hangs_up_after_a_call(world, agent: str):
+    """A 12345 call answered by ``agent``, who hangs up first: the caller is sent to the survey."""
+    call, leg = connect(world, "12345", agent, {"general": 50})
     call_id = call.call_id()
     world.ami.action("Hangup", Channel=agent_phone(leg))
     call.wait_var("HOTLINE_ACTION", "survey", timeout=10)
+    return call, call_id
+
+
+def test_the_agent_hanging_up_sends_the_caller_to_the_survey(pbx):
+    world = pbx
+    call, call_id = agent_hangs_up_after_a_call(world, "2002")
     call.dtmf(call.citizen(), "1")  # 满意
     wait_until(lambda: call.hung_up(call.channel()), 30, 0.1, "the call to end after the survey")
     ended = [e for e in world.acd.events() if e.get("call") == call_id and e["e"] in ("complete", "survey")]
@@ -182,10 +188,7 @@ def test_the_caller_hanging_up_while_the_expert_rings_releases_both_seats(pbx):
 
 def test_the_caller_hanging_up_during_the_survey_leaves_the_call_completed_not_abandoned(pbx):
     world = pbx
-    call, leg = connect(world, "12345", "2008", {"general": 50})
-    call_id = call.call_id()
-    world.ami.action("Hangup", Channel=agent_phone(leg))
-    call.wait_var("HOTLINE_ACTION", "survey", timeout=10)
+    call, call_id = agent_hangs_up_after_a_call(world, "2008")
     wait_until(lambda: any(e.get("Event") == "AGIExecStart" and e.get("Command", "").startswith("STREAM FILE")
                            and e.get("Context") == "hotline-agi" for e in call.events()), 10, 0.05,
                "the survey question")
