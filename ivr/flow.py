@@ -688,10 +688,8 @@ class RedisCalls:
                                                         ex=self.ttl_s)
 
     def pipeline(self):
-        """Writes of one request in one round trip, as one command (the flow executes it)."""
-        from .redis_batch import one_trip
-
-        return one_trip(self.client)
+        """Writes of one request in one round trip (the flow executes it)."""
+        return self.client.pipeline(transaction=False)
 
 
 class MemoryQueue:

@@ -23,28 +23,18 @@ general seats; ``fallback`` does the same when Twilio could not reach ``voice`` 
 """
 from __future__ import annotations
 
-import base64
 import functools
-import hmac
-import io
 import logging
 import os
-from dataclasses import replace
-from hashlib import sha1
-from hmac import compare_digest
-from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
-from werkzeug.datastructures import ImmutableMultiDict
-from werkzeug.wsgi import get_host
 
 from call_routing.numbers import mask
 
 from . import twiml
 from .flow import CallNotFound
-from .redis_batch import one_trip
 from .twilio_calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard
 
 log = logging.getLogger("hotline.twilio")
@@ -62,7 +52,6 @@ SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_WAIT_TICK_S": 5,  # how often a waiting caller's wait URL is asked again
     "TWILIO_QUEUE_SHARDS": 1,  # holding queues per skill (a Twilio queue holds ≤ 5,000 calls)
     "TWILIO_OFFER_LISTENER": True,  # ring agents for offers made in other processes (ticker, workers)
-    "TWILIO_FAST_VOICE": True,  # serve signed POST /twilio/voice below Flask (VoiceFastPath)
 }
 _FALSE = ("0", "false", "no", "off")
 
@@ -111,7 +100,7 @@ def init_app(app, services=None) -> None:
         "flow": services.flow, "board": board, "legs": legs, "callbacks": CallbackLegs(board),
         "listener": OfferListener(acd, board), "listen": _flag(app.config["TWILIO_OFFER_LISTENER"]),
         "rules": app.extensions["rules"],
-        "validate": validate, "validator": _Validator(token) if token else None,
+        "validate": validate, "validator": RequestValidator(token) if token else None,
         "trust_proxy": _flag(app.config["TWILIO_TRUST_PROXY"]) if app.config["TWILIO_TRUST_PROXY"] else False,
         "public_url": (app.config["TWILIO_PUBLIC_URL"] or "").rstrip("/") or None,
         "hold_music": app.config["TWILIO_HOLD_MUSIC"], "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
@@ -119,47 +108,10 @@ def init_app(app, services=None) -> None:
     }
     app.register_blueprint(bp)
     app.register_blueprint(agent_bp)
-    if _flag(app.config["TWILIO_FAST_VOICE"]):
-        app.wsgi_app = VoiceFastPath(app, app.wsgi_app)
 
 
 def _tw() -> dict:
     return current_app.extensions["twilio"]
-
-
-class _Validator(RequestValidator):
-    """Twilio's validator, checking the URL as called first: ``RequestValidator.validate``
-    always computes two HMACs (the URL with and without its port); a valid request needs one.
-    Anything that does not match that way gets Twilio's own full check.
-
-    :meth:`signature` is Twilio's ``compute_signature`` (HMAC-SHA1 over the URL and the sorted
-    parameters) without its per-parameter exceptions (it asks a Werkzeug ``MultiDict`` for
-    ``getall`` first) and with the key schedule done once per process."""
-
-    def __init__(self, token):
-        super().__init__(token)
-        self._mac = hmac.new(self.token, digestmod=sha1)
-
-    def signature(self, uri: str, params) -> str:
-        if params and not hasattr(params, "getlist"):
-            return self.compute_signature(uri, params)
-        parts = [uri]
-        if params:
-            for name in sorted(set(params)):
-                for value in sorted(set(params.getlist(name))):
-                    parts += (name, value)
-        mac = self._mac.copy()
-        mac.update("".join(parts).encode("utf-8"))
-        return base64.b64encode(mac.digest()).decode("utf-8").strip()
-
-    def validate(self, uri, params, signature, algorithm=None):
-        if algorithm is None and signature:
-            try:
-                if compare_digest(self.signature(uri, params), signature):
-                    return True
-            except Exception:  # fall through to the library's own handling
-                pass
-        return super().validate(uri, params, signature, algorithm)
 
 
 # -- security ------------------------------------------------------------------------------
@@ -260,10 +212,6 @@ def call_webhook(kind: str):
     return wrap
 
 
-_TWIML_CACHE: dict = {}  # (action, steps, queue or target) -> TwiML: most calls get one of a few documents
-_TICKET_MARK = "HOTLINETICKETMARK"  # stands for the ticket id in a cached transfer (SIP header value)
-
-
 def _fresh_turn_twiml(turn, call_id: str, shards: int) -> str:
     """A flow turn in an ordinary (not waiting) call context, rendered by ``twilio.twiml``."""
     r = VoiceResponse()
@@ -280,54 +228,19 @@ def _fresh_turn_twiml(turn, call_id: str, shards: int) -> str:
 
 
 def _render_turn(turn, call_id: str, tw: dict | None = None) -> str:
-    """A flow turn in an ordinary (not waiting) call context, from the cache when it can be:
-    a queue answer depends only on what is said and the holding queue; a transfer only on what
-    is said and the target, the ticket id (digits) being put in its place afterwards. Equal to
-    :func:`_fresh_turn_twiml` (tested for every line of the rules)."""
-    shards = (tw or _tw())["shards"]
-    if turn.action == "queue":
-        key = ("queue", tuple((s["do"], s.get("text"), s.get("file"), s.get("language")) for s in turn.steps
-                              if s["do"] in ("say", "play")),
-               twiml.hold_queue_name(turn.skill, call_id, shards))
-        body = _TWIML_CACHE.get(key)
-        if body is None:
-            body = _cache(key, _fresh_turn_twiml(turn, call_id, shards))
-        return body
-    if turn.action == "transfer" and turn.target and turn.ticket and turn.ticket.isascii() and turn.ticket.isdigit():
-        key = ("transfer", tuple((s["do"], s.get("text"), s.get("file"), s.get("language")) for s in turn.steps
-                                 if s["do"] in ("say", "play")), turn.target)
-        template = _TWIML_CACHE.get(key)
-        if template is None:
-            template = _fresh_turn_twiml(replace(turn, ticket=_TICKET_MARK), call_id, shards)
-            if template.count(_TICKET_MARK) > 1 or _TICKET_MARK in turn.target:
-                return _fresh_turn_twiml(turn, call_id, shards)
-            _cache(key, template)
-        return template.replace(_TICKET_MARK, turn.ticket)
-    return _fresh_turn_twiml(turn, call_id, shards)
+    """A flow turn in an ordinary (not waiting) call context."""
+    return _fresh_turn_twiml(turn, call_id, (tw or _tw())["shards"])
 
 
-def _cache(key, body: str) -> str:
-    if len(_TWIML_CACHE) > 4096:
-        _TWIML_CACHE.clear()
-    _TWIML_CACHE[key] = body
-    return body
-
-
-def _start_call(tw: dict, f, base: str, sent: list | None = None) -> str:
+def _start_call(tw: dict, f, base: str) -> str:
     """``/voice``: route the call, open its ticket, remember the leg; the TwiML to answer.
-
-    The writes go to Redis in one round trip. With ``sent`` (a list) their replies are left to
-    read by the caller — after the answer has gone out — through the :class:`~ivr.redis_batch.Sent`
-    appended to it; without it they are read here."""
+    The ticket draft, the call state and the leg go to Redis in one pipeline (one round trip)."""
     call_id = f["CallSid"]
     legs = tw["legs"]
-    pipe = one_trip(legs.r, own_connection=True)  # ticket draft, call state and leg: one command
+    pipe = legs.r.pipeline(transaction=False)
     turn = tw["flow"].start(call_id, f.get("To", ""), f.get("From"), pipe=pipe)
     legs.open(call_id, pipe=pipe, base=base, to=f.get("To", ""), **{"from": f.get("From", "")})
-    if sent is not None and hasattr(pipe, "send"):
-        sent.append(pipe.send())
-    else:
-        pipe.execute()
+    pipe.execute()
     return _render_turn(turn, call_id, tw)
 
 
@@ -335,114 +248,6 @@ def _start_call(tw: dict, f, base: str, sent: list | None = None) -> str:
 @call_webhook("call")
 def voice():
     return _xml(_start_call(_tw(), request.form, _base_url()))
-
-
-class _AnswerThenReplies:
-    """The WSGI body of a call start whose Redis writes were sent but whose replies are read
-    only in ``close()``, after the server has sent the answer: Redis runs the writes while the
-    TwiML goes out, so reading their replies rarely has to wait (a sleep and a wake-up per call
-    on a busy machine). A failure there (Redis died within that millisecond) is logged: the
-    caller's next webhook (``/twilio/wait``) finds the call unknown and registers it again, as
-    after a Redis restart."""
-
-    __slots__ = ("body", "sent", "call_id")
-
-    def __init__(self, body: bytes, sent, call_id: str):
-        self.body, self.sent, self.call_id = body, sent, call_id
-
-    def __iter__(self):
-        yield self.body
-
-    def close(self) -> None:
-        try:
-            self.sent.wait()
-        except Exception:
-            log.exception("Twilio /twilio/voice: the writes of call %s were not confirmed by Redis; its next "
-                          "webhook registers it again", self.call_id)
-
-
-class VoiceFastPath:
-    """WSGI middleware serving a valid, signed ``POST /twilio/voice`` without Flask's request
-    machinery (request context, Werkzeug form parser, routing, hooks, response object): the
-    entry webhook is every call's first request, and that machinery cost as much as the call's
-    own work. The work is the Flask view's own (:func:`_start_call`), so is the answer.
-
-    Anything not plainly a well-formed signed voice request — another path or method, another
-    content type, a body over 64 KiB (or Flask's own limits) or not UTF-8, validation off or no token, a missing or
-    wrong signature, no ``CallSid`` — goes to Flask untouched, which answers as it always did
-    (403, 503, 400, …). A failure while answering is logged and answered with the general queue
-    exactly as :func:`call_webhook` does (inside a Flask request context, since that answer
-    registers the call). ``TWILIO_FAST_VOICE=0`` turns it off."""
-
-    PATH = "/twilio/voice"
-    MAX_BODY = 64 * 1024
-    HEADERS_CT = ("Content-Type", "application/xml; charset=utf-8")
-
-    def __init__(self, app, wsgi_app):
-        self.app, self.wsgi_app = app, wsgi_app
-        from werkzeug import urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
-
-    def __call__(self, environ, start_response):
-        if (environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "POST"
-                or environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded"):
-            return self.wsgi_app(environ, start_response)
-        tw = self.app.extensions["twilio"]
-        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
-        if not (tw["validate"] and tw["validator"] is not None and signature):
-            return self.wsgi_app(environ, start_response)
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or -1)
-        except ValueError:
-            length = -1
-        cfg = self.app.config
-        if not 0 <= length <= min(self.MAX_BODY, cfg.get("MAX_CONTENT_LENGTH") or self.MAX_BODY,
-                                  cfg.get("MAX_FORM_MEMORY_SIZE") or self.MAX_BODY):
-            return self.wsgi_app(environ, start_response)  # Flask applies its own limits
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)  # whoever answers instead reads it again
-        try:
-            form = ImmutableMultiDict(parse_qsl(body.decode(), keep_blank_values=True, errors="werkzeug.url_quote"))
-            base = tw["public_url"] or self._base(environ, tw["trust_proxy"], self.app.config.get("TRUSTED_HOSTS"))
-            qs = environ.get("QUERY_STRING", "")
-            url = base + self.PATH + (f"?{qs}" if qs else "")
-            valid = form.get("CallSid") and tw["validator"].validate(url, form, signature)
-        except Exception:  # Flask tells the caller what is wrong with it
-            valid = False
-        if not valid:
-            return self.wsgi_app(environ, start_response)
-        if tw["listen"] and not tw["listener"].running:  # first request of this (forked) worker
-            tw["listener"].ensure_started()
-        sent: list = []
-        try:
-            out = _start_call(tw, form, base, sent).encode()
-        except Exception:
-            with self.app.request_context(environ):
-                call_id = form.get("CallSid")
-                log.exception("Twilio %s webhook failed for call %s from %s", self.PATH, call_id,
-                              mask(form.get("From")))
-                for pending in sent:  # written before the failure: read their replies first
-                    try:
-                        pending.wait()
-                    except Exception:  # noqa: BLE001 - the general queue below registers the call
-                        pass
-                out = _general_queue(call_id).encode()
-            sent = []
-        start_response("200 OK", [self.HEADERS_CT, ("Content-Length", str(len(out)))])
-        return _AnswerThenReplies(out, sent[0], form.get("CallSid")) if sent else [out]
-
-    @staticmethod
-    def _base(environ, trust_proxy, trusted_hosts=None) -> str:
-        """``_base_url()`` from the WSGI environ (what Werkzeug's ``request.scheme``,
-        ``request.host`` and ``request.script_root`` give); raises where they would differ."""
-        root = environ.get("SCRIPT_NAME", "")
-        if not root.isascii():
-            raise ValueError("non-ASCII script root: Flask decodes it")
-        scheme = environ.get("wsgi.url_scheme", "http")
-        host = get_host(environ, trusted_hosts)
-        if trust_proxy:
-            scheme = (environ.get("HTTP_X_FORWARDED_PROTO") or scheme).split(",")[0].strip() or scheme
-            host = (environ.get("HTTP_X_FORWARDED_HOST") or host).split(",")[0].strip() or host
-        return f"{scheme}://{host}{root.rstrip('/')}"
 
 
 @bp.post("/fallback")

@@ -34,7 +34,7 @@ def test_bench_webhooks_reports_figures_with_its_generator(generator):
     from ivr.serving import default_workers
 
     # both servers run with the product's gunicorn settings (ivr/serving.py)
-    assert figures["worker_class"] == "ivr.batch_worker.BatchSyncWorker" and figures["workers"] == default_workers()
+    assert figures["worker_class"] == "sync" and figures["workers"] == default_workers()
     assert figures["connections"] == 10
 
 
