@@ -6,7 +6,7 @@
 client's address for the audit log and sign-in throttling; default 0, the socket's peer).
 ``python app.py`` runs the whole product on one machine: an embedded Redis when
 ``REDIS_URL`` is not set (its data in ``REDIS_DATA_DIR``, default ``var/redis``, ``off`` for
-none), the rq worker (``python -m ivr.worker``), the ACD timers
+none), the rq worker (``python -m intake.worker``), the ACD timers
 (``python -m call_routing.acd tick``), the FastAGI server for
 Asterisk (``FASTAGI_BIND``, default 127.0.0.1:4573, ``off`` to skip) and the web app under
 gunicorn (``BIND``, default 0.0.0.0:8000).
@@ -48,15 +48,15 @@ def create_app(config: dict | None = None) -> Flask:
     # Later edits are picked up within a second; an invalid edit never replaces them.
     app.extensions["rules"] = RulesStore(app.config["RULES_PATH"])
 
-    from ivr import agent_api  # the agent console's JSON API (ACD seats), under /agent/api/
+    from consoles import agent_api  # the agent console's JSON API (ACD seats), under /agent/api/
 
     agent_api.init_app(app)
 
-    from ivr import twilio_webhooks  # Twilio webhooks under /twilio/ (docs/twilio.md)
+    from ivr.twilio import webhooks as twilio_webhooks  # Twilio webhooks under /twilio/ (docs/twilio.md)
 
     twilio_webhooks.init_app(app)
 
-    from ivr import asterisk_console  # the console's transfers for Asterisk calls (AMI: HOTLINE_AMI)
+    from consoles import asterisk_console  # the console's transfers for Asterisk calls (AMI: HOTLINE_AMI)
 
     asterisk_console.init_app(app)
 
@@ -82,7 +82,7 @@ def create_app(config: dict | None = None) -> Flask:
 
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
-    from call_routing.redis_server import DataDirError, redis_url_or_embedded
+    from runtime.redis_server import DataDirError, redis_url_or_embedded
     from call_routing.rules import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -103,7 +103,7 @@ def main() -> int:
     import consoles
 
     consoles.bootstrap_from_env()  # first start: admin account (ADMIN_PASSWORD, else a printed one-time password)
-    children = [subprocess.Popen([sys.executable, "-m", "ivr.worker", "--url", url], cwd=ROOT),
+    children = [subprocess.Popen([sys.executable, "-m", "intake.worker", "--url", url], cwd=ROOT),
                 # ACD timers: overflow, ring and wrap-up timeouts, heartbeats, callbacks
                 subprocess.Popen([sys.executable, "-m", "call_routing.acd", "tick"], cwd=ROOT)]
     fastagi = os.environ.get("FASTAGI_BIND", "127.0.0.1:4573")
@@ -116,7 +116,7 @@ def main() -> int:
     try:
         from gunicorn.app.base import BaseApplication
 
-        from ivr import serving
+        from runtime import serving
 
         class _Server(BaseApplication):
             def load_config(self):

@@ -5,13 +5,13 @@
 Asterisk connects once per AGI() call (``agi://127.0.0.1:4573/route_call``); the handler is
 chosen by ``agi_network_script`` (route_call, queue_wait, transfer, survey). pyst2's own
 fastagi is Python-2 only and its ``AGI()`` wants the main thread, so sessions run on a
-bounded thread pool with :class:`ivr.agi.AGIChannel` (no signals, a timeout on every
+bounded thread pool with :class:`ivr.asterisk.agi.AGIChannel` (no signals, a timeout on every
 command). When every worker is busy and the waiting line is full, a new session is closed at
 once — Asterisk's AGI() then returns and the dialplan's fallback reaches the general seats,
 instead of the caller hearing silence.
 
 With ``HOTLINE_AMI`` set (``ami://hotline:SECRET@127.0.0.1:5038``) the server also follows
-the agents' phones through the Asterisk manager (:class:`ivr.pbx.PhoneWatcher`): a seat whose
+the agents' phones through the Asterisk manager (:class:`ivr.asterisk.pbx.PhoneWatcher`): a seat whose
 phone is unregistered or on another call is never offered a call.
 
 SIGHUP re-reads the rules now (they are also picked up within a second of an edit); calls
@@ -30,7 +30,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ivr.agi import COMMAND_TIMEOUT_S, AGIChannel, Hangup, set_fallback
+from ivr.asterisk.agi import COMMAND_TIMEOUT_S, AGIChannel, Hangup, set_fallback
 
 from . import HANDLERS
 from .session import run
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     server.start()
     acd = getattr(services.flow.queue, "acd", None)
     if children is not None and acd is not None:  # one process follows the agents' phones (HOTLINE_AMI)
-        from ivr.pbx import run_in_background
+        from ivr.asterisk.pbx import run_in_background
 
         run_in_background(acd)
     log.info("FastAGI on %s:%d, handlers %s, rules %s", *server.address[:2], ", ".join(sorted(server.handlers)),

@@ -14,7 +14,7 @@ import os
 import re
 import wave
 
-from ivr.agi import EAGI_RATE, Hangup, hand_back, play_steps
+from ivr.asterisk.agi import EAGI_RATE, Hangup, hand_back, play_steps
 
 MAX_SESSION_S = float(os.environ.get("HOTLINE_WAIT_SESSION_S", "60"))
 TICK_S = 1.0

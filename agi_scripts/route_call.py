@@ -28,7 +28,7 @@ if __name__ == "__main__" and not __package__:  # run by Asterisk as a file
 
 import re  # noqa: E402
 
-from ivr.agi import hand_back, play_steps  # noqa: E402
+from ivr.asterisk.agi import hand_back, play_steps  # noqa: E402
 
 _UNKNOWN = ("", "unknown", "anonymous", "s")
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from call_routing.numbers import mask
-from ivr.agi import AGIChannel, CommandTimeout, EAGIAudio, Hangup, set_fallback
+from ivr.asterisk.agi import AGIChannel, CommandTimeout, EAGIAudio, Hangup, set_fallback
 
 log = logging.getLogger("hotline.agi")
 

@@ -5,7 +5,7 @@ into the KPIs; no key within the timeout is recorded as no answer. Ends with ``h
 """
 from __future__ import annotations
 
-from ivr.agi import hand_back, play_steps
+from ivr.asterisk.agi import hand_back, play_steps
 
 
 def handler(session) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 
-from ivr.agi import hand_back
+from ivr.asterisk.agi import hand_back
 from ivr.flow import CallNotFound, Turn
 
 log = logging.getLogger("hotline.agi.threeway")

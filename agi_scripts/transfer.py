@@ -13,7 +13,7 @@ callback, and one the ACD had booked meanwhile (the caller looked lost) is cance
 """
 from __future__ import annotations
 
-from ivr.agi import hand_back
+from ivr.asterisk.agi import hand_back
 
 
 def handler(session) -> None:

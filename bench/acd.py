@@ -27,7 +27,7 @@ import redis
 
 from call_routing.acd import ACD
 from call_routing.acd.kpi import audit, read_log
-from call_routing.redis_server import redis_url_or_embedded
+from runtime.redis_server import redis_url_or_embedded
 from call_routing.rules import load_rules
 
 PREFIX = "benchacd"

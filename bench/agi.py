@@ -134,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--processes", type=int, default=2, help="FastAGI server processes (default: one per core)")
     args = parser.parse_args(argv)
 
-    from call_routing.redis_server import EmbeddedRedis
+    from runtime.redis_server import EmbeddedRedis
 
     embedded = None
     url = os.environ.get("REDIS_URL")

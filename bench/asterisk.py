@@ -58,9 +58,9 @@ import redis
 
 from bench.asterisk_lab import AMI_SECRET, AMI_USER, PRODUCT_AMI_SECRET, AsteriskLab, Product, locate
 from call_routing.acd import ACD, Agent
-from call_routing.redis_server import EmbeddedRedis
+from runtime.redis_server import EmbeddedRedis
 from call_routing.rules import load_rules
-from ivr.ami import AMI
+from ivr.asterisk.ami import AMI
 
 ROOT = Path(__file__).resolve().parent.parent
 # 12345 itself, merged lines (their transition prompt) and dual lines (their own seat group)

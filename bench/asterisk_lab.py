@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ivr.ami import AMI
+from ivr.asterisk.ami import AMI
 
 ROOT = Path(__file__).resolve().parent.parent
 AMI_USER, AMI_SECRET = "lab", "lab-secret"
@@ -293,7 +293,7 @@ class Product:
 
     def start_worker(self) -> None:
         """The rq worker: speech jobs, hand-offs, and callbacks placed as Asterisk call files."""
-        self._spawn("worker", [sys.executable, "-m", "ivr.worker", "--url", self.env["REDIS_URL"],
+        self._spawn("worker", [sys.executable, "-m", "intake.worker", "--url", self.env["REDIS_URL"],
                                "--log-level", "WARNING"])
 
     def _spawn(self, name: str, argv: list) -> None:

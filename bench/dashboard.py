@@ -19,7 +19,7 @@ import redis
 
 from call_routing.acd import ACD
 from call_routing.acd.kpi import kpis, read_entries
-from call_routing.redis_server import redis_url_or_embedded
+from runtime.redis_server import redis_url_or_embedded
 from call_routing.rules import load_rules
 from consoles.dashboard import Dashboard, start_of_day
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from ivr import speech
+from intake import speech
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "tests" / "data" / "speech"

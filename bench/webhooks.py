@@ -3,7 +3,7 @@
     python -m bench.webhooks [--seconds 12] [--rounds 12] [--connections 100] [--workers 2]
                              [--tickets db|memory] [--generator auto|wrk|python] [--threads 1]
 
-Both servers run in this run with the same gunicorn settings — the product's (``ivr/serving.py``;
+Both servers run in this run with the same gunicorn settings — the product's (``runtime/serving.py``;
 ``--workers`` overrides the worker count) — on this machine's cores, measured in alternating rounds (bare, app, bare, app, …: load
 from anything else on the machine falls on both alike), loaded by the same generator with
 ``--connections`` concurrent connections and a new connection per request (as Twilio does).
@@ -156,9 +156,9 @@ def _python(port, requests, connections, seconds) -> dict:
 # -- servers ---------------------------------------------------------------------------------
 def _serve(target: str, port: int, workers: int, env: dict) -> subprocess.Popen:
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    # the product's gunicorn settings (ivr/serving.py: sync workers, backlog, GC freeze after
+    # the product's gunicorn settings (runtime/serving.py: sync workers, backlog, GC freeze after
     # start-up) for both servers; only the worker count is the bench's argument
-    proc = subprocess.Popen([gunicorn, "-c", "python:ivr.serving", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([gunicorn, "-c", "python:runtime.serving", "-w", str(workers), "-b", f"127.0.0.1:{port}",
                              "--log-level", "warning", target], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -218,7 +218,7 @@ def _measure_both(env, args, generator, workdir, redis_pid=None) -> tuple[dict, 
     """Both servers up at once (an idle sync worker costs nothing), measured in alternating
     rounds — bare, app, bare, app, … — so that load from anything else on the machine falls on
     both alike. Every round of the app gets CallSids never used before."""
-    from call_routing.redis_server import free_port
+    from runtime.redis_server import free_port
 
     ports = {"bare": free_port(), "app": free_port()}
     procs = {}
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=12, help="alternating rounds (bare, app, bare, app, ...)")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers for both servers (default: the product's, ivr/serving.py)")
+                        help="gunicorn workers for both servers (default: the product's, runtime/serving.py)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the server gets the cores)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
                         help="auto: wrk when installed (apt-get install wrk), else the Python generator")
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
                         help="db: tickets opened in DATABASE_URL on the voice path (the product); "
                              "memory: in-process stand-in, to measure the front-end alone")
     args = parser.parse_args(argv)
-    from ivr import serving  # the product's gunicorn settings, for both servers
+    from runtime import serving  # the product's gunicorn settings, for both servers
 
     if args.workers is None:
         args.workers = serving.default_workers()
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     workdir = tempfile.mkdtemp(prefix="bench-webhooks-")
     try:
         if not url:
-            from call_routing.redis_server import EmbeddedRedis
+            from runtime.redis_server import EmbeddedRedis
 
             embedded = EmbeddedRedis().start()
             url = embedded.url

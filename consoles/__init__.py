@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class Console:
     db: object  # consoles.db.ConsoleStore
-    tickets: object  # ivr.tickets.TicketStore
+    tickets: object  # intake.tickets.TicketStore
     editor: object  # consoles.rules_admin.RulesEditor
     dashboard: object  # consoles.dashboard.Dashboard
 
@@ -90,7 +90,7 @@ def _bearer_ok(header: str, token: str) -> bool:
 def init_app(app) -> None:
     import redis
 
-    from ivr.tickets import TicketStore
+    from intake.tickets import TicketStore
 
     from . import admin, agent_console, auth
     from .dashboard import Dashboard, HotlineCollector

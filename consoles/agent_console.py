@@ -5,8 +5,8 @@ seat in (``ACD.login``) and gives the page a token of the ACD agent API, so ever
 takes goes through the same JSON API other consoles use — no second implementation:
 
 * seat state, current call: ``GET /agent/api/me`` (polled every 1.5 s), ``POST /agent/api/state``,
-  ``/heartbeat``, ``/wrapup/done``, ``/call/decline``, ``/call/transfer`` (ivr/agent_api.py);
-* three-way / cold transfer, cancel, leave: ``POST /agent/api/twilio/...`` (ivr/twilio_webhooks.py);
+  ``/heartbeat``, ``/wrapup/done``, ``/call/decline``, ``/call/transfer`` (consoles/agent_api.py);
+* three-way / cold transfer, cancel, leave: ``POST /agent/api/twilio/...`` (ivr/twilio/webhooks.py);
 * the call's pre-filled ticket: ``GET /agent/api/ticket`` and ``POST /agent/api/ticket/confirm``
   (this module), shown as the agent role may see it (``Ticket.view("agent")``).
 """
@@ -18,7 +18,7 @@ import secrets
 from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 
 from call_routing.router import conference_options
-from ivr.agent_api import TOKEN_TTL_S, agent_required
+from consoles.agent_api import TOKEN_TTL_S, agent_required
 
 from .auth import actor, check_csrf, roles_required
 
@@ -157,7 +157,7 @@ def ticket():
 @api.post("/confirm")
 @agent_required
 def confirm():
-    from ivr.tickets import TicketError
+    from intake.tickets import TicketError
 
     call = _my_call()
     if call is None or not call.get("ticket"):
@@ -180,7 +180,7 @@ MAX_RESULT_CHARS = 2000
 
 
 def _ticket_port():
-    """The call flow's ticket port (``ivr.jobs.CallTickets``): its ``finish`` also queues the
+    """The call flow's ticket port (``intake.jobs.CallTickets``): its ``finish`` also queues the
     signed hand-off. Built from the app's stores when no front-end made one."""
     tw = current_app.extensions.get("twilio")
     port = getattr(tw["flow"], "tickets", None) if tw else None
@@ -188,7 +188,7 @@ def _ticket_port():
         return port
     port = current_app.extensions.get("console_call_tickets")
     if port is None:
-        from ivr.jobs import HANDOFF_QUEUE, CallTickets
+        from intake.jobs import HANDOFF_QUEUE, CallTickets
 
         queue = None
         if current_app.config.get("REDIS_URL"):
@@ -205,7 +205,7 @@ def _ticket_port():
 @roles_required("agent")
 def finish_ticket():
     """办结: only the ticket of the agent's own current (or just ended) call, once confirmed."""
-    from ivr.tickets import TicketError
+    from intake.tickets import TicketError
 
     wants_json = request.is_json or request.accept_mimetypes.best == "application/json"
     body = request.get_json(silent=True) if request.is_json else request.form

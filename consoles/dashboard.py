@@ -146,7 +146,7 @@ class Dashboard:
         """满意率 = (满意 + 基本满意) ÷ callers who answered the survey, per entry line."""
         if self.tickets is None:
             return {"total": _no_survey(), "lines": {}}
-        from ivr.tickets import TicketRow
+        from intake.tickets import TicketRow
 
         start = datetime.fromtimestamp(since, CHINA_TZ)
         with self.tickets.engine.connect() as conn:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ivr.tickets import UTCDateTime, database_url, make_engine
+from intake.tickets import UTCDateTime, database_url, make_engine
 
 ROLES = ("admin", "supervisor", "agent")
 ROLE_NAMES = {"admin": "管理员", "supervisor": "班长/质检", "agent": "坐席"}

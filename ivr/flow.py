@@ -5,7 +5,7 @@ heard, a key was pressed, a transfer ended, the caller hung up — and gets back
 :class:`Turn`: steps to speak (``say``/``play``, ``listen`` for what to capture next) and a
 hand-off (``queue`` = keep/put the caller in the queue, ``transfer`` = connect to
 ``target``, ``hangup``, ``survey``). Rendering a turn is the front-end's only job: AGI
-commands in :mod:`ivr.agi`, TwiML in the Twilio blueprint.
+commands in :mod:`ivr.asterisk.agi`, TwiML in the Twilio blueprint.
 
     flow = CallFlow(rules_store.current, services)
     turn = flow.start(call_id, dialed, caller)       # decision + ticket

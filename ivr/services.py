@@ -2,7 +2,7 @@
 
 ``REDIS_URL`` set: the Redis ACD (:mod:`call_routing.acd`) and call state in Redis, shared by
 every AGI script, FastAGI server and web worker. Unset: in-process stand-ins (one FastAGI
-server, demos, tests) — said once in the log. Tickets use :mod:`ivr.tickets` when it is
+server, demos, tests) — said once in the log. Tickets use :mod:`intake.tickets` when it is
 installed, and what was heard is classified by :mod:`ivr.prefill` for domain re-queueing.
 """
 from __future__ import annotations
@@ -149,13 +149,13 @@ def _tickets(cfg: dict | None = None):
     if os.environ.get("HOTLINE_TICKETS") == "memory":  # development, and benchmarks of routing alone
         return MemoryTickets()
     try:
-        from . import tickets  # noqa: F401  (landing with the speech-to-ticket work)
+        from intake import tickets  # noqa: F401  (landing with the speech-to-ticket work)
     except ImportError:
-        log.warning("ivr.tickets is not installed: tickets are kept in memory of this process")
+        log.warning("intake.tickets is not installed: tickets are kept in memory of this process")
         return MemoryTickets()
     factory = getattr(tickets, "ticket_port", None)
     if factory is None:
-        log.warning("ivr.tickets has no ticket_port(): tickets are kept in memory of this process")
+        log.warning("intake.tickets has no ticket_port(): tickets are kept in memory of this process")
         return MemoryTickets()
     # the same Redis as the call state: ticket drafts travel in the flow's pipeline
     return factory({"REDIS_URL": (cfg or {}).get("REDIS_URL")})
@@ -171,23 +171,23 @@ def _recognizer(spec: str | None = None):
     if not os.environ.get("VOSK_MODEL_PATH"):
         return None  # no model: what waiting callers say is recorded and transcribed by a job
     try:
-        from .speech import model_available
+        from intake.speech import model_available
     except Exception:  # not installed: recorded instead
-        log.warning("VOSK_MODEL_PATH is set but ivr.speech cannot be imported: recording instead")
+        log.warning("VOSK_MODEL_PATH is set but intake.speech cannot be imported: recording instead")
         return None
     if not model_available():
-        return None  # ivr.speech has logged why; waiting callers are recorded instead
+        return None  # intake.speech has logged why; waiting callers are recorded instead
     return SpeechStream
 
 
 class SpeechStream:
-    """One call's streaming recognition (:class:`ivr.speech.StreamRecognizer`, 8 kHz PCM from
+    """One call's streaming recognition (:class:`intake.speech.StreamRecognizer`, 8 kHz PCM from
     EAGI) behind the two calls the queue-wait loop makes: ``accept`` and ``final``."""
 
     CHUNK = 1600  # 100 ms at 8 kHz 16-bit: the recognizer takes 20-100 ms pieces
 
     def __init__(self):
-        from .speech import StreamRecognizer
+        from intake.speech import StreamRecognizer
 
         self.stream = StreamRecognizer(8000, "pcm16")
 

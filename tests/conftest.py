@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 # app would ring agents of the next test's calls. Tests that need it turn it on in their config.
 os.environ.setdefault("TWILIO_OFFER_LISTENER", "0")
 
-from call_routing.redis_server import EmbeddedRedis  # noqa: E402
+from runtime.redis_server import EmbeddedRedis  # noqa: E402
 from call_routing.rules import load_rules  # noqa: E402
 
 

@@ -29,8 +29,8 @@ def open_expert_seats(app) -> None:
 def make_console_app(tmp_path: Path, redis_url: str, **extra):
     """create_app on a copy of the rules, a fresh SQLite file, Twilio with a recording HTTP client."""
     from app import create_app
-    from ivr.jobs import CallTickets
-    from ivr.tickets import TicketStore
+    from intake.jobs import CallTickets
+    from intake.tickets import TicketStore
     from tests.twilio_support import ACCOUNT, TOKEN, RecordingHttpClient
 
     rules_path = copy_rules(tmp_path)

@@ -17,7 +17,7 @@ import redis
 
 from bench.asterisk_lab import PRODUCT_AMI_SECRET, AsteriskLab, Product, wait_until
 from call_routing.acd import ACD, Agent
-from call_routing.redis_server import EmbeddedRedis
+from runtime.redis_server import EmbeddedRedis
 from call_routing.rules import load_rules
 from call_routing.rules_store import RulesStore
 

@@ -20,7 +20,7 @@ from agi_peer import Peer, agi_env, converse
 from call_routing.acd import ACD, Agent
 from call_routing.rules import load_rules
 from ivr.prompts import sound_path
-from ivr.tickets import TicketStore
+from intake.tickets import TicketStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "agi_scripts" / "route_call.py"
@@ -41,15 +41,15 @@ def env(redis_url, tmp_path):
 def tickets(env) -> TicketStore:
     """The ticket store as the agent console or a job sees it: rows not written yet are created
     from the draft the call path left in Redis (ticket creation is off the call path)."""
-    from ivr.tickets import TicketDrafts
+    from intake.tickets import TicketDrafts
 
     return TicketStore(env["DATABASE_URL"], drafts=TicketDrafts(redis_lib.Redis.from_url(env["REDIS_URL"])))
 
 
 def work_off(env) -> None:
-    """The rq worker's turn (``python -m ivr.worker --burst``): the call end and the rating are
+    """The rq worker's turn (``python -m intake.worker --burst``): the call end and the rating are
     written to the ticket by a job, never inside the call path."""
-    done = subprocess.run([sys.executable, "-m", "ivr.worker", "--burst"], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "intake.worker", "--burst"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from call_routing.redis_server import free_port
+from runtime.redis_server import free_port
 from call_routing.rules import RulesError
 
 ROOT = Path(__file__).resolve().parent.parent

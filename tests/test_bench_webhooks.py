@@ -31,9 +31,9 @@ def test_bench_webhooks_reports_figures_with_its_generator(generator):
         assert figures[key] and figures[key] > 0, key
     assert figures["errors"] == 0 and figures["bare_errors"] == 0  # every signed call answered 200
     assert figures["callsid_repeats"] == 0
-    from ivr.serving import default_workers
+    from runtime.serving import default_workers
 
-    # both servers run with the product's gunicorn settings (ivr/serving.py)
+    # both servers run with the product's gunicorn settings (runtime/serving.py)
     assert figures["worker_class"] == "sync" and figures["workers"] == default_workers()
     assert figures["connections"] == 10
 
@@ -42,7 +42,7 @@ def test_the_product_serves_with_one_sync_worker_per_core_plus_one_unless_told(m
     import gc
     import os
 
-    from ivr import serving
+    from runtime import serving
 
     monkeypatch.delenv("WEB_WORKERS", raising=False)
     assert serving.default_workers() == (os.cpu_count() or 1) + 1
@@ -64,7 +64,7 @@ def test_a_started_worker_builds_the_pre_fill_classifier_in_the_background(redis
     from types import SimpleNamespace
 
     from app import create_app
-    from ivr import serving
+    from runtime import serving
 
     app = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_path), "TWILIO_AUTH_TOKEN": "t",
                       "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "SECRET_KEY": "s", "TWILIO_OFFER_LISTENER": "0"})

@@ -56,7 +56,7 @@ def test_the_agent_finishes_the_confirmed_ticket_the_hand_off_is_queued_and_audi
     assert r.get_json()["ticket"]["status"] == "finished"
     t = store.get(ticket_id)
     assert (t.status, t.result) == ("finished", "已告知法律援助申请流程及所需材料")
-    assert queue.jobs == [("ivr.jobs.hand_off", {**queue.jobs[0][1], "ticket_id": ticket_id})]
+    assert queue.jobs == [("intake.jobs.hand_off", {**queue.jobs[0][1], "ticket_id": ticket_id})]
     (entry,) = app.extensions["console"].db.audit_entries(action="ticket.finish")
     assert (entry.actor, entry.target) == ("agent1", str(ticket_id))
     assert "已告知法律援助申请流程及所需材料" in entry.after and "finished" in entry.diff

@@ -1,6 +1,6 @@
 """Faults under load: every one ends with zero lost calls and zero lost tickets.
 
-The calls are :mod:`ivr.simulate`'s (signed Twilio webhooks over HTTP, FastAGI sessions over
+The calls are :mod:`tools.simulate`'s (signed Twilio webhooks over HTTP, FastAGI sessions over
 TCP, agents through the agent API), each fault injected while calls are flowing. All traffic
 stays on 127.0.0.1; every wait is bounded.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from agi_peer import Peer, agi_env, converse
 
-from ivr.simulate import Simulation
+from tools.simulate import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "agi_scripts" / "extensions.conf.sample"
@@ -112,8 +112,8 @@ def test_a_web_worker_killed_during_a_webhook_leaves_the_fallback_url_to_queue_t
 
     from twilio.request_validator import RequestValidator
 
-    from ivr.tickets import TicketDrafts, TicketStore
-    from ivr import jobs
+    from intake.tickets import TicketDrafts, TicketStore
+    from intake import jobs
     from tests.twilio_support import ACCOUNT, TOKEN, call_params
 
     import redis as redis_lib

@@ -259,7 +259,7 @@ RECORDINGS = st.one_of(
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=RECORDINGS, ext=st.sampled_from([".wav", ".ulaw", ".sln", ".gsm", ""]))
 def test_bad_recordings_are_reported_unreadable_never_raised(tmp_path_factory, data, ext):
-    from ivr.speech import transcribe_file
+    from intake.speech import transcribe_file
 
     path = tmp_path_factory.mktemp("rec") / f"r{ext}"
     path.write_bytes(data)
@@ -269,7 +269,7 @@ def test_bad_recordings_are_reported_unreadable_never_raised(tmp_path_factory, d
 
 
 def test_a_huge_recording_is_refused_by_its_length_not_read_into_memory(tmp_path):
-    from ivr.speech import transcribe_file
+    from intake.speech import transcribe_file
 
     path = tmp_path / "huge.wav"
     with open(path, "wb") as f:  # a 2-hour 8 kHz header over a sparse file
@@ -281,7 +281,7 @@ def test_a_huge_recording_is_refused_by_its_length_not_read_into_memory(tmp_path
 
 @pytest.mark.parametrize("data", [b"", b"RIFF", _wav()[:30], _wav(rate=44100, channels=2), b"\xff" * 1000])
 def test_the_transcription_job_files_a_ticket_for_any_recording(tmp_path, monkeypatch, data, redis_url):
-    from ivr import jobs
+    from intake import jobs
 
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 't.db'}")
     monkeypatch.delenv("VOSK_MODEL_PATH", raising=False)

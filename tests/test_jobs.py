@@ -1,4 +1,4 @@
-"""rq jobs with a real worker process (``python -m ivr.worker``) on the real Redis fixture.
+"""rq jobs with a real worker process (``python -m intake.worker``) on the real Redis fixture.
 
 Covers: pre-fill of text heard on the call, corrupt and model-less recordings (ticket still
 filed, flagged for manual entry), a worker killed with SIGKILL mid-job (the job is retried
@@ -25,8 +25,8 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from ivr import jobs
-from ivr.tickets import TicketStore
+from intake import jobs
+from intake.tickets import TicketStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLER = "13812345678"
@@ -70,7 +70,7 @@ class Workers:
 
     def start(self, *args: str) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "w+")
-        proc = subprocess.Popen([sys.executable, "-m", "ivr.worker", "--url", self.env["REDIS_URL"], *args],
+        proc = subprocess.Popen([sys.executable, "-m", "intake.worker", "--url", self.env["REDIS_URL"], *args],
                                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         proc.log = log
@@ -157,7 +157,7 @@ def test_a_corrupt_recording_still_yields_a_ticket_flagged_for_manual_entry(stor
 def test_a_mu_law_wav_from_the_pbx_is_not_mistaken_for_a_corrupt_recording(tmp_path):
     import numpy as np
 
-    from ivr.speech import encode_ulaw
+    from intake.speech import encode_ulaw
 
     samples = (np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000) * 8000).astype(np.int16)
     data = encode_ulaw(samples)
@@ -411,7 +411,7 @@ def test_the_workers_pre_fill_follows_an_admins_rules_edit_and_ignores_an_invali
     import shutil
     import time
 
-    from ivr import jobs
+    from intake import jobs
 
     shutil.copy(rules_path, tmp_path / "transfer_rules.yaml")
     shutil.copy(rules_path.parent / "emergency_keywords.yaml", tmp_path / "emergency_keywords.yaml")

@@ -14,7 +14,7 @@ import pytest
 
 from bench.asterisk_lab import wait_until
 from call_routing.router import decide
-from ivr.agi import sound_of
+from ivr.asterisk.agi import sound_of
 from ivr.flow import INVITE
 from ivr.prompts import sound_path
 from tests.pbx_world import AFTER_FORWARD, AFTER_HANGUP, BEFORE_WINDOW

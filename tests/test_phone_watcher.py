@@ -1,11 +1,11 @@
-"""ivr.pbx.PhoneWatcher without a PBX: device state events move seats, and an event costs no
+"""ivr.asterisk.pbx.PhoneWatcher without a PBX: device state events move seats, and an event costs no
 read of every seat (Asterisk reports every call's channels: at 500 calls that read kept the
 watcher minutes behind — bench/asterisk.py, docs/asterisk.md)."""
 from __future__ import annotations
 
 from acd_support import make_acd, seat
 
-from ivr.pbx import PhoneWatcher
+from ivr.asterisk.pbx import PhoneWatcher
 
 
 def test_device_events_pause_and_free_seats_from_the_sweeps_index_without_reading_every_seat(redis_url, rules):

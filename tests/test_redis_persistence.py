@@ -12,7 +12,7 @@ import redis
 
 from acd_support import make_acd
 from call_routing.acd import Agent
-from call_routing.redis_server import DEFAULT_DATA_DIR, DataDirBusy, EmbeddedRedis, redis_url_or_embedded
+from runtime.redis_server import DEFAULT_DATA_DIR, DataDirBusy, EmbeddedRedis, redis_url_or_embedded
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_benchmarks_keep_an_ephemeral_redis_whatever_REDIS_DATA_DIR_says(monkeyp
 
 
 def test_the_product_default_is_var_redis_and_REDIS_URL_still_wins(monkeypatch):
-    from call_routing.redis_server import data_dir_from_env
+    from runtime.redis_server import data_dir_from_env
 
     monkeypatch.delenv("REDIS_DATA_DIR", raising=False)
     assert data_dir_from_env() == DEFAULT_DATA_DIR and DEFAULT_DATA_DIR.parts[-2:] == ("var", "redis")

@@ -218,7 +218,7 @@ def test_secrets_never_reach_the_logs(app, caplog, monkeypatch, tmp_path):
     sign_in(app.test_client(), "admin", "wrong-password-for-admin")
     client.post("/agent/api/login", json={"agent_id": "a1", "password": "agent-wrong-pw-555"})
     client.get("/metrics", headers={"Authorization": "Bearer metrics-token-secret-42"})
-    from ivr import jobs
+    from intake import jobs
 
     monkeypatch.setenv("DATABASE_URL", app.config["DATABASE_URL"])
     jobs.close_resources()
@@ -236,7 +236,7 @@ def test_secrets_never_reach_the_logs(app, caplog, monkeypatch, tmp_path):
 
 
 def test_no_caller_number_appears_in_full_in_the_logs_of_a_whole_simulated_run(caplog):
-    from ivr.simulate import Simulation
+    from tools.simulate import Simulation
 
     caplog.set_level(logging.DEBUG)
     with Simulation(12, "both", 2, 21, progress=False, callback_share=0.3) as sim:

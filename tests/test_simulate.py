@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from call_routing.acd.callbacks import callback_job_id
-from ivr.simulate import Simulation
+from tools.simulate import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_callback_job_ids_accept_asterisk_uniqueids():
 def test_the_command_prints_the_report_and_one_json_object_last():
     env = dict(os.environ)
     env.pop("REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "ivr.simulate", "--calls", "6", "--agents", "2", "--seed", "2"],
+    proc = subprocess.run([sys.executable, "-m", "tools.simulate", "--calls", "6", "--agents", "2", "--seed", "2"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])

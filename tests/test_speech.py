@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ivr import speech
+from intake import speech
 
 SPEECH_DATA = Path(__file__).parent / "data" / "speech"
 ENDPOINT_S = 0.12  # StreamRecognizer default: trailing silence that ends an utterance
@@ -219,7 +219,7 @@ def no_model(monkeypatch):
 def test_without_a_model_recordings_get_no_model_status_and_startup_says_so_once(
         no_model, answers_clip, tmp_path, caplog):
     wav = write_wav(tmp_path / "a.wav", answers_clip, 16000)
-    with caplog.at_level(logging.WARNING, logger="ivr.speech"):
+    with caplog.at_level(logging.WARNING, logger="intake.speech"):
         speech.preload()
         results = [speech.transcribe_file(str(wav)) for _ in range(3)]
         assert not speech.model_available()

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ivr.tickets import TicketStore
+from intake.tickets import TicketStore
 
 
 @pytest.fixture

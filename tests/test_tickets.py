@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from call_routing.rules import CHINA_TZ
-from ivr.tickets import ExtensionRefused, TicketError, TicketPolicy, TicketStore
+from intake.tickets import ExtensionRefused, TicketError, TicketPolicy, TicketStore
 from ticket_db import fresh_schema, postgres_reachable, postgres_url
 
 T0 = datetime(2025, 9, 30, 10, 0, tzinfo=CHINA_TZ)  # the Tuesday before National Day 2025
@@ -239,7 +239,7 @@ def test_an_agent_moving_a_ticket_to_another_line_brings_that_lines_skill_and_de
 
 def test_every_survey_answer_the_caller_can_give_is_kept_on_the_ticket(store):
     from ivr.flow import SURVEY_SCORES
-    from ivr.jobs import CallTickets
+    from intake.jobs import CallTickets
 
     port = CallTickets(store)
     for digit, score in SURVEY_SCORES.items():

@@ -1,6 +1,6 @@
 """Ticket creation off the call path: numbers from hi/lo blocks (no database per call), drafts in
 Redis, rows written by the ticket writer — or by whichever consumer touches the ticket first.
-Real Redis, real SQLite, a real ``python -m ivr.worker``."""
+Real Redis, real SQLite, a real ``python -m intake.worker``."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from ivr.jobs import CallTickets, requeue_unwritten, write_pending_tickets
-from ivr.tickets import TicketDrafts, TicketStore
+from intake.jobs import CallTickets, requeue_unwritten, write_pending_tickets
+from intake.tickets import TicketDrafts, TicketStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLER = "13812345678"
@@ -144,7 +144,7 @@ def test_the_worker_process_writes_the_drafts(db, drafts, redis_url):
            for i in range(5)]
     env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=db, PYTHONPATH=str(ROOT))
     env.pop("VOSK_MODEL_PATH", None)
-    done = subprocess.run([sys.executable, "-m", "ivr.worker", "--burst", "--no-scheduler", "--url", redis_url],
+    done = subprocess.run([sys.executable, "-m", "intake.worker", "--burst", "--no-scheduler", "--url", redis_url],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with _plain(db) as plain:

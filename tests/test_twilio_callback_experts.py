@@ -4,7 +4,7 @@ ACD, and the survey and emergency exits in the queue log."""
 from __future__ import annotations
 
 from call_routing.acd.callbacks import PLACED, place_callback
-from ivr.twilio_calls import TwilioCallbackDialer
+from ivr.twilio.calls import TwilioCallbackDialer
 from tests.test_twilio_calls import CALLER, connect, hotline, start, wait  # noqa: F401  (fixture)
 from tests.twilio_support import API, call_params, query, said, verbs
 

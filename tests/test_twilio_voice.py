@@ -131,7 +131,7 @@ def test_voice_checks_the_public_url_and_forwarded_headers(make_env):
 def test_voice_failure_still_queues_the_caller_for_the_general_seats(make_env, monkeypatch, caplog):
     import xml.etree.ElementTree as ET
 
-    from ivr import twilio_webhooks
+    from ivr.twilio import webhooks as twilio_webhooks
 
     client, post = make_env()
     flow = client.application.extensions["twilio"]["flow"]

@@ -37,7 +37,7 @@ CALL_STATES = ("waiting", "ringing", "connected", "completed", "abandoned", "lef
 LEAVE_REASONS = ("emergency", "fallback", "subcenter", "transfer", "admin")
 SURVEY_SCORES = ("1", "2", "3")  # 满意 / 基本满意 / 不满意
 MAX_PRIORITY = 9
-#: pause reasons of a seat whose phone cannot ring (the PBX says so: ivr.pbx.PhoneWatcher)
+#: pause reasons of a seat whose phone cannot ring (the PBX says so: ivr.asterisk.pbx.PhoneWatcher)
 PHONE_OFFLINE, PHONE_BUSY = "phone-offline", "phone-busy"
 PHONE_STATE_TTL_S = 60  # the watcher refreshes it every few seconds; a stopped watcher blocks nobody
 DEFAULT_HANDLE_S = 180.0  # estimated handle time before a group has any history
@@ -315,7 +315,7 @@ class ACD:
         """paused → ready (resume), or wrap-up → ready (wrap-up done).
 
         A seat whose phone the PBX says cannot ring (``phone-offline`` / ``phone-busy``, kept by
-        :class:`ivr.pbx.PhoneWatcher`) logs in paused and stays (or goes) paused with that reason
+        :class:`ivr.asterisk.pbx.PhoneWatcher`) logs in paused and stays (or goes) paused with that reason
         instead of becoming ready (status ``phone``), until its phone is back."""
         return self._run("ready", agent_id, "paused,wrapup", reason)
 

@@ -12,7 +12,7 @@ KEYS = {
     "agent_skills": ("{p}:agent:{x}:skills", "hash: skill id -> level (1-99, higher first)"),
     "agents": ("{p}:agents", "set: every provisioned agent id"),
     "phone": ("{p}:phone:{x}", "string: an agent's phone cannot ring (phone-offline | phone-busy), as the PBX "
-                               "says (ivr.pbx.PhoneWatcher); expires unless refreshed"),
+                               "says (ivr.asterisk.pbx.PhoneWatcher); expires unless refreshed"),
     "ready": ("{p}:ready:{x}", "zset per skill: ready agents, score (100-level)*1e13 + idle-since ms"),
     "staffed": ("{p}:staffed:{x}", "set per skill: agents logged in (any state but offline)"),
     "queue": ("{p}:queue:{x}", "zset per skill: waiting calls, score (9-priority)*1e13 + entered ms"),

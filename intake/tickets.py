@@ -286,7 +286,7 @@ class TicketDrafts:
 
     The call path numbers the ticket (:meth:`TicketStore.allocate_id`, no database) and writes a
     draft — in the same pipeline as the call's own state — and the ticket writer
-    (:func:`ivr.jobs.write_pending_tickets`, in ``python -m ivr.worker``) turns drafts into rows.
+    (:func:`intake.jobs.write_pending_tickets`, in ``python -m intake.worker``) turns drafts into rows.
     Every reader and writer of a ticket (jobs, agent console, survey, close) creates the row
     from the draft when it is not there yet, so the order of jobs never matters.
 
@@ -930,8 +930,8 @@ class TicketStore:
 
 def ticket_port(config: dict | None = None):
     """The ticket port the call flow uses (``ivr.flow.TicketPort``), from DATABASE_URL, REDIS_URL
-    and RULES_PATH; see :class:`ivr.jobs.CallTickets`."""
-    from .jobs import CallTickets
+    and RULES_PATH; see :class:`intake.jobs.CallTickets`."""
+    from intake.jobs import CallTickets
 
     return CallTickets.from_config(config)
 

@@ -1,16 +1,16 @@
 """The agent console's transfer controls for calls that came through Asterisk (the ones from
 Twilio are ``/agent/api/twilio/…``): ``POST /agent/api/asterisk/three-way`` (``{"kind":
 "subcenter"|"expert"}``), ``…/cancel``, ``…/leave``. The decisions are the flow's, the moves
-:class:`ivr.pbx.AsteriskSwitchboard`'s (AMI, ``HOTLINE_AMI``)."""
+:class:`ivr.asterisk.pbx.AsteriskSwitchboard`'s (AMI, ``HOTLINE_AMI``)."""
 from __future__ import annotations
 
 import functools
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from .agent_api import agent_required
-from .flow import CallNotFound
-from .pbx import AsteriskSwitchboard, SwitchboardError
+from consoles.agent_api import agent_required
+from ivr.flow import CallNotFound
+from ivr.asterisk.pbx import AsteriskSwitchboard, SwitchboardError
 
 bp = Blueprint("asterisk_agent", __name__, url_prefix="/agent/api/asterisk")
 

@@ -8,7 +8,7 @@ ever written into Redis.
 Failure handling:
 
 * every job is enqueued with retries and backoff (``Retry``) and a timeout;
-* a worker killed mid-job leaves the job in rq's started registry; ``ivr.worker`` re-queues
+* a worker killed mid-job leaves the job in rq's started registry; ``intake.worker`` re-queues
   it as soon as it sees the worker is dead (rq itself would only after the heartbeat expires);
 * a recording that cannot be read yields a ticket flagged for manual entry at once (no
   retry can make a corrupt file readable); a job that still fails on its last attempt flags
@@ -51,7 +51,7 @@ _prefillers: dict = {}
 
 def ticket_store(url: str | None = None):
     """The process's ticket store; it finds drafts of tickets not yet written at REDIS_URL."""
-    from .tickets import TicketStore, database_url
+    from intake.tickets import TicketStore, database_url
 
     url = database_url(url)
     schema = os.environ.get("DATABASE_SCHEMA") or None
@@ -70,7 +70,7 @@ def prefiller(rules_path: str | None = None):
     (:class:`~ivr.services.PrefillClassifier`, as in the web app)."""
     from call_routing.rules_store import RulesStore
 
-    from .services import PrefillClassifier
+    from ivr.services import PrefillClassifier
 
     path = rules_path or os.environ.get("RULES_PATH") or None
     with _lock:
@@ -106,7 +106,7 @@ def recording_problem(path: str) -> str | None:
     The header check is speech's own (WAV PCM/μ-law/A-law, raw .ulaw/.sln…), so a recording
     the recognizer can read is never flagged here, with or without a model.
     """
-    from .speech import UnreadableAudio, probe_audio
+    from intake.speech import UnreadableAudio, probe_audio
 
     try:
         probe_audio(path)
@@ -196,7 +196,7 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
                                     entry_line=entry_line, rules_version=version)
         return {"ticket": t.id, "status": t.status, "transcript_status": t.transcript_status, "reason": problem}
     try:
-        from . import speech  # imported here: workers without Vosk still file tickets
+        from intake import speech  # imported here: workers without Vosk still file tickets
     except ImportError:
         speech = None
     if speech is None or not speech.model_available():
@@ -351,7 +351,7 @@ def _retry(env: str, default: tuple[int, ...]):
 def enqueue_recording(queue, call_id: str, recording: str, entry_line: str | None = None):
     from rq import Callback
 
-    return queue.enqueue("ivr.jobs.transcribe_recording", call_id=call_id, recording=recording,
+    return queue.enqueue("intake.jobs.transcribe_recording", call_id=call_id, recording=recording,
                          entry_line=entry_line, job_timeout=SPEECH_TIMEOUT_S,
                          retry=_retry("SPEECH_RETRY_S", SPEECH_RETRY_S),
                          on_failure=Callback(flag_when_out_of_retries), description=f"transcribe call {call_id}")
@@ -361,7 +361,7 @@ def enqueue_text(queue, call_id: str, text: str, confidence: float | None = None
                  source: str = "speech", append: bool = True):
     from rq import Callback
 
-    return queue.enqueue("ivr.jobs.prefill_transcript", call_id=call_id, text=text, confidence=confidence,
+    return queue.enqueue("intake.jobs.prefill_transcript", call_id=call_id, text=text, confidence=confidence,
                          entry_line=entry_line, source=source, append=append, job_timeout=SPEECH_TIMEOUT_S,
                          retry=_retry("SPEECH_RETRY_S", SPEECH_RETRY_S),
                          on_failure=Callback(flag_when_out_of_retries), description=f"pre-fill call {call_id}")
@@ -377,13 +377,13 @@ def record_call_end(ticket_id: int, outcome: str = "", survey: str | None = None
 
 
 def enqueue_call_end(queue, ticket_id: int, outcome: str = "", survey: str | None = None):
-    return queue.enqueue("ivr.jobs.record_call_end", ticket_id=int(ticket_id), outcome=outcome, survey=survey,
+    return queue.enqueue("intake.jobs.record_call_end", ticket_id=int(ticket_id), outcome=outcome, survey=survey,
                          job_timeout=HANDOFF_TIMEOUT_S, retry=_retry("HANDOFF_RETRY_S", HANDOFF_RETRY_S),
                          description=f"call end of ticket {ticket_id}")  # the hand-off queue's retries
 
 
 def enqueue_handoff(queue, ticket_id: int):
-    return queue.enqueue("ivr.jobs.hand_off", ticket_id=ticket_id, job_timeout=HANDOFF_TIMEOUT_S,
+    return queue.enqueue("intake.jobs.hand_off", ticket_id=ticket_id, job_timeout=HANDOFF_TIMEOUT_S,
                          retry=_retry("HANDOFF_RETRY_S", HANDOFF_RETRY_S), description=f"hand off ticket {ticket_id}")
 
 
@@ -395,13 +395,13 @@ WRITE_BATCH = 200
 
 
 def write_pending_tickets(store=None, drafts=None, *, block_s: float = 0.0, limit: int | None = None) -> int:
-    """Create the rows of tickets the call path numbered and drafted (:class:`ivr.tickets.TicketDrafts`).
+    """Create the rows of tickets the call path numbered and drafted (:class:`intake.tickets.TicketDrafts`).
 
     Each call id is moved from ``tickets:pending`` to ``tickets:writing`` (LMOVE), written
     (create-or-find: already written by a job or the console → nothing to do) and only then
     removed, so a worker killed mid-way loses nothing (:func:`requeue_unwritten` at start).
     ``block_s`` > 0 waits that long for the first draft. Returns how many were written."""
-    from .tickets import TicketDrafts
+    from intake.tickets import TicketDrafts
 
     store = store or ticket_store()
     drafts = drafts or store.drafts or TicketDrafts.from_env()
@@ -432,7 +432,7 @@ def requeue_unwritten(drafts) -> int:
 
 
 def ticket_writer_loop(stop, store=None, drafts=None) -> None:
-    """``python -m ivr.worker`` runs this in a thread: rows appear within milliseconds of the call."""
+    """``python -m intake.worker`` runs this in a thread: rows appear within milliseconds of the call."""
     while not stop.is_set():
         try:
             write_pending_tickets(store, drafts, block_s=1.0, limit=WRITE_BATCH)
@@ -460,7 +460,7 @@ class CallTickets:
     store: object
     speech_queue: object = None
     handoff_queue: object = None
-    drafts: object = None  # ivr.tickets.TicketDrafts: tickets opened without the database
+    drafts: object = None  # intake.tickets.TicketDrafts: tickets opened without the database
 
     #: the flow may hand ``open`` a Redis pipeline to carry the draft (see CallFlow.start)
     accepts_pipeline = True
@@ -475,7 +475,7 @@ class CallTickets:
             import redis
             from rq import Queue
 
-            from .tickets import TicketDrafts
+            from intake.tickets import TicketDrafts
 
             conn = redis.Redis.from_url(cfg["REDIS_URL"])
             speech_q, handoff_q = Queue(SPEECH_QUEUE, connection=conn), Queue(HANDOFF_QUEUE, connection=conn)

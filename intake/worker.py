@@ -1,4 +1,4 @@
-"""``python -m ivr.worker`` — the rq worker for speech → ticket and hand-off jobs.
+"""``python -m intake.worker`` — the rq worker for speech → ticket and hand-off jobs.
 
 Before taking a job it loads everything a job needs once: the rules and pre-fill data, the
 ticket store, and the Vosk model when ``VOSK_MODEL_PATH`` is set (about 1.5 s and 500 MB —
@@ -25,7 +25,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 
-from . import jobs
+from intake import jobs
 
 log = logging.getLogger("hotline.worker")
 MAINTENANCE_INTERVAL_S = 30
@@ -95,7 +95,7 @@ def preload() -> None:
     jobs.ticket_store()
     if os.environ.get("VOSK_MODEL_PATH"):
         try:
-            from . import speech
+            from intake import speech
         except ImportError as exc:
             log.warning("VOSK_MODEL_PATH is set but speech recognition is not installed (%s): "
                         "recordings will be flagged for manual entry", exc)
@@ -110,7 +110,7 @@ def preload() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ivr.worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m intake.worker", description=__doc__.split("\n")[0])
     from call_routing.acd.callbacks import RQ_QUEUE as CALLBACK_QUEUE
 
     # speech first (the ticket must be ready when the agent picks up), then callbacks, then hand-offs
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     # the ticket writer: rows for the tickets the call path numbered and drafted in Redis
     import threading
 
-    from .tickets import TicketDrafts
+    from intake.tickets import TicketDrafts
 
     drafts = TicketDrafts(Redis.from_url(args.url, decode_responses=True))
     store = jobs.ticket_store()

@@ -1,6 +1,6 @@
-"""``python -m ivr.simulate`` — synthetic calls through the whole product, no phone line needed.
+"""``python -m tools.simulate`` — synthetic calls through the whole product, no phone line needed.
 
-    python -m ivr.simulate --calls 200 [--front twilio|agi|both] [--agents 20] [--seed 1]
+    python -m tools.simulate --calls 200 [--front twilio|agi|both] [--agents 20] [--seed 1]
 
 Starts what it needs when nothing is running (an embedded Redis unless ``REDIS_URL`` is set, a
 SQLite ticket database in a temp folder, the web app on a threaded HTTP server on 127.0.0.1,
@@ -70,8 +70,8 @@ MATTERS = ("我想问一下公积金贷款最多能贷多少", "小区门口的�
 LINES = ("12345",) * 12 + ("12301", "12348", "12333", "12315", "12329", "12319", "12360")
 
 _ACTIVE: "Simulation | None" = None  # the running simulation (for the callback dialer factory)
-if __name__ == "__main__":  # python -m ivr.simulate: the rq job imports ivr.simulate, make it this module
-    sys.modules.setdefault("ivr.simulate", sys.modules[__name__])
+if __name__ == "__main__":  # python -m tools.simulate: the rq job imports tools.simulate, make it this module
+    sys.modules.setdefault("tools.simulate", sys.modules[__name__])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,7 +832,7 @@ class SimAsterisk:
 # callbacks: the rq job's dialer, simulated
 
 class SimCallbackDialer:
-    """``HOTLINE_CALLBACK_DIALER=ivr.simulate:callback_dialer``: the agent first, then the citizen."""
+    """``HOTLINE_CALLBACK_DIALER=tools.simulate:callback_dialer``: the agent first, then the citizen."""
 
     def __init__(self, sim: "Simulation"):
         self.sim = sim
@@ -990,7 +990,7 @@ class Simulation:
         self.recordings = os.path.join(self.dir, "recordings")
         os.makedirs(self.recordings, exist_ok=True)
         if not self.redis_url:
-            from call_routing.redis_server import EmbeddedRedis
+            from runtime.redis_server import EmbeddedRedis
 
             self.redis_server = EmbeddedRedis().start()
             self.redis_url = self.redis_server.url
@@ -1002,12 +1002,12 @@ class Simulation:
         env = {"REDIS_URL": self.redis_url, "DATABASE_URL": self.db_url, "RULES_PATH": self.rules_path,
                "HOTLINE_INVITE_AFTER_S": "1", "HOTLINE_RECORDINGS": self.recordings,
                "HOTLINE_PROMPTS": os.path.join(self.dir, "prompts"), "HOTLINE_WAIT_SESSION_S": "20",
-               "HOTLINE_CALLBACK_DIALER": "ivr.simulate:callback_dialer", "TWILIO_OFFER_LISTENER": "1",
+               "HOTLINE_CALLBACK_DIALER": "tools.simulate:callback_dialer", "TWILIO_OFFER_LISTENER": "1",
                "SPEECH_RETRY_S": "1,1", "HANDOFF_RETRY_S": "1"}
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         _ACTIVE = self
-        from ivr import jobs
+        from intake import jobs
 
         jobs.close_resources()  # a fresh store for this database
         from call_routing.rules_store import RulesStore
@@ -1046,7 +1046,7 @@ class Simulation:
         import redis as redis_lib
 
         from call_routing.acd import ACD
-        from call_routing.redis_server import free_port
+        from runtime.redis_server import free_port
         from call_routing.rules_store import RulesStore
 
         self.rules_store = RulesStore(self.rules_path)
@@ -1061,7 +1061,7 @@ class Simulation:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
         self._children.append(subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(self.web_workers), "-k", "gthread", "--threads", "16",
-             "--backlog", "2048", "-b", f"127.0.0.1:{self.web_port}", "--log-level", "error", "ivr.simulate:web_app()"],
+             "--backlog", "2048", "-b", f"127.0.0.1:{self.web_port}", "--log-level", "error", "tools.simulate:web_app()"],
             **quiet))
         self._children.append(subprocess.Popen(
             [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", "127.0.0.1", "--port", str(agi_port),
@@ -1125,8 +1125,8 @@ class Simulation:
 
         from call_routing.acd.callbacks import RQ_QUEUE
 
-        from . import jobs
-        from .tickets import TicketDrafts
+        from intake import jobs
+        from intake.tickets import TicketDrafts
 
         from rq.timeouts import TimerDeathPenalty
 
@@ -1194,7 +1194,7 @@ class Simulation:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        from ivr import jobs
+        from intake import jobs
 
         jobs.close_resources()
         _ACTIVE = None
@@ -1310,7 +1310,7 @@ class Simulation:
         if rec.ticket:
             return rec.ticket
         try:
-            from .flow import RedisCalls
+            from ivr.flow import RedisCalls
 
             state = RedisCalls(self.acd.redis).get(rec.id) or {}
             return state.get("ticket")
@@ -1386,7 +1386,7 @@ def print_report(sim: Simulation, result: dict, out=sys.stdout) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ivr.simulate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.simulate", description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--front", choices=("twilio", "agi", "both"), default="both")
     p.add_argument("--agents", type=int, default=None, help="simulated seats (default calls/10, 4..100)")

@@ -2,8 +2,8 @@
 transfer controls under ``/agent/api/twilio/``.
 
 A call's life is :class:`ivr.flow.CallFlow`'s (shared with Asterisk); this module only turns
-Twilio requests into flow events and turns into TwiML (:mod:`ivr.twiml`), and lets the
-:class:`~ivr.twilio_calls.Switchboard` move legs with the REST API. Every path Twilio calls is
+Twilio requests into flow events and turns into TwiML (:mod:`ivr.twilio.twiml`), and lets the
+:class:`~ivr.twilio.calls.Switchboard` move legs with the REST API. Every path Twilio calls is
 flat under ``/twilio/`` so that relative URLs in TwiML resolve to it.
 
     voice           entry (number's Voice URL)        fallback    number's Fallback URL
@@ -33,9 +33,9 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from call_routing.numbers import mask
 
-from . import twiml
-from .flow import CallNotFound
-from .twilio_calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard
+from ivr.twilio import twiml
+from ivr.flow import CallNotFound
+from ivr.twilio.calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard
 
 log = logging.getLogger("hotline.twilio")
 
@@ -68,7 +68,7 @@ def init_app(app, services=None) -> None:
     if services is None:
         from call_routing.acd import ACD
 
-        from .services import AcdQueue, build
+        from ivr.services import AcdQueue, build
 
         acd = app.extensions.get("acd")
         if acd is None:
@@ -82,7 +82,7 @@ def init_app(app, services=None) -> None:
     else:
         acd = services.flow.queue.acd
     warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # run by the server once a worker has started (ivr/serving.py)
+    if warm is not None:  # run by the server once a worker has started (runtime/serving.py)
         app.extensions.setdefault("warm_up", []).append(warm)
     legs = Legs(acd.redis)
     board = Switchboard(services.flow, acd, legs, account_sid=app.config["TWILIO_ACCOUNT_SID"],
@@ -380,7 +380,7 @@ def transfer_status():
 @bp.post("/callback-agent")
 @call_webhook("leg")
 def callback_agent():
-    """A callback's agent leg answered (:class:`~ivr.twilio_calls.TwilioCallbackDialer`)."""
+    """A callback's agent leg answered (:class:`~ivr.twilio.calls.TwilioCallbackDialer`)."""
     return _xml(_tw()["callbacks"].agent_answered(request.args["call"], int(request.args.get("n", 0)),
                                                   request.args.get("agent", "")))
 
@@ -467,7 +467,7 @@ def _agent_call() -> str | None:
 
 
 def _agent_action(fn):
-    from .agent_api import agent_required
+    from consoles.agent_api import agent_required
 
     @agent_required
     @functools.wraps(fn)

@@ -1,6 +1,6 @@
 """Steps and turns of :mod:`ivr.flow` rendered as TwiML (``twilio.twiml.voice_response``).
 
-Pure functions, no I/O: the Twilio blueprint (:mod:`ivr.twilio_webhooks`) decides what to say
+Pure functions, no I/O: the Twilio blueprint (:mod:`ivr.twilio.webhooks`) decides what to say
 and where to go; this module only writes it down. URLs are relative to ``/twilio/`` so Twilio
 resolves them against the URL it called (and signs them the same way).
 

@@ -1,7 +1,7 @@
 """How the web app is served: the gunicorn settings ``python app.py`` uses, shared with
 ``bench.webhooks`` so that the benchmark measures the product as it runs.
 
-    gunicorn -c python:ivr.serving 'app:create_app()'
+    gunicorn -c python:runtime.serving 'app:create_app()'
 
 Figures behind each setting: docs/twilio.md (Benchmark).
 """

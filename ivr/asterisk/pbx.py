@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from call_routing.acd.core import PHONE_BUSY, PHONE_OFFLINE, PHONE_STATE_TTL_S
 
-from .ami import AMI, AMIError
+from ivr.asterisk.ami import AMI, AMIError
 
 log = logging.getLogger("hotline.pbx")
 

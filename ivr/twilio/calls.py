@@ -26,7 +26,7 @@ from twilio.rest import Client
 from call_routing.acd.callbacks import AGENT_NO_ANSWER, CONNECTED, NO_ANSWER, report_callback_outcome
 from call_routing.numbers import mask
 
-from . import twiml
+from ivr.twilio import twiml
 
 log = logging.getLogger("hotline.twilio")
 
@@ -414,7 +414,7 @@ class Switchboard:
         log.info("call %s from %s ended", call_id, mask(leg.get("from")))
 
     def _flow_state(self, call_id: str):
-        from .flow import CallNotFound
+        from ivr.flow import CallNotFound
 
         try:
             return self.flow.state(call_id)
@@ -540,7 +540,7 @@ _FAILED = ("no-answer", "busy", "failed", "canceled")
 
 class TwilioCallbackDialer:
     """The :class:`call_routing.acd.callbacks.CallbackDialer` for Twilio
-    (``HOTLINE_CALLBACK_DIALER=ivr.twilio_calls:TwilioCallbackDialer``, in the rq worker).
+    (``HOTLINE_CALLBACK_DIALER=ivr.twilio.calls:TwilioCallbackDialer``, in the rq worker).
 
     Agent first, then the citizen — nobody is rung into silence: ``dial`` places the agent's
     leg (``Calls.json``, ``Url=/twilio/callback-agent``); when the agent answers, that webhook
@@ -662,7 +662,7 @@ class CallbackLegs:
     def _after_talk(self, call_id: str, n: int, step):
         """``step()`` when the citizen and the agent of callback ``n`` talked and the call is
         still known; else None."""
-        from .flow import CallNotFound
+        from ivr.flow import CallNotFound
 
         if not self.legs.get(call_id).get(f"once:cb-answered:{n}"):
             return None

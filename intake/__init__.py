@@ -1,0 +1,1 @@
+"""Intake: what a call leaves behind — speech recognised, tickets, the rq jobs and their worker."""

@@ -1,0 +1,1 @@
+"""Runtime: how the product's processes are served and started (gunicorn settings, embedded Redis)."""
