@@ -56,9 +56,9 @@ def create_app(config: dict | None = None) -> Flask:
 
     twilio_webhooks.init_app(app)
 
-    from consoles import asterisk_console  # the console's transfers for Asterisk calls (AMI: HOTLINE_AMI)
+    from consoles import transfers  # the agent's transfer controls for Twilio and Asterisk calls (AMI: HOTLINE_AMI)
 
-    asterisk_console.init_app(app)
+    transfers.init_app(app)
 
     import consoles  # sign-in /login, admin and supervisor pages /admin/, agent console /agent/, /metrics
 

@@ -12,6 +12,7 @@ Redis ACD (``REDIS_URL``, rules from ``RULES_PATH``) with its skills and telepho
 Every change is written to the audit log as actor ``cli:<login name>``.
 """
 from __future__ import annotations
+from intake.callback_jobs import rq_dispatch
 
 import argparse
 import getpass
@@ -104,7 +105,8 @@ def _seat(args) -> int:
         sid, _, level = part.strip().partition(":")
         if sid:
             skills[sid] = int(level or 50)
-    acd = ACD.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), RulesStore(os.environ.get("RULES_PATH") or None))
+    acd = ACD.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), RulesStore(os.environ.get("RULES_PATH") or None),
+                       dispatch_callback=rq_dispatch)
     expert = any(acd.rules.skills[s].expert for s in skills if s in acd.rules.skills)
     try:
         acd.save_agent(Agent(args.agent_id, args.name or args.agent_id, skills,

@@ -67,10 +67,10 @@ def prefiller(rules_path: str | None = None):
     the rules meanwhile. The rules file is watched as the web app watches it
     (:class:`~call_routing.rules_store.RulesStore`: checked at most once a second, an invalid
     edit never replaces valid rules); the pre-filler is rebuilt when the rules change
-    (:class:`~ivr.services.PrefillClassifier`, as in the web app)."""
+    (:class:`~ivr.prefill.PrefillClassifier`, as in the web app)."""
     from call_routing.rules_store import RulesStore
 
-    from ivr.services import PrefillClassifier
+    from ivr.prefill import PrefillClassifier
 
     path = rules_path or os.environ.get("RULES_PATH") or None
     with _lock:

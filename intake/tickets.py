@@ -928,13 +928,5 @@ class TicketStore:
             existing.callers, existing.ticket_ids = len(callers), ids
 
 
-def ticket_port(config: dict | None = None):
-    """The ticket port the call flow uses (``ivr.flow.TicketPort``), from DATABASE_URL, REDIS_URL
-    and RULES_PATH; see :class:`intake.jobs.CallTickets`."""
-    from intake.jobs import CallTickets
-
-    return CallTickets.from_config(config)
-
-
-__all__ = ["ticket_port", "TicketStore", "TicketDrafts", "Ticket", "TicketPolicy", "TicketError", "ExtensionRefused", "NoSuchTicket",
+__all__ = ["TicketStore", "TicketDrafts", "Ticket", "TicketPolicy", "TicketError", "ExtensionRefused", "NoSuchTicket",
            "CALLER_ROLES", "FIELDS", "STATUSES", "make_engine", "database_url"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 
 from call_routing.rules_store import RulesStore
 
 from call_routing.acd.core import LEAVE_REASONS
+from intake.callback_jobs import rq_dispatch
 
+from .prefill import PrefillClassifier
 from .flow import CallFlow, MemoryCalls, MemoryQueue, MemoryTickets, QueueStatus, RedisCalls
 
 log = logging.getLogger("hotline.services")
@@ -107,35 +108,6 @@ class AcdQueue:
         self.acd.end_three_way(agent)
 
 
-class PrefillClassifier:
-    """What was heard -> the domain seat group, when a specific one stands out."""
-
-    def __init__(self, rules_source):
-        self._source = rules_source
-        self._cache = (None, None)
-        self._lock = threading.Lock()
-
-    def __call__(self, text: str) -> dict | None:
-        rules = self._source()
-        fields = self.filler(rules).fill(text).to_dict()
-        return fields if fields["line"] != rules.hotline.number else None
-
-    def filler(self, rules=None):
-        """The :class:`~ivr.prefill.Prefiller` of ``rules`` (default: the current ones), built
-        once per rules version."""
-        from .prefill import Prefiller
-
-        rules = rules if rules is not None else self._source()
-        with self._lock:
-            if self._cache[0] is not rules:
-                self._cache = (rules, Prefiller(rules))
-            return self._cache[1]
-
-    def warm(self) -> None:
-        """Build the classifier now (≈ 0.5 s) rather than on the first words heard."""
-        self.filler().fill("预热")
-
-
 @dataclass
 class Services:
     flow: CallFlow
@@ -148,17 +120,10 @@ class Services:
 def _tickets(cfg: dict | None = None):
     if os.environ.get("HOTLINE_TICKETS") == "memory":  # development, and benchmarks of routing alone
         return MemoryTickets()
-    try:
-        from intake import tickets  # noqa: F401  (landing with the speech-to-ticket work)
-    except ImportError:
-        log.warning("intake.tickets is not installed: tickets are kept in memory of this process")
-        return MemoryTickets()
-    factory = getattr(tickets, "ticket_port", None)
-    if factory is None:
-        log.warning("intake.tickets has no ticket_port(): tickets are kept in memory of this process")
-        return MemoryTickets()
+    from intake.jobs import CallTickets
+
     # the same Redis as the call state: ticket drafts travel in the flow's pipeline
-    return factory({"REDIS_URL": (cfg or {}).get("REDIS_URL")})
+    return CallTickets.from_config({"REDIS_URL": (cfg or {}).get("REDIS_URL")})
 
 
 def _recognizer(spec: str | None = None):
@@ -227,7 +192,7 @@ def build(config: dict | None = None) -> Services:
             max_connections=int(cfg.get("HOTLINE_REDIS_CONNECTIONS") or os.environ.get("HOTLINE_REDIS_CONNECTIONS")
                                 or 256))
         client = redis.Redis(connection_pool=pool)
-        queue, calls = AcdQueue(ACD(client, store)), RedisCalls(client)
+        queue, calls = AcdQueue(ACD(client, store, dispatch_callback=rq_dispatch)), RedisCalls(client)
     else:
         log.warning("REDIS_URL is not set: queue and call state live in this process only")
         queue, calls = MemoryQueue(), MemoryCalls()

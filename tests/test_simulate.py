@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from call_routing.acd.callbacks import callback_job_id
+from intake.callback_jobs import callback_job_id
 from tools.simulate import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent

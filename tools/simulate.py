@@ -34,6 +34,7 @@ and the LAST line is one JSON object (``calls``, ``connected``, ``abandoned``, `
 Everything listens on 127.0.0.1 only. See docs/simulate.md.
 """
 from __future__ import annotations
+from intake.callback_jobs import rq_dispatch
 
 import argparse
 import http.client
@@ -1050,7 +1051,8 @@ class Simulation:
         from call_routing.rules_store import RulesStore
 
         self.rules_store = RulesStore(self.rules_path)
-        self.acd = ACD(redis_lib.Redis.from_url(self.redis_url, decode_responses=True), self.rules_store)
+        self.acd = ACD(redis_lib.Redis.from_url(self.redis_url, decode_responses=True), self.rules_store,
+                       dispatch_callback=rq_dispatch)
         self.acd.ring_timeout_s = self.ring_timeout_s + 3
         self.app = None
         self.cloud = SimTwilio(self)

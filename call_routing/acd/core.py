@@ -171,8 +171,9 @@ class ACD:
 
     ``rules`` is a :class:`Rules`, a ``RulesStore`` or a zero-argument callable returning the
     current rules (so a reload is seen at the next operation). ``clock`` returns Unix seconds (tests inject one).
-    ``dispatch_callback(acd, offer)`` starts the outbound call of a callback offer; by default an
-    rq job on the ``hotline`` queue (see :mod:`call_routing.acd.callbacks`).
+    ``dispatch_callback(acd, offer)`` starts the outbound call of a callback offer: the product's
+    processes pass :func:`intake.callback_jobs.rq_dispatch` (an rq job on the ``hotline`` queue);
+    without one a callback offer is logged and goes back to its place at its ring timeout.
     """
 
     def __init__(self, client: redis_lib.Redis, rules: Rules | Callable[[], Rules], *,
@@ -197,7 +198,7 @@ class ACD:
                  "callback_retry_s": callback_retry_s, "lost_after_s": lost_after_s}
         self._explicit = {k: v for k, v in given.items() if v is not FROM_RULES}
         self.log_max = log_max
-        self.dispatch_callback = dispatch_callback if dispatch_callback is not None else rq_dispatch
+        self.dispatch_callback = dispatch_callback
         self.on_offer = list(on_offer)
         self._plans: dict = {}
         self._scripts = {name: _HEADER + "\n" + body for name, body in _BODIES.items()}
@@ -250,7 +251,10 @@ class ACD:
     def _announce(self, offer: Offer) -> None:
         for hook in self.on_offer:
             hook(offer)
-        if offer.kind == "callback" and self.dispatch_callback:
+        if offer.kind == "callback" and self.dispatch_callback is None:
+            log.warning("callback %s (offer %s) reserved a seat but this process dials no callbacks: it goes back "
+                        "to its place at the ring timeout", offer.call_id, offer.n)
+        elif offer.kind == "callback" and self.dispatch_callback:
             try:
                 self.dispatch_callback(self, offer)
             except Exception:  # the ring timeout gives the callback back its place
@@ -671,10 +675,3 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     check = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2 ** 14, r=8, p=1)
     return hmac.compare_digest(check.hex(), digest)
-
-
-def rq_dispatch(acd: ACD, offer: Offer) -> None:
-    """Default callback start: an rq job on the ``hotline`` queue places the outbound call."""
-    from .callbacks import enqueue_callback_job
-
-    enqueue_callback_job(acd, offer)

@@ -27,11 +27,12 @@ import functools
 import logging
 import os
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from call_routing.numbers import mask
+from intake.callback_jobs import rq_dispatch
 
 from ivr.twilio import twiml
 from ivr.flow import CallNotFound
@@ -40,7 +41,6 @@ from ivr.twilio.calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener
 log = logging.getLogger("hotline.twilio")
 
 bp = Blueprint("twilio", __name__, url_prefix="/twilio")
-agent_bp = Blueprint("twilio_agent", __name__, url_prefix="/agent/api/twilio")
 
 SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_ACCOUNT_SID": None,
@@ -75,7 +75,7 @@ def init_app(app, services=None) -> None:
             import redis
 
             acd = app.extensions["acd"] = ACD(redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True),
-                                              app.extensions["rules"])
+                                              app.extensions["rules"], dispatch_callback=rq_dispatch)
         queue = AcdQueue(acd)
         services = build({"REDIS_URL": app.config["REDIS_URL"], "rules_store": app.extensions["rules"],
                           "queue": queue, **app.config.get("HOTLINE_SERVICES", {})})
@@ -107,7 +107,6 @@ def init_app(app, services=None) -> None:
         "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
     }
     app.register_blueprint(bp)
-    app.register_blueprint(agent_bp)
 
 
 def _tw() -> dict:
@@ -458,53 +457,3 @@ def _steps_load(raw) -> list:
     import json
 
     return json.loads(raw) if raw else []
-
-
-# -- the agent's transfer controls ------------------------------------------------------------
-def _agent_call() -> str | None:
-    agent = current_app.extensions["acd"].agent(g.agent_id) or {}
-    return agent.get("call")
-
-
-def _agent_action(fn):
-    from consoles.agent_api import agent_required
-
-    @agent_required
-    @functools.wraps(fn)
-    def view():
-        call_id = _agent_call()
-        if not call_id or not _tw()["legs"].known(call_id):
-            return jsonify(error="no Twilio call in progress for this seat"), 409
-        try:
-            return jsonify(fn(call_id, request.get_json(silent=True) or {}))
-        except LookupError as exc:
-            return jsonify(error=str(exc).strip("'\"")), 409
-    view.__name__ = fn.__name__
-    return view
-
-
-@agent_bp.post("/three-way")
-@_agent_action
-def three_way(call_id, body):
-    """三方转接: ``{"kind": "subcenter"|"expert"}`` joins the caller and the agent."""
-    return _tw()["board"].start_transfer(call_id, body.get("kind", "subcenter"), "three_way")
-
-
-@agent_bp.post("/cold")
-@_agent_action
-def cold(call_id, body):
-    """Cold transfer: the agent drops out as soon as the target answers."""
-    return _tw()["board"].start_transfer(call_id, body.get("kind", "subcenter"), "cold")
-
-
-@agent_bp.post("/cancel")
-@_agent_action
-def cancel(call_id, body):
-    return _tw()["board"].cancel_transfer(call_id)
-
-
-@agent_bp.post("/leave")
-@_agent_action
-def leave(call_id, body):
-    """Warm transfer done: the agent leaves the caller with the target."""
-    return _tw()["board"].agent_leave(call_id)
