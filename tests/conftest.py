@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ sys.path.insert(0, str(ROOT))
 # every Flask app a test builds shares one Redis: an offer listener left running by one test's
 # app would ring agents of the next test's calls. Tests that need it turn it on in their config.
 os.environ.setdefault("TWILIO_OFFER_LISTENER", "0")
+# tests never write into the checkout: hypothesis's example database goes to a temp dir too
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "hotline-tests-hypothesis"))
 
 from runtime.redis_server import EmbeddedRedis  # noqa: E402
 from call_routing.rules import load_rules  # noqa: E402

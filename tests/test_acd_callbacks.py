@@ -136,10 +136,11 @@ def test_a_callback_job_through_a_real_rq_worker_dials_through_the_configured_di
     from rq import SimpleWorker
 
     from call_routing.acd.callbacks import DIALER_ENV, RQ_QUEUE
+    from intake.callback_jobs import rq_dispatch
 
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv(DIALER_ENV, "acd_support:RedisRecordingDialer")
-    acd = make_acd(redis_url, rules, clock, heartbeat_timeout_s=3600, dispatch_callback=None)
+    acd = make_acd(redis_url, rules, clock, heartbeat_timeout_s=3600, dispatch_callback=rq_dispatch)
     call = acd.enqueue("general", "12345", "13800000007").call_id
     acd.request_callback(call)
     seat(acd, "x", {"general": 5})  # the offer enqueues the rq job

@@ -2,17 +2,19 @@
 the app served for real on a free port, with the Redis of the fixtures and a SQLite file.
 
 Citizens' calls arrive as signed Twilio webhooks over HTTP; Twilio's REST side is a recording
-client (no network). Screenshots of every page go to artifacts/consoles/.
+client (no network). Screenshots of every page go to $HOTLINE_TEST_ARTIFACTS/consoles/ (default: the temp dir).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import re
 import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -28,7 +30,8 @@ _missing = [what for what, ok in (("chromium (apt install chromium)", CHROMIUM),
             if not ok]
 pytestmark = pytest.mark.skipif(bool(_missing), reason="end-to-end browser tests need " + ", ".join(_missing))
 
-ARTIFACTS = ROOT / "artifacts" / "consoles"
+# never into the checkout: HOTLINE_TEST_ARTIFACTS, else the temp dir
+ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "hotline-artifacts") / "consoles"
 OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
 NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务座席。"
 CALLER = "+8613812345678"
