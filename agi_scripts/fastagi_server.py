@@ -10,6 +10,13 @@ command). When every worker is busy and the waiting line is full, a new session 
 once — Asterisk's AGI() then returns and the dialplan's fallback reaches the general seats,
 instead of the caller hearing silence.
 
+A session takes a worker only once its whole AGI environment has arrived: until then the
+accepting thread holds it in a :class:`HeaderGate` (no thread per connection), which closes a
+connection whose environment is not complete within ``HEADER_DEADLINE_S`` or grows past
+``MAX_HEADER_BYTES``, and, when ``MAX_PENDING`` connections are already waiting for theirs, the
+oldest of them. Asterisk sends its environment at once (about 1 KB, within milliseconds of
+connecting), so connections that trickle header lines cannot hold workers or starve real calls.
+
 With ``HOTLINE_AMI`` set (``ami://hotline:SECRET@127.0.0.1:5038``) the server also follows
 the agents' phones through the Asterisk manager (:class:`ivr.asterisk.pbx.PhoneWatcher`): a seat whose
 phone is unregistered or on another call is never offered a call.
@@ -24,10 +31,12 @@ import argparse
 import errno
 import logging
 import os
+import selectors
 import signal
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ivr.asterisk.agi import COMMAND_TIMEOUT_S, AGIChannel, Hangup, set_fallback
@@ -36,6 +45,92 @@ from . import HANDLERS
 from .session import run
 
 log = logging.getLogger("hotline.fastagi")
+
+HEADER_DEADLINE_S = 3.0  # from connect to the blank line ending the AGI environment
+MAX_HEADER_BYTES = 16 * 1024  # Asterisk's environment is about 1 KB
+MAX_PENDING = 256  # connections waiting for their environment; beyond it the oldest is closed
+
+
+class HeaderGate:
+    """Connections whose AGI environment has not fully arrived, read without a thread each.
+
+    :meth:`poll` returns the connections whose environment is complete, as ``(conn, env,
+    rest)``; it closes those past their deadline or size and, above ``max_pending``, the
+    oldest. ``closed`` counts why connections were closed."""
+
+    def __init__(self, deadline_s: float = HEADER_DEADLINE_S, max_bytes: int = MAX_HEADER_BYTES,
+                 max_pending: int = MAX_PENDING):
+        self.deadline_s, self.max_bytes, self.max_pending = deadline_s, max_bytes, max_pending
+        self.selector = selectors.DefaultSelector()  # the server registers its listening socket here too
+        self._pending: dict[socket.socket, list] = {}  # conn -> [since, bytes]; oldest first
+        self.closed = {"header_timeout": 0, "header_too_large": 0, "evicted": 0, "closed_early": 0}
+
+    def add(self, conn: socket.socket) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._drop(next(iter(self._pending)), "evicted")
+        conn.setblocking(False)
+        self._pending[conn] = [time.monotonic(), b""]
+        self.selector.register(conn, selectors.EVENT_READ)
+
+    def wait_s(self, most: float) -> float:
+        """How long the caller may block before the oldest deadline passes."""
+        if not self._pending:
+            return most
+        since = next(iter(self._pending.values()))[0]
+        return max(0.0, min(most, since + self.deadline_s - time.monotonic()))
+
+    def poll(self, ready) -> list:
+        done = []
+        for conn in ready:
+            entry = self._pending.get(conn)
+            if entry is None:
+                continue
+            try:
+                chunk = conn.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._drop(conn, "closed_early")
+                continue
+            entry[1] += chunk
+            head, sep, rest = entry[1].partition(b"\n\n")
+            if sep:
+                self._forget(conn)
+                done.append((conn, parse_env(head), rest))
+            elif len(entry[1]) > self.max_bytes:
+                self._drop(conn, "header_too_large")
+        now = time.monotonic()
+        while self._pending:
+            conn, (since, _) = next(iter(self._pending.items()))
+            if now - since < self.deadline_s:
+                break
+            self._drop(conn, "header_timeout")
+        return done
+
+    def _forget(self, conn) -> None:
+        self.selector.unregister(conn)
+        del self._pending[conn]
+
+    def _drop(self, conn, why: str) -> None:
+        self._forget(conn)
+        self.closed[why] += 1
+        conn.close()
+
+    def close(self) -> None:
+        for conn in list(self._pending):
+            self._drop(conn, "closed_early")
+        self.selector.close()
+
+
+def parse_env(head: bytes) -> dict:
+    env = {}
+    for line in head.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip():
+            env[key.strip()] = value.strip()
+    return env
 
 
 def script_name(env: dict) -> str:
@@ -62,31 +157,65 @@ class FastAGIServer:
         self.address = self._sock.getsockname()
         self._stopping = threading.Event()
         self._thread = None
+        self.gate = HeaderGate()
+        self._gate_seen, self._gate_logged = 0, 0.0
         self.stats = {"sessions": 0, "refused": 0, "ok": 0, "hangup": 0, "timeout": 0, "error": 0}
         self._stats_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        self._sock.settimeout(0.5)
-        while not self._stopping.is_set():
+        self._sock.setblocking(False)
+        gate = self.gate
+        gate.selector.register(self._sock, selectors.EVENT_READ, "listen")
+        try:
+            while not self._stopping.is_set():
+                ready = []
+                for key, _ in gate.selector.select(gate.wait_s(0.5)):
+                    if key.data == "listen":
+                        self._accept_all(gate)
+                    else:
+                        ready.append(key.fileobj)
+                for conn, env, rest in gate.poll(ready):
+                    self._hand_over(conn, env, rest)
+                self._log_gate(gate)
+        finally:
+            gate.close()
+
+    def _accept_all(self, gate) -> None:
+        while True:
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
+            except (BlockingIOError, socket.timeout):
+                return
             except OSError as exc:
                 if self._stopping.is_set() or exc.errno in (errno.EINVAL, errno.EBADF):
-                    break  # the listening socket was shut down (by us, or a sibling process stopping)
+                    self._stopping.set()  # the listening socket was shut down (by us, or a sibling process stopping)
+                    return
                 log.warning("accept failed: %s", exc)
-                continue
-            conn.settimeout(None)
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not self._slots.acquire(blocking=False):
-                self._count("refused")
-                log.warning("all %d workers busy and the waiting line full: session refused, dialplan falls back",
-                            self.workers)
-                conn.close()
-                continue
-            self._pool.submit(self._session, conn)
+            gate.add(conn)
+
+    def _hand_over(self, conn: socket.socket, env: dict, rest: bytes) -> None:
+        conn.setblocking(True)
+        if not self._slots.acquire(blocking=False):
+            self._count("refused")
+            log.warning("all %d workers busy and the waiting line full: session refused, dialplan falls back",
+                        self.workers)
+            conn.close()
+            return
+        self._pool.submit(self._session, conn, env, rest)
+
+    def _log_gate(self, gate) -> None:
+        """At most one line every 10 s about connections closed before their environment."""
+        now = time.monotonic()
+        if now - self._gate_logged < 10:
+            return
+        total = sum(gate.closed.values())
+        if total > self._gate_seen:
+            log.warning("closed %d connection(s) that sent no complete AGI environment so far (%s)",
+                        total - self._gate_seen, ", ".join(f"{k} {v}" for k, v in gate.closed.items() if v))
+            self._gate_seen, self._gate_logged = total, now
 
     def start(self) -> "FastAGIServer":
         self._thread = threading.Thread(target=self.serve_forever, name="fastagi-accept", daemon=True)
@@ -115,11 +244,11 @@ class FastAGIServer:
             self.stats[what] += 1
 
     # -- one session ------------------------------------------------------------------------
-    def _session(self, conn: socket.socket) -> None:
+    def _session(self, conn: socket.socket, env: dict, rest: bytes = b"") -> None:
         self._count("sessions")
         try:
             try:
-                agi = AGIChannel(conn.fileno(), conn.fileno(), timeout=self.command_timeout)
+                agi = AGIChannel(conn.fileno(), conn.fileno(), timeout=self.command_timeout, env=env, buffered=rest)
             except (Hangup, OSError):
                 return
             except Exception:  # a silent or garbled client
@@ -211,3 +340,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

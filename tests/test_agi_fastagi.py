@@ -304,9 +304,12 @@ def test_when_every_worker_is_busy_a_new_session_is_closed_at_once_so_the_dialpl
     flow = F.CallFlow(store.current, F.MemoryQueue(), F.MemoryTickets(), F.MemoryCalls())
     with FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path)), "127.0.0.1", 0, workers=1, waiting=0,
                        command_timeout=2) as srv:
-        busy = socket.create_connection(srv.address)  # holds the only worker (no environment yet)
-        time.sleep(0.2)
+        env = "".join(f"{k}: {v}\n" for k, v in agi_env("12345", uniqueid="busy", network=True).items()) + "\n"
+        busy = socket.create_connection(srv.address)  # a session in progress holds the only worker
+        busy.sendall(env.encode())
+        assert busy.recv(4096).startswith(b"SET VARIABLE")  # its first command, left unanswered
         with socket.create_connection(srv.address, timeout=2) as s:
+            s.sendall(env.replace("busy", "next").encode())
             assert s.recv(100) == b""  # closed without a word: AGI() returns, fallback follows
         busy.close()
         assert srv.stats["refused"] == 1
@@ -370,3 +373,85 @@ def test_several_server_processes_start_together_on_a_fresh_sqlite_database(tmp_
         os.killpg(server.pid, 9)
         server.wait(10)
     assert "database is locked" not in log.read_text(errors="replace")
+
+
+# -- hostile clients ---------------------------------------------------------------------------
+
+def _env_lines(uid):
+    return [f"{k}: {v}\n".encode() for k, v in agi_env("12345", uniqueid=uid, network=True).items()]
+
+
+def test_connections_trickling_header_lines_hold_no_worker_and_real_calls_are_still_served(store, tmp_path):
+    """300 connections sending one header line every half second (the attack that held every
+    worker for as long as it lasted) against 4 workers: every real call is still routed."""
+    flow = F.CallFlow(store.current, F.MemoryQueue(), F.MemoryTickets(), F.MemoryCalls())
+    stop = threading.Event()
+    with FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path)), "127.0.0.1", 0, workers=4, waiting=0,
+                       command_timeout=2) as srv:
+        attackers = [socket.create_connection(srv.address) for _ in range(300)]
+
+        def trickle():
+            n = 0
+            while not stop.is_set():
+                for i, s in enumerate(attackers):
+                    try:
+                        s.sendall(f"agi_x{n}_{i}: y\n".encode())
+                    except OSError:
+                        pass
+                n += 1
+                stop.wait(0.5)
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        try:
+            time.sleep(0.6)
+            results = []
+            for i in range(12):  # real calls during the attack, a few seconds of it
+                results.append(fastagi_session(srv.address, agi_env("12345", uniqueid=f"real-{i}", network=True),
+                                               Peer(), timeout=5))
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            t.join(5)
+            for s in attackers:
+                s.close()
+        assert [p.variables.get("HOTLINE_ACTION") for p in results] == ["queue"] * 12
+        assert srv.stats["refused"] == 0 and srv.stats["ok"] == 12
+        assert srv.gate.closed["header_timeout"] + srv.gate.closed["evicted"] >= 44  # the attackers, not the calls
+
+
+def test_a_header_that_never_ends_or_grows_past_its_cap_is_closed_within_seconds(store, tmp_path):
+    flow = F.CallFlow(store.current, F.MemoryQueue(), F.MemoryTickets(), F.MemoryCalls())
+    with FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path)), "127.0.0.1", 0, workers=4) as srv:
+        slow = socket.create_connection(srv.address, timeout=10)
+        t0 = time.monotonic()
+        closed = None
+        for line in _env_lines("slow") * 10:  # a valid environment, one line every 0.2 s, never ended
+            try:
+                slow.sendall(line)
+                if slow.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = time.monotonic() - t0
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = time.monotonic() - t0
+                break
+            time.sleep(0.2)
+        slow.close()
+        assert closed is not None and closed < 5
+        big = socket.create_connection(srv.address, timeout=10)
+        try:
+            for i in range(4000):  # 40 KB of distinct header lines at once
+                big.sendall(f"agi_junk_{i:06d}: x\n".encode())
+        except OSError:
+            pass  # closed while we were still sending: that is the point
+        try:
+            assert big.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        big.close()
+        assert srv.gate.closed == {**srv.gate.closed, "header_timeout": 1, "header_too_large": 1}
+        assert srv.stats["sessions"] == 0  # neither ever took a worker
+        assert fastagi_session(srv.address, agi_env("12345", uniqueid="after", network=True),
+                               Peer()).variables["HOTLINE_ACTION"] == "queue"

@@ -103,17 +103,23 @@ class AGIChannel(AGI):
     """A pyst2 ``AGI`` without signals, stdin or stderr: usable from any thread."""
 
     def __init__(self, read_fd: int, write_fd: int, timeout: float = COMMAND_TIMEOUT_S,
-                 env_timeout: float = 5.0):
+                 env_timeout: float = 5.0, env: dict | None = None, buffered: bytes = b""):
+        """``env``: the AGI environment when it was already read (the FastAGI server's
+        header gate), with ``buffered`` the bytes that came after it."""
         # Deliberately not calling AGI.__init__: it installs a signal handler and reads sys.stdin.
         self.io = LineIO(read_fd, write_fd)
+        self.io._buffer = buffered
         self.stdin = self.stdout = self.io
         self.stderr = _Null()
         self._got_sighup = False
         self.timeout = timeout
         self.hung_up = False
         self.env = {}
-        self.io.timeout = env_timeout
-        self._get_agi_env()
+        if env is not None:
+            self.env = dict(env)
+        else:
+            self.io.timeout = env_timeout
+            self._get_agi_env()
         self.io.timeout = timeout
 
     # -- transport --------------------------------------------------------------------
