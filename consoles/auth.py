@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 from datetime import datetime, timedelta, timezone
 from functools import wraps
@@ -44,11 +45,19 @@ def console():
 
 
 # -- CSRF ------------------------------------------------------------------------------------
+def _keyed(purpose: str, value: str) -> str:
+    """An HMAC of ``value`` under the app's secret key: what the cookie may carry instead of a
+    secret (Flask's session cookie is signed, not encrypted: anyone holding it can read it)."""
+    key = str(current_app.secret_key or "").encode()
+    return hmac.new(key, f"{purpose}:{value}".encode(), "sha256").hexdigest()[:32]
+
+
 def csrf_token() -> str:
-    token = session.get("_csrf")
-    if not token:
-        token = session["_csrf"] = secrets.token_urlsafe(32)
-    return token
+    """The session's CSRF token, derived from a random session id kept in the cookie."""
+    sid = session.get("sid")
+    if not sid:
+        sid = session["sid"] = secrets.token_urlsafe(24)
+    return _keyed("csrf", sid)
 
 
 def check_csrf() -> None:
@@ -56,7 +65,7 @@ def check_csrf() -> None:
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return None
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
-    expected = session.get("_csrf") or ""
+    expected = csrf_token() if session.get("sid") else ""
     if not expected or not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
         abort(400, description="表单已过期或来源不明（CSRF 校验失败）。请刷新页面后重试。")
     return None
@@ -103,7 +112,8 @@ def load_user() -> None:
 
 
 def _password_version(user) -> str:
-    return user.password_hash[-12:]
+    """Changes when the password does (signing in again is then required); reveals nothing of it."""
+    return _keyed("password", user.password_hash)[:16]
 
 
 def _wants_json() -> bool:
@@ -230,8 +240,12 @@ def password():
 
 def init_app(app) -> None:
     app.permanent_session_lifetime = timedelta(hours=SESSION_HOURS)
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    # Flask's defaults name these keys already (SameSite None): set them, unless configured
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    if not app.config.get("SESSION_COOKIE_SAMESITE"):
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    secure = app.config.get("SESSION_COOKIE_SECURE") or os.environ.get("SESSION_COOKIE_SECURE", "")
+    app.config["SESSION_COOKIE_SECURE"] = secure is True or str(secure).strip().lower() in ("1", "true", "yes", "on")
     app.session_interface = ConsoleSessionInterface()
     app.before_request(load_user)
     app.jinja_env.globals.update(csrf_token=csrf_token, role_names=ROLE_NAMES)

@@ -258,3 +258,32 @@ def test_behind_a_proxy_the_throttle_and_the_audit_log_see_the_clients_own_addre
 def test_a_proxy_hops_setting_that_is_not_a_number_is_named_at_start_up(tmp_path, redis_url):
     with pytest.raises(ValueError, match="PROXY_HOPS"):
         make_console_app(tmp_path, redis_url, PROXY_HOPS="one")
+
+
+def test_the_session_cookie_is_httponly_samesite_and_carries_neither_the_csrf_token_nor_the_password_hash(
+        app, tmp_path, redis_url, monkeypatch):
+    import base64
+    import json
+    import zlib
+
+    client = app.test_client()
+    r = sign_in(client, "admin")
+    cookie = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("session="))
+    flags = [part.strip().lower() for part in cookie.split(";")]
+    assert "httponly" in flags and "samesite=lax" in flags and "secure" not in flags
+    value = cookie.split(";")[0].split("=", 1)[1]
+    payload = value.lstrip(".").split(".")[0]
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    data = json.loads(zlib.decompress(raw) if value.startswith(".") else raw)  # what anyone holding it reads
+    token = form_csrf(client.get("/admin/rules").get_data(as_text=True))
+    password_hash = app.extensions["console"].db.user("admin").password_hash
+    text = json.dumps(data)
+    assert token not in text
+    assert not any(password_hash[i:i + 8] in text for i in range(len(password_hash) - 7))
+    # behind TLS the admin switches Secure on from the environment
+    monkeypatch.setenv("SESSION_COOKIE_SECURE", "1")
+    (tmp_path / "tls").mkdir()
+    secure_app = make_console_app(tmp_path / "tls", redis_url)
+    r = sign_in(secure_app.test_client(), "admin")
+    cookie = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("session="))
+    assert "secure" in [part.strip().lower() for part in cookie.split(";")]
