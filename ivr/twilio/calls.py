@@ -3,11 +3,11 @@
 Twilio's contact-centre pattern: the Redis ACD is the real queue, ``<Enqueue>`` only holds the
 caller. When the ACD offers the call to an agent (:meth:`Switchboard.on_offer`), the agent's
 endpoint is rung; when the agent answers, the caller is moved out of the holding queue into a
-per-call ``<Conference>``. Transfers are then participants of that conference: three-way
-(sub-center or expert joins, the agent may leave = warm transfer), cold (the agent leaves as
-soon as the target answers), and cancel (the target is hung up, the caller stays with the
-agent). Every REST call goes through ``twilio.rest.Client`` built with an injectable
-``http_client`` (tests assert the exact requests).
+per-call ``<Conference>`` (:mod:`ivr.twilio.agent_legs`). Transfers are then participants of
+that conference (:mod:`ivr.twilio.transfers`): three-way (sub-center or expert joins, the agent
+may leave = warm transfer), cold (the agent leaves as soon as the target answers), and cancel
+(the target is hung up, the caller stays with the agent). Every REST call goes through
+``twilio.rest.Client`` built with an injectable ``http_client`` (tests assert the exact requests).
 
 Per-call Twilio facts (the public base URL, leg SIDs, who is in the conference) live in one
 Redis hash per citizen call, ``twilio:leg:<CallSid>``; the call's life itself is the
@@ -19,7 +19,6 @@ import json
 import logging
 from urllib.parse import urlencode
 
-from redis.exceptions import RedisError
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
@@ -27,14 +26,12 @@ from call_routing.acd.callbacks import AGENT_NO_ANSWER, CONNECTED, NO_ANSWER, re
 from call_routing.numbers import mask
 
 from ivr.twilio import twiml
+from ivr.twilio.agent_legs import AgentLegs
+from ivr.twilio.transfers import _REFUSED, GONE, Transfers  # noqa: F401  (GONE: webhooks.py)
 
 log = logging.getLogger("hotline.twilio")
 
 LEG_TTL_S = 24 * 3600
-#: why the flow refused a three-way, as the agent reads it
-_REFUSED = {"no_expert_free": "no expert seat is free now", "three_way_under_way": "a transfer is already under way",
-            "no_agent_talking": "no conversation with an agent on this call"}
-GONE = ("completed", "busy", "failed", "no-answer", "canceled")
 CALL_ENDED = "感谢您的来电，再见。"
 
 
@@ -82,7 +79,8 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class Switchboard:
+
+class Switchboard(AgentLegs, Transfers):
     """REST side of the Twilio front-end. One per process; thread-safe."""
 
     def __init__(self, flow, acd, legs: Legs, *, account_sid: str | None, auth_token: str | None,
@@ -116,110 +114,6 @@ class Switchboard:
     def _from(self, leg: dict) -> str:
         return self.caller_id or leg.get("to") or "12345"
 
-    # -- the ACD offers a call to an agent -----------------------------------------------
-    def _ring_key(self, offer) -> str:
-        return f"{self.legs.prefix}ring:{offer.call_id}:{offer.n}"
-
-    def on_offer(self, offer) -> None:
-        """ACD hook and offer-listener handler: ring the offered agent for a Twilio call (others
-        belong to Asterisk). Every process may see the same offer (its own hook, the pub/sub
-        listener of each web process, the ringing-set sweep): ``SET ring:<call>:<n> NX`` lets
-        exactly one of them ring, once per offer."""
-        if offer.kind not in ("live", "transfer") or not self.legs.known(offer.call_id):
-            return
-        if offer.kind == "transfer" and self.legs.r.hget(self.legs.key(offer.call_id), "transfer_state"):
-            return  # an expert reserved for a three-way: the switchboard that reserved it rings it
-        if not self.legs.r.set(self._ring_key(offer), 1, nx=True, ex=3600):
-            return
-        try:
-            self.ring_agent(offer.call_id, offer.agent_id)
-        except Exception:
-            log.exception("call %s: could not ring agent %s; the call goes back to its place",
-                          offer.call_id, offer.agent_id)
-            self.acd.no_answer(offer.call_id, "ring-failed")
-
-    def ring_agent(self, call_id: str, agent_id: str) -> str:
-        agent = self.acd.agent(agent_id) or {}
-        endpoints = agent.get("endpoints") or [f"client:{agent_id}"]
-        leg = self.legs.get(call_id)
-        self.flow.offered(call_id, agent_id, endpoints[0])
-        call = self.client.calls.create(
-            to=twiml.endpoint_address(endpoints[0]), from_=self._from(leg),
-            url=self.url(call_id, "agent-answer", call=call_id, agent=agent_id),
-            status_callback=self.url(call_id, "agent-status", call=call_id, agent=agent_id),
-            timeout=self.ring_timeout_s or int(self.acd.ring_timeout_s))  # the rules' queue: setting
-        self.legs.set(call_id, agent=agent_id, agent_call=call.sid, agent_in="0")
-        log.info("call %s: ringing agent %s (%s)", call_id, agent_id, call.sid)
-        return call.sid
-
-    def agent_answered(self, call_id: str, agent_id: str, agent_call: str) -> str:
-        """The agent picked up: move the caller into the conference; TwiML for the agent."""
-        state = self._flow_state(call_id)
-        leg = self.legs.get(call_id)
-        if state is None or state.state == "ended" or leg.get("agent_call") not in (None, agent_call):
-            return twiml.goodbye([{"do": "say", "text": "来电已结束。"}])
-        try:
-            self.client.calls(call_id).update(twiml=twiml.conference(call_id, caller=True, stop_recording=True))
-        except TwilioRestException as exc:  # the citizen hung up while the agent was ringing
-            log.warning("call %s: caller gone before agent %s answered (%s)", call_id, agent_id, exc.code)
-            self.flow.hung_up(call_id)
-            return twiml.goodbye([{"do": "say", "text": "来电已挂断。"}])
-        try:
-            self.flow.agent_answered(call_id)
-            self.legs.set(call_id, agent_in="1")
-        except Exception:  # e.g. Redis died just now: the caller is already in the conference, so
-            # the agent joins them all the same; their hang-up is recognised by asking Twilio
-            log.exception("call %s: agent %s answered but the call state could not be updated", call_id, agent_id)
-        greeting = [{"do": "say", "text": f"{state.line}来电，工单{state.ticket}。" if state.ticket else f"{state.line}来电。"}]
-        return twiml.conference(call_id, caller=False, greeting=greeting)
-
-    def agent_leg_ended(self, call_id: str, status: str) -> None:
-        """Status callback of the agent's leg (retried by Twilio: idempotent)."""
-        try:
-            leg = self.legs.get(call_id)
-        except RedisError:  # Redis down: Twilio will not call again, so act on what is known
-            leg = {}
-        if status == "completed" and not leg.get("agent_call"):
-            # the call's Twilio facts are gone (Redis down, or restarted empty; a webhook since,
-            # e.g. the conference's participant-join, may have written a field or two back) but the
-            # agent talked and hung up: the caller must not be left alone in a silent conference. Only
-            # a caller Twilio says is in the call's conference is moved on: one still holding in
-            # <Enqueue> (the agent answered after the wipe and was told "来电已结束") keeps
-            # polling the wait URL, which registers the call again — a goodbye would lose them.
-            if self._in_conference(call_id):
-                self._release_alone_caller(call_id)
-            else:
-                log.info("call %s: agent leg ended with the call's facts gone; the caller is not in its "
-                         "conference, so stays queued", call_id)
-            return
-        if leg.get("agent_in") == "1":
-            if not self.legs.once(call_id, f"agent-left:{leg.get('agent_call')}"):
-                return
-            self.legs.set(call_id, agent_in="0")
-            if leg.get("transfer_state") == "joined":
-                self._agent_done(call_id, leg)  # hung up instead of "leave": same as leaving
-            else:
-                if leg.get("transfer_call") or leg.get("transfer_state"):
-                    # the party still ringing: nobody is left to talk to (the flow cancels it)
-                    self.flow.three_way_agent_left(call_id)
-                    self._clear_transfer(call_id)
-                self.to_survey(call_id)
-            return
-        if status == "completed" and leg.get("agent_call") and self._in_conference(call_id):
-            # the agent talked in the conference but their answer was never recorded (the call
-            # state could not be written then): they have hung up, the caller is alone in it
-            if self.legs.once(call_id, f"agent-left:{leg['agent_call']}"):
-                log.warning("call %s: agent leg ended unrecorded while the caller is in the conference", call_id)
-                self._release_alone_caller(call_id)
-            return
-        if status in ("no-answer", "busy", "failed", "canceled") and leg.get("agent_call"):
-            if not self.legs.once(call_id, f"agent-missed:{leg['agent_call']}"):
-                return
-            self.legs.set(call_id, agent=None, agent_call=None, agent_in=None)
-            state = self._flow_state(call_id)
-            if state is not None and state.state == "transferring":
-                self.flow.transfer_ended(call_id, "NOANSWER")  # head of the queue, next agent
-
     def to_survey(self, call_id: str) -> None:
         """The citizen is alone in the conference: take them to the satisfaction survey (a
         spoken goodbye when the call's state is gone: there is nothing to record a rating on)."""
@@ -233,142 +127,6 @@ class Switchboard:
             self.client.calls(call_id).update(url=self.url(call_id, "survey-start"), method="POST")
         except TwilioRestException as exc:
             log.info("call %s: no survey, caller already gone (%s)", call_id, exc.code)
-
-    # -- transfers --------------------------------------------------------------------
-    def start_transfer(self, call_id: str, kind: str, mode: str) -> dict:
-        """Three-way (``mode='three_way'``) or cold transfer to the line's sub-center / experts.
-
-        The decisions are the flow's (:meth:`ivr.flow.CallFlow.three_way` and friends, shared with
-        Asterisk): experts are reserved through the ACD (``acd.transfer(call, expert_skill,
-        three_way=True)``, the only way into an expert group): the seat offered in that same round
-        trip joins the conference; no free seat → ``LookupError`` and nothing changed. The agent
-        stays out of rotation while in the conference (paused ``three-way``) and wraps up when they
-        leave."""
-        leg = self.legs.get(call_id)
-        if leg.get("agent_in") != "1":
-            raise LookupError("no conversation with an agent on this call")
-        if leg.get("transfer_call") or leg.get("transfer_state"):
-            raise LookupError("a transfer is already under way: cancel it first")
-        if kind == "expert":
-            return self._start_expert(call_id, leg, mode)
-        turn = self.flow.three_way(call_id, kind)
-        if turn.action != "transfer":
-            raise LookupError(_REFUSED.get(turn.reason, "no transfer is possible now"))
-        try:
-            participant = self._add_participant(call_id, leg, turn.target, turn.ticket)
-        except Exception:
-            self.flow.three_way_cancel(call_id, "ring-failed")
-            raise
-        self.legs.set(call_id, transfer_call=participant.call_sid, transfer_mode=mode, transfer_state="ringing",
-                      transfer_target=turn.target)
-        log.info("call %s: %s transfer to %s %s", call_id, mode, kind, turn.target)
-        return {"call": call_id, "mode": mode, "kind": kind, "target": turn.target, "ticket": turn.ticket}
-
-    def _add_participant(self, call_id: str, leg: dict, target: str, ticket: str | None, **query):
-        return self.client.conferences(self._conference_sid(call_id, leg)).participants.create(
-            from_=self._from(leg), to=twiml.endpoint_address(target, ticket), label="transfer",
-            status_callback=self.url(call_id, "transfer-status", call=call_id, **query),
-            status_callback_event=["answered", "completed"], timeout=self.transfer_timeout_s,
-            early_media=True, beep="false", end_conference_on_exit=False)
-
-    def _start_expert(self, call_id: str, leg: dict, mode: str) -> dict:
-        state = self._flow_state(call_id)
-        if state is None:
-            raise LookupError("the call has ended")
-        conference = self._conference_sid(call_id, leg)  # before reserving: no seat held for nothing
-        # other processes' offer listeners see "reserving" and leave this offer to us
-        self.legs.set(call_id, transfer_state="reserving", transfer_mode=mode)
-        try:
-            turn = self.flow.three_way(call_id, "expert")  # the ACD reserves the seat (or nothing changes)
-        except Exception:
-            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
-            raise
-        if turn.action != "transfer" or not turn.party:
-            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
-            raise LookupError(_REFUSED.get(turn.reason, "no expert seat is free now"))
-        expert = turn.party
-        target = turn.target or f"client:{expert}"
-        n = (self.acd.call(call_id) or {}).get("offers") or 0
-        self.legs.r.set(f"{self.legs.prefix}ring:{call_id}:{n}", 1, ex=3600)  # rung here, by nobody else
-        try:
-            participant = self._add_participant(call_id, dict(leg, conference_sid=conference), target, state.ticket,
-                                                expert=expert)
-        except Exception:
-            log.exception("call %s: could not ring expert %s; the call stays with the agent", call_id, expert)
-            self.legs.set(call_id, transfer_state=None, transfer_mode=None)
-            self.flow.three_way_cancel(call_id, "ring-failed")
-            raise LookupError("the expert seat could not be rung") from None
-        self.legs.set(call_id, transfer_call=participant.call_sid, transfer_state="ringing",
-                      transfer_target=target, transfer_agent=expert)
-        log.info("call %s: %s transfer to expert %s (%s)", call_id, mode, expert, target)
-        return {"call": call_id, "mode": mode, "kind": "expert", "target": target, "ticket": state.ticket,
-                "expert": expert}
-
-    def transfer_status(self, call_id: str, status: str) -> None:
-        leg = self.legs.get(call_id)
-        tcall = leg.get("transfer_call")
-        if not tcall:
-            return
-        if status in ("in-progress", "answered"):
-            if not self.legs.once(call_id, f"transfer-answered:{tcall}"):
-                return
-            self.legs.set(call_id, transfer_state="joined")
-            self.flow.three_way_answered(call_id)  # a reserved expert seat is now busy on the call
-            if leg.get("transfer_mode") == "cold":
-                self.agent_leave(call_id)
-        elif status in GONE:
-            if not self.legs.once(call_id, f"transfer-ended:{tcall}"):
-                return
-            self._clear_transfer(call_id)
-            joined = leg.get("transfer_state") == "joined"
-            # did not answer, or left: the call is the agent's again (or, agent gone, over)
-            self.flow.three_way_ended(call_id, "completed" if joined else status)
-            if joined and leg.get("agent_in") != "1":
-                self.to_survey(call_id)  # the target took over and has now hung up
-
-    def _clear_transfer(self, call_id: str) -> None:
-        self.legs.set(call_id, transfer_call=None, transfer_state=None, transfer_mode=None, transfer_target=None,
-                      transfer_agent=None)
-
-    def cancel_transfer(self, call_id: str) -> dict:
-        """Hang up the transfer target (ringing or joined); the caller stays with the agent."""
-        leg = self.legs.get(call_id)
-        tcall = leg.get("transfer_call")
-        if not tcall:
-            raise LookupError("no transfer to cancel")
-        if leg.get("agent_in") != "1":
-            raise LookupError("the agent has already left: the transfer cannot be cancelled")
-        status = "canceled" if leg.get("transfer_state") == "ringing" else "completed"
-        self.client.calls(tcall).update(status=status)
-        self.legs.once(call_id, f"transfer-ended:{tcall}")
-        self._clear_transfer(call_id)
-        self.flow.three_way_cancel(call_id)  # an expert seat is free again
-        return {"call": call_id, "cancelled": tcall}
-
-    def agent_leave(self, call_id: str) -> dict:
-        """The agent leaves a three-way call (warm transfer): the target stays with the caller."""
-        leg = self.legs.get(call_id)
-        if leg.get("transfer_state") != "joined":
-            raise LookupError("the transfer target has not answered yet")
-        self.client.conferences(self._conference_sid(call_id, leg)).participants(leg["agent_call"]).delete()
-        self.legs.set(call_id, agent_in="0")
-        self.legs.once(call_id, f"agent-left:{leg['agent_call']}")
-        self._agent_done(call_id, leg)
-        return {"call": call_id, "left": leg.get("agent")}
-
-    def _agent_done(self, call_id: str, leg: dict) -> None:
-        """The agent's part of the call is over: wrap-up. After an expert three-way the call
-        itself is the expert's in the ACD; the agent only leaves the conference."""
-        if self.flow.three_way_agent_left(call_id).action == "none":  # no three-way known to the flow
-            self.flow.queue.completed(call_id)
-
-    def _release_alone_caller(self, call_id: str) -> None:
-        """The agent has gone and the caller is alone in the conference: the survey when the
-        call is known, else a spoken goodbye (its state is gone: nothing to record a rating on)."""
-        try:
-            self.to_survey(call_id)
-        except RedisError:
-            self._say_goodbye(call_id)
 
     def _say_goodbye(self, call_id: str) -> None:
         try:

@@ -1,0 +1,127 @@
+"""The agent's leg of a Twilio call: rung for the ACD's offer, answered (the caller is moved into
+the call's conference), ended (the caller goes on to the survey, or back to the queue)."""
+from __future__ import annotations
+
+import logging
+
+from redis.exceptions import RedisError
+from twilio.base.exceptions import TwilioRestException
+
+from ivr.twilio import twiml
+
+log = logging.getLogger("hotline.twilio")
+
+
+class AgentLegs:
+    """Part of :class:`~ivr.twilio.calls.Switchboard`: ringing agents for offers, and their legs."""
+
+    def _ring_key(self, offer) -> str:
+        return f"{self.legs.prefix}ring:{offer.call_id}:{offer.n}"
+
+    def on_offer(self, offer) -> None:
+        """ACD hook and offer-listener handler: ring the offered agent for a Twilio call (others
+        belong to Asterisk). Every process may see the same offer (its own hook, the pub/sub
+        listener of each web process, the ringing-set sweep): ``SET ring:<call>:<n> NX`` lets
+        exactly one of them ring, once per offer."""
+        if offer.kind not in ("live", "transfer") or not self.legs.known(offer.call_id):
+            return
+        if offer.kind == "transfer" and self.legs.r.hget(self.legs.key(offer.call_id), "transfer_state"):
+            return  # an expert reserved for a three-way: the switchboard that reserved it rings it
+        if not self.legs.r.set(self._ring_key(offer), 1, nx=True, ex=3600):
+            return
+        try:
+            self.ring_agent(offer.call_id, offer.agent_id)
+        except Exception:
+            log.exception("call %s: could not ring agent %s; the call goes back to its place",
+                          offer.call_id, offer.agent_id)
+            self.acd.no_answer(offer.call_id, "ring-failed")
+
+    def ring_agent(self, call_id: str, agent_id: str) -> str:
+        agent = self.acd.agent(agent_id) or {}
+        endpoints = agent.get("endpoints") or [f"client:{agent_id}"]
+        leg = self.legs.get(call_id)
+        self.flow.offered(call_id, agent_id, endpoints[0])
+        call = self.client.calls.create(
+            to=twiml.endpoint_address(endpoints[0]), from_=self._from(leg),
+            url=self.url(call_id, "agent-answer", call=call_id, agent=agent_id),
+            status_callback=self.url(call_id, "agent-status", call=call_id, agent=agent_id),
+            timeout=self.ring_timeout_s or int(self.acd.ring_timeout_s))  # the rules' queue: setting
+        self.legs.set(call_id, agent=agent_id, agent_call=call.sid, agent_in="0")
+        log.info("call %s: ringing agent %s (%s)", call_id, agent_id, call.sid)
+        return call.sid
+
+    def agent_answered(self, call_id: str, agent_id: str, agent_call: str) -> str:
+        """The agent picked up: move the caller into the conference; TwiML for the agent."""
+        state = self._flow_state(call_id)
+        leg = self.legs.get(call_id)
+        if state is None or state.state == "ended" or leg.get("agent_call") not in (None, agent_call):
+            return twiml.goodbye([{"do": "say", "text": "来电已结束。"}])
+        try:
+            self.client.calls(call_id).update(twiml=twiml.conference(call_id, caller=True, stop_recording=True))
+        except TwilioRestException as exc:  # the citizen hung up while the agent was ringing
+            log.warning("call %s: caller gone before agent %s answered (%s)", call_id, agent_id, exc.code)
+            self.flow.hung_up(call_id)
+            return twiml.goodbye([{"do": "say", "text": "来电已挂断。"}])
+        try:
+            self.flow.agent_answered(call_id)
+            self.legs.set(call_id, agent_in="1")
+        except Exception:  # e.g. Redis died just now: the caller is already in the conference, so
+            # the agent joins them all the same; their hang-up is recognised by asking Twilio
+            log.exception("call %s: agent %s answered but the call state could not be updated", call_id, agent_id)
+        greeting = [{"do": "say", "text": f"{state.line}来电，工单{state.ticket}。" if state.ticket else f"{state.line}来电。"}]
+        return twiml.conference(call_id, caller=False, greeting=greeting)
+
+    def agent_leg_ended(self, call_id: str, status: str) -> None:
+        """Status callback of the agent's leg (retried by Twilio: idempotent)."""
+        try:
+            leg = self.legs.get(call_id)
+        except RedisError:  # Redis down: Twilio will not call again, so act on what is known
+            leg = {}
+        if status == "completed" and not leg.get("agent_call"):
+            # the call's Twilio facts are gone (Redis down, or restarted empty; a webhook since,
+            # e.g. the conference's participant-join, may have written a field or two back) but the
+            # agent talked and hung up: the caller must not be left alone in a silent conference. Only
+            # a caller Twilio says is in the call's conference is moved on: one still holding in
+            # <Enqueue> (the agent answered after the wipe and was told "来电已结束") keeps
+            # polling the wait URL, which registers the call again — a goodbye would lose them.
+            if self._in_conference(call_id):
+                self._release_alone_caller(call_id)
+            else:
+                log.info("call %s: agent leg ended with the call's facts gone; the caller is not in its "
+                         "conference, so stays queued", call_id)
+            return
+        if leg.get("agent_in") == "1":
+            if not self.legs.once(call_id, f"agent-left:{leg.get('agent_call')}"):
+                return
+            self.legs.set(call_id, agent_in="0")
+            if leg.get("transfer_state") == "joined":
+                self._agent_done(call_id, leg)  # hung up instead of "leave": same as leaving
+            else:
+                if leg.get("transfer_call") or leg.get("transfer_state"):
+                    # the party still ringing: nobody is left to talk to (the flow cancels it)
+                    self.flow.three_way_agent_left(call_id)
+                    self._clear_transfer(call_id)
+                self.to_survey(call_id)
+            return
+        if status == "completed" and leg.get("agent_call") and self._in_conference(call_id):
+            # the agent talked in the conference but their answer was never recorded (the call
+            # state could not be written then): they have hung up, the caller is alone in it
+            if self.legs.once(call_id, f"agent-left:{leg['agent_call']}"):
+                log.warning("call %s: agent leg ended unrecorded while the caller is in the conference", call_id)
+                self._release_alone_caller(call_id)
+            return
+        if status in ("no-answer", "busy", "failed", "canceled") and leg.get("agent_call"):
+            if not self.legs.once(call_id, f"agent-missed:{leg['agent_call']}"):
+                return
+            self.legs.set(call_id, agent=None, agent_call=None, agent_in=None)
+            state = self._flow_state(call_id)
+            if state is not None and state.state == "transferring":
+                self.flow.transfer_ended(call_id, "NOANSWER")  # head of the queue, next agent
+
+    def _release_alone_caller(self, call_id: str) -> None:
+        """The agent has gone and the caller is alone in the conference: the survey when the
+        call is known, else a spoken goodbye (its state is gone: nothing to record a rating on)."""
+        try:
+            self.to_survey(call_id)
+        except RedisError:
+            self._say_goodbye(call_id)

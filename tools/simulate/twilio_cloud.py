@@ -1,0 +1,213 @@
+"""Twilio, simulated: REST in (the app's client), webhooks out (signed HTTP to the app); the legs
+Twilio places for the app (agents rung for a waiting caller, parties of a three-way)."""
+from __future__ import annotations
+
+import json
+import queue as queue_mod
+import random
+import threading
+import time
+import xml.etree.ElementTree as ET
+from urllib.parse import parse_qs, urlencode, urlparse
+
+from tools.simulate.agents import SimAgent
+from tools.simulate.twilio_callers import CallerLeg
+from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, REST_EVENTS, TOKEN
+
+
+class AgentLegs:
+    """Part of :class:`SimTwilio`: the legs Twilio places (``Calls.json``, ``Participants.json``)
+    and the webhooks they cause."""
+
+    def outbound_leg(self, sid: str, data: dict) -> None:
+        """A leg the app placed: an agent being rung for a waiting caller."""
+        url = urlparse(data.get("Url", ""))
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        status_url = urlparse(data.get("StatusCallback", ""))
+        status_path = status_url.path + (f"?{status_url.query}" if status_url.query else "")
+        agent = self.sim.agent_by_endpoint(data.get("To", ""))
+        cancelled = threading.Event()
+        with self.lock:
+            self.legs[sid] = cancelled
+        try:
+            ring_s = min(float(data.get("Timeout", 20)), self.sim.ring_timeout_s)
+            if agent is None or not agent.answers:
+                if agent is not None:
+                    agent.missed += 1
+                cancelled.wait(ring_s)
+                self.post(status_path, {"CallSid": sid, "CallStatus": "canceled" if cancelled.is_set() else "no-answer",
+                                        "AccountSid": ACCOUNT})
+                return
+            if cancelled.wait(agent.rng.uniform(0.05, 0.3)):
+                self.post(status_path, {"CallSid": sid, "CallStatus": "canceled", "AccountSid": ACCOUNT})
+                return
+            path = url.path + (f"?{url.query}" if url.query else "")
+            root = self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": ACCOUNT})
+            conf = root.find("Dial/Conference") if root is not None else None
+            if conf is None:  # "来电已结束": the caller left meanwhile
+                self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT})
+                return
+            call_id = q.get("call", "")
+            agent.calls += 1
+            rec = self.sim.records.get(call_id)
+            if rec is not None:
+                rec.agent = agent.id
+            self.post("/twilio/conference-events", {"FriendlyName": conf.text, "ConferenceSid": "CF" + "9" * 32,
+                                                    "StatusCallbackEvent": "participant-join", "CallSid": sid})
+            talk = agent.talk_s()
+            if rec is not None and rec.behaviour == "patient" and self.sim.wants_transfer(call_id):
+                if self._transfer(agent, call_id, talk):
+                    return  # the agent left the caller with the sub-center (warm transfer)
+            cancelled.wait(talk)
+            self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT,
+                                    "CallDuration": str(int(talk))})
+            with self.lock:
+                box = self.inbox.get(call_id)
+            if box is not None:
+                box.put(("agent-left", None))
+        finally:
+            with self.lock:
+                self.legs.pop(sid, None)
+
+    def _transfer(self, agent: SimAgent, call_id: str, talk: float) -> bool:
+        """三方转接 to the line's expert seats through the agent API, then a warm leave."""
+        time.sleep(talk / 2)
+        status, body = agent.api("/agent/api/twilio/three-way", {"kind": "expert"})
+        if status != 200:  # e.g. 409: no expert seat free now, or the expert group is closed
+            with self.sim.lock:
+                self.sim.transfers_refused[str(body.get("error", status))[:60]] = \
+                    self.sim.transfers_refused.get(str(body.get("error", status))[:60], 0) + 1
+            return False
+        for _ in range(50):  # wait for the sub-center to answer (transfer-status)
+            status, _ = agent.api("/agent/api/twilio/leave")
+            if status == 200:
+                rec = self.sim.records.get(call_id)
+                if rec is not None:
+                    rec.transferred = True
+                return True
+            time.sleep(0.1)
+        agent.api("/agent/api/twilio/cancel")
+        return False
+
+    def participant(self, sid: str, data: dict) -> None:
+        """An expert seat (or sub-center) joins the conference, talks, leaves."""
+        url = urlparse(data.get("StatusCallback", ""))
+        path = url.path + (f"?{url.query}" if url.query else "")
+        expert = self.sim.agent_by_endpoint(data.get("To", ""))
+        if expert is not None:
+            expert.calls += 1
+        time.sleep(0.1)
+        self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": ACCOUNT})
+        time.sleep(random.uniform(0.3, 1.0))
+        self.post(path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT})
+
+    def participant_deleted(self, sid: str) -> None:
+        pass  # the agent left the conference (their leg's status callback follows from agent-status)
+
+
+
+class SimTwilio(CallerLeg, AgentLegs):
+    """Twilio's side of every call: posts signed webhooks, follows TwiML, rings agent legs."""
+
+    def __init__(self, sim):
+        from twilio.request_validator import RequestValidator
+
+        self.sim = sim
+        self.validator = RequestValidator(TOKEN)
+        self.inbox: dict[str, queue_mod.Queue] = {}  # caller leg -> REST moves for it
+        self.legs: dict[str, threading.Event] = {}  # agent/party leg -> cancelled
+        self.conferences: set[str] = set()  # running conferences: those a caller is in
+        self.last_path: dict[str, str] = {}  # leg -> the last webhook posted for it (for reports)
+        self.lock = threading.Lock()
+        self._redis = None
+
+    def conference_running(self, name: str) -> bool:
+        with self.lock:
+            return name in self.conferences
+
+    def _conference(self, name: str, running: bool) -> None:
+        """Twilio's conference list, answered truthfully to ``GET Conferences``."""
+        with self.lock:
+            (self.conferences.add if running else self.conferences.discard)(name)
+        if self.sim.processes:  # app processes ask through Redis (best effort: Redis may be down)
+            try:
+                if self._redis is None:
+                    import redis as redis_lib
+
+                    self._redis = redis_lib.Redis.from_url(self.sim.redis_url)
+                (self._redis.sadd if running else self._redis.srem)(CONFERENCES, name)
+            except Exception:
+                pass
+
+    def dispatch(self, kind: str, sid: str, data: dict) -> bool:
+        if kind == "outbound":
+            self.submit(self.outbound_leg, sid, data)
+        elif kind == "participant":
+            self.submit(self.participant, sid, data)
+        elif kind == "update":
+            return self.update_leg(sid, data)
+        return True
+
+    def follow(self, redis_url: str, stop: threading.Event) -> None:
+        """REST requests of app processes (``--processes``), from the Redis list they push to."""
+        import redis as redis_lib
+
+        r = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+        while not stop.is_set():
+            try:
+                item = r.blpop(REST_EVENTS, timeout=1)
+            except Exception:
+                stop.wait(0.5)
+                continue
+            if item:
+                kind, sid, data = json.loads(item[1])
+                self._guard(self.dispatch, kind, sid, data)
+
+    def submit(self, fn, *args) -> None:
+        threading.Thread(target=self._guard, args=(fn, *args), daemon=True).start()
+
+    def _guard(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.sim.stats.error(f"twilio {fn.__name__}: {exc!r}")
+
+    # -- webhooks ---------------------------------------------------------------------------
+    def post(self, path: str, params: dict, *, expect_xml: bool = True):
+        """A signed webhook; returns the TwiML root (or None for 204)."""
+        url = f"{self.sim.base_url}{path}"
+        self.last_path[params.get("CallSid", "")] = path.split("?")[0]
+        body = urlencode(params).encode()
+        sig = self.validator.compute_signature(url, params)
+        t0 = time.perf_counter()
+        status, raw = self.sim.http("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded",
+                                                          "X-Twilio-Signature": sig}, stat="webhook", t0=t0)
+        if status >= 500 or status in (403, 404, 405, 413):
+            raise RuntimeError(f"{path} answered {status}")
+        if status == 204 or not raw:
+            return None
+        root = ET.fromstring(raw)
+        if root.tag != "Response":
+            raise RuntimeError(f"{path}: not TwiML")
+        return root
+
+    # -- REST side effects ------------------------------------------------------------------
+    def update_leg(self, sid: str, data: dict) -> bool:
+        with self.lock:
+            box = self.inbox.get(sid)
+            cancel = self.legs.get(sid)
+        if box is not None:
+            if "Twiml" in data:
+                box.put(("twiml", data["Twiml"]))
+            elif "Url" in data:
+                box.put(("redirect", urlparse(data["Url"]).path + (("?" + urlparse(data["Url"]).query)
+                                                                   if urlparse(data["Url"]).query else "")))
+            elif data.get("Status") in ("canceled", "completed"):
+                box.put(("hangup", None))
+            return True
+        if cancel is not None:
+            if data.get("Status") in ("canceled", "completed"):
+                cancel.set()
+            return True
+        return False
+

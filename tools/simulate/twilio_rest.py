@@ -1,0 +1,81 @@
+"""Twilio's REST API, simulated: what the app's ``twilio.rest.Client`` reaches (:class:`SimHttpClient`)."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from urllib.parse import urlparse
+
+TOKEN = "sim-auth-token-0123456789abcdef0123"
+ACCOUNT = "AC" + "5" * 32
+REST_EVENTS = "sim:twilio:rest"
+CONFERENCES = "sim:twilio:conferences"  # running conferences, for app processes asking Twilio (--processes)
+
+
+class SimHttpClient:
+    """The app's ``twilio.rest.Client`` http_client: answers like Twilio and tells the simulated
+    Twilio what happened — directly (:class:`~tools.simulate.twilio_cloud.SimTwilio` in this process) or, when the app runs in
+    its own processes (gunicorn), through a Redis list the simulator reads (``sim:twilio:rest``)."""
+
+    def __init__(self, cloud=None, redis_url: str | None = None):
+        import uuid
+
+        self.cloud = cloud
+        self._redis = None
+        if cloud is None:
+            import redis as redis_lib
+
+            self._redis = redis_lib.Redis.from_url(redis_url)
+        self._prefix = uuid.uuid4().hex[:6]
+        self._ids = itertools.count(1)
+        self.last_request = self.last_response = None
+        self.requests = 0
+
+    def _tell(self, kind: str, sid: str, data: dict) -> bool:
+        if self.cloud is not None:
+            return self.cloud.dispatch(kind, sid, data)
+        self._redis.rpush(REST_EVENTS, json.dumps([kind, sid, data]))
+        return True
+
+    def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
+                allow_redirects=False):
+        from twilio.http.response import Response
+
+        self.requests += 1
+        data = {k: (v if isinstance(v, str) else str(v)) for k, v in dict(data or {}).items()}
+        path = urlparse(uri).path
+        if method == "DELETE":
+            return Response(204, "")
+        if method == "GET" and path.endswith("/Conferences.json"):
+            name = dict(params or {}).get("FriendlyName", "")
+            running = self.cloud.conference_running(name) if self.cloud is not None \
+                else bool(self._redis.sismember(CONFERENCES, name))
+            found = [{"sid": "CF" + "9" * 32, "friendly_name": name, "status": "in-progress"}] if running else []
+            return Response(200, json.dumps({"conferences": found, "meta": {"key": "conferences"}}))
+        if path.endswith("/Participants.json"):
+            sid = f"CAparty{self._prefix}{next(self._ids)}"
+            self._tell("participant", sid, data)
+            return Response(201, json.dumps({"call_sid": sid, "conference_sid": path.split("/")[-2],
+                                             "account_sid": ACCOUNT}))
+        if path.endswith("/Calls.json"):
+            sid = f"CAleg{self._prefix}{next(self._ids):06d}"
+            self._tell("outbound", sid, data)
+            return Response(201, json.dumps({"sid": sid, "account_sid": ACCOUNT, "status": "queued"}))
+        m = re.search(r"/Calls/([^/]+)\.json$", path)
+        if m and method == "POST":
+            if not self._tell("update", m.group(1), data):
+                return Response(404, json.dumps({"code": 20404, "message": "not found", "status": 404}))
+        return Response(200, json.dumps({"sid": path.rsplit("/", 1)[-1].split(".")[0], "account_sid": ACCOUNT}))
+
+
+
+def web_app():
+    """gunicorn's app for ``--processes``: the product's app with the simulated Twilio REST API."""
+    from app import create_app
+
+    return create_app({"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_CALLER_ID": "+8612345",
+                       "TWILIO_HTTP_CLIENT": SimHttpClient(redis_url=os.environ["REDIS_URL"]),
+                       "TWILIO_WAIT_TICK_S": int(os.environ.get("SIM_WAIT_TICK_S", "2")),
+                       "SECRET_KEY": "sim", "ADMIN_PASSWORD": None})
+
