@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from flask import Flask, jsonify
+from werkzeug.routing import IntegerConverter
 
 from call_routing.rules import DEFAULT_RULES_PATH, load_rules
 from call_routing.rules_store import RulesStore
@@ -30,8 +31,18 @@ CONFIG_KEYS = ("RULES_PATH", "REDIS_URL", "DATABASE_URL", "TWILIO_AUTH_TOKEN", "
 log = logging.getLogger("hotline.app")
 
 
+class RowId(IntegerConverter):
+    """``<int:…>`` in every route: a database row id, at most 2**63 - 1 (a larger one is a plain
+    404, not an OverflowError from the database)."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowId
     app.config.update(
         RULES_PATH=str(DEFAULT_RULES_PATH),
         REDIS_URL="redis://127.0.0.1:6379/0",

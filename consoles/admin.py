@@ -131,6 +131,7 @@ def edit_yaml():
     problems, ok_message = [], None
     if request.method == "GET":
         draft_id = request.args.get("draft", type=int)
+        draft_id = draft_id if draft_id is not None and 0 < draft_id < 2**63 else None
         draft = _c().db.draft(draft_id) if draft_id else None
         text = draft.content if draft else editor.disk_text()
         base_sha = draft.base_sha256 if draft else sha256_text(editor.disk_text())

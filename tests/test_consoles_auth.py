@@ -287,3 +287,15 @@ def test_the_session_cookie_is_httponly_samesite_and_carries_neither_the_csrf_to
     r = sign_in(secure_app.test_client(), "admin")
     cookie = next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("session="))
     assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+
+
+def test_ids_too_large_for_the_database_are_not_found_not_a_server_error(app):
+    client = app.test_client()
+    sign_in(client, "admin")
+    huge = "99999999999999999999999"
+    for path in (f"/admin/tickets/{huge}", f"/admin/audit/{huge}", f"/admin/rules/drafts/{huge}",
+                 f"/admin/rules/history/{huge}", f"/admin/tickets/{2**63}"):
+        assert client.get(path).status_code == 404, path
+    page = client.get(f"/admin/rules/yaml?draft={huge}")
+    assert page.status_code == 200 and "lines:" in page.get_data(as_text=True)  # the rules in service, no draft
+    assert client.get("/admin/tickets/1").status_code == 404  # an ordinary id still reaches the page
