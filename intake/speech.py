@@ -393,7 +393,109 @@ def _frame_db(frames: np.ndarray) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1.0) / 32768.0)
 
 
-class StreamRecognizer:
+class _Utterances:
+    """The decoding half of :class:`StreamRecognizer`: what the gate lets through, on a recognizer
+    (pooled; one per utterance for a grammar) or buffered in the backlog until one is free."""
+
+    def close(self) -> None:
+        """Give the recognizer back (idempotent); ``finish`` does this for you."""
+        if self._rec is not None:
+            rec, pooled, self._rec = self._rec, self._rec_pooled, None
+            if pooled:
+                self.model.release(rec)
+
+    def _send(self, frames: list[bytes], events: list[SpeechEvent]) -> None:
+        """Audio of the current utterance to the recognizer (or its buffer while none is free)."""
+        if not frames:
+            return
+        utt = self._utt
+        if self._rec is None and not self._backlog:
+            self._take_recognizer()
+        if self._rec is None or self._backlog:
+            utt["buffer"].extend(frames)
+            if self._backlog and self._take_recognizer():
+                events.extend(self._drain_backlog())
+            return
+        if utt["buffer"]:
+            frames = utt["buffer"] + frames
+            utt["buffer"] = []
+        self._accept(b"".join(frames), utt)
+
+    def _take_recognizer(self) -> bool:
+        if self._rec is not None:
+            return True
+        if self.grammar is not None:  # small and fast to build: one per utterance, not pooled
+            self._rec, self._rec_pooled = self.model.new_recognizer(self.grammar.json), False
+        else:
+            self._rec = self.model.acquire(block=self.block_for_recognizer, timeout=30.0)
+            self._rec_pooled = self._rec is not None
+        return self._rec is not None
+
+    def _accept(self, data: bytes, utt: dict) -> None:
+        self.samples_to_model += len(data) // 2
+        if self._rec.AcceptWaveform(data):  # Vosk's own endpoint inside a long utterance
+            utt["parts"].append(json.loads(self._rec.Result()))
+
+    def _partial(self) -> list[SpeechEvent]:
+        text = json.loads(self._rec.PartialResult()).get("partial", "")
+        if self.grammar is not None:
+            text = " ".join(w if w in self.grammar.words else UNK for w in text.split())
+        else:
+            text = join_words(text.split())
+        if not text or text == self.last_partial:
+            return []
+        self.last_partial = text
+        event = SpeechEvent("partial", text, None, self._utt["start"], None, self._frames_done / 100)
+        if self.on_partial:
+            self.on_partial(event)
+        return [event]
+
+    def _end_utterance(self) -> list[SpeechEvent]:
+        utt, self._utt = self._utt, None
+        if self._rec is None or self._backlog or utt["buffer"]:
+            self._backlog.append(utt)
+            return self._drain_backlog() if self._take_recognizer() else []
+        return self._finalise(utt)
+
+    def _drain_backlog(self) -> list[SpeechEvent]:
+        events = []
+        while self._backlog:
+            if not self._take_recognizer():
+                return events
+            utt = self._backlog.pop(0)
+            if utt["buffer"]:
+                self._accept(b"".join(utt["buffer"]), utt)
+                utt["buffer"] = []
+            events.extend(self._finalise(utt))
+        if self._utt is not None and self._utt["buffer"] and self._take_recognizer():
+            self._accept(b"".join(self._utt["buffer"]), self._utt)
+            self._utt["buffer"] = []
+        return events
+
+    def _finalise(self, utt: dict) -> list[SpeechEvent]:
+        utt["parts"].append(json.loads(self._rec.FinalResult()))
+        self.last_partial = ""
+        if self._rec_pooled:
+            self.close()
+        else:
+            self._rec = None  # grammar recognizers are not pooled
+        words = [w for part in utt["parts"] for w in part.get("result", [])]
+        if self.grammar is not None:
+            words = self.grammar.restrict(words)
+            text = " ".join(w["word"] for w in words)
+        else:
+            text = join_words(w for p in utt["parts"] for w in p.get("text", "").split())
+        if not text:
+            return []  # a cough or a click: nothing to report
+        event = SpeechEvent("final", text, _mean_conf(words), utt["start"], utt["end"],
+                            self._frames_done / 100, tuple(words))
+        self.finals.append(event)
+        if self.on_final:
+            self.on_final(event)
+        return [event]
+
+
+class StreamRecognizer(_Utterances):
     """Live recognition for one call: ``feed()`` chunks as they arrive, ``finish()`` at hang-up.
 
     ``feed`` returns the newest :class:`SpeechEvent` of that chunk (or None) and calls
@@ -498,13 +600,6 @@ class StreamRecognizer:
                                     tuple(self.finals))
         return self._finished
 
-    def close(self) -> None:
-        """Give the recognizer back (idempotent); ``finish`` does this for you."""
-        if self._rec is not None:
-            rec, pooled, self._rec = self._rec, self._rec_pooled, None
-            if pooled:
-                self.model.release(rec)
-
     def __enter__(self) -> "StreamRecognizer":
         return self
 
@@ -587,96 +682,6 @@ class StreamRecognizer:
         # down, while speech always has quieter moments between syllables within that window.
         self._levels.append(db)
         return db > max(min(self._levels) + self.SPEECH_MARGIN_DB, self.SPEECH_FLOOR_DB)
-
-    def _send(self, frames: list[bytes], events: list[SpeechEvent]) -> None:
-        """Audio of the current utterance to the recognizer (or its buffer while none is free)."""
-        if not frames:
-            return
-        utt = self._utt
-        if self._rec is None and not self._backlog:
-            self._take_recognizer()
-        if self._rec is None or self._backlog:
-            utt["buffer"].extend(frames)
-            if self._backlog and self._take_recognizer():
-                events.extend(self._drain_backlog())
-            return
-        if utt["buffer"]:
-            frames = utt["buffer"] + frames
-            utt["buffer"] = []
-        self._accept(b"".join(frames), utt)
-
-    def _take_recognizer(self) -> bool:
-        if self._rec is not None:
-            return True
-        if self.grammar is not None:  # small and fast to build: one per utterance, not pooled
-            self._rec, self._rec_pooled = self.model.new_recognizer(self.grammar.json), False
-        else:
-            self._rec = self.model.acquire(block=self.block_for_recognizer, timeout=30.0)
-            self._rec_pooled = self._rec is not None
-        return self._rec is not None
-
-    def _accept(self, data: bytes, utt: dict) -> None:
-        self.samples_to_model += len(data) // 2
-        if self._rec.AcceptWaveform(data):  # Vosk's own endpoint inside a long utterance
-            utt["parts"].append(json.loads(self._rec.Result()))
-
-    def _partial(self) -> list[SpeechEvent]:
-        text = json.loads(self._rec.PartialResult()).get("partial", "")
-        if self.grammar is not None:
-            text = " ".join(w if w in self.grammar.words else UNK for w in text.split())
-        else:
-            text = join_words(text.split())
-        if not text or text == self.last_partial:
-            return []
-        self.last_partial = text
-        event = SpeechEvent("partial", text, None, self._utt["start"], None, self._frames_done / 100)
-        if self.on_partial:
-            self.on_partial(event)
-        return [event]
-
-    def _end_utterance(self) -> list[SpeechEvent]:
-        utt, self._utt = self._utt, None
-        if self._rec is None or self._backlog or utt["buffer"]:
-            self._backlog.append(utt)
-            return self._drain_backlog() if self._take_recognizer() else []
-        return self._finalise(utt)
-
-    def _drain_backlog(self) -> list[SpeechEvent]:
-        events = []
-        while self._backlog:
-            if not self._take_recognizer():
-                return events
-            utt = self._backlog.pop(0)
-            if utt["buffer"]:
-                self._accept(b"".join(utt["buffer"]), utt)
-                utt["buffer"] = []
-            events.extend(self._finalise(utt))
-        if self._utt is not None and self._utt["buffer"] and self._take_recognizer():
-            self._accept(b"".join(self._utt["buffer"]), self._utt)
-            self._utt["buffer"] = []
-        return events
-
-    def _finalise(self, utt: dict) -> list[SpeechEvent]:
-        utt["parts"].append(json.loads(self._rec.FinalResult()))
-        self.last_partial = ""
-        if self._rec_pooled:
-            self.close()
-        else:
-            self._rec = None  # grammar recognizers are not pooled
-        words = [w for part in utt["parts"] for w in part.get("result", [])]
-        if self.grammar is not None:
-            words = self.grammar.restrict(words)
-            text = " ".join(w["word"] for w in words)
-        else:
-            text = join_words(w for p in utt["parts"] for w in p.get("text", "").split())
-        if not text:
-            return []  # a cough or a click: nothing to report
-        event = SpeechEvent("final", text, _mean_conf(words), utt["start"], utt["end"],
-                            self._frames_done / 100, tuple(words))
-        self.finals.append(event)
-        if self.on_final:
-            self.on_final(event)
-        return [event]
 
 
 def _mean_conf(words: list[dict]) -> float | None:

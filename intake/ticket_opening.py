@@ -1,0 +1,160 @@
+"""The call's side of a ticket: opening it (from the call path's draft), what the machine heard
+and pre-filled, the flag for manual entry, and how the call ended."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from call_routing.numbers import mask
+
+from .ticket_db import TicketRow
+from .ticket_drafts import _from_draft
+from .ticket_model import FIELDS, TRANSCRIPT_STATUSES, Ticket, TicketError, _snapshot, log
+
+
+class TicketOpening:
+    """The call's part of :class:`intake.tickets.TicketStore`: everything written before an agent looks."""
+
+    def _create_from_draft(self, *, ticket_id: int | None = None, call_id: str | None = None) -> int | bool:
+        """Create the row of a draft; returns the id of the call's row (False: no draft)."""
+        drafts = self.drafts
+        if drafts is None:
+            return False
+        try:
+            d = drafts.by_id(int(ticket_id)) if ticket_id is not None else drafts.by_call(call_id)
+        except Exception:  # Redis unreachable: the row is simply not there yet
+            log.exception("ticket drafts unreachable")
+            return False
+        if d is None:
+            return False
+        t = self.open_ticket(d["call_id"], d["entry_line"], d["caller"], rules_version=d["rules_version"], at=d["at"],
+                             ticket_id=d["ticket_id"], from_draft=False)
+        return t.id or True
+
+    def open_ticket(self, call_id: str, entry_line: str, caller: str | None = None, *,
+                    rules_version: str | None = None, recording: str | None = None,
+                    at: datetime | None = None, ticket_id: int | None = None, from_draft: bool = True) -> Ticket:
+        """The ticket for a call (idempotent per ``call_id``). When the call path left a draft
+        (:class:`TicketDrafts`), the row is created from it — its number, line, caller and
+        intake time — whatever the arguments say: the first one to touch the ticket creates it."""
+        if ticket_id is None:
+            with self._session() as s:
+                found = s.scalar(select(TicketRow).where(TicketRow.call_id == call_id))
+                if found is not None and not (recording and not found.recording):
+                    return _snapshot(found)
+            if found is None and from_draft and self._create_from_draft(call_id=call_id):
+                return self.open_ticket(call_id, entry_line, caller, recording=recording, from_draft=False)
+            if found is None:
+                ticket_id = self.allocate_id()  # outside the write transaction (SQLite: one writer)
+        at = at or self.clock()
+        with self._session.begin() as s:
+            row = s.scalar(select(TicketRow).where(TicketRow.call_id == call_id))
+            if row is not None:
+                if recording and not row.recording:
+                    row.recording = recording
+                return _snapshot(row)
+            base_due = self.calendar.add_workdays(at, self.policy.days_general)
+            row = TicketRow(id=ticket_id, call_id=call_id,
+                            entry_line=entry_line, caller=caller, status="open",
+                            transcript_status="pending", recording=recording, fields={},
+                            rules_version=rules_version, created_at=at, updated_at=at,
+                            contact_due=at + self.policy.contact_within, base_due=base_due, due_at=base_due,
+                            extension_days=0, enterprise=False, supervision=False)
+            s.add(row)
+            s.flush()
+            self._event(s, row, "system", "opened", {"entry_line": entry_line})
+            log.info("ticket %s opened for call %s from %s on %s", row.id, call_id, mask(caller), entry_line)
+            return _snapshot(row)
+
+    def attach_transcript(self, call_id: str, *, text: str | None, confidence: float | None = None,
+                          status: str = "ok", prefill: dict | None = None, recording: str | None = None,
+                          entry_line: str | None = None, caller: str | None = None,
+                          rules_version: str | None = None, reason: str | None = None) -> Ticket:
+        """Store what was recognised and the pre-filled fields; flag for manual entry when
+        there is nothing usable. Creates the ticket when the call's was never opened.
+
+        ``prefill`` may be a dict, or a callable given the ticket's whole transcript (after
+        :meth:`append_transcript`) and its intake time, returning the dict. A recording that
+        yields nothing never replaces a transcript already heard on the live call.
+        """
+        if status not in TRANSCRIPT_STATUSES:
+            raise TicketError(f"transcript status {status!r} is not one of {', '.join(TRANSCRIPT_STATUSES)}")
+        if status == "ok" and not (text or "").strip():
+            status = "empty"
+        self.open_ticket(call_id, entry_line or "12345", caller, rules_version=rules_version, recording=recording)
+        now = self.clock()
+        with self._session.begin() as s:
+            row = self._row_for_update(s, call_id=call_id)
+            if status != "ok" and row.transcript_status == "ok":
+                if recording:
+                    row.recording = recording
+                self._event(s, row, "machine", "recording_unusable", {"status": status, "reason": reason})
+                return _snapshot(row)
+            row.transcript = text
+            row.transcript_confidence = confidence
+            row.transcript_status = status
+            if recording:
+                row.recording = recording
+            if status == "ok" and callable(prefill):
+                prefill = prefill(row.transcript, row.created_at)
+            if status == "ok" and prefill:
+                fields = dict(row.fields or {})
+                for name in FIELDS:
+                    if name in prefill and not (name in fields and fields[name].get("source") == "agent"):
+                        fields[name] = {"value": prefill[name], "source": "machine", "confirmed": False}
+                row.fields = fields
+                self._fields_changed(s, row, now)
+                self._event(s, row, "machine", "prefilled", {"fields": sorted(n for n in FIELDS if n in prefill)})
+            elif row.status == "open":
+                reason = reason or {"no_model": "no speech model configured: no transcript",
+                          "unreadable": "the recording could not be read",
+                          "failed": "speech recognition failed",
+                          "empty": "nothing was recognised in the recording"}.get(status, "no transcript")
+                self._flag(s, row, reason, now)
+            row.updated_at = now
+            return _snapshot(row)
+
+    def append_transcript(self, call_id: str, text: str, *, source: str = "speech",
+                          confidence: float | None = None, prefill=None) -> Ticket:
+        """Words heard on the live call, added to what was heard before, then pre-filled again
+        (``prefill`` is called with the whole transcript and the intake time)."""
+        with self._session() as s:
+            row = s.scalar(select(TicketRow).where(TicketRow.call_id == call_id))
+            before = row.transcript if row is not None and row.transcript_status == "ok" else None
+        whole = f"{before} {text}".strip() if before else text
+        ticket = self.attach_transcript(call_id, text=whole, confidence=confidence, status="ok", prefill=prefill)
+        with self._session.begin() as s:
+            self._event(s, self._row(s, ticket.id), source, "heard", {"chars": len(text or "")})
+        return ticket
+
+    @_from_draft
+    def record_call_end(self, ticket_id: int, outcome: str, survey: str | None = None) -> Ticket:
+        """How the call ended (completed, abandoned, …) and the caller's satisfaction key, if any."""
+        with self._session.begin() as s:
+            row = self._row_for_update(s, ticket_id=ticket_id)
+            if outcome:
+                row.call_outcome = outcome
+            if survey:
+                row.survey = survey
+            self._event(s, row, "system", "call_end" if outcome else "survey", {"outcome": outcome, "survey": survey})
+            return _snapshot(row)
+
+    def flag_manual_entry(self, call_id: str, reason: str, *, entry_line: str | None = None,
+                          caller: str | None = None, recording: str | None = None,
+                          transcript_status: str = "failed") -> Ticket:
+        """The machine could not fill this ticket: an agent types it in (the caller loses nothing)."""
+        self.open_ticket(call_id, entry_line or "12345", caller, recording=recording)
+        with self._session.begin() as s:
+            row = self._row_for_update(s, call_id=call_id)
+            if row.transcript_status == "pending":
+                row.transcript_status = transcript_status
+            if row.status == "open":
+                self._flag(s, row, reason, self.clock())
+            return _snapshot(row)
+
+    def _flag(self, s: Session, row: TicketRow, reason: str, now: datetime) -> None:
+        row.status, row.manual_reason, row.updated_at = "manual_entry", reason, now
+        self._event(s, row, "system", "manual_entry", {"reason": reason})
+        log.info("ticket %s (call %s) flagged for manual entry: %s", row.id, row.call_id, reason)
