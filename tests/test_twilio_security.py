@@ -120,3 +120,56 @@ def test_caller_numbers_never_appear_in_full_in_the_logs(twilio, caplog):
     twilio.post("/twilio/voice", call_params("CAlog", frm="+8613812345678"))
     twilio.post("/twilio/status", call_params("CAlog", frm="+8613812345678", CallStatus="completed"))
     assert caplog.records and "13812345678" not in caplog.text
+
+
+# -- parameters as they come: validated, never trusted ------------------------------------------
+
+def test_a_callsid_with_a_newline_is_refused_and_forges_no_log_line(twilio, caplog):
+    caplog.set_level("DEBUG")
+    r = twilio.post("/twilio/voice", call_params("CA1\n2026-12-06 hotline.acd INFO agent a1 paid"))
+    assert r.status_code == 400 and b"CallSid" in r.data
+    assert not any("\n" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_10_kb_caller_number_is_dropped_and_the_call_still_reaches_the_seats(redis_url, rules_path, caplog):
+    app = make(redis_url, rules_path)
+    twilio = SignedTwilio(app.test_client())
+    root = twilio.twiml("/twilio/voice", call_params("CAlongfrom", frm="+86" + "1" * 10_000))
+    assert "Enqueue" in verbs(root)  # queued as from an unknown number
+    assert app.extensions["twilio"]["flow"].state("CAlongfrom").caller == ""
+    assert "1" * 200 not in caplog.text
+    assert any("not a plausible number" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("path, params", [
+    ("/twilio/wait", {"AccountSid": ACCOUNT}),  # no CallSid
+    ("/twilio/status", {"AccountSid": ACCOUNT, "CallStatus": "completed"}),
+    ("/twilio/callback-status?call=CAx&n=abc", {"CallSid": "CAleg", "CallStatus": "completed"}),
+])
+def test_missing_or_malformed_parameters_get_a_400_and_one_log_line_without_a_traceback(twilio, caplog, path,
+                                                                                       params):
+    r = twilio.post(path, params, sign_url="http://localhost" + path)
+    assert r.status_code == 400
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged"
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+
+
+@pytest.mark.parametrize("url, fetched", [
+    ("https://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1", True),
+    ("https://evil.example.com/2010-04-01/Accounts/AC1/Recordings/RE1", False),
+    ("http://api.twilio.com/2010-04-01/Accounts/AC1/Recordings/RE1", False),  # not over TLS
+    ("https://api.twilio.com@evil.example.com/rec", False),
+    ("http://169.254.169.254/latest/meta-data/", False),
+    ("/etc/passwd", False),
+])
+def test_a_recording_is_fetched_only_from_twilio_s_media_host(redis_url, rules_path, url, fetched):
+    from ivr.flow import MemoryTickets
+
+    tickets = MemoryTickets()
+    app = make(redis_url, rules_path, HOTLINE_SERVICES={"classify": None, "tickets": tickets})
+    twilio = SignedTwilio(app.test_client())
+    twilio.post("/twilio/voice", call_params("CArecurl"))
+    params = call_params("CArecurl", RecordingStatus="completed", RecordingSid="RE1", RecordingUrl=url)
+    assert twilio.post("/twilio/recording", params).status_code == 204
+    ticket = app.extensions["twilio"]["flow"].state("CArecurl").ticket
+    assert tickets.tickets[ticket].get("recordings", []) == ([url] if fetched else [])

@@ -26,8 +26,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.datastructures import ImmutableMultiDict
+from werkzeug.exceptions import BadRequest
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -52,6 +56,8 @@ SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_WAIT_TICK_S": 5,  # how often a waiting caller's wait URL is asked again
     "TWILIO_QUEUE_SHARDS": 1,  # holding queues per skill (a Twilio queue holds ≤ 5,000 calls)
     "TWILIO_OFFER_LISTENER": True,  # ring agents for offers made in other processes (ticker, workers)
+    # where a RecordingUrl may point: host[:port] (https), or http://host[:port]; comma-separated
+    "TWILIO_RECORDING_HOSTS": "api.twilio.com",
 }
 _FALSE = ("0", "false", "no", "off")
 
@@ -105,6 +111,7 @@ def init_app(app, services=None) -> None:
         "public_url": (app.config["TWILIO_PUBLIC_URL"] or "").rstrip("/") or None,
         "hold_music": app.config["TWILIO_HOLD_MUSIC"], "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
         "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
+        "recording_hosts": app.config["TWILIO_RECORDING_HOSTS"] or "",
     }
     app.register_blueprint(bp)
 
@@ -183,6 +190,52 @@ def _ensure_call(call_id: str, dialed: str | None = None) -> None:
         _tw()["legs"].open(call_id, base=_base_url(), to=request.form.get("To", ""), **{"from": request.form.get("From", "")})
 
 
+# -- what Twilio sends ---------------------------------------------------------------------------
+_CALL_SID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NUMBER_FIELDS = ("From", "To", "Caller", "Called")
+MAX_NUMBER_CHARS = 128  # E.164 is 16; SIP URIs with parameters stay well under this
+
+
+def _check_parameters() -> str | None:
+    """What is wrong with the request's call identity, or None. A number field that is not a
+    plausible number (too long, control characters) is dropped — the call goes on as from an
+    unknown number — rather than kept as the ticket's caller or written to the logs."""
+    for where in (request.form, request.args):
+        sid = where.get("CallSid") if where is request.form else where.get("call")
+        if sid is not None and not _CALL_SID.fullmatch(sid):
+            return "CallSid is not a call id (letters, digits, '_', '.', '-'; at most 64)"
+    bad = [k for k in _NUMBER_FIELDS if k in request.form and (len(request.form[k]) > MAX_NUMBER_CHARS
+                                                                 or not request.form[k].isprintable())]
+    if bad:
+        log.warning("Twilio %s for call %s: %s not a plausible number: ignored", request.path,
+                    request.form.get("CallSid"), ", ".join(bad))
+        request.form = ImmutableMultiDict([(k, v) for k, v in request.form.items(multi=True) if k not in bad])
+    return None
+
+
+def _offer_number() -> int:
+    raw = request.args.get("n", "0")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6):
+        raise BadRequest("parameter n must be a whole number")
+    return int(raw)
+
+
+def recording_url_allowed(url: str, hosts: str) -> bool:
+    """``RecordingUrl`` points at one of ``hosts`` (``host[:port]`` over https, or
+    ``http://host[:port]``): the worker downloads it, so no other address is ever fetched."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return False
+    for entry in (h.strip().lower() for h in hosts.split(",") if h.strip()):
+        scheme, _, host = entry.rpartition("://")
+        if parts.netloc.lower() == host and parts.scheme == (scheme or "https"):
+            return True
+    return False
+
+
 def call_webhook(kind: str):
     """A webhook whose failure must still leave the caller on the way to a seat.
 
@@ -194,9 +247,20 @@ def call_webhook(kind: str):
     def wrap(view):
         @functools.wraps(view)
         def handler(*args, **kwargs):
+            problem = _check_parameters()
+            if problem:
+                log.warning("Twilio %s refused: %s", request.path, problem)
+                return Response(problem + "\n", 400)
             call_id = request.form.get("CallSid") or request.args.get("call")
             try:
                 return view(*args, **kwargs)
+            except BadRequest as exc:  # a parameter missing or malformed: one line, no traceback
+                log.warning("Twilio %s for call %s: %s", request.path, call_id, exc.description)
+                if kind in ("call", "event") or not call_id:
+                    return Response(f"{exc.description}\n", 400)
+                if kind == "wait":
+                    return _xml(twiml.wait([], None, hold_music=_tw()["hold_music"], tick_s=_tw()["tick_s"]))
+                return _xml(twiml.goodbye([{"do": "say", "text": CALL_ENDED}]))
             except Exception:
                 log.exception("Twilio %s webhook failed for call %s from %s", request.path, call_id,
                               mask(request.form.get("From")))
@@ -340,6 +404,9 @@ def recording():
     f = request.form
     call_id = f.get("CallSid")
     if f.get("RecordingStatus") == "completed" and f.get("RecordingUrl"):
+        if not recording_url_allowed(f["RecordingUrl"], _tw()["recording_hosts"]):
+            log.warning("call %s: RecordingUrl on a host not in TWILIO_RECORDING_HOSTS: not fetched", call_id)
+            return Response(status=204)
         if _tw()["legs"].once(call_id, f"recording:{f.get('RecordingSid')}"):
             _tw()["flow"].recorded(call_id, f["RecordingUrl"])
     return Response(status=204)
@@ -380,7 +447,7 @@ def transfer_status():
 @call_webhook("leg")
 def callback_agent():
     """A callback's agent leg answered (:class:`~ivr.twilio.calls.TwilioCallbackDialer`)."""
-    return _xml(_tw()["callbacks"].agent_answered(request.args["call"], int(request.args.get("n", 0)),
+    return _xml(_tw()["callbacks"].agent_answered(request.args["call"], _offer_number(),
                                                   request.args.get("agent", "")))
 
 
@@ -388,14 +455,14 @@ def callback_agent():
 @call_webhook("leg")
 def callback_citizen():
     """The citizen answered the callback: a short sentence, then the conference with the agent."""
-    return _xml(_tw()["callbacks"].citizen_answered(request.args["call"], int(request.args.get("n", 0))))
+    return _xml(_tw()["callbacks"].citizen_answered(request.args["call"], _offer_number()))
 
 
 @bp.post("/callback-survey")
 @call_webhook("leg")
 def callback_survey():
     """The citizen's <Dial> of a callback ended (``step`` absent), or the survey key (``step=rate``)."""
-    call_id, n = request.args["call"], int(request.args.get("n", 0))
+    call_id, n = request.args["call"], _offer_number()
     callbacks = _tw()["callbacks"]
     if request.args.get("step") == "rate":
         return _xml(callbacks.survey_answer(call_id, n, request.form.get("Digits", "")))
@@ -407,7 +474,7 @@ def callback_survey():
 @bp.post("/callback-status")
 @call_webhook("event")
 def callback_status():
-    _tw()["callbacks"].status(request.args["call"], int(request.args.get("n", 0)), request.args.get("leg", ""),
+    _tw()["callbacks"].status(request.args["call"], _offer_number(), request.args.get("leg", ""),
                               request.form.get("CallStatus", ""))
     return Response(status=204)
 

@@ -186,12 +186,31 @@ class Stack(Servers):
         shutil.copy(ROOT / "emergency_keywords.yaml", os.path.join(self.dir, "emergency_keywords.yaml"))
         return path
 
+    def _serve_recordings(self) -> None:
+        """Twilio's media host, for the simulated calls' recordings: the worker downloads each
+        ``RecordingUrl`` from here (the app accepts them from this host only)."""
+        import functools
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=self.recordings))
+        self.recording_port = server.server_address[1]
+        self._spawn(server.serve_forever, name="recordings")
+        self._cleanup.append(server.shutdown)
+
+    def recording_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.recording_port}/{os.path.basename(path)}"
+
     def start(self):
         self.dir = self.workdir or tempfile.mkdtemp(prefix="hotline-sim-")
         if not self.workdir:
             self._cleanup.append(lambda: shutil.rmtree(self.dir, ignore_errors=True))
         self.recordings = os.path.join(self.dir, "recordings")
         os.makedirs(self.recordings, exist_ok=True)
+        self._serve_recordings()
         if not self.redis_url:
             from runtime.redis_server import EmbeddedRedis
 
@@ -206,7 +225,8 @@ class Stack(Servers):
                "HOTLINE_INVITE_AFTER_S": "1", "HOTLINE_RECORDINGS": self.recordings,
                "HOTLINE_PROMPTS": os.path.join(self.dir, "prompts"), "HOTLINE_WAIT_SESSION_S": "20",
                "HOTLINE_CALLBACK_DIALER": "tools.simulate:callback_dialer", "TWILIO_OFFER_LISTENER": "1",
-               "SPEECH_RETRY_S": "1,1", "HANDOFF_RETRY_S": "1"}
+               "SPEECH_RETRY_S": "1,1", "HANDOFF_RETRY_S": "1",
+               "TWILIO_RECORDING_HOSTS": f"http://127.0.0.1:{self.recording_port}"}
         self._saved_env = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         activate(self)

@@ -77,7 +77,7 @@ class CallerLeg:
     def _recording(self, rec: CallRecord, base) -> None:
         path = self.sim.write_wav(rec.id)
         self.post("/twilio/recording", {**base, "RecordingStatus": "completed", "RecordingSid": "RE" + rec.id[2:],
-                                        "RecordingUrl": path, "RecordingDuration": "1"})
+                                        "RecordingUrl": self.sim.recording_url(path), "RecordingDuration": "1"})
 
     def _hold(self, rec, box, base, patience, rng, deadline, queue_name):
         """In ``<Enqueue>``: ask ``wait`` every tick, follow Gather/Leave/Hangup and REST moves."""
