@@ -4,7 +4,8 @@
 (``RULES_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ``TWILIO_AUTH_TOKEN``, ``VOSK_MODEL_PATH``,
 ``PROXY_HOPS``: the number of reverse proxies in front whose ``X-Forwarded-For`` gives the
 client's address for the audit log and sign-in throttling; default 0, the socket's peer).
-``python app.py`` runs the whole product on one machine: an embedded Redis when
+``python app.py`` runs the whole product on one machine (its background processes supervised:
+restarted with backoff when they die, :mod:`runtime.supervisor`): an embedded Redis when
 ``REDIS_URL`` is not set (its data in ``REDIS_DATA_DIR``, default ``var/redis``, ``off`` for
 none), the rq worker (``python -m intake.worker``), the ACD timers
 (``python -m call_routing.acd tick``), the FastAGI server for
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -91,9 +91,28 @@ def create_app(config: dict | None = None) -> Flask:
     return app
 
 
+def _process_report(redis_url: str):
+    """The supervisor's report, to Redis: every process of the product reads it from there."""
+    import json
+
+    import redis
+
+    from runtime.supervisor import STATE_KEY, STATE_TTL_S
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def report(states: dict) -> None:
+        pipe = client.pipeline()
+        pipe.hset(STATE_KEY, mapping={name: json.dumps(st) for name, st in states.items()})
+        pipe.expire(STATE_KEY, STATE_TTL_S)
+        pipe.execute()
+    return report
+
+
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
     from runtime.redis_server import DataDirError, redis_url_or_embedded
+    from runtime.supervisor import Supervisor
     from call_routing.rules import RulesError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -114,15 +133,14 @@ def main() -> int:
     import consoles
 
     consoles.bootstrap_from_env()  # first start: admin account (ADMIN_PASSWORD, else a printed one-time password)
-    children = [subprocess.Popen([sys.executable, "-m", "intake.worker", "--url", url], cwd=ROOT),
-                # ACD timers: overflow, ring and wrap-up timeouts, heartbeats, callbacks
-                subprocess.Popen([sys.executable, "-m", "call_routing.acd", "tick"], cwd=ROOT)]
+    children = {"worker": [sys.executable, "-m", "intake.worker", "--url", url],  # speech, callbacks, hand-offs
+                "timers": [sys.executable, "-m", "call_routing.acd", "tick"]}  # overflow, ring/wrap-up timeouts, callbacks
     fastagi = os.environ.get("FASTAGI_BIND", "127.0.0.1:4573")
     if fastagi != "off":
         host, _, port = fastagi.rpartition(":")
-        children.append(subprocess.Popen([sys.executable, "-m", "agi_scripts.fastagi_server", "--host", host,
-                                          "--port", port], cwd=ROOT))
+        children["fastagi"] = [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", host, "--port", port]
         log.info("FastAGI server on agi://%s (FASTAGI_BIND=off to skip)", fastagi)
+    supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
     bind = os.environ.get("BIND", "0.0.0.0:8000")
     try:
         from gunicorn.app.base import BaseApplication
@@ -143,13 +161,7 @@ def main() -> int:
         log.info("serving on http://%s", bind)
         _Server().run()
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(35)  # the worker finishes its job, FastAGI lets calls drain
-            except subprocess.TimeoutExpired:
-                child.kill()
+        supervisor.stop()  # the worker finishes its job, FastAGI lets calls drain
         if embedded:
             embedded.stop()
     return 0

@@ -25,9 +25,13 @@ from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
 from call_routing.acd.kpi import Tally, read_entries, start_id
 from call_routing.acd.kpi import kpis as compute_kpis
 from call_routing.rules import CHINA_TZ
+from runtime.supervisor import STATE_KEY
 
 STATE_NAMES = {"ready": "就绪", "ringing": "振铃", "busy": "通话", "wrapup": "话后", "paused": "小休",
                "offline": "离线"}
+PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
+                 "fastagi": "FastAGI 服务（Asterisk 来电）"}
+PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中"}
 SATISFIED = ("satisfied", "basically_satisfied", "1", "2")  # survey keys: 满意 / 基本满意
 SURVEYED = SATISFIED + ("dissatisfied", "3")
 BAND = 10 ** 13  # queue score = (9 - priority) * BAND + entered ms (docs/acd.md)
@@ -185,9 +189,25 @@ class Dashboard:
         rules = self.acd.rules
         return [{**a, "text": describe_alert(a, rules)} for a in self.acd.alerts(count)]
 
+    def processes(self) -> list[dict]:
+        """The product's background processes as ``python app.py``'s supervisor reported them
+        (empty when they run under another supervisor, e.g. systemd)."""
+        import json
+
+        raw = self.acd.redis.hgetall(STATE_KEY)
+        out = []
+        for name, value in sorted(raw.items()):
+            st = json.loads(value)
+            out.append({"name": _text(name), "label": PROCESS_NAMES.get(_text(name), _text(name)),
+                        "state": st["state"], "state_label": PROCESS_STATES.get(st["state"], st["state"]),
+                        "restarts": st["restarts"], "pid": st["pid"],
+                        "since": datetime.fromtimestamp(st["since"], CHINA_TZ).strftime("%m月%d日 %H:%M:%S")})
+        return out
+
     def snapshot(self) -> dict:
         return {"at": datetime.fromtimestamp(self.acd.clock(), CHINA_TZ).isoformat(timespec="seconds"),
-                "queues": self.queues(), "today": self.today(), "alerts": self.alerts(10)}
+                "queues": self.queues(), "today": self.today(), "alerts": self.alerts(10),
+                "processes": self.processes()}
 
 
 def describe_alert(alert: dict, rules) -> str:
@@ -266,6 +286,15 @@ class HotlineCollector:
         yield waiting
         yield longest
         yield agents
+        up = GaugeMetricFamily("hotline_process_up", "1 while a supervised process of the product runs",
+                               labels=["process"])
+        restarts = GaugeMetricFamily("hotline_process_restarts", "times the supervisor started a process again",
+                                     labels=["process"])
+        for proc in self.dashboard.processes():
+            up.add_metric([proc["name"]], 1 if proc["state"] == "running" else 0)
+            restarts.add_metric([proc["name"]], proc["restarts"])
+        yield up
+        yield restarts
         today = self.dashboard.today()
         gauges = {
             "offered": ("hotline_calls_offered_today", "calls offered since midnight (China time)"),

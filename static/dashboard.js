@@ -50,6 +50,16 @@
       body.appendChild(tr);
     });
     chart(d.today.hourly);
+    var procs = document.querySelector("#processes tbody");
+    if (procs && d.processes && d.processes.length) {
+      procs.innerHTML = "";
+      d.processes.forEach(function (p) {
+        var tr = document.createElement("tr");
+        if (p.state !== "running") tr.className = "bad";
+        [p.label, p.state_label, p.since, p.restarts].forEach(function (v) { var td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
+        procs.appendChild(tr);
+      });
+    }
     var alerts = document.getElementById("alerts");
     if (alerts) {
       alerts.innerHTML = "";
