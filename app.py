@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from flask import Flask, jsonify
@@ -112,6 +114,8 @@ def _process_report(redis_url: str):
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
     from runtime.redis_server import DataDirError, redis_url_or_embedded
+    from runtime.proxy import nginx_binary, nginx_command, nginx_config
+    from runtime.redis_server import free_port
     from runtime.supervisor import Supervisor
     from call_routing.rules import RulesError
 
@@ -140,8 +144,17 @@ def main() -> int:
         host, _, port = fastagi.rpartition(":")
         children["fastagi"] = [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", host, "--port", port]
         log.info("FastAGI server on agi://%s (FASTAGI_BIND=off to skip)", fastagi)
-    supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
     bind = os.environ.get("BIND", "0.0.0.0:8000")
+    proxy_dir = None
+    if os.environ.get("WEB_PROXY", "nginx") != "off" and nginx_binary():
+        # nginx reads each request whole before a gunicorn worker sees it: slow clients hold nothing
+        proxy_dir = tempfile.mkdtemp(prefix="hotline-nginx-")
+        public, bind = bind, f"127.0.0.1:{free_port()}"
+        children["proxy"] = nginx_command(nginx_config(public, bind, proxy_dir))
+        os.environ.setdefault("PROXY_HOPS", "1")  # the client's address, as nginx says, for audit and throttling
+        log.info("serving on http://%s through nginx (buffering proxy; WEB_PROXY=off to serve gunicorn directly)",
+                 public)
+    supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
     try:
         from gunicorn.app.base import BaseApplication
 
@@ -158,10 +171,13 @@ def main() -> int:
             def load(self):
                 return create_app()
 
-        log.info("serving on http://%s", bind)
+        if not proxy_dir:
+            log.info("serving on http://%s", bind)
         _Server().run()
     finally:
         supervisor.stop()  # the worker finishes its job, FastAGI lets calls drain
+        if proxy_dir:
+            shutil.rmtree(proxy_dir, ignore_errors=True)
         if embedded:
             embedded.stop()
     return 0

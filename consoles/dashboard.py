@@ -30,7 +30,7 @@ from runtime.supervisor import STATE_KEY
 STATE_NAMES = {"ready": "就绪", "ringing": "振铃", "busy": "通话", "wrapup": "话后", "paused": "小休",
                "offline": "离线"}
 PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
-                 "fastagi": "FastAGI 服务（Asterisk 来电）"}
+                 "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）"}
 PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中"}
 SATISFIED = ("satisfied", "basically_satisfied", "1", "2")  # survey keys: 满意 / 基本满意
 SURVEYED = SATISFIED + ("dissatisfied", "3")

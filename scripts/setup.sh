@@ -25,7 +25,8 @@ apt_install() {
 }
 
 # System tools the product and tests use; each is optional when its package cannot be had.
-#   espeak-ng, sox: prompt audio;  chromium, chromium-driver, a CJK font: console end-to-end tests;
+#   espeak-ng, sox: prompt audio;  nginx-light: the web app's buffering proxy;
+#   chromium, chromium-driver, a CJK font: console end-to-end tests;
 #   wrk: the load generator of bench.webhooks (light enough to leave the cores to the server)
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
@@ -34,6 +35,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# nginx: the buffering proxy ./run.sh puts in front of the web app (slow clients hold no worker)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 # the real-PBX tests (docs/asterisk.md): Asterisk's core sounds (beep, silence), sipp as carrier
 # trunk and agent phone, and the runtime libraries of the prebuilt Asterisk beside the checkout
 [ -e /usr/share/asterisk/sounds/en_US_f_Allison/beep.gsm ] || missing+=(asterisk-core-sounds-en-gsm)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def _get(url, timeout=1.0):
 
 def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "WEB_PROXY")}
     agi_port = free_port()
     env.update(BIND=f"127.0.0.1:{port}", WEB_WORKERS="1", PYTHONUNBUFFERED="1", FASTAGI_BIND=f"127.0.0.1:{agi_port}",
                REDIS_DATA_DIR=str(tmp_path / "redis"))  # not the checkout's var/redis
@@ -118,3 +119,50 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
     # nothing of the session left running (a killed child's own children may linger as zombies
     # where PID 1 does not reap orphans, as in this container; they run nothing)
     assert [line for line in out.stdout.splitlines() if not line.strip().startswith("Z")] == []
+
+
+@pytest.mark.skipif(not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"),
+                    reason="the buffering proxy needs nginx (apt-get install nginx-light)")
+def test_slow_clients_holding_connections_do_not_stop_the_web_tier_from_answering(tmp_path):
+    """Twelve clients each sending a webhook body one byte every two seconds (six blocked every
+    gunicorn worker before nginx was put in front): health checks and webhooks still answer."""
+    import socket
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "WEB_PROXY")}
+    env.update(BIND=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1", FASTAGI_BIND="off", REDIS_DATA_DIR="off",
+               DATABASE_URL=f"sqlite:///{tmp_path}/h.db")
+    log = open(tmp_path / "app.log", "w+")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    slow = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"http://127.0.0.1:{port}/healthz")["status"] == "ok":
+                    break
+            except (OSError, ValueError):
+                time.sleep(0.2)
+        log.seek(0)
+        assert "through nginx" in log.read()
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /twilio/voice HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      b"application/x-www-form-urlencoded\r\nContent-Length: 400\r\n\r\nCallSid=CA")
+            slow.append(s)
+        answered = []
+        for i in range(6):  # twelve seconds of the attack
+            for s in slow:
+                s.sendall(b"1")
+            t0 = time.monotonic()
+            body = _get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            answered.append((body["status"], time.monotonic() - t0))
+            time.sleep(2)
+        assert [status for status, _ in answered] == ["ok"] * 6
+        assert max(took for _, took in answered) < 1.0, answered
+    finally:
+        for s in slow:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
