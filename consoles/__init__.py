@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Response, render_template, request
+from flask import Response, g, redirect, render_template, request, url_for
 
 log = logging.getLogger("hotline.consoles")
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,15 @@ def bootstrap_from_env() -> str | None:
         db.close()
 
 
+def _loopback(address: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _bearer_ok(header: str, token: str) -> bool:
     """``Authorization: Bearer <token>``, compared in constant time."""
     scheme, _, given = header.partition(" ")
@@ -122,11 +131,21 @@ def init_app(app) -> None:
 
     @app.get("/metrics")
     def metrics():
+        """Prometheus: with ``METRICS_TOKEN`` set, for its bearer; without one, for this machine only."""
         token = app.config.get("METRICS_TOKEN") or os.environ.get("METRICS_TOKEN")
         if token and not _bearer_ok(request.headers.get("Authorization", ""), token):
             return Response("metrics need Authorization: Bearer <METRICS_TOKEN>\n", 401, mimetype="text/plain",
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        if not token and not _loopback(request.remote_addr):
+            return Response("metrics are served to this machine only; set METRICS_TOKEN to scrape from elsewhere\n",
+                            403, mimetype="text/plain")
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    def home():
+        """The front door: a person signed in goes to their console, anyone else to sign in."""
+        user = g.get("user")
+        return redirect(url_for(auth.HOME[user.role]) if user is not None else url_for("auth.login"))
 
     @app.errorhandler(400)
     @app.errorhandler(401)

@@ -57,3 +57,25 @@ def test_the_dashboard_shows_each_background_process_in_chinese_with_its_restart
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'hotline_process_up{process="timers"} 0.0' in metrics
     assert 'hotline_process_restarts{process="worker"} 2.0' in metrics
+
+
+def test_without_a_token_metrics_are_served_to_this_machine_only(tmp_path, redis_url, monkeypatch):
+    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+    client = make_console_app(tmp_path, redis_url).test_client()
+    far = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert far.status_code == 403 and "METRICS_TOKEN" in far.get_data(as_text=True)
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+
+
+def test_the_front_door_sends_people_to_sign_in_or_to_their_console(tmp_path, redis_url):
+    from tests.console_support import sign_in
+
+    app = make_console_app(tmp_path, redis_url)
+    client = app.test_client()
+    r = client.get("/")
+    assert r.status_code == 302 and r.location.endswith("/login")
+    sign_in(client, "agent1")
+    assert client.get("/").location.endswith("/agent/")
+    admin = app.test_client()
+    sign_in(admin, "admin")
+    assert admin.get("/").location.endswith("/admin/")
