@@ -111,6 +111,22 @@ def _process_report(redis_url: str):
     return report
 
 
+def _cannot_listen(address: str) -> str | None:
+    """Why nothing can listen on ``host:port`` now (in use, not an address), or None."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host.strip("[]"), int(port)))
+    except ValueError:
+        return "is not host:port"
+    except OSError as exc:
+        return "is already in use" if exc.errno == 98 else f"cannot be used ({exc.strerror})"
+    return None
+
+
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
     from runtime.redis_server import DataDirError, redis_url_or_embedded
@@ -125,6 +141,13 @@ def main() -> int:
     except RulesError as exc:
         print(exc, file=sys.stderr)
         return 1
+    for setting, default in (("BIND", "0.0.0.0:8000"), ("FASTAGI_BIND", "127.0.0.1:4573")):
+        address = os.environ.get(setting, default)
+        if address != "off" and (problem := _cannot_listen(address)):
+            print(f"cannot start: {setting}={address} {problem} (another ./run.sh, or another program? "
+                  f"set {setting} to a free host:port{' or off' if setting == 'FASTAGI_BIND' else ''})",
+                  file=sys.stderr)
+            return 1
     try:  # REDIS_DATA_DIR (default var/redis): seats, queues and callbacks survive a restart
         url, embedded = redis_url_or_embedded(persistent=True)
     except DataDirError as exc:

@@ -292,7 +292,12 @@ def main(argv=None) -> int:
     except RulesError as exc:
         print(exc, file=sys.stderr)
         return 1
-    sock = listen(args.host, args.port)
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror} (another FastAGI server? "
+              f"choose another --port)", file=sys.stderr)
+        return 1
     children = []
     for _ in range(max(1, args.processes) - 1):  # fork before any thread or connection exists
         pid = os.fork()

@@ -166,3 +166,23 @@ def test_slow_clients_holding_connections_do_not_stop_the_web_tier_from_answerin
             s.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.parametrize("setting", ["FASTAGI_BIND", "BIND"])
+def test_a_port_already_in_use_stops_start_up_at_once_with_one_line_naming_it(tmp_path, setting):
+    import socket
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(BIND=f"127.0.0.1:{free_port()}", FASTAGI_BIND=f"127.0.0.1:{free_port()}", REDIS_DATA_DIR="off",
+               DATABASE_URL=f"sqlite:///{tmp_path}/h.db")
+    env[setting] = address
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 1 and time.monotonic() - t0 < 15
+    assert f"cannot start: {setting}={address} is already in use" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
