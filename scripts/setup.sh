@@ -21,7 +21,9 @@ fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 apt_install() {
   command -v apt-get >/dev/null 2>&1 || return 1
-  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # wait for another apt/dpkg (unattended upgrades on a fresh machine) instead of failing at once
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null
 }
 
 # System tools the product and tests use; each is optional when its package cannot be had.
