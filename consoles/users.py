@@ -8,16 +8,19 @@
 
 ``add`` and ``passwd`` ask for the password (or take ``--password``; ``--generate`` prints a
 random one that must be changed at first sign-in). ``seat`` provisions the agent's seat in the
-Redis ACD (``REDIS_URL``, rules from ``RULES_PATH``) with its skills and telephony endpoint.
+Redis ACD (``REDIS_URL``, else the Redis ``./run.sh`` started — found through ``REDIS_DATA_DIR``/url; rules
+from ``RULES_PATH``) with its skills and telephony endpoint.
 Every change is written to the audit log as actor ``cli:<login name>``.
 """
 from __future__ import annotations
-from intake.callback_jobs import rq_dispatch
 
 import argparse
 import getpass
 import os
 import sys
+
+from intake.callback_jobs import rq_dispatch
+from runtime.redis_server import product_redis_url
 
 from .db import ROLES, ConsoleError, ConsoleStore, generate_password
 
@@ -105,7 +108,7 @@ def _seat(args) -> int:
         sid, _, level = part.strip().partition(":")
         if sid:
             skills[sid] = int(level or 50)
-    acd = ACD.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), RulesStore(os.environ.get("RULES_PATH") or None),
+    acd = ACD.from_url(product_redis_url(), RulesStore(os.environ.get("RULES_PATH") or None),
                        dispatch_callback=rq_dispatch)
     expert = any(acd.rules.skills[s].expert for s in skills if s in acd.rules.skills)
     try:

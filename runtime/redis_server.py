@@ -27,6 +27,7 @@ log = logging.getLogger("hotline.redis")
 ROOT = Path(__file__).resolve().parent.parent
 #: where ``python app.py`` keeps its embedded Redis's data unless ``REDIS_DATA_DIR`` says otherwise
 DEFAULT_DATA_DIR = ROOT / "var" / "redis"
+URL_FILE = "url"  # in the data directory while the server runs: its address, for the product's commands
 #: held (``flock``) by the EmbeddedRedis using a data directory, and by its redis-server
 LOCK_NAME = "hotline-redis.lock"
 LOG_NAME = "redis-server.log"  # its warnings, in the data directory
@@ -167,6 +168,7 @@ class EmbeddedRedis:
         if self.data_dir is not None:
             log.info("embedded Redis keeps its data in %s (append-only file; REDIS_DATA_DIR to change)",
                      self.data_dir)
+            (self.data_dir / URL_FILE).write_text(self.url + "\n")  # where the product's commands find it
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -210,6 +212,8 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.data_dir is not None:
+            (self.data_dir / URL_FILE).unlink(missing_ok=True)
         self._unlock()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -248,3 +252,17 @@ def redis_url_or_embedded(persistent: bool = False) -> tuple[str, EmbeddedRedis 
     # running would keep its data directory (and its lock) from the next start
     atexit.register(server.stop)
     return server.url, server
+
+
+def product_redis_url() -> str:
+    """The Redis the running product uses, for its commands (``consoles.users``, the ACD
+    command): ``REDIS_URL``, else the embedded server ``./run.sh`` started (its address is kept
+    in ``REDIS_DATA_DIR``/url while it runs). Raises ``SystemExit`` with what to do otherwise."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    data_dir = data_dir_from_env()
+    url_file = data_dir / URL_FILE if data_dir is not None else None
+    if url_file is not None and url_file.exists():
+        return url_file.read_text().strip()
+    raise SystemExit("no Redis to use: start the product (./run.sh) first, or set REDIS_URL to the product's Redis")

@@ -299,3 +299,21 @@ def test_ids_too_large_for_the_database_are_not_found_not_a_server_error(app):
     page = client.get(f"/admin/rules/yaml?draft={huge}")
     assert page.status_code == 200 and "lines:" in page.get_data(as_text=True)  # the rules in service, no draft
     assert client.get("/admin/tickets/1").status_code == 404  # an ordinary id still reaches the page
+
+
+def test_the_seat_command_finds_the_redis_run_sh_started_or_says_what_to_do(tmp_path):
+    import redis as redis_lib
+
+    from runtime.redis_server import EmbeddedRedis
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(REDIS_DATA_DIR=str(tmp_path / "redis"), DATABASE_URL=f"sqlite:///{tmp_path}/u.db")
+    cmd = [sys.executable, "-m", "consoles.users", "seat", "a9", "--skills", "general:50", "--name", "王九"]
+    none = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert none.returncode != 0 and "start the product (./run.sh) first, or set REDIS_URL" in none.stderr
+    with EmbeddedRedis(data_dir=tmp_path / "redis") as server:  # as ./run.sh starts it
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        r = redis_lib.Redis.from_url(server.url, decode_responses=True)
+        assert r.hget("acd:agent:a9", "name") == "王九" and r.hgetall("acd:agent:a9:skills") == {"general": "50"}
+    assert not (tmp_path / "redis" / "url").exists()  # gone with the server

@@ -20,6 +20,7 @@ from datetime import datetime
 from call_routing.rules import CHINA_TZ
 from call_routing.rules_store import RulesStore
 from intake.callback_jobs import rq_dispatch  # the one import above the core: this command is an entry point
+from runtime.redis_server import product_redis_url
 
 from .core import ACD
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     kpi.add_argument("--until")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    acd = ACD.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    acd = ACD.from_url(product_redis_url(),
                        RulesStore(os.environ.get("RULES_PATH") or None), dispatch_callback=rq_dispatch)
     if args.command == "kpi":
         print(json.dumps(acd.kpis(_ts(args.since), _ts(args.until)), ensure_ascii=False))
