@@ -156,7 +156,8 @@ def main() -> int:
     os.environ["REDIS_URL"] = url
     if embedded:
         log.info("started embedded Redis at %s (set REDIS_URL to use your own)", url)
-    (ROOT / "var").mkdir(exist_ok=True)
+    if not os.environ.get("DATABASE_URL"):
+        (ROOT / "var").mkdir(exist_ok=True)  # the default SQLite database lives there
     import consoles
 
     consoles.bootstrap_from_env()  # first start: admin account (ADMIN_PASSWORD, else a printed one-time password)

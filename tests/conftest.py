@@ -14,8 +14,13 @@ sys.path.insert(0, str(ROOT))
 # every Flask app a test builds shares one Redis: an offer listener left running by one test's
 # app would ring agents of the next test's calls. Tests that need it turn it on in their config.
 os.environ.setdefault("TWILIO_OFFER_LISTENER", "0")
-# tests never write into the checkout: hypothesis's example database goes to a temp dir too
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "hotline-tests-hypothesis"))
+# tests never write into the checkout (its var/): what the product would keep there by default —
+# the database, the session key, recordings — and hypothesis's example database go to a temp dir
+_TMP = tempfile.mkdtemp(prefix="hotline-tests-")
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_TMP, "hypothesis"))
+os.environ.setdefault("DATABASE_URL", f"sqlite:///{_TMP}/default.db")
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+os.environ.setdefault("HOTLINE_RECORDINGS", os.path.join(_TMP, "recordings"))
 
 from runtime.redis_server import EmbeddedRedis  # noqa: E402
 from call_routing.rules import load_rules  # noqa: E402
@@ -99,3 +104,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _var_snapshot() -> dict:
+    var = ROOT / "var"
+    return {str(p.relative_to(var)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in var.rglob("*") if p.is_file()} if var.exists() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_var_untouched():
+    """The whole run leaves the checkout's var/ as it found it (fails at the end otherwise)."""
+    before, existed = _var_snapshot(), (ROOT / "var").exists()
+    yield
+    after = _var_snapshot()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed and (ROOT / "var").exists() == existed, f"the tests wrote into var/: {changed}"

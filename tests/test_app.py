@@ -51,6 +51,7 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "WEB_PROXY")}
     agi_port = free_port()
     env.update(BIND=f"127.0.0.1:{port}", WEB_WORKERS="1", PYTHONUNBUFFERED="1", FASTAGI_BIND=f"127.0.0.1:{agi_port}",
+               DATABASE_URL=f"sqlite:///{tmp_path}/hotline.db",
                REDIS_DATA_DIR=str(tmp_path / "redis"))  # not the checkout's var/redis
     log = open(tmp_path / "app.log", "w+")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
