@@ -111,6 +111,25 @@ def _process_report(redis_url: str):
     return report
 
 
+def _summary(web: str, proxied: bool, fastagi: str, redis_url: str, embedded) -> str:
+    """What runs where, printed once at start-up."""
+    from sqlalchemy.engine import make_url
+
+    host, _, port = web.rpartition(":")
+    shown = "THIS-MACHINE" if host in ("0.0.0.0", "::", "[::]", "") else host
+    db = os.environ.get("DATABASE_URL") or f"sqlite:///{ROOT / 'var' / 'hotline.db'}"
+    redis_line = (f"embedded, data in {embedded.data_dir}" if embedded and embedded.data_dir
+                  else "embedded, keeps nothing (REDIS_DATA_DIR=off)" if embedded else redis_url.split("@")[-1])
+    return "\n".join([
+        "", "12345 gateway",
+        f"  web        http://{web}" + (" (nginx in front, gunicorn behind it)" if proxied else ""),
+        f"  sign in    http://{shown}:{port}/login   (users: python -m consoles.users; docs/consoles.md)",
+        f"  FastAGI    {'agi://' + fastagi if fastagi != 'off' else 'off (FASTAGI_BIND)'}   (Asterisk: docs/asterisk.md)",
+        f"  Redis      {redis_line}",
+        f"  database   {make_url(db).render_as_string(hide_password=True)}",
+        "  background worker (speech, callbacks, hand-offs), timers — restarted if they die", ""])
+
+
 def _cannot_listen(address: str) -> str | None:
     """Why nothing can listen on ``host:port`` now (in use, not an address), or None."""
     import socket
@@ -179,6 +198,7 @@ def main() -> int:
         log.info("serving on http://%s through nginx (buffering proxy; WEB_PROXY=off to serve gunicorn directly)",
                  public)
     supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
+    print(_summary(public if proxy_dir else bind, bool(proxy_dir), fastagi, url, embedded), flush=True)
     try:
         from gunicorn.app.base import BaseApplication
 
