@@ -20,6 +20,7 @@ from call_routing.acd import ACD, Agent
 from runtime.redis_server import EmbeddedRedis
 from call_routing.rules import load_rules
 from call_routing.rules_store import RulesStore
+from intake.callback_jobs import rq_dispatch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +83,7 @@ class World:
         self.ami = self.lab.ami
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         # like the product's consoles: a callback offered when a seat logs in is dialed (rq job)
-        self.acd = ACD(self.redis, RulesStore(str(self.rules_path)))
+        self.acd = ACD(self.redis, RulesStore(str(self.rules_path)), dispatch_callback=rq_dispatch)  # as the console does
         self._agents = set()
 
     def flow_heard(self, call_id: str, text: str) -> None:
