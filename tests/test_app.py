@@ -157,14 +157,14 @@ def test_slow_clients_holding_connections_do_not_stop_the_web_tier_from_answerin
                       b"application/x-www-form-urlencoded\r\nContent-Length: 400\r\n\r\nCallSid=CA")
             slow.append(s)
         answered = []
-        for i in range(6):  # twelve seconds of the attack
+        for i in range(4):  # eight seconds of the attack
             for s in slow:
                 s.sendall(b"1")
             t0 = time.monotonic()
             body = _get(f"http://127.0.0.1:{port}/healthz", timeout=5)
             answered.append((body["status"], time.monotonic() - t0))
             time.sleep(2)
-        assert [status for status, _ in answered] == ["ok"] * 6
+        assert [status for status, _ in answered] == ["ok"] * 4
         assert max(took for _, took in answered) < 1.0, answered
     finally:
         for s in slow:
