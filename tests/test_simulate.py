@@ -48,7 +48,7 @@ def test_reduced_load_50_calls_through_both_front_ends_every_call_has_an_outcome
 
 def test_callers_who_book_a_callback_are_called_back_keeping_their_place(caplog):
     caplog.set_level(logging.ERROR)
-    sim, result = run(24, "both", 2, seed=4, callback_share=0.5, abandon_share=0.0, emergency_share=0.0)
+    sim, result = run(16, "both", 2, seed=4, callback_share=0.5, abandon_share=0.0, emergency_share=0.0)
     check(sim, result)
     assert result["callback"] >= 4
     assert result["callbacks_connected"] == result["callback"]  # both fronts' callbacks dialled and bridged
