@@ -68,6 +68,8 @@ def _check_answer(path, resp):
         root = ET.fromstring(body) if resp.mimetype.endswith("xml") else None
         if root is not None:
             assert root.tag == "Response"
+            # whatever is said is said by a voice that speaks Mandarin (Twilio's default "man" does not)
+            assert all(say.get("voice") == "Polly.Zhiyu" for say in root.iter("Say")), body
     return body
 
 

@@ -89,7 +89,8 @@ def test_a_caller_to_12345_is_queued_for_the_general_seats_with_no_menu_and_is_r
 def test_a_retired_number_in_its_transition_window_hears_the_merge_prompt_then_queues_for_its_domain(hotline):
     root = start(hotline, "CAmerge1", to="+8612301")
     assert verbs(root) == ["Say", "Start", "Enqueue"]
-    assert "已并入12345" in said(root) and root.find("Say").get("language") == "zh-CN"
+    say = root.find("Say")  # a voice that speaks Mandarin, never Twilio's default "man"
+    assert "已并入12345" in said(root) and (say.get("voice"), say.get("language")) == ("Polly.Zhiyu", "cmn-CN")
     assert root.find("Enqueue").text == "hold-tourism"
 
 

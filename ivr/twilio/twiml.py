@@ -11,6 +11,7 @@ before ``<Enqueue>`` and by a speech ``<Gather>`` inside the wait.
 """
 from __future__ import annotations
 
+import os
 import zlib
 from urllib.parse import urlencode
 
@@ -18,6 +19,11 @@ from twilio.twiml import GenericNode
 from twilio.twiml.voice_response import VoiceResponse
 
 LANGUAGE = "zh-CN"
+# <Say> in Mandarin needs a voice that speaks it: Twilio's default voice ("man") is not one, and an
+# invalid voice/language pair may fail the <Say>. Default: Amazon Polly's 知语 (Twilio's "Polly.Zhiyu",
+# language cmn-CN); TWILIO_VOICE / TWILIO_VOICE_LANGUAGE name another (e.g. Google.cmn-CN-Standard-A).
+VOICE = os.environ.get("TWILIO_VOICE", "Polly.Zhiyu")
+VOICE_LANGUAGE = os.environ.get("TWILIO_VOICE_LANGUAGE", "cmn-CN")
 INTAKE_RECORDING = "intake"  # name of the recording of what the caller says while waiting
 
 
@@ -62,11 +68,7 @@ def endpoint_address(target: str, ticket: str | None = None) -> str:
 
 def speak(response: VoiceResponse, steps) -> None:
     """``say`` / ``play`` steps (the router's and the flow's) as ``<Say>`` / ``<Play>``."""
-    for step in steps:
-        if step["do"] == "play":
-            response.play(step["file"])
-        elif step["do"] == "say":
-            response.say(step["text"], language=step.get("language") or LANGUAGE)
+    _speak_into(response, steps)
 
 
 def _speak_into(node, steps) -> None:
@@ -74,7 +76,11 @@ def _speak_into(node, steps) -> None:
         if step["do"] == "play":
             node.play(step["file"])
         elif step["do"] == "say":
-            node.say(step["text"], language=step.get("language") or LANGUAGE)
+            language = step.get("language") or LANGUAGE
+            if VOICE and language.lower().startswith(("zh", "cmn")):
+                node.say(step["text"], voice=VOICE, language=VOICE_LANGUAGE)
+            else:
+                node.say(step["text"], language=language)
 
 
 def enqueue(response: VoiceResponse, skill: str, call_id: str, *, shards: int = 1, record: bool = True) -> None:
