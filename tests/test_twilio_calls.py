@@ -125,7 +125,8 @@ def test_a_waiting_caller_is_invited_to_speak_then_told_the_position_and_offered
         start(hotline, f"CAahead{n}")
         wait(hotline, f"CAahead{n}")
     start(hotline, "CAme")
-    assert verbs(wait(hotline, "CAme")) == ["Pause"]  # hold; no seat is free
+    held = wait(hotline, "CAme")
+    assert verbs(held) == ["Play"] and held.find("Play").text == "/media/hold-music.wav"  # hold music, no seat free
     hotline.clock.advance(3)
     invite = wait(hotline, "CAme")
     gather = invite.find("Gather")
@@ -372,3 +373,16 @@ def test_an_agent_whose_answer_could_not_be_recorded_still_talks_and_the_caller_
                                                                           "CallStatus": "completed"})
     moves = hotline.http.posts("/Calls/CAhalf.json")
     assert moves[-1][1] == {"Url": "http://localhost/twilio/survey-start", "Method": "POST"} and len(moves) == 2
+
+
+def test_the_hold_music_twilio_plays_is_the_project_s_own_clip_served_without_a_signature(hotline):
+    import io
+    import wave
+
+    r = hotline.app.test_client().get("/media/hold-music.wav")  # Twilio fetches media with a plain GET
+    assert r.status_code == 200 and r.mimetype == "audio/wav"
+    with wave.open(io.BytesIO(r.data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+        assert 9 <= w.getnframes() / w.getframerate() <= 11  # one wait round
+        frames = w.readframes(w.getnframes())
+    assert max(abs(int.from_bytes(frames[i:i + 2], "little", signed=True)) for i in range(0, 16000, 2)) > 1000

@@ -45,6 +45,7 @@ from ivr.twilio.calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener
 log = logging.getLogger("hotline.twilio")
 
 bp = Blueprint("twilio", __name__, url_prefix="/twilio")
+HOLD_MUSIC_PATH = "/media/hold-music.wav"
 
 SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_ACCOUNT_SID": None,
@@ -109,11 +110,14 @@ def init_app(app, services=None) -> None:
         "validate": validate, "validator": RequestValidator(token) if token else None,
         "trust_proxy": _flag(app.config["TWILIO_TRUST_PROXY"]) if app.config["TWILIO_TRUST_PROXY"] else False,
         "public_url": (app.config["TWILIO_PUBLIC_URL"] or "").rstrip("/") or None,
-        "hold_music": app.config["TWILIO_HOLD_MUSIC"], "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
+        # the project's own hold music unless the site names its clip (served below, no signature:
+        # Twilio fetches media with a plain GET)
+        "hold_music": app.config["TWILIO_HOLD_MUSIC"] or HOLD_MUSIC_PATH, "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
         "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
         "recording_hosts": app.config["TWILIO_RECORDING_HOSTS"] or "",
     }
     app.register_blueprint(bp)
+    app.add_url_rule(HOLD_MUSIC_PATH, "twilio_hold_music", hold_music)
 
 
 def _tw() -> dict:
@@ -524,3 +528,17 @@ def _steps_load(raw) -> list:
     import json
 
     return json.loads(raw) if raw else []
+
+
+def hold_music():
+    """The project's hold music (generated, licence-free: :func:`ivr.prompts.render_hold_music`),
+    a 10-s clip Twilio plays round after round while the caller waits."""
+    import tempfile
+    from pathlib import Path
+
+    from flask import send_file
+
+    from ivr.prompts import render_hold_music
+
+    path = render_hold_music(Path(tempfile.gettempdir()) / "hotline-media", seconds=10.0)
+    return send_file(path, mimetype="audio/wav", max_age=86400)
