@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 from call_routing.rules import CHINA_TZ
 
+from . import labels
 from .auth import actor, check_csrf, roles_required
 from .db import ROLES, ConsoleError, sha256_text, text_diff
 from .rules_admin import LINE_FIELDS, MODE_NAMES, PublishConflict, parse_moment
@@ -58,14 +59,118 @@ def dashboard_json():
     return {**d.snapshot(), "supervision": d.supervision()}
 
 
+def _rules():
+    return current_app.extensions["rules"].current()
+
+
 @bp.get("/tickets/<int:ticket_id>")
 @roles_required(*STAFF)
 def ticket(ticket_id):
+    if ticket_id >= 2**63:
+        abort(404, description=f"没有工单 {ticket_id}")
     try:
         t = _c().tickets.get(ticket_id)
     except LookupError:
         abort(404, description=f"没有工单 {ticket_id}")
-    return render_template("admin/ticket.html", t=t.view(g.user.role), events=_c().tickets.events(ticket_id))
+    rules = _rules()
+    return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules),
+                           events=[labels.event_view(e, rules) for e in _c().tickets.events(ticket_id)])
+
+
+# -- the ticket list: search and filters ------------------------------------------------------
+TICKETS_PER_PAGE = 50
+MAX_TICKET_PAGE = 10_000
+
+
+def _ticket_query(args, rules, role):
+    """The list's filters from the query string, checked: (filters for TicketStore.search, the
+    form's values as given, problems in Chinese)."""
+    from datetime import date
+
+    from intake.tickets import CALLER_ROLES
+
+    form = {k: (args.get(k) or "").strip() for k in ("id", "day", "line", "type", "status", "caller", "page")}
+    form["overdue"] = args.get("overdue") in ("1", "on", "true")
+    form["supervision"] = args.get("supervision") in ("1", "on", "true")
+    problems, q = [], {"overdue": form["overdue"], "supervision": form["supervision"]}
+    if form["id"]:
+        digits = form["id"].lstrip("#")
+        if not digits.isdigit() or not 0 < int(digits) < 2**63:
+            problems.append(f"工单编号“{form['id']}”不是有效的编号，请只填写数字。")
+        else:
+            q["ticket_id"] = int(digits)
+    if form["day"]:
+        try:
+            day = date.fromisoformat(form["day"])
+            if not 2000 <= day.year <= 2100:
+                raise ValueError
+            q["day"] = day
+        except ValueError:
+            problems.append(f"日期“{form['day']}”无法识别，请按 2025-12-06 的格式选择日期。")
+    if form["line"]:
+        if rules.line(form["line"]) is None:
+            problems.append(f"没有热线“{form['line']}”，请从列表中选择。")
+        else:
+            q["line"] = form["line"]
+    if form["type"]:
+        if form["type"] not in labels.TYPES:
+            problems.append(f"没有诉求类型“{form['type']}”，请从列表中选择。")
+        else:
+            q["request_type"] = form["type"]
+    if form["status"]:
+        if form["status"] not in labels.TICKET_STATUSES:
+            problems.append(f"没有工单状态“{form['status']}”，请从列表中选择。")
+        else:
+            q["status"] = form["status"]
+    if form["caller"]:
+        digits = "".join(ch for ch in form["caller"] if ch not in " -")
+        if role in CALLER_ROLES:
+            if not digits.isdigit() or not 4 <= len(digits) <= 15:
+                problems.append("来电号码请填写后4位或完整号码（只填数字）。")
+            else:
+                q["caller_digits"] = digits
+        elif not digits.isdigit() or len(digits) != 4:
+            problems.append("来电号码只能按后4位查询，请填写4位数字。")
+        else:
+            q["caller_digits"] = digits
+    if form["page"]:
+        if not form["page"].isdigit() or not 0 < int(form["page"]) <= MAX_TICKET_PAGE:
+            problems.append(f"页码“{form['page']}”无效。")
+        else:
+            q["page"] = int(form["page"])
+    return q, form, problems
+
+
+@bp.get("/tickets")
+@roles_required(*STAFF)
+def tickets():
+    from call_routing.numbers import mask
+    from datetime import datetime
+
+    rules = _rules()
+    q, form, problems = _ticket_query(request.args, rules, g.user.role)
+    rows, total, page = [], 0, q.get("page", 1)
+    if not problems:
+        found, total = _c().tickets.search(**q, per_page=TICKETS_PER_PAGE)
+        now = datetime.now(CHINA_TZ)
+        for t in found:
+            overdue = t.due_at < now and t.status not in ("finished", "handed_off")
+            rows.append({"id": t.id, "created": labels.when(t.created_at, now=now),
+                         "line": labels.line_text(t.entry_line, rules),
+                         "caller": labels.caller_text(mask(t.caller) if t.caller else None),
+                         "type": labels.TYPES.get(t.value("type"), t.value("type") or "—"),
+                         "about": " · ".join(str(v) for v in (t.value("subject"), t.value("location")) if v)
+                         or labels.plain(t.value("summary")),
+                         "status": labels.TICKET_STATUSES.get(t.status, t.status),
+                         "due": labels.when(t.due_at, now=now), "overdue": overdue, "supervision": t.supervision})
+    pages = max(1, -(-total // TICKETS_PER_PAGE))
+    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, line.name) for n, line in rules.lines.items()]
+    return render_template("admin/tickets.html", rows=rows, total=total, page=page, pages=pages, form=form,
+                           problems=problems, lines=lines, types=labels.TYPES, statuses=labels.TICKET_STATUSES,
+                           prev_url=url_for("admin.tickets", **args, page=page - 1) if page > 1 else None,
+                           next_url=url_for("admin.tickets", **args, page=page + 1) if page < pages else None
+                           ), 400 if problems else 200
 
 
 # -- rules ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def init_app(app) -> None:
 def _redis_down(exc):
     """The ACD's Redis is unreachable: a clear 503 the console retries, not a 500 traceback."""
     log.error("agent API: Redis unreachable (%s)", exc)
-    return jsonify(error="the call queue is unreachable for a moment: retrying"), 503
+    return jsonify(error="排队系统暂时无法连接，正在重试"), 503
 
 
 def _acd() -> ACD:
@@ -61,10 +61,10 @@ def agent_required(view):
     def wrapper(*args, **kwargs):
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            return _error(401, "log in first: send Authorization: Bearer <token>")
+            return _error(401, "请先上岗（缺少 Authorization: Bearer 令牌）")
         agent_id = _acd().redis.get(_token_key(header[7:].strip()))
         if not agent_id:
-            return _error(401, "token unknown or expired: log in again")
+            return _error(401, "登录已失效，请刷新页面重新上岗")
         g.agent_id = agent_id.decode() if isinstance(agent_id, bytes) else agent_id
         g.token = header[7:].strip()
         return view(*args, **kwargs)
@@ -73,7 +73,9 @@ def agent_required(view):
 
 def _result(result, **extra):
     if not result.ok:
-        return _error(409, f"not possible now ({result.status}: {result.info})")
+        from .labels import ACD_REFUSALS
+
+        return _error(409, f"现在不能这样操作：{ACD_REFUSALS.get(result.status, '请稍后再试')}")
     return jsonify(status=result.status, **extra)
 
 
@@ -129,7 +131,15 @@ def login():
 @bp.get("/me")
 @agent_required
 def me():
-    return jsonify(**_me())
+    """The seat and its call, and the queues of the seat's groups (callers waiting, longest wait)."""
+    from .dashboard import queue_figures
+
+    acd = _acd()
+    out = _me()
+    skills = acd.rules.skills
+    mine = sorted((s for s in out["agent"]["skills"] if s in skills), key=lambda s: -out["agent"]["skills"][s])
+    out["queues"] = queue_figures(acd, [skills[s] for s in mine])
+    return jsonify(**out)
 
 
 @bp.post("/state")
@@ -145,14 +155,14 @@ def state():
             return _result(acd.pause(g.agent_id, str(body.get("reason") or "break")), **_me())
     except ACDError as exc:
         return _error(400, str(exc))
-    return _error(400, "state must be ready or paused (log out with POST /agent/api/logout)")
+    return _error(400, "状态只能是就绪（ready）或小休（paused）；下岗请用 POST /agent/api/logout")
 
 
 @bp.post("/heartbeat")
 @agent_required
 def heartbeat():
     if not _acd().heartbeat(g.agent_id):
-        return _error(409, "not logged in: log in again")
+        return _error(409, "坐席未上岗，请重新上岗")
     return jsonify(status="ok")
 
 
@@ -168,7 +178,7 @@ def decline():
     acd = _acd()
     agent = acd.agent(g.agent_id)
     if agent["state"] != "ringing" or not agent["call"]:
-        return _error(409, "no call is ringing for you")
+        return _error(409, "当前没有振铃的来电")
     return _result(acd.no_answer(agent["call"], "declined"), **_me())
 
 
@@ -179,7 +189,7 @@ def transfer():
     body = request.get_json(silent=True) or {}
     agent = acd.agent(g.agent_id)
     if agent["state"] != "busy" or not agent["call"]:
-        return _error(409, "you have no connected call to transfer")
+        return _error(409, "当前没有可转接的通话")
     try:
         return _result(acd.transfer(agent["call"], str(body.get("skill", ""))), **_me())
     except ACDError as exc:

@@ -20,19 +20,18 @@ from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_te
 from call_routing.router import conference_options
 from consoles.agent_api import TOKEN_TTL_S, agent_required
 
+from . import labels
 from .auth import actor, check_csrf, roles_required
 
 bp = Blueprint("agent_console", __name__, url_prefix="/agent")
 bp.before_request(check_csrf)
 api = Blueprint("agent_ticket", __name__, url_prefix="/agent/api/ticket")
 
-TYPES = {"consultation": "咨询", "help": "求助", "complaint": "投诉", "report": "举报", "suggestion": "建议",
-         "praise": "表扬"}
-FIELD_LABELS = {"type": "诉求类型", "line": "归属热线", "skill": "座席组", "department": "承办部门", "location": "地点",
-                "enterprise": "企业诉求", "unit": "涉及单位", "subject": "事项", "emergency": "紧急联动",
-                "numbers": "提到的号码", "summary": "摘要"}
+TYPES = labels.TYPES
+FIELD_LABELS = labels.FIELD_LABELS
 EDITABLE = ("type", "line", "location", "enterprise", "unit", "subject", "summary")
 LAST_TICKET_TTL_S = 2 * 3600
+LOGOUT_WORDS = {"ok": "已离线", "after_call": "当前通话结束后离线", "already": "原已离线"}
 
 
 def _acd():
@@ -62,9 +61,11 @@ def console():
     agent = _acd().agent(g.user.agent_id) if g.user.agent_id else None
     rules = current_app.extensions["rules"].current()
     lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
+    skills = [labels.skill_text(s, rules) for s in sorted((agent or {}).get("skills", {}),
+                                                         key=lambda s: -agent["skills"][s])]
     return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,
-                           lines=lines, types=TYPES, labels=FIELD_LABELS,
-                           pause_reasons=["小休", "培训", "会议", "用餐"])
+                           lines=lines, types=TYPES, labels=FIELD_LABELS, skills=skills,
+                           pause_reasons=labels.AGENT_PAUSE_CHOICES, js_labels=labels.js_labels())
 
 
 @bp.post("/seat/login")
@@ -73,17 +74,18 @@ def seat_login():
     acd = _acd()
     agent_id = g.user.agent_id
     if not agent_id or acd.agent(agent_id) is None:
-        flash(f"座席 {agent_id or '（未设置）'} 尚未在排队系统中配置，请联系管理员（python -m consoles.users seat …）。", "error")
+        flash(f"坐席 {agent_id or '（未设置）'} 尚未在排队系统中配置，请联系管理员（python -m consoles.users seat …）。", "error")
         return redirect(url_for("agent_console.console"))
     state = "paused" if request.form.get("state") == "paused" else "ready"
     result = acd.login(agent_id, state, "小休" if state == "paused" else "")
     if result.status not in ("ok", "already"):
-        flash(f"上岗失败（{result.status}）", "error")
+        flash(f"上岗失败：{labels.ACD_REFUSALS.get(result.status, '排队系统暂不接受上岗，请稍后再试')}", "error")
         return redirect(url_for("agent_console.console"))
     token = secrets.token_urlsafe(32)
     acd.redis.set(_token_key(token), agent_id, ex=TOKEN_TTL_S)
     session["agent_token"] = token
-    current_app.extensions["console"].db.audit(actor(), "seat.login", agent_id, f"坐席 {agent_id} 上岗（{state}）",
+    current_app.extensions["console"].db.audit(actor(), "seat.login", agent_id,
+                                               f"坐席 {agent_id} 上岗（{labels.AGENT_STATES[state]}）",
                                                address=request.remote_addr)
     return redirect(url_for("agent_console.console"))
 
@@ -98,7 +100,7 @@ def seat_logout():
     if g.user.agent_id and acd.agent(g.user.agent_id):
         result = acd.logout(g.user.agent_id)
         current_app.extensions["console"].db.audit(actor(), "seat.logout", g.user.agent_id,
-                                                   f"坐席 {g.user.agent_id} 下岗（{result.status}）",
+                                                   f"坐席 {g.user.agent_id} 下岗（{LOGOUT_WORDS.get(result.status, '未完成')}）",
                                                    address=request.remote_addr)
     return redirect(url_for("agent_console.console"))
 
@@ -139,6 +141,13 @@ def _ticket_payload(call: dict) -> dict:
         front_end = "asterisk"
         transfer_state = pbx.state(call["id"])
     line_name = (rules.line(call["line"] or "") or rules.hotline).name
+    if ticket is not None:  # what the agent reads next to the fields: words and China times
+        ticket["status_text"] = labels.TICKET_STATUSES.get(ticket["status"], ticket["status"])
+        ticket["manual_reason_text"] = labels.manual_reason_text(ticket.get("manual_reason"))
+        ticket["due_text"] = labels.when(ticket.get("due_at"))
+        ticket["contact_due_text"] = labels.when(ticket.get("contact_due"))
+    for o in transfers:
+        o["name"] = labels.seat_word(o["name"])
     return {"call": {k: call[k] for k in ("id", "state", "kind", "line", "skill", "caller_masked", "entered")},
             "line_name": line_name, "ticket": ticket, "transfers": transfers,
             "expert_skill": line.expert_skill if line else None, "transfer": transfer_state, "front_end": front_end,
@@ -171,8 +180,24 @@ def confirm():
         store.confirm_fields(int(call["ticket"]), g.agent_id, edits, "all",
                              rules=current_app.extensions["rules"].current())
     except TicketError as exc:
-        return jsonify(error=str(exc)), 409
+        return jsonify(error=_refusal(exc)), 409
     return jsonify(_ticket_payload(call))
+
+
+def _refusal(exc) -> str:
+    """The ticket store's refusal (worded for engineers) as the agent reads it."""
+    text = str(exc)
+    if "it is finished" in text or "it is handed_off" in text:
+        return "工单已办结"
+    if "no longer be edited" in text:
+        return "工单已办结，不能再修改"
+    if "not a hotline" in text:
+        return "所选热线不在当前路由规则中，请重新选择"
+    if "not confirmed" in text or "cannot be finished" in text:
+        return "请先确认工单的全部内容"
+    if "unknown field" in text or "no field" in text:
+        return "工单没有这一项，请刷新页面后重试"
+    return "操作未完成，请刷新页面后重试"
 
 
 # -- 办结: the agent finishes the ticket of their call (session + CSRF, audited) -------------------
@@ -231,7 +256,7 @@ def finish_ticket():
     try:
         ticket = _ticket_port().finish(call["ticket"], g.agent_id, result)
     except TicketError as exc:
-        return refuse(f"工单 {call['ticket']} 暂不能办结（{exc}）", 409)
+        return refuse(f"工单 {call['ticket']} 暂不能办结（{_refusal(exc)}）", 409)
     current_app.extensions["console"].db.audit(
         actor(), "ticket.finish", str(ticket.id), f"工单 {ticket.id} 办结（坐席 {g.agent_id}）",
         before={"status": "confirmed"}, after={"status": ticket.status, "result": result},

@@ -27,8 +27,9 @@ from call_routing.acd.kpi import kpis as compute_kpis
 from call_routing.rules import CHINA_TZ
 from runtime.supervisor import STATE_KEY
 
-STATE_NAMES = {"ready": "就绪", "ringing": "振铃", "busy": "通话", "wrapup": "话后", "paused": "小休",
-               "offline": "离线"}
+from . import labels
+
+STATE_NAMES = labels.AGENT_STATES
 PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
                  "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）"}
 PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中"}
@@ -46,6 +47,27 @@ def start_of_day(now: float) -> float:
     return day.timestamp()
 
 
+def queue_figures(acd, skills) -> list[dict]:
+    """Callers waiting and the longest current wait (the oldest caller of every priority band)
+    of each of ``skills`` (rules' Skill objects): one pipelined read of the ACD's queues."""
+    k, now = acd.keys, acd.clock()
+    pipe = acd.redis.pipeline(transaction=False)
+    for s in skills:
+        pipe.zcard(k.queue(s.id))
+        for band in range(MAX_PRIORITY + 1):  # the oldest caller of every priority band
+            pipe.zrangebyscore(k.queue(s.id), band * BAND, (band + 1) * BAND - 1, start=0, num=1, withscores=True)
+    raw = pipe.execute()
+    out = []
+    step = MAX_PRIORITY + 2
+    for i, s in enumerate(skills):
+        waiting = int(raw[i * step])
+        entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
+        longest = max(0.0, now - min(entered)) if entered else 0.0
+        out.append({"skill": s.id, "name": labels.seat_word(s.name), "expert": s.expert, "waiting": waiting,
+                    "longest_wait_s": round(longest, 1), "longest_wait_text": labels.duration(longest)})
+    return out
+
+
 class Dashboard:
     def __init__(self, acd, tickets=None, ttl_s: float = 5.0):
         self.acd = acd
@@ -60,7 +82,6 @@ class Dashboard:
     def queues(self) -> list[dict]:
         acd, k = self.acd, self.acd.keys
         rules = acd.rules
-        now = acd.clock()
         r = acd.redis
         agent_ids = sorted(_text(a) for a in r.smembers(k.agents()))
         pipe = r.pipeline(transaction=False)
@@ -73,25 +94,90 @@ class Dashboard:
             state = _text(raw[2 * i] or "offline")
             for skill in raw[2 * i + 1]:
                 by_skill[_text(skill)][state] += 1
+        out = []
+        for q in queue_figures(acd, list(rules.skills.values())):
+            states = {st: by_skill[q["skill"]].get(st, 0) for st in AGENT_STATES if st != "offline"}
+            out.append({**q, "agents": states, "logged_in": sum(states.values()),
+                        "offline": by_skill[q["skill"]].get("offline", 0)})
+        return out
+
+    # -- the room: seats and the callers waiting ----------------------------------------------
+    def board(self, limit: int = 500) -> list[dict]:
+        """Every seat logged in (and those who answered calls today): name, state in words, time
+        in that state, the current call's line and ticket, calls answered today."""
+        acd, k = self.acd, self.acd.keys
+        rules, now = acd.rules, acd.clock()
+        r = acd.redis
+        agent_ids = sorted(_text(a) for a in r.smembers(k.agents()))[:limit]
+        pipe = r.pipeline(transaction=False)
+        for a in agent_ids:
+            pipe.hmget(k.agent(a), "name", "state", "reason", "since", "call")
+        raw = pipe.execute()
+        day = self._tally(start_of_day(now))
+        with self._day_lock:
+            answered = dict(day.agents)
+        seats = []
+        for a, (name, state, reason, since, call) in zip(agent_ids, raw):
+            state, reason, call = _text(state or "offline"), _text(reason or ""), _text(call or "")
+            if state == "offline" and not answered.get(a):
+                continue
+            since_s = float(_text(since or 0) or 0)
+            seats.append({"id": a, "name": _text(name or "") or a, "state": state, "reason": reason,
+                          "state_text": labels.agent_state_text(state, reason),
+                          "in_state_s": round(max(0.0, now - since_s), 1) if since_s and state != "offline" else None,
+                          "in_state_text": labels.duration(now - since_s) if since_s and state != "offline" else "—",
+                          "call": call or None, "answered_today": answered.get(a, 0)})
+        pipe = r.pipeline(transaction=False)
+        with_call = [s for s in seats if s["call"]]
+        for s in with_call:
+            pipe.hmget(k.call(s["call"]), "line", "ticket")
+        for s, (line, ticket) in zip(with_call, pipe.execute() if with_call else []):
+            line = _text(line or "")
+            s["line"], s["ticket"] = line or None, _text(ticket or "") or None
+            s["line_text"] = labels.line_text(line, rules) if line else "—"
+        for s in seats:
+            s.pop("call")
+            s.setdefault("line", None)
+            s.setdefault("ticket", None)
+            s.setdefault("line_text", "")
+        order = {st: i for i, st in enumerate(("busy", "ringing", "wrapup", "ready", "paused", "offline"))}
+        seats.sort(key=lambda s: (order.get(s["state"], 9), s["name"]))
+        return seats
+
+    def waiting(self, limit: int = 100) -> list[dict]:
+        """The callers waiting, longest first: line, wait, place in line, whether a callback is
+        booked (the caller hung up and keeps the place), the masked number and the ticket."""
+        acd, k = self.acd, self.acd.keys
+        rules, now = acd.rules, acd.clock()
+        r = acd.redis
         skills = list(rules.skills.values())
         pipe = r.pipeline(transaction=False)
         for s in skills:
-            pipe.zcard(k.queue(s.id))
-            for band in range(MAX_PRIORITY + 1):  # the oldest caller of every priority band
-                pipe.zrangebyscore(k.queue(s.id), band * BAND, (band + 1) * BAND - 1, start=0, num=1,
-                                   withscores=True)
-        raw = pipe.execute()
+            pipe.zrange(k.queue(s.id), 0, limit - 1)
+        best: dict = {}  # call -> (place, skill): a call waiting in several groups, its best place
+        for s, calls in zip(skills, pipe.execute()):
+            for place, c in enumerate(calls, 1):
+                c = _text(c)
+                if c not in best or place < best[c][0]:
+                    best[c] = (place, s)
+        ids = list(best)
+        pipe = r.pipeline(transaction=False)
+        for c in ids:
+            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked")
         out = []
-        step = MAX_PRIORITY + 2
-        for i, s in enumerate(skills):
-            waiting = int(raw[i * step])
-            entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
-            longest = max(0.0, now - min(entered)) if entered else 0.0
-            states = {st: by_skill[s.id].get(st, 0) for st in AGENT_STATES if st != "offline"}
-            out.append({"skill": s.id, "name": s.name, "expert": s.expert, "waiting": waiting,
-                        "longest_wait_s": round(longest, 1), "agents": states,
-                        "logged_in": sum(states.values()), "offline": by_skill[s.id].get("offline", 0)})
-        return out
+        for c, (line, entered, kind, ticket, masked) in zip(ids, pipe.execute() if ids else []):
+            place, skill = best[c]
+            line = _text(line or "")
+            waited = max(0.0, now - float(_text(entered or 0) or now))
+            callback = _text(kind or "") == "callback"
+            out.append({"line": line or None, "line_text": labels.line_text(line, rules), "skill": skill.id,
+                        "skill_name": labels.seat_word(skill.name), "position": place,
+                        "waited_s": round(waited, 1), "waited_text": labels.duration(waited), "callback": callback,
+                        "callback_text": "已登记回拨" if callback else "在线等待",
+                        "ticket": _text(ticket or "") or None,
+                        "caller": labels.caller_text(_text(masked or "") or None)})
+        out.sort(key=lambda w: -w["waited_s"])
+        return out[:limit]
 
     # -- today -----------------------------------------------------------------------------
     def _cached(self, name, compute):
@@ -120,6 +206,8 @@ class Dashboard:
                 if since <= t < since + 86400:
                     day.total.add(e)
                     day.hours[int((t - since) // 3600)].add(e)
+                    if e.get("e") == "connect" and e.get("agent"):  # a call the seat answered
+                        day.agents[e["agent"]] += 1
             return day
 
     def _today(self) -> dict:
@@ -170,6 +258,7 @@ class Dashboard:
         if self.tickets is None:
             return []
         out = []
+        rules = self.acd.rules
         for sup in reversed(self.tickets.supervisions()[-limit:]):
             tickets = []
             for tid in sup["ticket_ids"][:20]:
@@ -177,17 +266,33 @@ class Dashboard:
                     t = self.tickets.get(tid).view("supervisor")
                 except LookupError:
                     continue
+                kind = (t["fields"].get("type") or {}).get("value")
                 tickets.append({"id": t["id"], "status": t["status"], "entry_line": t["entry_line"],
-                                "type": (t["fields"].get("type") or {}).get("value"),
-                                "location": (t["fields"].get("location") or {}).get("value"),
-                                "due_at": t["due_at"], "created_at": t["created_at"]})
-            out.append({**sup, "tickets": tickets})
+                                "type": kind, "location": (t["fields"].get("location") or {}).get("value"),
+                                "due_at": t["due_at"], "created_at": t["created_at"],
+                                "status_text": labels.TICKET_STATUSES.get(t["status"], t["status"]),
+                                "type_text": labels.TYPES.get(kind, kind or ""),
+                                "line_text": labels.line_text(t["entry_line"], rules),
+                                "due_text": labels.when(t["due_at"])})
+            out.append({**sup, "tickets": tickets, "kind_text": labels.SUPERVISION_KINDS.get(sup["kind"], ""),
+                        "key_text": labels.supervision_key_text(sup["kind"], sup["key"], rules),
+                        "raised_text": labels.when(sup["raised_at"])})
         return out
 
     def alerts(self, count: int = 10) -> list[dict]:
         """The ACD's latest supervisor warnings, newest first, each with a sentence to show."""
-        rules = self.acd.rules
-        return [{**a, "text": describe_alert(a, rules)} for a in self.acd.alerts(count)]
+        acd, rules = self.acd, self.acd.rules
+        alerts = acd.alerts(count)
+        pipe = acd.redis.pipeline(transaction=False)
+        for a in alerts:
+            pipe.hmget(acd.keys.call(a.get("call") or "-"), "ticket", "masked", "line")
+        out = []
+        for a, (ticket, masked, line) in zip(alerts, pipe.execute() if alerts else []):
+            call = {"ticket": _text(ticket or "") or None, "caller": labels.caller_text(_text(masked or "") or None)
+                    if masked is not None else None, "line": _text(line or "") or None}
+            out.append({**a, "ticket": call["ticket"], "caller": call["caller"],
+                        "text": describe_alert(a, rules, call)})
+        return out
 
     def processes(self) -> list[dict]:
         """The product's background processes as ``python app.py``'s supervisor reported them
@@ -205,41 +310,51 @@ class Dashboard:
         return out
 
     def snapshot(self) -> dict:
-        return {"at": datetime.fromtimestamp(self.acd.clock(), CHINA_TZ).isoformat(timespec="seconds"),
-                "queues": self.queues(), "today": self.today(), "alerts": self.alerts(10),
-                "processes": self.processes()}
+        now = self.acd.clock()
+        return {"at": datetime.fromtimestamp(now, CHINA_TZ).isoformat(timespec="seconds"),
+                "at_text": labels.when(now, seconds=True), "queues": self.queues(), "today": self.today(),
+                "alerts": self.alerts(10), "processes": self.processes(), "agents": self.board(),
+                "waiting": self.waiting()}
 
 
-def describe_alert(alert: dict, rules) -> str:
-    """One ACD alert as the supervisor reads it (time in Beijing, the group's name, the line)."""
-    try:
-        at = datetime.fromtimestamp(float(alert.get("t") or 0), CHINA_TZ).strftime("%H:%M:%S")
-    except (TypeError, ValueError, OverflowError):
-        at = "--:--:--"
+def describe_alert(alert: dict, rules, call: dict | None = None) -> str:
+    """One ACD alert as the supervisor reads it: when (China time), the group's name, the line,
+    the call's ticket and masked caller (``call``: what the ACD still holds of the call), and
+    what happened — never a CallSid or a raw record."""
+    at = labels.when(alert.get("t"), seconds=True)
+    at = "时间不详" if at == "—" else at
     skill = rules.skills.get(alert.get("skill") or "")
-    group = f"座席组「{skill.name}」" if skill else f"座席组 {alert.get('skill') or '?'}"
-    call = alert.get("call") or "?"
+    group = f"坐席组「{labels.seat_word(skill.name)}」" if skill else "坐席组（已不在规则中）"
+    call = call or {}
+    line = alert.get("line") or call.get("line")
+    who = []
+    if call.get("ticket"):
+        who.append(f"工单 {call['ticket']}")
+    if call.get("caller"):
+        who.append(f"来电 {call['caller']}" if call["caller"] != labels.caller_text(None) else "来电（无来电号码）")
+    caller = "，".join(who) if who else "一通来电"
     kind = alert.get("alert")
     if kind == "unstaffed":
-        return f"{at} {group}无坐席在岗，来电 {call} 已按规则溢出或登记回拨"
+        where = f"（{labels.line_text(line, rules)}）" if line else ""
+        return f"{at} {group}无坐席在岗：{caller}{where}已按规则溢出到其他坐席组或登记回拨"
     if kind == "lost":
-        line = alert.get("line") or "12345"
         try:
             silent = f"{float(alert.get('silent') or 0):.0f} 秒"
         except ValueError:
             silent = "长时间"
-        return (f"{at} 来电 {call}（{line}，{group}）的接入端 {silent}无响应，按呼损处理；"
-                f"有来电号码的已登记回拨")
-    return f"{at} {kind or '告警'}：" + "，".join(f"{k}={v}" for k, v in alert.items() if k not in ("t", "alert"))
+        return (f"{at} {caller}（{labels.line_text(line or '12345', rules)}，{group}）的接入端 {silent}无响应，"
+                f"按呼损处理；有来电号码的已登记回拨")
+    return f"{at} 系统告警：{group}出现异常（{kind or '未知'}），{caller}"
 
 
 class _DayTally:
-    __slots__ = ("since", "resume", "total", "hours")
+    __slots__ = ("since", "resume", "total", "hours", "agents")
 
     def __init__(self, since: float, resume: str):
         self.since, self.resume = since, resume  # resume: where the next read of the log starts
         self.total = Tally()
         self.hours: dict = defaultdict(Tally)
+        self.agents: dict = defaultdict(int)  # calls answered today per seat
 
 
 def _survey(surveyed: int, satisfied: int) -> dict:

@@ -24,10 +24,10 @@ ticket_model, ticket_db and ticket_drafts hold what they share, importable from 
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from call_routing.rules import CHINA_TZ
@@ -43,6 +43,9 @@ from .ticket_model import (CALLER_ROLES, FIELDS, STATUSES, SUPERVISED_TYPES, TRA
                            ExtensionRefused, NoSuchTicket, Ticket, TicketError, TicketPolicy, _snapshot, log)
 from .ticket_opening import TicketOpening
 from .ticket_supervision import TicketSupervision
+
+#: the most tickets :meth:`TicketStore.search` returns at once
+MAX_PAGE_SIZE = 200
 
 
 class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
@@ -118,6 +121,43 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
             rows = s.scalars(select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id))
             return [{"at": e.at.astimezone(CHINA_TZ).isoformat(timespec="seconds"), "actor": e.actor,
                      "kind": e.kind, "detail": e.detail} for e in rows]
+
+    def search(self, *, ticket_id: int | None = None, day: date | None = None, line: str | None = None,
+               request_type: str | None = None, status: str | None = None, overdue: bool = False,
+               supervision: bool = False, caller_digits: str | None = None, page: int = 1,
+               per_page: int = 50, at: datetime | None = None) -> tuple[list[Ticket], int]:
+        """Tickets matching every filter given, newest first, one page of them, and how many match.
+
+        ``day``: received that day (China time); ``line``: the entry line; ``overdue``: past the
+        done-by deadline and not finished; ``caller_digits``: the caller's number ends with them.
+        ``per_page`` is at most :data:`MAX_PAGE_SIZE`. Tickets still only drafts are not listed."""
+        per_page = max(1, min(int(per_page), MAX_PAGE_SIZE))
+        page = max(1, int(page))
+        where = []
+        if ticket_id is not None:
+            where.append(TicketRow.id == ticket_id)
+        if day is not None:
+            start = datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ)
+            where += [TicketRow.created_at >= start, TicketRow.created_at < start + timedelta(days=1)]
+        if line:
+            where.append(TicketRow.entry_line == line)
+        if request_type:
+            where.append(TicketRow.request_type == request_type)
+        if status:
+            where.append(TicketRow.status == status)
+        if overdue:
+            where += [TicketRow.due_at < (at or self.clock()), TicketRow.status.not_in(("finished", "handed_off"))]
+        if supervision:
+            where.append(TicketRow.supervision.is_(True))
+        if caller_digits:
+            if not caller_digits.isdigit():
+                raise TicketError("caller_digits must be digits")
+            where.append(TicketRow.caller.like(f"%{caller_digits}"))
+        with self._session() as s:
+            total = s.scalar(select(func.count()).select_from(TicketRow).where(*where)) or 0
+            rows = s.scalars(select(TicketRow).where(*where).order_by(TicketRow.created_at.desc(), TicketRow.id.desc())
+                             .offset((page - 1) * per_page).limit(per_page))
+            return [_snapshot(r) for r in rows], int(total)
 
     def overdue_contact(self, at: datetime | None = None) -> list[Ticket]:
         """Tickets whose caller has not been contacted within the contact limit (1 h)."""

@@ -4,19 +4,27 @@
   var app = document.getElementById("agent-app");
   if (!app) return;
   var token = app.dataset.token;
-  var STATE = {ready: "就绪", ringing: "来电振铃", busy: "通话中", wrapup: "话后整理", paused: "小休", offline: "离线"};
-  var CALL = {waiting: "排队中", ringing: "振铃中", connected: "通话中", completed: "已结束", abandoned: "来电人已挂断"};
-  var KIND = {expert: "专家座席", subcenter: "分中心"};
-  var TSTATE = {ringing: "正在呼叫", joined: "已接通"};
+  // the words come from the server (consoles/labels.py), one table for every page
+  var L = JSON.parse((document.getElementById("agent-labels") || {}).textContent || "{}");
+  var STATE = L.agent_states || {};
+  var CALL = L.call_states || {};
+  var KIND = L.transfer_kinds || {};
+  var TSTATE = L.transfer_states || {};
   // why the system paused a seat (the agent's own reasons are already in Chinese)
-  var REASON = {"phone-offline": "话机未注册，无法接听", "phone-busy": "话机占线", "no-answer": "未接听来电",
-                "not-rung": "来电未振铃"};
+  var REASON = L.pause_reasons || {};
+  var STATUS = L.statuses || {};
   var dirty = {};
   var lastTicket = null;
   var lastTransfers = "";
   var frontEnd = "twilio/";
 
   function $(id) { return document.getElementById(id); }
+  function duration(s) {  // as consoles/labels.py duration: 45秒, 3分12秒, 1小时05分
+    function two(n) { return (n < 10 ? "0" : "") + n; }
+    if (s < 60) return s + "秒";
+    if (s < 3600) return Math.floor(s / 60) + "分" + two(s % 60) + "秒";
+    return Math.floor(s / 3600) + "小时" + two(Math.floor(s % 3600 / 60)) + "分";
+  }
   function msg(text, bad) { var m = $("agent-msg"); m.textContent = text || ""; m.className = "msg" + (bad ? " bad" : ""); }
 
   function api(method, path, body) {
@@ -42,10 +50,20 @@
     var threeWay = a.state === "paused" && a.reason === "three-way";  // out of rotation while in a three-way call
     $("seat-state").textContent = threeWay ? "三方通话" : (STATE[a.state] || a.state);
     $("seat-state").className = "state s-" + (threeWay ? "busy" : a.state);
-    $("seat-reason").textContent = a.state === "paused" && a.reason && !threeWay ? "（" + (REASON[a.reason] || a.reason) + "）" : "";
+    var why = a.state === "paused" && a.reason && !threeWay ? (REASON[a.reason] || a.reason) : "";
+    $("seat-reason").textContent = why && why !== STATE.paused ? "（" + why + "）" : "";
     $("btn-ready").disabled = a.state !== "paused" || threeWay;
     $("btn-pause").disabled = !(a.state === "ready" || a.state === "wrapup");
     $("btn-wrapup").disabled = a.state !== "wrapup";
+  }
+
+  function renderQueues(me) {
+    var box = $("my-queues");
+    if (!box || !me.queues) return;
+    box.textContent = me.queues.length ? me.queues.map(function (q) {
+      return q.name + " " + (q.waiting ? "排队 " + q.waiting + " 人，最长已等 " + q.longest_wait_text : "无人排队");
+    }).join("；") : "（未配置坐席组）";
+    box.className = me.queues.some(function (q) { return q.waiting; }) ? "waiting" : "muted";
   }
 
   function renderCall(me, t) {
@@ -57,9 +75,10 @@
     $("call-state").textContent = threeWay ? "三方转接中" : me.agent.state === "ringing" ? "来电振铃" : (CALL[call.state] || call.state);
     $("call-line").textContent = call.line || "";
     $("call-line-name").textContent = t && t.line_name ? t.line_name : "";
-    $("call-caller").textContent = call.caller || call.caller_masked || "";
+    var caller = call.caller || call.caller_masked || "";
+    $("call-caller").textContent = caller && caller !== "unknown" ? caller : "无来电号码";
     var waited = call.entered ? Math.max(0, Math.round(Date.now() / 1000 - call.entered)) : 0;
-    $("call-waited").textContent = waited + " 秒";
+    $("call-waited").textContent = duration(waited);
     $("btn-decline").hidden = me.agent.state !== "ringing";
     var busy = me.agent.state === "busy";
     var box = $("transfer-buttons");
@@ -109,8 +128,8 @@
     if (!t) { $("ticket-id").textContent = ""; $("ticket-status").textContent = ""; return; }
     if (lastTicket !== t.id) { dirty = {}; lastTicket = t.id; }
     $("ticket-id").textContent = "#" + t.id;
-    var statusName = {open: "待确认", manual_entry: "需人工填写", confirmed: "已确认", finished: "已办结", handed_off: "已派发"};
-    $("ticket-status").textContent = (statusName[t.status] || t.status) + (t.manual_reason ? "：" + t.manual_reason : "");
+    $("ticket-status").textContent = (t.status_text || STATUS[t.status] || t.status) +
+      (t.manual_reason_text ? "：" + t.manual_reason_text : "");
     $("ticket-status").dataset.status = t.status;
     $("t-transcript").value = t.transcript || (t.transcript_status === "pending" ? "（正在识别…）" : "（无转写）");
     ["type", "line", "location", "unit", "subject", "summary"].forEach(function (n) {
@@ -129,8 +148,8 @@
     var dep = field(t, "department"), em = field(t, "emergency");
     $("t-department").textContent = dep && dep.value ? dep.value : "—";
     $("t-emergency").textContent = em && em.value ? em.value : "无";
-    $("t-contact-due").textContent = (t.contact_due || "").replace("T", " ").slice(0, 16);
-    $("t-due").textContent = (t.due_at || "").replace("T", " ").slice(0, 16);
+    $("t-contact-due").textContent = t.contact_due_text || "";
+    $("t-due").textContent = t.due_text || "";
     $("btn-confirm").disabled = t.status === "finished" || t.status === "handed_off";
     // 办结: once the ticket is confirmed; the hand-off to the departments follows
     $("finish").hidden = !(t.status === "confirmed" || t.status === "finished" || t.status === "handed_off");
@@ -145,6 +164,7 @@
     busyPoll = true;
     api("GET", "me").then(function (me) {
       renderSeat(me);
+      renderQueues(me);
       if (me.call || me.agent.state === "wrapup") {
         return api("GET", "ticket").then(function (t) {
           renderCall(me, t.call ? t : null);

@@ -3,6 +3,7 @@
   "use strict";
   var script = document.getElementById("dashboard-script");
   var url = script && script.dataset.url;
+  var ticketsUrl = script && script.dataset.tickets;
   var NS = "http://www.w3.org/2000/svg";
   function pct(v) { return v == null ? "—" : (v * 100).toFixed(1) + "%"; }
   function el(name, attrs, text) {
@@ -33,22 +34,60 @@
     if (pts.length) svg.appendChild(el("polyline", {points: pts.join(" "), "class": "rate"}));
     pts.forEach(function (p) { var xy = p.split(","); svg.appendChild(el("circle", {cx: xy[0], cy: xy[1], r: 3, "class": "dot"})); });
   }
+  function cell(tr, v) { var td = document.createElement("td"); if (v != null && v.nodeType) td.appendChild(v); else td.textContent = v == null ? "" : v; tr.appendChild(td); return td; }
+  function ticketLink(id, text) {
+    var a = document.createElement("a");
+    a.href = ticketsUrl + "/" + encodeURIComponent(id);
+    a.textContent = text;
+    return a;
+  }
+  function rows(selector, items, columns, empty, cols) {
+    var body = document.querySelector(selector);
+    if (!body) return;
+    body.innerHTML = "";
+    items.forEach(function (item) {
+      var tr = document.createElement("tr");
+      columns(item).forEach(function (v) { cell(tr, v); });
+      body.appendChild(tr);
+    });
+    if (!items.length) {
+      var tr = document.createElement("tr"), td = cell(tr, empty);
+      td.colSpan = cols; td.className = "muted"; tr.className = "none";
+      body.appendChild(tr);
+    }
+  }
+  function agentRow(a) {
+    var state = document.createElement("span");
+    state.className = "state s-" + a.state; state.textContent = a.state_text;
+    var call = "—";
+    if (a.line) {
+      call = document.createElement("span");
+      call.appendChild(document.createTextNode(a.line_text));
+      if (a.ticket) { call.appendChild(document.createTextNode(" · ")); call.appendChild(ticketLink(a.ticket, "工单 " + a.ticket)); }
+    }
+    return [a.name, state, a.in_state_text, call, a.answered_today];
+  }
+  function waitingRow(w) {
+    return [w.line_text, w.skill_name, w.waited_text, "第 " + w.position + " 位", w.caller, w.callback_text];
+  }
   function render(d) {
     var t = d.today.total;
     document.querySelectorAll("#kpi-total [data-k]").forEach(function (e) {
       var k = e.dataset.k, v = t[k];
       e.textContent = k === "offered" ? v : pct(v);
     });
-    document.getElementById("updated-at").textContent = d.at;
+    document.getElementById("updated-at").textContent = d.at_text;
     var body = document.querySelector("#queues tbody");
     body.innerHTML = "";
     d.queues.forEach(function (q) {
       if (!q.waiting && !q.logged_in) return;
       var tr = document.createElement("tr");
-      [q.name, q.waiting, Math.round(q.longest_wait_s) + " 秒", q.agents.ready, q.agents.ringing, q.agents.busy,
+      [q.name, q.waiting, q.longest_wait_text, q.agents.ready, q.agents.ringing, q.agents.busy,
         q.agents.wrapup, q.agents.paused].forEach(function (v) { var td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
       body.appendChild(tr);
     });
+    rows("#agents tbody", d.agents || [], agentRow, "暂无坐席在岗。", 5);
+    rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 6);
     chart(d.today.hourly);
     var procs = document.querySelector("#processes tbody");
     if (procs && d.processes && d.processes.length) {
@@ -66,6 +105,7 @@
       (d.alerts.length ? d.alerts : [{text: "暂无告警。", none: true}]).forEach(function (a) {
         var li = document.createElement("li");
         li.textContent = a.text;
+        if (a.ticket) { li.appendChild(document.createTextNode(" ")); li.appendChild(ticketLink(a.ticket, "查看工单")); }
         if (a.none) li.className = "muted";
         alerts.appendChild(li);
       });

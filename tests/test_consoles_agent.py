@@ -72,7 +72,7 @@ def test_an_agent_gets_the_call_with_its_prefilled_ticket_confirms_it_and_starts
     assert t["fields"]["location"]["value"] == "朝阳区幸福路12号"
     assert t["fields"]["location"]["source"] == "machine" and not t["fields"]["location"]["confirmed"]
     assert t["fields"]["type"]["value"] == "consultation" and t["due_at"]
-    assert data["transfers"] == [{"kind": "expert", "name": "公共法律服务专家座席"}]
+    assert data["transfers"] == [{"kind": "expert", "name": "公共法律服务专家坐席"}]  # one word: 坐席
     assert data["line_name"] == "全国公共法律服务专用电话"
     answer(app, tw)
     assert client.get("/agent/api/me", headers=auth).get_json()["agent"]["state"] == "busy"
@@ -192,11 +192,18 @@ def test_the_dashboard_says_in_words_when_a_group_is_unstaffed_and_when_a_caller
     assert acd.tick(time.time() + acd.lost_after_s + 5)["lost"] == 1
     sup = app.test_client()
     sign_in(sup, "super")
-    texts = [a["text"] for a in sup.get("/admin/api/dashboard").get_json()["alerts"]]
-    assert any("来电 CAghost（12348，座席组「" in t and "无响应，按呼损处理；有来电号码的已登记回拨" in t for t in texts)
-    assert any("无坐席在岗，来电 CAghost 已按规则溢出或登记回拨" in t for t in texts)
+    alerts = sup.get("/admin/api/dashboard").get_json()["alerts"]
+    texts = [a["text"] for a in alerts]
+    ticket = app.extensions["console"].tickets.by_call("CAghost").id
+    # the ticket and the masked caller, never the CallSid
+    assert any(f"工单 {ticket}，来电 138****5678（12348 全国公共法律服务专用电话，坐席组「" in t
+               and "无响应，按呼损处理；有来电号码的已登记回拨" in t for t in texts), texts
+    assert any(f"无坐席在岗：工单 {ticket}，来电 138****5678" in t and "已按规则溢出到其他坐席组或登记回拨" in t
+               for t in texts), texts
+    assert all(a["ticket"] == str(ticket) for a in alerts)
     html = sup.get("/admin/").get_data(as_text=True)
-    assert "CAghost" in html and "{'t'" not in html  # sentences, not raw records
+    assert "CAghost" not in html and "{'t'" not in html  # sentences, not raw records
+    assert f'href="/admin/tickets/{ticket}"' in html and "138****5678" in html
     assert acd.call("CAghost")["kind"] == "callback"  # and the citizen will be called back
     metrics = sup.get("/metrics").get_data(as_text=True)
     assert 'hotline_calls_lost_today{line="12348"} 1.0' in metrics  # for the operators' alerting

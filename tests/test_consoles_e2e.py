@@ -300,4 +300,26 @@ def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_
     wait_for(d, lambda d: by_id(d, "updated-at").text != served, what="the dashboard's 5-second refresh")
     alerts = [li.text for li in d.find_elements("css selector", "#alerts li")]
     assert alerts and all(t and "{" not in t and "undefined" not in t for t in alerts), alerts  # redrawn as sentences
+    board = by_id(d, "agents").text  # the seat board, redrawn by the same refresh
+    assert "张坐席" in board and "三方通话" in board and "12348" in board
     shot(d, "17-dashboard-supervisor")
+
+    # the supervisor finds the call's ticket in the list (line + the caller's last 4 digits) and opens it
+    by_id(d, "nav-tickets").click()
+    wait_for(d, lambda d: d.find_elements("id", "ticket-filters"), what="ticket list")
+    from selenium.webdriver.support.ui import Select
+
+    Select(css(d, "#ticket-filters select[name=line]")).select_by_value("12348")
+    css(d, "#ticket-filters input[name=caller]").send_keys("5678")
+    by_id(d, "ticket-search").click()
+    wait_for(d, lambda d: "caller=5678" in d.current_url, what="filtered list")
+    rows = d.find_elements("css selector", "#ticket-list tbody tr[id^=ticket-row-]")
+    assert [r.get_attribute("id") for r in rows] == [f"ticket-row-{ticket.id}"]
+    assert "138****5678" in rows[0].text and "咨询" in rows[0].text
+    shot(d, "18-ticket-list")
+    css(d, f"#ticket-row-{ticket.id} a").click()
+    wait_for(d, lambda d: d.current_url.rstrip("/").endswith(f"/admin/tickets/{ticket.id}"), what="ticket page")
+    fields = by_id(d, "ticket-fields").text
+    assert "朝阳区幸福路12号院3号楼" in fields and "坐席修改" in fields
+    assert "系统建单" in by_id(d, "ticket-events").text and "已确认" in by_id(d, "ticket-status").text
+    shot(d, "19-ticket-page")

@@ -246,3 +246,27 @@ def test_every_survey_answer_the_caller_can_give_is_kept_on_the_ticket(store):
         t = store.open_ticket(f"call-survey-{digit}", "12345", CALLER)
         port.survey(str(t.id), score)
         assert store.get(t.id).survey == score  # PostgreSQL refuses values longer than the column
+
+
+def test_the_ticket_list_search_filters_counts_and_pages_newest_first(store):
+    from datetime import date
+
+    for i in range(12):  # one ticket every two hours from T0 (Tuesday 30 September, 10:00 China time)
+        store.clock.at = T0 + timedelta(hours=2 * i)
+        store.open_ticket(f"call-{i}", "12301" if i % 3 == 0 else "12345", f"+86139000000{i:02d}")
+        store.attach_transcript(f"call-{i}", text="暖气", prefill=prefill(type="complaint" if i % 2 else "help"))
+    found, total = store.search(page=1, per_page=5)
+    assert total == 12 and [t.call_id for t in found] == [f"call-{i}" for i in (11, 10, 9, 8, 7)]
+    assert [t.call_id for t in store.search(page=3, per_page=5)[0]] == ["call-1", "call-0"]
+    assert store.search(day=date(2025, 9, 30))[1] == 7  # 10:00 to 22:00 China time, not UTC's day
+    assert store.search(day=date(2025, 10, 1))[1] == 5
+    assert store.search(line="12301")[1] == 4 and store.search(request_type="complaint")[1] == 6
+    assert [t.call_id for t in store.search(caller_digits="0007")[0]] == ["call-7"]
+    assert store.search(ticket_id=found[0].id)[0][0].call_id == "call-11"
+    assert store.search(status="open")[1] == 12 and store.search(status="finished")[1] == 0
+    assert store.search(supervision=True)[1] == 12  # ten callers or more on the same matter
+    assert store.search(overdue=True, at=T0 + timedelta(days=30))[1] == 12
+    assert store.search(overdue=True, at=T0 + timedelta(days=1))[1] == 0
+    assert len(store.search(per_page=10_000)[0]) == 12  # bounded by MAX_PAGE_SIZE, not refused
+    with pytest.raises(TicketError):
+        store.search(caller_digits="12%")

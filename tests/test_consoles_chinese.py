@@ -1,0 +1,256 @@
+"""The consoles in Chinese, for the people in the room (issue 17): the ticket page and the ticket
+list, the dashboard's alerts, seat board and waiting callers, and the agent console's words.
+
+What a person reads is checked as a person would: Chinese labels, values in words, China times
+written 12月06日 14:05 — never None/False, an ISO stamp, a dict or a CallSid."""
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+from datetime import datetime, timedelta
+
+import pytest
+
+from call_routing.acd import Agent
+from call_routing.rules import CHINA_TZ
+from tests.console_support import make_console_app, sign_in
+from tests.test_consoles_agent import CALLER, answer, call_waiting, seat_token
+
+CN_TIME = re.compile(r"\d{2}月\d{2}日 \d{2}:\d{2}")
+ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+@pytest.fixture
+def app(tmp_path, redis_url):
+    app = make_console_app(tmp_path, redis_url)
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("a1", "张坐席", {"legal": 50, "general": 10}, endpoints=("client:a1",)))
+    return app
+
+
+def visible(page: str) -> str:
+    """The text of the page's <main> as a person sees it (no tags, no scripts)."""
+    main = page.split("<main>", 1)[1].split("</main>", 1)[0]
+    main = re.sub(r"<script.*?</script>", "", main, flags=re.S)
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", main))
+
+
+def assert_human(text: str) -> None:
+    for word in ("None", "False", "True", "null", "undefined", "unknown", "{", "}", "[", "]"):
+        assert word not in text, f"{word!r} on the page: {text}"
+    assert not ISO.search(text), ISO.search(text).group(0)
+
+
+def prefill(**over) -> dict:
+    fields = {"type": "complaint", "line": "12348", "skill": "legal", "department": "司法局", "emergency": None,
+              "enterprise": False, "location": "朝阳区幸福路12号", "unit": None, "subject": "法律援助",
+              "numbers": {"id_cards": ["110101199003078515"], "id_cards_valid": [True], "phones": ["13900001111"],
+                          "amounts": [5000]}}
+    fields.update(over)
+    return fields
+
+
+def staff(app, who="super"):
+    client = app.test_client()
+    sign_in(client, who)
+    return client
+
+
+# -- the ticket page ---------------------------------------------------------------------------------
+def test_the_ticket_page_reads_in_chinese_with_words_for_values_and_china_times(app):
+    store = app.extensions["console"].tickets
+    rules = app.extensions["rules"].current()
+    t = store.attach_transcript("CApage", text="我要投诉法律援助中心不受理，我的电话13900001111", entry_line="12348",
+                                caller=CALLER, prefill=prefill())
+    store.confirm_fields(t.id, "a1", {"location": "朝阳区幸福路12号院", "summary": "投诉法律援助不受理"}, rules=rules)
+    store.extend(t.id, 3, "需现场核实", "a1")
+    store.finish(t.id, "a1", "已转司法局核实处理")
+    for who, number, phone in (("super", CALLER, "13900001111"), ("admin", "138****5678", "139****1111")):
+        page = staff(app, who).get(f"/admin/tickets/{t.id}")
+        assert page.status_code == 200
+        text = visible(page.get_data(as_text=True))
+        assert_human(text)
+        for label in ("来电号码", "来电热线", "受理时间", "办结时限", "诉求类型", "归属热线", "坐席组", "地点", "企业诉求",
+                      "提到的号码", "紧急联动", "处理记录"):
+            assert label in text, label
+        assert number in text and phone in text  # the caller masked for admins, like the numbers said
+        assert "投诉" in text and "12348 全国公共法律服务专用电话" in text and "公共法律服务坐席" in text
+        assert "已办结" in text and "延长 3 个工作日" in text and "办理结果：已转司法局核实处理" in text
+        assert "电话 " in text and "金额 5000元" in text  # the numbers said, as a short list
+        assert re.search(r"企业诉求\s+(\S+)", text).group(1) == "否"  # a boolean in words
+        for event in ("系统建单", "语音预填", "坐席确认", "延期", "办结"):
+            assert event in text, event
+        assert "地点：朝阳区幸福路12号 → 朝阳区幸福路12号院" in text
+        assert len(CN_TIME.findall(text)) >= 5
+    assert staff(app).get("/admin/tickets/99999999").status_code == 404
+    assert staff(app).get("/admin/tickets/99999999999999999999999").status_code == 404  # no 500
+
+
+# -- the ticket list -------------------------------------------------------------------------------
+@pytest.fixture
+def tickets(app):
+    """A few tickets written through the store: days, lines, types, statuses, a 督办 wave, one overdue."""
+    store = app.extensions["console"].tickets
+    rules = app.extensions["rules"].current()
+    now = datetime.now(CHINA_TZ)
+    made = {}
+    made["old"] = store.open_ticket("CAold", "12301", "+8613700001234", at=now - timedelta(days=40))
+    made["tourism"] = store.attach_transcript("CAtour", text="景区门票太贵", entry_line="12301", caller="+8613700002222",
+                                              prefill=prefill(type="complaint", line="12301", skill="tourism",
+                                                              location="景区"))
+    made["done"] = store.attach_transcript("CAdone", text="咨询法律援助", entry_line="12348", caller="+8613700003333",
+                                           prefill=prefill(type="consultation"))
+    store.confirm_fields(made["done"].id, "a1", {}, rules=rules)
+    store.finish(made["done"].id, "a1", "已答复")
+    for i in range(10):  # ten callers on one matter: 督办
+        made[f"wave{i}"] = store.attach_transcript(f"CAwave{i}", text="小区暖气不热", entry_line="12345",
+                                                   caller=f"+86139000{i:05d}",
+                                                   prefill=prefill(type="complaint", line="12345", skill="general",
+                                                                   location="阳光小区"))
+    return made
+
+
+def ids_on(page: str) -> list[int]:
+    return [int(n) for n in re.findall(r'id="ticket-row-(\d+)"', page)]
+
+
+def test_the_ticket_list_filters_newest_first_and_links_each_ticket(app, tickets):
+    sup = staff(app)
+    page = sup.get("/admin/tickets").get_data(as_text=True)
+    assert 'id="nav-tickets"' in page and "工单查询" in page
+    listed = ids_on(page)
+    assert len(listed) == 13 and listed[-1] == tickets["old"].id  # newest first
+    text = visible(page)
+    assert_human(text)
+    for heading in ("工单编号", "受理时间", "来电热线", "来电号码", "诉求类型", "状态", "办结时限", "督办"):
+        assert heading in text
+    assert "+8613700002222" not in page and "137****2222" in text  # masked in the list, for everyone
+    assert f'href="/admin/tickets/{tickets["tourism"].id}"' in page
+
+    def find(**q):
+        r = sup.get("/admin/tickets", query_string=q)
+        assert r.status_code == 200, visible(r.get_data(as_text=True))
+        return set(ids_on(r.get_data(as_text=True)))
+
+    assert find(id=str(tickets["done"].id)) == {tickets["done"].id}
+    assert find(line="12301") == {tickets["old"].id, tickets["tourism"].id}
+    assert find(type="consultation") == {tickets["done"].id}
+    assert find(status="finished") == {tickets["done"].id}
+    assert find(overdue="1") == {tickets["old"].id}
+    assert find(supervision="1") == {tickets[f"wave{i}"].id for i in range(10)}
+    assert find(caller="2222") == {tickets["tourism"].id}
+    old_day = tickets["old"].created_at.astimezone(CHINA_TZ).date().isoformat()
+    assert find(day=old_day) == {tickets["old"].id}
+    assert find(line="12345", supervision="1", caller="00003") == {tickets["wave3"].id}  # supervisors: more digits
+    one = visible(sup.get("/admin/tickets", query_string={"id": tickets["old"].id}).get_data(as_text=True))
+    assert "已超期" in one and "待处理" in one
+    assert "没有符合条件的工单" in visible(sup.get("/admin/tickets?line=12348&type=praise").get_data(as_text=True))
+
+
+def test_the_ticket_list_pages_through_fifty_at_a_time(app):
+    store = app.extensions["console"].tickets
+    now = datetime.now(CHINA_TZ)
+    for i in range(55):
+        store.open_ticket(f"CAmany{i}", "12345", f"+86138000{i:05d}", at=now - timedelta(minutes=i))
+    sup = staff(app)
+    first = sup.get("/admin/tickets").get_data(as_text=True)
+    assert len(ids_on(first)) == 50 and "共 55 张工单，第 1 / 2 页" in visible(first) and 'id="page-next"' in first
+    second = sup.get("/admin/tickets?page=2").get_data(as_text=True)
+    assert len(ids_on(second)) == 5 and not set(ids_on(first)) & set(ids_on(second))
+    assert len(store.search(per_page=10_000)[0]) == 55  # the store bounds a page too (at most 200)
+
+
+@pytest.mark.parametrize("query, words", [
+    ("id=abc", "工单编号“abc”不是有效的编号"),
+    ("id=99999999999999999999999", "不是有效的编号"),
+    ("day=2025-13-45", "日期“2025-13-45”无法识别"),
+    ("day=yesterday", "无法识别"),
+    ("line=99999", "没有热线“99999”"),
+    ("type=bribe", "没有诉求类型“bribe”"),
+    ("status=lost", "没有工单状态“lost”"),
+    ("caller=12", "来电号码"),
+    ("page=0", "页码“0”无效"),
+    ("page=-1", "无效"),
+])
+def test_the_ticket_list_refuses_bad_values_with_a_message_in_chinese(app, query, words):
+    r = staff(app).get(f"/admin/tickets?{query}")
+    assert r.status_code == 400
+    text = visible(r.get_data(as_text=True))
+    assert words in text and 'id="ticket-list"' not in r.get_data(as_text=True)
+
+
+def test_admins_search_callers_by_the_last_four_digits_only_and_agents_have_no_list(app, tickets):
+    admin = staff(app, "admin")
+    assert admin.get("/admin/tickets?caller=2222").status_code == 200
+    r = admin.get("/admin/tickets?caller=13700002222")
+    assert r.status_code == 400 and "只能按后4位查询" in visible(r.get_data(as_text=True))
+    agent = app.test_client()
+    sign_in(agent, "agent1")
+    assert agent.get("/admin/tickets").status_code == 403
+
+
+# -- the dashboard ---------------------------------------------------------------------------------
+def test_the_dashboard_boards_the_seats_and_lists_the_callers_waiting(app):
+    client = app.test_client()
+    auth = seat_token(app, client)
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    tw = call_waiting(app, "CAfirst", said=None)  # rings a1
+    call_waiting(app, "CAsecond", said=None)  # waits behind
+    sup = staff(app)
+    snap = sup.get("/admin/api/dashboard").get_json()
+    (seat,) = snap["agents"]
+    assert (seat["name"], seat["state_text"], seat["line_text"]) == ("张坐席", "来电振铃", "12348 全国公共法律服务专用电话")
+    assert seat["ticket"] and re.fullmatch(r"\d+秒|\d+分\d{2}秒", seat["in_state_text"])
+    (waiting,) = snap["waiting"]
+    second = app.extensions["console"].tickets.by_call("CAsecond")
+    assert waiting["line_text"] == "12348 全国公共法律服务专用电话" and waiting["position"] == 1
+    assert waiting["callback_text"] == "在线等待" and waiting["caller"] == "138****5678"
+    assert waiting["ticket"] == str(second.id) and re.fullmatch(r"\d+秒", waiting["waited_text"])
+    assert CN_TIME.search(snap["at_text"])
+    answer(app, tw, "CAfirst")
+    seat = sup.get("/admin/api/dashboard").get_json()["agents"][0]
+    assert seat["state_text"] == "通话中" and seat["answered_today"] == 1
+    page = sup.get("/admin/").get_data(as_text=True)
+    text = visible(page)
+    assert_human(text)
+    assert "坐席状态" in text and "排队来电" in text and "张坐席" in text and "今日接听" in text
+    assert "第 1 位" in text and "在线等待" in text and "座席" not in text
+    assert f'href="/admin/tickets/{seat["ticket"]}"' in page
+
+
+def test_a_seat_that_missed_a_call_is_shown_paused_in_words(app):
+    acd = app.extensions["acd"]
+    acd.login("a1")
+    call_waiting(app, "CAmissed", said=None)
+    acd.no_answer("CAmissed")
+    (seat,) = staff(app).get("/admin/api/dashboard").get_json()["agents"]
+    assert seat["state_text"] == "小休（未接听自动小休）"
+
+
+# -- the agent console -----------------------------------------------------------------------------
+def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(app):
+    client = app.test_client()
+    sign_in(client, "agent1")
+    page = client.get("/agent/").get_data(as_text=True)
+    text = visible(page)
+    assert "坐席组：公共法律服务坐席、12345综合坐席" in text and "legal" not in text and "（50）" not in text
+    assert "座席" not in page
+    auth = seat_token(app, client)
+    page = client.get("/agent/").get_data(as_text=True)
+    words = re.search(r'<script id="agent-labels" type="application/json">(.*?)</script>', page, re.S).group(1)
+    words = json.loads(words)
+    assert words["pause_reasons"]["no-answer"] == "未接听自动小休" and words["agent_states"]["paused"] == "小休"
+    assert words["statuses"]["confirmed"] == "已确认"
+    assert "座席" not in page and "我的坐席组排队" in visible(page)
+    call_waiting(app, "CAq1")  # a1 is paused: the caller waits in the legal queue
+    me = client.get("/agent/api/me", headers=auth).get_json()
+    legal = me["queues"][0]
+    assert (legal["name"], legal["waiting"]) == ("公共法律服务坐席", 1)
+    assert re.fullmatch(r"\d+秒", legal["longest_wait_text"]) and me["queues"][1]["name"] == "12345综合坐席"
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    ticket = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]
+    assert ticket["status_text"] == "待处理" and CN_TIME.fullmatch(ticket["due_text"])
+    assert CN_TIME.fullmatch(ticket["contact_due_text"])
+    refused = client.post("/agent/api/wrapup/done", headers=auth).get_json()["error"]
+    assert refused.startswith("现在不能这样操作") and "bad_state" not in refused
