@@ -89,7 +89,8 @@ def test_a_replayed_agent_answer_for_an_old_ring_is_told_the_call_is_over(app):
 
 # -- endpoints without credentials ------------------------------------------------------------------
 
-PUBLIC = {"/login", "/healthz", "/static/<path:filename>", "/agent/api/login", "/logout"}
+# public by design: sign-in, health, static files, and the hold music Twilio fetches with a plain GET
+PUBLIC = {"/login", "/healthz", "/static/<path:filename>", "/agent/api/login", "/logout", "/media/hold-music.wav"}
 
 
 def _concrete(rule: str) -> str:
