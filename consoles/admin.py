@@ -6,10 +6,12 @@ publish, history, rollback), users, and the audit log. Every change is audited w
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 
+from call_routing import schema
 from call_routing.rules import CHINA_TZ
 
 from . import labels
@@ -258,6 +260,14 @@ def edit_yaml():
                       f"版本 {checked.rules.version}")
     return render_template("admin/yaml.html", text=text, base_sha=base_sha, problems=problems,
                            ok_message=ok_message, running=editor.running()), status
+
+
+@bp.get("/rules/schema.json")
+@roles_required("admin")
+def rules_schema():
+    """The rules file's JSON Schema (call_routing/schema.py): the YAML editor's hints and completion,
+    keys in the order the model declares them."""
+    return current_app.response_class(json.dumps(schema.json_schema(), ensure_ascii=False), mimetype="application/json")
 
 
 def _draft_or_404(draft_id):

@@ -235,6 +235,33 @@ def test_an_admin_fixes_a_broken_rule_dry_runs_publishes_and_rolls_back_while_ca
         twilio.post("/twilio/status", call(sid, "12301", CallStatus="completed"))
 
 
+def test_the_yaml_editor_explains_the_key_under_the_cursor_and_completes_the_keys_allowed_there(server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    base, d = server.base_url, browser
+    sign_in(d, base, "admin")
+    d.get(base + "/admin/rules/yaml")
+    content = by_id(d, "content")
+    text = content.get_attribute("value")
+    caret = "arguments[0].focus(); arguments[0].setSelectionRange(arguments[1], arguments[1]);"
+    d.execute_script(caret, content, text.index("  ring_timeout_s:") + 4)
+    ActionChains(d).send_keys(Keys.ARROW_RIGHT).perform()  # a key pressed on the line: its hint
+    wait_for(d, lambda d: "queue.ring_timeout_s" in by_id(d, "yaml-hint").text, what="the hint of ring_timeout_s")
+    assert "秒" in by_id(d, "yaml-hint").text and "5–120" in by_id(d, "yaml-hint").text
+    general = text.index("    name: 12345综合座席\n")
+    d.execute_script(caret, content, text.index("\n", general))
+    ActionChains(d).send_keys(Keys.ENTER, "    after_h").perform()  # a new key typed under skills.general
+    wait_for(d, lambda d: by_id(d, "yaml-complete").is_displayed(), what="the completion list")
+    assert [li.text for li in d.find_elements("css selector", "#yaml-complete li")] == ["after_hours"]
+    shot(d, "18-yaml-completion")
+    ActionChains(d).send_keys(Keys.TAB).perform()
+    wait_for(d, lambda d: "skills.general.after_hours" in by_id(d, "yaml-hint").text, what="the completed key's hint")
+    assert "overflow | callback" in by_id(d, "yaml-hint").text
+    assert "    after_hours: " in content.get_attribute("value").split("\n")
+    shot(d, "19-yaml-hint")
+
+
 # -- the agent -----------------------------------------------------------------------------------
 def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_a_three_way_transfer(server, browser):
     base, d = server.base_url, browser

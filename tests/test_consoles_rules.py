@@ -242,3 +242,30 @@ def test_another_host_follows_published_versions_and_never_writes_an_invalid_one
     redis_client.hset(KEY, mapping={"content": "hotline: [", "sha256": "x", "version": "bad"})
     assert apply_published(redis_client, str(other_rules)) is None
     assert NEW_PROMPT in other_rules.read_text(encoding="utf-8")
+
+
+def test_the_rules_schema_for_the_yaml_editor_is_the_models_and_is_served_to_admins_only(admin, app):
+    from call_routing import schema
+
+    r = admin.get("/admin/rules/schema.json")
+    assert r.status_code == 200 and r.is_json
+    served = r.get_json()
+    defs = served["$defs"]
+    assert list(served["properties"]) == schema.RulesFile.keys() == ["hotline", "emergency", "skills", "lines", "queue"]
+    (line,) = served["properties"]["lines"]["patternProperties"].values()  # keyed by service numbers
+    by_mode = line["discriminator"]
+    assert by_mode["propertyName"] == "mode" and set(by_mode["mapping"]) == {"merge", "dual", "subcenter"}
+    merge = defs[by_mode["mapping"]["merge"].rsplit("/", 1)[1]]
+    assert list(merge["properties"]) == schema.MergeLine.keys() == ["name", "department", "mode", "skill",
+                                                                      "transition", "after"]
+    assert list(defs["Transition"]["properties"]) == ["from", "until", "prompt", "audio"]
+    ring = defs["Queue"]["properties"]["ring_timeout_s"]
+    assert (ring["type"], ring["minimum"], ring["maximum"]) == ("integer", 5, 120) and "秒" in ring["description"]
+    assert defs["Skill"]["properties"]["after_hours"]["enum"] == ["overflow", "callback"]
+    assert all(p.get("description") for d in defs.values() for p in d["properties"].values()), "every key explained"
+    assert 'data-schema="/admin/rules/schema.json"' in admin.get("/admin/rules/yaml").get_data(as_text=True)
+    assert app.test_client().get("/admin/rules/schema.json").status_code == 302  # a stranger: sign in first
+    for user in ("super", "agent1"):
+        client = app.test_client()
+        sign_in(client, user)
+        assert client.get("/admin/rules/schema.json").status_code == 403, user
