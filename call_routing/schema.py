@@ -49,10 +49,16 @@ def _raw(value) -> str:
     return str(getattr(value, "raw", value) if value is not None else "").strip()
 
 
-def _text(what: str):
-    return Annotated[str, _rule(lambda v: isinstance(v, str), f"must be {what}, got {{v!r}}", str.strip),
+MAX_PROMPT_CHARS = 300  # a prompt is spoken to every caller of its line: 300 characters is over a minute
+MAX_NAME_CHARS = 80
+
+
+def _text(what: str, limit: int = MAX_NAME_CHARS):
+    return Annotated[str, Field(json_schema_extra={"maxLength": limit}),  # for the editor; the check below words it
+                     _rule(lambda v: isinstance(v, str), f"must be {what}, got {{v!r}}", str.strip),
                      _rule(lambda v: v is not None and not (isinstance(v, str) and not v.strip()),
-                           f"{what} must not be empty")]
+                           f"{what} must not be empty"),
+                     _rule(lambda v: len(v) <= limit, f"{what} is too long: at most {limit} characters", after=True)]
 
 
 def _one_of(*allowed: str):
@@ -98,7 +104,7 @@ def _formats(text: str) -> bool:
 
 
 Name, Department, SkillRef, FileName = _text("a name"), _text("a department"), _text("a skill id"), _text("a file name")
-Notice, Prompt = _text("the notice"), _text("the prompt")
+Notice, Prompt = _text("the notice", MAX_PROMPT_CHARS), _text("the prompt", MAX_PROMPT_CHARS)
 ServiceNumber = _written(_NUMBER, "{v!r} is not a service number (3 to 11 digits, no + or area code)")
 SkillId = _written(_SKILL_ID, "skill ids are lower-case letters, digits and _ (e.g. legal_expert)")
 Target = _written(_TARGET, "{v!r} is not a phone number (digits, optional +) or SIP URI (sip:user@host)")
