@@ -318,7 +318,7 @@ def parse_yaml(name: str, text: str) -> tuple[dict | None, _Doc]:
 def check_rules(path: str | os.PathLike) -> tuple[Rules | None, list[Problem]]:
     """Validate a rules file: the compiled rules, or every problem found in it."""
     name = str(path)
-    data, raw, doc, problems = _read(path)
+    data, raw, doc, problems = read_yaml(path)
     if raw is None:
         return None, problems
     spec, found = schema.validate(schema.RulesFile, raw)
@@ -331,8 +331,9 @@ def check_rules(path: str | os.PathLike) -> tuple[Rules | None, list[Problem]]:
     return _compile(spec, keywords, name, version, kw_path), []
 
 
-def _read(path) -> tuple[bytes | None, dict | None, _Doc | None, list[Problem]]:
-    """A YAML file's bytes and values, with a line for every key; or why it cannot be read."""
+def read_yaml(path) -> tuple[bytes | None, dict | None, _Doc | None, list[Problem]]:
+    """A YAML file's bytes and values, with a line for every key; or why it cannot be read — every
+    YAML file the product reads goes through here: size, encoding and nesting depth are bounded."""
     data, problems = read_rules_text(path)
     text, problems = _decode(str(path), data) if data is not None else (None, problems)
     if text is None:
@@ -347,7 +348,7 @@ def _keywords(doc: _Doc, emergency, base_dir: Path) -> tuple[schema.KeywordsFile
     if not isinstance(kw_file, str) or not kw_file.strip():
         return None, b"", ""  # the model says what is wrong with it
     kw_path = base_dir / kw_file.strip()
-    data, raw, kdoc, problems = _read(kw_path)
+    data, raw, kdoc, problems = read_yaml(kw_path)
     if data is None:  # said at keywords_file
         for p in problems:
             doc.problem(("emergency", "keywords_file"), f"{kw_file.strip()}: {p.message}")

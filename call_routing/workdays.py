@@ -11,7 +11,6 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 log = logging.getLogger("hotline.workdays")
 CALENDAR_FILE = Path(__file__).resolve().parent.parent / "data" / "workdays.yaml"
@@ -27,7 +26,12 @@ class WorkdayCalendar:
 
     @classmethod
     def from_file(cls, path: str | Path = CALENDAR_FILE) -> "WorkdayCalendar":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        from call_routing.rules import read_yaml  # size, encoding and depth bounded like every YAML read
+
+        _, data, _, problems = read_yaml(path)
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems))
+        data = data or {}
         return cls(_dates(data.get("holidays"), path, "holidays"), _dates(data.get("workdays"), path, "workdays"))
 
     def is_workday(self, day: date | datetime) -> bool:

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from call_routing.router import emergency_heard
-from call_routing.rules import CHINA_TZ, Problem, Rules, load_rules, parse_yaml
+from call_routing.rules import CHINA_TZ, Problem, Rules, load_rules, read_yaml
 from call_routing.workdays import WorkdayCalendar, default_calendar
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -111,14 +111,8 @@ def _tiered(doc, raw, path, weights, problems, where) -> dict[str, int]:
 
 
 def _read(path: Path) -> tuple[dict | None, object, list[Problem]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        return None, None, [Problem(str(path), 0, "", f"cannot read: {exc.strerror or exc}")]
-    except UnicodeDecodeError:
-        return None, None, [Problem(str(path), 0, "", "is not UTF-8 text (save the file as UTF-8)")]
-    value, doc = parse_yaml(str(path), text)
-    return value, doc, list(doc.problems)
+    _, value, doc, problems = read_yaml(path)  # size, encoding and depth bounded like the rules file
+    return value, doc, list(problems)
 
 
 def _weights(doc, value, problems) -> dict[str, int]:

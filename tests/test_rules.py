@@ -362,3 +362,38 @@ def test_a_rules_file_nested_hundreds_deep_is_refused_at_its_line_and_never_repl
     keywords.write_text(keywords.read_text("utf-8") + "deep: " + "{a: " * 400 + "1" + "}" * 400 + "\n", "utf-8")
     rules, problems = check_rules(path)
     assert rules is None and any("nested more than" in p.message for p in problems)
+
+
+def test_a_prompt_too_long_to_speak_to_every_caller_is_refused_at_its_line(shipped_text, write_rules):
+    """A 100 KB prompt passed the check, the editor and publish; every call to the line then
+    got 300 KB of TwiML."""
+    text = edit(shipped_text, "      prompt: 您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。",
+                "      prompt: " + "请稍候" * 34_000)
+    path = write_rules(text)
+    n = line_of(text, "请稍候请稍候")
+    assert f"{path}:{n}: lines.12301.transition.prompt: the prompt is too long: at most 300 characters" \
+        in problems_of(path)
+    assert all(len(p) < 300 for p in problems_of(path))  # the message names the field, not the text back
+
+
+def test_the_dispatch_catalogue_and_the_workday_calendar_are_bounded_like_the_rules(tmp_path):
+    """Every YAML file the product reads goes through the same reader: nesting hundreds deep and
+    files over the size limit are refused with a line, never a RecursionError or a 100 MB read."""
+    from call_routing.rules import MAX_RULES_BYTES
+    from call_routing.workdays import WorkdayCalendar
+    from ivr.prefill import load_catalogue
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("holidays: " + "[" * 600 + "]" * 600 + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="deep.yaml:1: nested more than 32 levels deep"):
+        WorkdayCalendar.from_file(deep)
+    big = tmp_path / "subjects.yaml"
+    big.write_text("domains:\n" + "# padding\n" * (MAX_RULES_BYTES // 10 + 1), encoding="utf-8")
+    with pytest.raises(Exception) as err:
+        load_catalogue(big)
+    assert "may be at most" in str(err.value)
+    deep_catalogue = tmp_path / "deep_subjects.yaml"
+    deep_catalogue.write_text("domains: " + "[" * 600 + "]" * 600 + "\n", encoding="utf-8")
+    with pytest.raises(Exception) as err:
+        load_catalogue(deep_catalogue)
+    assert "nested more than 32 levels deep" in str(err.value)
