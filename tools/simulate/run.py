@@ -17,6 +17,9 @@ from tools.simulate.figures import Figures, Stats, print_report
 from tools.simulate.stack import Stack
 
 
+CALLBACK_GRACE_S = 30  # after the last caller: booked callbacks still being dialled
+
+
 class Simulation(Callers, Stack, Figures):
     """Synthetic calls through the whole product (:mod:`tools.simulate`); ``with Simulation(...) as sim: sim.run()``."""
 
@@ -93,6 +96,11 @@ class Simulation(Callers, Stack, Figures):
         for t in threads:
             t.join(max(1.0, self.call_timeout_s + 30 - (time.monotonic() - m_start)))
         elapsed = time.monotonic() - m_start
+        # a booked callback is dialled after its caller hung up: give the last ones time to be placed
+        deadline = time.monotonic() + CALLBACK_GRACE_S
+        while (self.callbacks_connected < sum(1 for r in self.records.values() if r.outcome == "callback")
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
         self._done = True
         if progress is not None:
             progress.join(2)
