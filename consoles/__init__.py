@@ -101,7 +101,7 @@ def init_app(app) -> None:
 
     from intake.tickets import TicketStore
 
-    from . import admin, agent_console, auth
+    from . import admin, agent_console, auth, seats  # noqa: F401  (seats: its routes on the admin blueprint)
     from .dashboard import Dashboard, HotlineCollector
     from .db import ConsoleStore
     from .rules_admin import RulesEditor
