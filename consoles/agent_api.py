@@ -132,7 +132,7 @@ def login():
 @agent_required
 def me():
     """The seat and its call, and the queues of the seat's groups (callers waiting, longest wait)."""
-    from .dashboard import queue_figures
+    from .room import queue_figures
 
     acd = _acd()
     out = _me()

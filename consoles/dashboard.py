@@ -21,54 +21,21 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
 from call_routing.acd.kpi import Tally, read_entries, start_id
 from call_routing.acd.kpi import kpis as compute_kpis
 from call_routing.rules import CHINA_TZ
-from runtime.supervisor import STATE_KEY
 
 from . import labels
+from .room import LiveRoom, _text, start_of_day
 
 STATE_NAMES = labels.AGENT_STATES
-PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
-                 "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）"}
-PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中"}
 SATISFIED = ("satisfied", "basically_satisfied", "1", "2")  # survey keys: 满意 / 基本满意
 SURVEYED = SATISFIED + ("dissatisfied", "3")
-BAND = 10 ** 13  # queue score = (9 - priority) * BAND + entered ms (docs/acd.md)
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+class Dashboard(LiveRoom):
+    """The supervisor dashboard: the room right now (:class:`~consoles.room.LiveRoom`) and today's figures."""
 
-
-def start_of_day(now: float) -> float:
-    day = datetime.fromtimestamp(now, CHINA_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp()
-
-
-def queue_figures(acd, skills) -> list[dict]:
-    """Callers waiting and the longest current wait (the oldest caller of every priority band)
-    of each of ``skills`` (rules' Skill objects): one pipelined read of the ACD's queues."""
-    k, now = acd.keys, acd.clock()
-    pipe = acd.redis.pipeline(transaction=False)
-    for s in skills:
-        pipe.zcard(k.queue(s.id))
-        for band in range(MAX_PRIORITY + 1):  # the oldest caller of every priority band
-            pipe.zrangebyscore(k.queue(s.id), band * BAND, (band + 1) * BAND - 1, start=0, num=1, withscores=True)
-    raw = pipe.execute()
-    out = []
-    step = MAX_PRIORITY + 2
-    for i, s in enumerate(skills):
-        waiting = int(raw[i * step])
-        entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
-        longest = max(0.0, now - min(entered)) if entered else 0.0
-        out.append({"skill": s.id, "name": labels.seat_word(s.name), "expert": s.expert, "waiting": waiting,
-                    "longest_wait_s": round(longest, 1), "longest_wait_text": labels.duration(longest)})
-    return out
-
-
-class Dashboard:
     def __init__(self, acd, tickets=None, ttl_s: float = 5.0):
         self.acd = acd
         self.tickets = tickets
@@ -79,107 +46,6 @@ class Dashboard:
         self._day_lock = threading.Lock()
 
     # -- live queue ----------------------------------------------------------------------
-    def queues(self) -> list[dict]:
-        acd, k = self.acd, self.acd.keys
-        rules = acd.rules
-        r = acd.redis
-        agent_ids = sorted(_text(a) for a in r.smembers(k.agents()))
-        pipe = r.pipeline(transaction=False)
-        for a in agent_ids:
-            pipe.hget(k.agent(a), "state")
-            pipe.hkeys(k.agent_skills(a))
-        raw = pipe.execute()
-        by_skill: dict = defaultdict(lambda: defaultdict(int))
-        for i, _ in enumerate(agent_ids):
-            state = _text(raw[2 * i] or "offline")
-            for skill in raw[2 * i + 1]:
-                by_skill[_text(skill)][state] += 1
-        out = []
-        for q in queue_figures(acd, list(rules.skills.values())):
-            states = {st: by_skill[q["skill"]].get(st, 0) for st in AGENT_STATES if st != "offline"}
-            out.append({**q, "agents": states, "logged_in": sum(states.values()),
-                        "offline": by_skill[q["skill"]].get("offline", 0)})
-        return out
-
-    # -- the room: seats and the callers waiting ----------------------------------------------
-    def board(self, limit: int = 500) -> list[dict]:
-        """Every seat logged in (and those who answered calls today): name, state in words, time
-        in that state, the current call's line and ticket, calls answered today."""
-        acd, k = self.acd, self.acd.keys
-        rules, now = acd.rules, acd.clock()
-        r = acd.redis
-        agent_ids = sorted(_text(a) for a in r.smembers(k.agents()))[:limit]
-        pipe = r.pipeline(transaction=False)
-        for a in agent_ids:
-            pipe.hmget(k.agent(a), "name", "state", "reason", "since", "call")
-        raw = pipe.execute()
-        day = self._tally(start_of_day(now))
-        with self._day_lock:
-            answered = dict(day.agents)
-        seats = []
-        for a, (name, state, reason, since, call) in zip(agent_ids, raw):
-            state, reason, call = _text(state or "offline"), _text(reason or ""), _text(call or "")
-            if state == "offline" and not answered.get(a):
-                continue
-            since_s = float(_text(since or 0) or 0)
-            seats.append({"id": a, "name": _text(name or "") or a, "state": state, "reason": reason,
-                          "state_text": labels.agent_state_text(state, reason),
-                          "in_state_s": round(max(0.0, now - since_s), 1) if since_s and state != "offline" else None,
-                          "in_state_text": labels.duration(now - since_s) if since_s and state != "offline" else "—",
-                          "call": call or None, "answered_today": answered.get(a, 0)})
-        pipe = r.pipeline(transaction=False)
-        with_call = [s for s in seats if s["call"]]
-        for s in with_call:
-            pipe.hmget(k.call(s["call"]), "line", "ticket")
-        for s, (line, ticket) in zip(with_call, pipe.execute() if with_call else []):
-            line = _text(line or "")
-            s["line"], s["ticket"] = line or None, _text(ticket or "") or None
-            s["line_text"] = labels.line_text(line, rules) if line else "—"
-        for s in seats:
-            s.pop("call")
-            s.setdefault("line", None)
-            s.setdefault("ticket", None)
-            s.setdefault("line_text", "")
-        order = {st: i for i, st in enumerate(("busy", "ringing", "wrapup", "ready", "paused", "offline"))}
-        seats.sort(key=lambda s: (order.get(s["state"], 9), s["name"]))
-        return seats
-
-    def waiting(self, limit: int = 100) -> list[dict]:
-        """The callers waiting, longest first: line, wait, place in line, whether a callback is
-        booked (the caller hung up and keeps the place), the masked number and the ticket."""
-        acd, k = self.acd, self.acd.keys
-        rules, now = acd.rules, acd.clock()
-        r = acd.redis
-        skills = list(rules.skills.values())
-        pipe = r.pipeline(transaction=False)
-        for s in skills:
-            pipe.zrange(k.queue(s.id), 0, limit - 1)
-        best: dict = {}  # call -> (place, skill): a call waiting in several groups, its best place
-        for s, calls in zip(skills, pipe.execute()):
-            for place, c in enumerate(calls, 1):
-                c = _text(c)
-                if c not in best or place < best[c][0]:
-                    best[c] = (place, s)
-        ids = list(best)
-        pipe = r.pipeline(transaction=False)
-        for c in ids:
-            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked")
-        out = []
-        for c, (line, entered, kind, ticket, masked) in zip(ids, pipe.execute() if ids else []):
-            place, skill = best[c]
-            line = _text(line or "")
-            waited = max(0.0, now - float(_text(entered or 0) or now))
-            callback = _text(kind or "") == "callback"
-            out.append({"line": line or None, "line_text": labels.line_text(line, rules), "skill": skill.id,
-                        "skill_name": labels.seat_word(skill.name), "position": place,
-                        "waited_s": round(waited, 1), "waited_text": labels.duration(waited), "callback": callback,
-                        "callback_text": "已登记回拨" if callback else "在线等待",
-                        "ticket": _text(ticket or "") or None,
-                        "caller": labels.caller_text(_text(masked or "") or None)})
-        out.sort(key=lambda w: -w["waited_s"])
-        return out[:limit]
-
-    # -- today -----------------------------------------------------------------------------
     def _cached(self, name, compute):
         now = time.monotonic()
         with self._lock:
@@ -292,21 +158,6 @@ class Dashboard:
                     if masked is not None else None, "line": _text(line or "") or None}
             out.append({**a, "ticket": call["ticket"], "caller": call["caller"],
                         "text": describe_alert(a, rules, call)})
-        return out
-
-    def processes(self) -> list[dict]:
-        """The product's background processes as ``python app.py``'s supervisor reported them
-        (empty when they run under another supervisor, e.g. systemd)."""
-        import json
-
-        raw = self.acd.redis.hgetall(STATE_KEY)
-        out = []
-        for name, value in sorted(raw.items()):
-            st = json.loads(value)
-            out.append({"name": _text(name), "label": PROCESS_NAMES.get(_text(name), _text(name)),
-                        "state": st["state"], "state_label": PROCESS_STATES.get(st["state"], st["state"]),
-                        "restarts": st["restarts"], "pid": st["pid"],
-                        "since": datetime.fromtimestamp(st["since"], CHINA_TZ).strftime("%m月%d日 %H:%M:%S")})
         return out
 
     def snapshot(self) -> dict:

@@ -78,6 +78,10 @@ def _yaml() -> YAML:
 
 
 class RulesEditor:
+    """An admin's edit from text to the rules in service: validate, draft, dry-run, publish
+    (atomically, with its audit record), roll back. About 200 lines, kept as one unit on purpose:
+    every step guards the same invariant — an edit never reaches live calls unchecked or unaudited."""
+
     def __init__(self, store, db: ConsoleStore, announce=None):
         """``store``: the process's RulesStore; ``announce(version, content, by)``: optional hook
         (Redis version key and pub/sub for processes on other hosts)."""
