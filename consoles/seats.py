@@ -8,11 +8,12 @@ import re
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 
-from call_routing.acd import ACDError, Agent
+from call_routing.acd import ACDError
 
 from . import labels
 from .admin import _audit, bp
 from .auth import roles_required
+from .users import seat_profile
 
 SEAT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_ENDPOINTS = 5
@@ -52,9 +53,8 @@ def seat(agent_id):
         if not problems:
             before = current
             try:
-                acd.save_agent(Agent(values["id"], values["name"] or values["id"], values["skills"],
-                                     endpoints=tuple(values["endpoints"]) or (f"client:{values['id']}",),
-                                     expert=any(rules.skills[s].expert for s in values["skills"])))
+                acd.save_agent(seat_profile(rules, values["id"], values["name"], values["skills"],
+                                            values["endpoints"]))
             except ACDError:
                 state = labels.agent_state_text((acd.agent(values["id"]) or {}).get("state"))
                 problems.append(f"坐席 {values['id']} 当前{state}：请坐席先签出，再修改其坐席组。")

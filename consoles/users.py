@@ -99,8 +99,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def seat_profile(rules, seat_id: str, name: str, skills: dict, endpoints):
+    """A seat's ACD profile as the command and the seats page write it: the seat id for a missing
+    name, ``client:<seat>`` for no endpoint, expert when any of its groups is an expert group."""
+    from call_routing.acd import Agent
+
+    return Agent(seat_id, name or seat_id, skills, endpoints=tuple(endpoints) or (f"client:{seat_id}",),
+                 expert=any(rules.skills[s].expert for s in skills if s in rules.skills))
+
+
 def _seat(args) -> int:
-    from call_routing.acd import ACD, ACDError, Agent
+    from call_routing.acd import ACD, ACDError
     from call_routing.rules_store import RulesStore
 
     skills = {}
@@ -110,10 +119,8 @@ def _seat(args) -> int:
             skills[sid] = int(level or 50)
     acd = ACD.from_url(product_redis_url(), RulesStore(os.environ.get("RULES_PATH") or None),
                        dispatch_callback=rq_dispatch)
-    expert = any(acd.rules.skills[s].expert for s in skills if s in acd.rules.skills)
     try:
-        acd.save_agent(Agent(args.agent_id, args.name or args.agent_id, skills,
-                             endpoints=tuple(args.endpoint) or (f"client:{args.agent_id}",), expert=expert))
+        acd.save_agent(seat_profile(acd.rules, args.agent_id, args.name, skills, args.endpoint))
     except ACDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -44,9 +44,9 @@ class TicketDrafts:
     def put(self, pipe, *, ticket_id: int, call_id: str, line: str, caller: str | None, rules_version: str | None,
             at: datetime) -> None:
         """Queue the draft's commands on ``pipe`` (the caller executes it)."""
-        pipe.set(self.key(call_id), _DRAFT_JSON.encode({"id": ticket_id, "call_id": call_id, "line": line or "",
-                                                        "caller": caller or "", "rules_version": rules_version or "",
-                                                        "at": at.isoformat()}), ex=DRAFT_TTL_S)
+        draft = {"id": ticket_id, "call_id": call_id, "line": line or "", "caller": caller or "",
+                 "rules_version": rules_version or "", "at": at.isoformat()}
+        pipe.set(self.key(call_id), json.dumps(draft, ensure_ascii=False), ex=DRAFT_TTL_S)
         pipe.set(f"{self.prefix}draftid:{ticket_id}", call_id, ex=DRAFT_TTL_S)
         pipe.rpush(self.pending, call_id)
 
@@ -69,7 +69,6 @@ class TicketDrafts:
         return self.by_call(_str(call_id)) if call_id else None
 
 
-_DRAFT_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def _str(v) -> str:

@@ -1,13 +1,15 @@
 """The start of a call (route it, open its ticket), and the call state every part of the flow uses."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import logging
 import time
 from typing import Callable
 
 from call_routing.numbers import mask
 from call_routing.router import decide
-from ivr.flow.state import _CALL_FIELDS, CallNotFound, CallState, CallStore, QueuePort, TicketPort, Turn
+from ivr.flow.state import CallNotFound, CallState, CallStore, QueuePort, TicketPort, Turn
 
 log = logging.getLogger("hotline.flow")
 
@@ -32,7 +34,7 @@ class CallStart:
         return CallState(**raw)
 
     def _save(self, call: CallState, pipe=None) -> None:
-        state = {name: getattr(call, name) for name in _CALL_FIELDS}  # asdict(call), without its deep copy
+        state = asdict(call)
         if pipe is not None:
             self.calls.put(call.id, state, pipe=pipe)
         else:

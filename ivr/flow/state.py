@@ -2,7 +2,7 @@
 turns and the state of a call."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -109,7 +109,6 @@ class CallState:
     agent_channel: str | None = None  # the agent's leg on the PBX, once answered
 
 
-_CALL_FIELDS = tuple(f.name for f in fields(CallState))  # all scalars: a shallow dict is asdict()
 
 
 class CallNotFound(LookupError):

@@ -23,7 +23,6 @@ class MemoryCalls:
             self._d[call_id] = dict(state)
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(state, ensure_ascii=False), built once
 
 
 class RedisCalls:
@@ -37,7 +36,7 @@ class RedisCalls:
         return json.loads(raw) if raw else None
 
     def put(self, call_id, state, pipe=None):
-        (pipe if pipe is not None else self.client).set(self.prefix + call_id, _JSON.encode(state),
+        (pipe if pipe is not None else self.client).set(self.prefix + call_id, json.dumps(state, ensure_ascii=False),
                                                         ex=self.ttl_s)
 
     def pipeline(self):

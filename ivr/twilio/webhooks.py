@@ -126,18 +126,15 @@ def _tw() -> dict:
 
 # -- security ------------------------------------------------------------------------------
 def _base_url() -> str:
-    """scheme://host[/script_root] of the URL Twilio called (worked out once per request)."""
+    """scheme://host[/script_root] of the URL Twilio called."""
     tw = _tw()
     if tw["public_url"]:
         return tw["public_url"]
-    base = request.environ.get("hotline.twilio_base")
-    if base is None:
-        scheme, host = request.scheme, request.host
-        if tw["trust_proxy"]:
-            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
-            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
-        base = request.environ["hotline.twilio_base"] = f"{scheme}://{host}{request.script_root}"
-    return base
+    scheme, host = request.scheme, request.host
+    if tw["trust_proxy"]:
+        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+    return f"{scheme}://{host}{request.script_root}"
 
 
 def _called_url() -> str:
@@ -204,8 +201,7 @@ def _check_parameters() -> str | None:
     """What is wrong with the request's call identity, or None. A number field that is not a
     plausible number (too long, control characters) is dropped — the call goes on as from an
     unknown number — rather than kept as the ticket's caller or written to the logs."""
-    for where in (request.form, request.args):
-        sid = where.get("CallSid") if where is request.form else where.get("call")
+    for sid in (request.form.get("CallSid"), request.args.get("call")):
         if sid is not None and not _CALL_SID.fullmatch(sid):
             return "CallSid is not a call id (letters, digits, '_', '.', '-'; at most 64)"
     bad = [k for k in _NUMBER_FIELDS if k in request.form and (len(request.form[k]) > MAX_NUMBER_CHARS
@@ -279,12 +275,12 @@ def call_webhook(kind: str):
     return wrap
 
 
-def _fresh_turn_twiml(turn, call_id: str, shards: int) -> str:
+def _render_turn(turn, call_id: str) -> str:
     """A flow turn in an ordinary (not waiting) call context, rendered by ``twilio.twiml``."""
     r = VoiceResponse()
     twiml.speak(r, turn.steps)
     if turn.action == "queue":
-        twiml.enqueue(r, turn.skill, call_id, shards=shards)
+        twiml.enqueue(r, turn.skill, call_id, shards=_tw()["shards"])
     elif turn.action == "transfer":
         twiml.dial(r, turn.target, action="dial-ended", ticket=turn.ticket)
     elif turn.action == "survey":
@@ -294,27 +290,22 @@ def _fresh_turn_twiml(turn, call_id: str, shards: int) -> str:
     return str(r)
 
 
-def _render_turn(turn, call_id: str, tw: dict | None = None) -> str:
-    """A flow turn in an ordinary (not waiting) call context."""
-    return _fresh_turn_twiml(turn, call_id, (tw or _tw())["shards"])
-
-
-def _start_call(tw: dict, f, base: str) -> str:
+def _start_call() -> str:
     """``/voice``: route the call, open its ticket, remember the leg; the TwiML to answer.
     The ticket draft, the call state and the leg go to Redis in one pipeline (one round trip)."""
+    f, legs = request.form, _tw()["legs"]
     call_id = f["CallSid"]
-    legs = tw["legs"]
     pipe = legs.r.pipeline(transaction=False)
-    turn = tw["flow"].start(call_id, f.get("To", ""), f.get("From"), pipe=pipe)
-    legs.open(call_id, pipe=pipe, base=base, to=f.get("To", ""), **{"from": f.get("From", "")})
+    turn = _tw()["flow"].start(call_id, f.get("To", ""), f.get("From"), pipe=pipe)
+    legs.open(call_id, pipe=pipe, base=_base_url(), to=f.get("To", ""), **{"from": f.get("From", "")})
     pipe.execute()
-    return _render_turn(turn, call_id, tw)
+    return _render_turn(turn, call_id)
 
 
 @bp.post("/voice")
 @call_webhook("call")
 def voice():
-    return _xml(_start_call(_tw(), request.form, _base_url()))
+    return _xml(_start_call())
 
 
 @bp.post("/fallback")
