@@ -132,6 +132,7 @@ def _summary(web: str, proxied: bool, fastagi: str, redis_url: str, embedded) ->
 
 def _cannot_listen(address: str) -> str | None:
     """Why nothing can listen on ``host:port`` now (in use, not an address), or None."""
+    import errno
     import socket
 
     host, _, port = address.rpartition(":")
@@ -142,7 +143,7 @@ def _cannot_listen(address: str) -> str | None:
     except ValueError:
         return "is not host:port"
     except OSError as exc:
-        return "is already in use" if exc.errno == 98 else f"cannot be used ({exc.strerror})"
+        return "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
     return None
 
 
