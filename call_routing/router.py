@@ -178,9 +178,9 @@ def three_way(rules: Rules, line_number: str, kind: str) -> MappingProxyType:
     """
     line = rules.lines.get(line_number)
     if line is None:
-        raise LookupError(f"{line_number} is not a legacy line in rules {rules.version}")
+        raise LookupError(f"{line_number} 不是并入 12345 的原热线，没有可转接的对象")
     for option in conference_options(rules, line):
         if option["kind"] == kind:
             return option
-    what = "a sub-center" if kind == "subcenter" else "expert seats"
-    raise LookupError(f"{line_number} {line.name} has no {what}")
+    what = "分中心" if kind == "subcenter" else "专家坐席组"
+    raise LookupError(f"{line_number} {line.name} 没有{what}")

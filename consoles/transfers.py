@@ -15,12 +15,11 @@ from flask import Blueprint, current_app, g, jsonify, request
 from consoles.agent_api import agent_required
 from ivr.asterisk.pbx import AsteriskSwitchboard, SwitchboardError
 from ivr.flow import CallNotFound
+from ivr.flow.three_way import REFUSALS
 
 twilio_bp = Blueprint("twilio_agent", __name__, url_prefix="/agent/api/twilio")
 asterisk_bp = Blueprint("asterisk_agent", __name__, url_prefix="/agent/api/asterisk")
 
-REFUSED = {"no_expert_free": "专家座席暂无空闲，请稍后再试", "three_way_under_way": "已有一个转接在进行中",
-           "no_agent_talking": "您当前没有通话中的来电", "no_such_party": "本线路没有可转接的对象"}
 
 
 def _action(board_of, knows, not_here: str):
@@ -39,7 +38,7 @@ def _action(board_of, knows, not_here: str):
             except SwitchboardError as exc:
                 return jsonify(error=str(exc)), 502
             except CallNotFound:
-                return jsonify(error="本线路没有可转接的对象"), 409
+                return jsonify(error=REFUSALS["no_such_party"]), 409
             except LookupError as exc:
                 return jsonify(error=str(exc).strip("'\"")), 409
         return view
@@ -52,7 +51,7 @@ def _twilio():
 
 
 twilio_action = _action(lambda: _twilio()["board"], lambda call_id: _twilio()["legs"].known(call_id),
-                        "no Twilio call in progress for this seat")
+                        "您当前没有经 Twilio 接入的通话")
 
 
 @twilio_bp.post("/three-way")
@@ -95,7 +94,7 @@ asterisk_action = _action(_asterisk, lambda call_id: _asterisk().knows(call_id),
 def asterisk_three_way(board, call_id, body):
     result = board.start_three_way(call_id, str(body.get("kind", "subcenter")))
     if result["status"] == "refused":
-        result["error"] = REFUSED.get(result["reason"], "现在无法转接")
+        result["error"] = REFUSALS.get(result["reason"], REFUSALS["none_possible"])
     return result
 
 

@@ -249,9 +249,9 @@ def test_agents_can_pull_in_a_sub_center_or_expert_seats(rules):
     assert sub["do"] == "conference" and sub["number"] == rules.lines["12366"].subcenter_target
     expert = three_way(rules, "12333", "expert")
     assert expert["do"] == "conference" and expert["skill"] == "labor_social_security_expert"
-    with pytest.raises(LookupError, match="no expert seats"):
+    with pytest.raises(LookupError, match="没有专家坐席组"):
         three_way(rules, "12369", "expert")
-    with pytest.raises(LookupError, match="not a legacy line"):
+    with pytest.raises(LookupError, match="不是并入 12345 的原热线"):
         three_way(rules, "99999", "subcenter")
 
 

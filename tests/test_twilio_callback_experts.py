@@ -116,7 +116,7 @@ def test_no_free_expert_refuses_the_three_way_and_leaves_the_call_with_the_agent
     h.seat("a1", {"legal": 50}, password="pw")
     connect(h, "CAnoexp", to="12348")
     r = h.app.test_client().post("/agent/api/twilio/three-way", json={"kind": "expert"}, headers=h.token("a1"))
-    assert r.status_code == 409 and "expert" in r.get_json()["error"]
+    assert r.status_code == 409 and r.get_json()["error"] == "专家坐席暂无空闲，请稍后再试"
     assert not h.http.posts("/Participants.json")
     assert h.acd.call("CAnoexp")["state"] == "connected" and h.acd.agent("a1")["state"] == "busy"
     assert not [e for e in h.acd.events() if e["e"] in ("transfer", "callback")]

@@ -8,6 +8,14 @@ from ivr.flow.state import CallState, Turn
 
 log = logging.getLogger("hotline.flow")
 
+#: why a three-way or transfer move is refused, as the agent reads it (both front-ends' consoles)
+REFUSALS = {"no_expert_free": "专家坐席暂无空闲，请稍后再试", "three_way_under_way": "已有一个转接在进行中，请先取消",
+            "no_agent_talking": "您当前没有通话中的来电", "no_such_party": "本线路没有可转接的对象",
+            "none_possible": "现在无法转接", "expert_not_rung": "专家坐席未能呼通，来电仍由您接听",
+            "call_ended": "来电已结束", "nothing_to_cancel": "没有可取消的转接",
+            "agent_left": "您已离开三方通话，不能再取消转接", "not_answered": "转接对象尚未接听",
+            "conference_gone": "本通来电的会议已结束"}
+
 
 class ThreeWay:
     """Part of :class:`~ivr.flow.CallFlow`. Experts are reached only this way: the seat is reserved

@@ -27,7 +27,8 @@ from call_routing.numbers import mask
 
 from ivr.twilio import twiml
 from ivr.twilio.agent_legs import AgentLegs
-from ivr.twilio.transfers import _REFUSED, GONE, Transfers  # noqa: F401  (GONE: webhooks.py)
+from ivr.flow.three_way import REFUSALS
+from ivr.twilio.transfers import GONE, Transfers  # noqa: F401  (GONE: webhooks.py)
 
 log = logging.getLogger("hotline.twilio")
 
@@ -152,7 +153,7 @@ class Switchboard(AgentLegs, Transfers):
     def _conference_sid(self, call_id: str, leg: dict) -> str:
         sid = leg.get("conference_sid") or self._running_conference(call_id)
         if not sid:
-            raise LookupError("the call's conference is not running")
+            raise LookupError(REFUSALS["conference_gone"])
         if sid != leg.get("conference_sid"):
             self.legs.set(call_id, conference_sid=sid)
         return sid

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 
+from ivr.flow.three_way import REFUSALS
 from ivr.twilio import twiml
 
 log = logging.getLogger("hotline.twilio")
-#: why the flow refused a three-way, as the agent reads it
-_REFUSED = {"no_expert_free": "no expert seat is free now", "three_way_under_way": "a transfer is already under way",
-            "no_agent_talking": "no conversation with an agent on this call"}
 GONE = ("completed", "busy", "failed", "no-answer", "canceled")
 
 
@@ -28,14 +26,14 @@ class Transfers:
         leave."""
         leg = self.legs.get(call_id)
         if leg.get("agent_in") != "1":
-            raise LookupError("no conversation with an agent on this call")
+            raise LookupError(REFUSALS["no_agent_talking"])
         if leg.get("transfer_call") or leg.get("transfer_state"):
-            raise LookupError("a transfer is already under way: cancel it first")
+            raise LookupError(REFUSALS["three_way_under_way"])
         if kind == "expert":
             return self._start_expert(call_id, leg, mode)
         turn = self.flow.three_way(call_id, kind)
         if turn.action != "transfer":
-            raise LookupError(_REFUSED.get(turn.reason, "no transfer is possible now"))
+            raise LookupError(REFUSALS.get(turn.reason, REFUSALS["none_possible"]))
         try:
             participant = self._add_participant(call_id, leg, turn.target, turn.ticket)
         except Exception:
@@ -56,7 +54,7 @@ class Transfers:
     def _start_expert(self, call_id: str, leg: dict, mode: str) -> dict:
         state = self._flow_state(call_id)
         if state is None:
-            raise LookupError("the call has ended")
+            raise LookupError(REFUSALS["call_ended"])
         conference = self._conference_sid(call_id, leg)  # before reserving: no seat held for nothing
         # other processes' offer listeners see "reserving" and leave this offer to us
         self.legs.set(call_id, transfer_state="reserving", transfer_mode=mode)
@@ -67,7 +65,7 @@ class Transfers:
             raise
         if turn.action != "transfer" or not turn.party:
             self.legs.set(call_id, transfer_state=None, transfer_mode=None)
-            raise LookupError(_REFUSED.get(turn.reason, "no expert seat is free now"))
+            raise LookupError(REFUSALS.get(turn.reason, REFUSALS["no_expert_free"]))
         expert = turn.party
         target = turn.target or f"client:{expert}"
         n = (self.acd.call(call_id) or {}).get("offers") or 0
@@ -79,7 +77,7 @@ class Transfers:
             log.exception("call %s: could not ring expert %s; the call stays with the agent", call_id, expert)
             self.legs.set(call_id, transfer_state=None, transfer_mode=None)
             self.flow.three_way_cancel(call_id, "ring-failed")
-            raise LookupError("the expert seat could not be rung") from None
+            raise LookupError(REFUSALS["expert_not_rung"]) from None
         self.legs.set(call_id, transfer_call=participant.call_sid, transfer_state="ringing",
                       transfer_target=target, transfer_agent=expert)
         log.info("call %s: %s transfer to expert %s (%s)", call_id, mode, expert, target)
@@ -117,9 +115,9 @@ class Transfers:
         leg = self.legs.get(call_id)
         tcall = leg.get("transfer_call")
         if not tcall:
-            raise LookupError("no transfer to cancel")
+            raise LookupError(REFUSALS["nothing_to_cancel"])
         if leg.get("agent_in") != "1":
-            raise LookupError("the agent has already left: the transfer cannot be cancelled")
+            raise LookupError(REFUSALS["agent_left"])
         status = "canceled" if leg.get("transfer_state") == "ringing" else "completed"
         self.client.calls(tcall).update(status=status)
         self.legs.once(call_id, f"transfer-ended:{tcall}")
@@ -131,7 +129,7 @@ class Transfers:
         """The agent leaves a three-way call (warm transfer): the target stays with the caller."""
         leg = self.legs.get(call_id)
         if leg.get("transfer_state") != "joined":
-            raise LookupError("the transfer target has not answered yet")
+            raise LookupError(REFUSALS["not_answered"])
         self.client.conferences(self._conference_sid(call_id, leg)).participants(leg["agent_call"]).delete()
         self.legs.set(call_id, agent_in="0")
         self.legs.once(call_id, f"agent-left:{leg['agent_call']}")
