@@ -199,18 +199,18 @@ def _by(key: str, *members: type[Section]):
 class Hotline(Section):
     number: HotlineNumber = Field(
         description="热线号码：加引号的字符串，只写数字，不带区号，如 \"12345\"")
-    name: Name = Field(description="热线名称（座席和班长看到的名字）")
-    skill: SkillRef = Field(description="接听主号来电的座席组 id（skills 下定义，不能是专家座席组）")
+    name: Name = Field(description="热线名称（坐席和班长看到的名字）")
+    skill: SkillRef = Field(description="接听主号来电的坐席组 id（skills 下定义，不能是专家坐席组）")
 
 
 class Queue(Section):
-    """排队设置，所有座席组共用。ACD 计时器各项可省略（即用默认值）；修改从下一次操作起生效。"""
+    """排队设置，所有坐席组共用。ACD 计时器各项可省略（即用默认值）；修改从下一次操作起生效。"""
 
     announce_every_s: _whole(10, 600) = Field(30, description="每隔多少秒向排队的来电者播报排队位置和预计等待时间（秒，10–600）")
     callback_offer_after_s: _whole(0, 3600) = Field(60, description="等待超过多少秒后提供回拨，保留排队位置（秒，0–3600）")
-    ring_timeout_s: _whole(5, 120) = Field(None, description="座席振铃未接的超时，超时后该座席自动小休、转下一个座席（秒，5–120，默认 20）")
-    callback_ring_timeout_s: _whole(10, 300) = Field(None, description="回拨呼叫座席时的振铃超时（秒，10–300，默认 90）")
-    heartbeat_timeout_s: _whole(10, 600) = Field(None, description="座席控制台无心跳多久后退出轮转（秒，10–600，默认 30）")
+    ring_timeout_s: _whole(5, 120) = Field(None, description="坐席振铃未接的超时，超时后该坐席自动小休、转下一个坐席（秒，5–120，默认 20）")
+    callback_ring_timeout_s: _whole(10, 300) = Field(None, description="回拨呼叫坐席时的振铃超时（秒，10–300，默认 90）")
+    heartbeat_timeout_s: _whole(10, 600) = Field(None, description="坐席控制台无心跳多久后退出轮转（秒，10–600，默认 30）")
     wrapup_max_s: _whole(0, 1800) = Field(None, description="话后整理最长时间，到时自动结束（秒，0–1800，默认 120）")
     missed_call_callback_after_s: _whole(0, 600) = Field(None, description="来电者等待超过多少秒后挂机即安排漏接回拨（秒，0–600，默认 10）")
     callback_attempts: Attempts = Field(None, description="每个回拨最多拨打几次（次数，1–10，默认 3）")
@@ -249,8 +249,8 @@ class OpeningHours(Section):
 
 
 class Overflow(Section):
-    to: SkillRef = Field(description="溢出到的座席组 id（skills 下定义；溢出链须有终点，不能成环）")
-    after_s: _whole(0, 3600) = Field(description="等待多少秒后也分配给 to 座席组（秒，0–3600）")
+    to: SkillRef = Field(description="溢出到的坐席组 id（skills 下定义；溢出链须有终点，不能成环）")
+    after_s: _whole(0, 3600) = Field(description="等待多少秒后也分配给 to 坐席组（秒，0–3600）")
 
 
 Hours = Annotated[OpeningHours | None, _rule(  # None: 7×24
@@ -259,15 +259,15 @@ Hours = Annotated[OpeningHours | None, _rule(  # None: 7×24
 
 
 class Skill(Section):
-    """座席组（技能组），以 id（小写字母、数字、_）为键。"""
+    """坐席组（技能组），以 id（小写字母、数字、_）为键。"""
 
-    name: Name = Field(description="座席组名称（班长和座席看到的名字）")
+    name: Name = Field(description="坐席组名称（班长和坐席看到的名字）")
     hours: Hours = Field(None, description="工作时间：always（7×24，默认），或 {days: workdays|everyday, "
                                            "open: \"HH:MM\", close: \"HH:MM\"}")
     after_hours: AfterHours = Field(
-        "overflow", description="下班后来电去向：overflow（转溢出组，没有则转主号座席组，默认）或 callback（回拨登记，保留位置）")
-    overflow: Overflow = Field(None, description="{to: 座席组, after_s: 秒}：等待超过 after_s 秒的来电也分配给 to 座席组")
-    expert: Flag = Field(False, description="true：专家座席组，只能由座席转接（三方通话）到达，来电不直接进入")
+        "overflow", description="下班后来电去向：overflow（转溢出组，没有则转主号坐席组，默认）或 callback（回拨登记，保留位置）")
+    overflow: Overflow = Field(None, description="{to: 坐席组, after_s: 秒}：等待超过 after_s 秒的来电也分配给 to 坐席组")
+    expert: Flag = Field(False, description="true：专家坐席组，只能由坐席转接（三方通话）到达，来电不直接进入")
 
 
 class Transition(Section):
@@ -300,16 +300,16 @@ class AnnounceAndHangup(Section):
 
 
 After = _by("action", Forward, AnnounceAndHangup)
-_MODE = "merge 整体并入（号码停用，过渡期提示后转座席）；dual 双号并行（直接转座席）；subcenter 设分中心（转接分中心）"
+_MODE = "merge 整体并入（号码停用，过渡期提示后转坐席）；dual 双号并行（直接转坐席）；subcenter 设分中心（转接分中心）"
 
 
 class Line(Section):
     """原热线号码（以加引号的号码为键），mode 决定其余的键。"""
 
-    name: Name = Field(description="原热线名称（座席和班长看到的名字）")
+    name: Name = Field(description="原热线名称（坐席和班长看到的名字）")
     department: Department = Field(description="主管部门")
     mode: str = Field(description=_MODE)
-    skill: SkillRef = Field(description="在 12345 内接听该业务的座席组 id（skills 下定义，不能是专家座席组）")
+    skill: SkillRef = Field(description="在 12345 内接听该业务的坐席组 id（skills 下定义，不能是专家坐席组）")
 
     @classmethod
     def unknown(cls, key: str) -> str:
@@ -328,7 +328,7 @@ class MergeLine(Line):
 
 class DualLine(Line):
     mode: Literal["dual"] = Field(description=_MODE)
-    expert_skill: SkillRef = Field(None, description="可选：座席可拉入三方通话的专家座席组 id（expert: true 的座席组）")
+    expert_skill: SkillRef = Field(None, description="可选：坐席可拉入三方通话的专家坐席组 id（expert: true 的坐席组）")
 
 
 class Subcenter(Section):
@@ -351,12 +351,12 @@ Lines = Annotated[dict[LineNumber, _by("mode", MergeLine, DualLine, SubcenterLin
 class RulesFile(Section):
     """transfer_rules.yaml：12345 网关如何路由每一个来电。"""
 
-    hotline: Hotline = Field(description="12345 主号：拨打它（及下面未列出的任何号码）的来电直接进入其座席组")
+    hotline: Hotline = Field(description="12345 主号：拨打它（及下面未列出的任何号码）的来电直接进入其坐席组")
     emergency: Emergency = Field(description="紧急联动 110/119/120/122：听到紧急关键词即转接；只联动，不并入、不改号")
-    skills: Skills = Field(description="座席组（技能组），以 id 为键；线路引用的每个座席组都须在此定义")
+    skills: Skills = Field(description="坐席组（技能组），以 id 为键；线路引用的每个坐席组都须在此定义")
     lines: Lines = Field(description="并入 12345 的原热线（国办发〔2020〕53号），以加引号的号码为键")
     queue: Annotated[Queue, BeforeValidator(lambda v: {} if v is None else v)] = Field(
-        Queue(), description="排队设置（所有座席组共用）：播报间隔、回拨、ACD 计时器")
+        Queue(), description="排队设置（所有坐席组共用）：播报间隔、回拨、ACD 计时器")
 
 
 class Keywords(Section):

@@ -256,7 +256,7 @@ def edit_yaml():
         draft = _c().db.add_draft(actor(), base_sha, text, request.form.get("summary", "") or "YAML 编辑")
         return redirect(url_for("admin.draft", draft_id=draft.id))
     else:
-        ok_message = (f"校验通过：{len(checked.rules.lines)} 条原热线号码，{len(checked.rules.skills)} 个座席组，"
+        ok_message = (f"校验通过：{len(checked.rules.lines)} 条原热线号码，{len(checked.rules.skills)} 个坐席组，"
                       f"版本 {checked.rules.version}")
     return render_template("admin/yaml.html", text=text, base_sha=base_sha, problems=problems,
                            ok_message=ok_message, running=editor.running()), status

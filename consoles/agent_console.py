@@ -146,8 +146,6 @@ def _ticket_payload(call: dict) -> dict:
         ticket["manual_reason_text"] = labels.manual_reason_text(ticket.get("manual_reason"))
         ticket["due_text"] = labels.when(ticket.get("due_at"))
         ticket["contact_due_text"] = labels.when(ticket.get("contact_due"))
-    for o in transfers:
-        o["name"] = labels.seat_word(o["name"])
     return {"call": {k: call[k] for k in ("id", "state", "kind", "line", "skill", "caller_masked", "entered")},
             "line_name": line_name, "ticket": ticket, "transfers": transfers,
             "expert_skill": line.expert_skill if line else None, "transfer": transfer_state, "front_end": front_end,

@@ -175,7 +175,7 @@ def describe_alert(alert: dict, rules, call: dict | None = None) -> str:
     at = labels.when(alert.get("t"), seconds=True)
     at = "时间不详" if at == "—" else at
     skill = rules.skills.get(alert.get("skill") or "")
-    group = f"坐席组「{labels.seat_word(skill.name)}」" if skill else "坐席组（已不在规则中）"
+    group = f"坐席组「{skill.name}」" if skill else "坐席组（已不在规则中）"
     call = call or {}
     line = alert.get("line") or call.get("line")
     who = []

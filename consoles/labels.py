@@ -12,7 +12,7 @@ from datetime import datetime
 from call_routing.numbers import mask
 from call_routing.rules import CHINA_TZ
 
-#: the one word for a seat and the person in it (the rules' group names still say 座席)
+#: the one word for a seat and the person in it
 SEAT = "坐席"
 
 TICKET_STATUSES = {"open": "待处理", "manual_entry": "待人工填写", "confirmed": "已确认", "finished": "已办结",
@@ -62,11 +62,6 @@ SUPERVISION_KINDS = {"matter": "同一事项", "unit": "同一单位"}
 
 def yes_no(value) -> str:
     return "是" if value else "否"
-
-
-def seat_word(text: str | None) -> str:
-    """A name from the rules as agents read it: 坐席, one word throughout."""
-    return (text or "").replace("座席", SEAT)
 
 
 def _moment(value) -> datetime | None:
@@ -138,7 +133,7 @@ def line_text(number: str | None, rules) -> str:
 
 def skill_text(skill_id: str | None, rules) -> str:
     skill = rules.skills.get(skill_id or "") if rules is not None else None
-    return seat_word(skill.name) if skill is not None else (skill_id or "—")
+    return skill.name if skill is not None else (skill_id or "—")
 
 
 def pause_text(reason: str | None) -> str:

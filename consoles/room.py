@@ -43,7 +43,7 @@ def queue_figures(acd, skills) -> list[dict]:
         waiting = int(raw[i * step])
         entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
         longest = max(0.0, now - min(entered)) if entered else 0.0
-        out.append({"skill": s.id, "name": labels.seat_word(s.name), "expert": s.expert, "waiting": waiting,
+        out.append({"skill": s.id, "name": s.name, "expert": s.expert, "waiting": waiting,
                     "longest_wait_s": round(longest, 1), "longest_wait_text": labels.duration(longest)})
     return out
 
@@ -144,7 +144,7 @@ class LiveRoom:
             waited = max(0.0, now - float(_text(entered or 0) or now))
             callback = _text(kind or "") == "callback"
             out.append({"line": line or None, "line_text": labels.line_text(line, rules), "skill": skill.id,
-                        "skill_name": labels.seat_word(skill.name), "position": place,
+                        "skill_name": skill.name, "position": place,
                         "waited_s": round(waited, 1), "waited_text": labels.duration(waited), "callback": callback,
                         "callback_text": "已登记回拨" if callback else "在线等待",
                         "ticket": _text(ticket or "") or None,

@@ -102,7 +102,7 @@
           act("POST", "call/transfer", {skill: t.expert_skill}, "已转入专家队列，来电人保留排队位置");
         }, "secondary"));
       }
-      if (!box.children.length) { box.innerHTML = '<span class="muted">这条热线没有分中心或专家座席。</span>'; }
+      if (!box.children.length) { box.innerHTML = '<span class="muted">这条热线没有分中心或专家坐席。</span>'; }
     }
     var tr = t && t.transfer;
     var active = tr && tr.transfer_state;
@@ -157,6 +157,46 @@
     $("t-result").disabled = t.status !== "confirmed";
     if (t.result && t.status !== "confirmed") { $("t-result").value = t.result; }
   }
+
+  // the demo phone (consoles/demo_phone.py): a simulated caller rings here instead of a handset
+  var DP_STATE = {ringing: "来电振铃", talking: "通话中", held: "保持中"};
+  function renderDemoPhone(call) {
+    $("demo-phone").hidden = !call;
+    if (!call) return;
+    $("dp-state").textContent = DP_STATE[call.state] || call.state;
+    $("dp-line").textContent = call.line + (call.line_name ? " " + call.line_name : "");
+    $("dp-caller").textContent = call.caller || "无来电号码";
+    $("dp-since").textContent = "已 " + duration(Math.max(0, Math.round(Date.now() / 1000 - call.since)));
+    var list = $("dp-said");
+    var said = call.said || [];
+    if (list.children.length !== said.length) {
+      list.innerHTML = "";
+      said.forEach(function (s) {
+        var li = document.createElement("li");
+        li.textContent = s.who + "：" + s.text;
+        list.appendChild(li);
+      });
+    }
+    $("dp-answer").hidden = call.state !== "ringing";
+    $("dp-hold").hidden = call.state !== "talking";
+    $("dp-resume").hidden = call.state !== "held";
+    $("dp-transfer-subcenter").hidden = $("dp-transfer-expert").hidden = call.state === "ringing";
+  }
+  function pollDemoPhone() {
+    api("GET", "demo-phone").then(function (d) { renderDemoPhone(d.call); }).catch(function () {});
+  }
+  function demo(action, body, done) {
+    api("POST", "demo-phone/" + action, body).then(function () { msg(done); pollDemoPhone(); refresh(); })
+      .catch(function (e) { msg(e.message, true); });
+  }
+  $("dp-answer").addEventListener("click", function () { demo("answer", null, "已接听"); });
+  $("dp-hold").addEventListener("click", function () { demo("hold", null, "已保持，来电人听到等待音乐"); });
+  $("dp-resume").addEventListener("click", function () { demo("resume", null, "已恢复通话"); });
+  $("dp-transfer-subcenter").addEventListener("click", function () { demo("transfer", {kind: "subcenter"}, "正在转接分中心"); });
+  $("dp-transfer-expert").addEventListener("click", function () { demo("transfer", {kind: "expert"}, "正在转接专家坐席"); });
+  $("dp-hangup").addEventListener("click", function () { demo("hangup", null, "已挂断"); });
+  pollDemoPhone();
+  setInterval(pollDemoPhone, 1000);
 
   var busyPoll = false;
   function refresh() {

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason="end-to-end browser tests
 # never into the checkout: HOTLINE_TEST_ARTIFACTS, else the temp dir
 ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "hotline-artifacts") / "consoles"
 OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
-NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务座席。"
+NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务坐席。"
 CALLER = "+8613812345678"
 SAID = "我想咨询一下法律援助怎么申请，我住在朝阳区幸福路12号"
 
@@ -249,7 +249,7 @@ def test_the_yaml_editor_explains_the_key_under_the_cursor_and_completes_the_key
     ActionChains(d).send_keys(Keys.ARROW_RIGHT).perform()  # a key pressed on the line: its hint
     wait_for(d, lambda d: "queue.ring_timeout_s" in by_id(d, "yaml-hint").text, what="the hint of ring_timeout_s")
     assert "秒" in by_id(d, "yaml-hint").text and "5–120" in by_id(d, "yaml-hint").text
-    general = text.index("    name: 12345综合座席\n")
+    general = text.index("    name: 12345综合坐席\n")
     d.execute_script(caret, content, text.index("\n", general))
     ActionChains(d).send_keys(Keys.ENTER, "    after_h").perform()  # a new key typed under skills.general
     wait_for(d, lambda d: by_id(d, "yaml-complete").is_displayed(), what="the completion list")

@@ -17,7 +17,7 @@ from consoles.rules_sync import CHANNEL, KEY, apply_published
 from tests.console_support import ROOT, copy_rules, csrf_of, make_console_app, sign_in
 
 OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
-NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务座席。"
+NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务坐席。"
 IN_WINDOW = "2026-07-01T09:00"
 
 
@@ -62,12 +62,12 @@ def test_the_rules_page_lists_every_line_with_mode_window_prompt_skill_and_targe
     assert set(rows) == set(rules.lines) | {rules.hotline.number}
     row_12301 = html.split('id="line-12301"')[1].split("</tr>")[0]
     assert "整体并入" in row_12301 and "2021-01-01 至 2026-12-31" in row_12301 and OLD_PROMPT in row_12301
-    assert "旅游服务座席" in row_12301 and "tourism" in row_12301
+    assert "旅游服务坐席" in row_12301 and "tourism" in row_12301
     sub = next(n for n, line in rules.lines.items() if line.mode == "subcenter")
     row_sub = html.split(f'id="line-{sub}"')[1].split("</tr>")[0]
     assert "设分中心" in row_sub and rules.lines[sub].subcenter_target in row_sub
     row_12348 = html.split('id="line-12348"')[1].split("</tr>")[0]
-    assert "双号并行" in row_12348 and "专家：公共法律服务专家座席" in row_12348
+    assert "双号并行" in row_12348 and "专家：公共法律服务专家坐席" in row_12348
 
 
 def test_yaml_errors_are_shown_at_their_line_exactly_as_the_check_command_reports_them(admin, app, tmp_path):

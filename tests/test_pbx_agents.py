@@ -139,6 +139,6 @@ def test_the_console_refuses_a_three_way_with_no_expert_free_and_nothing_changes
     leg = call.bridged_with("Local/7020@lab-agent")
     wait_until(lambda: seat_state(world, "7020")[0] == "busy", 10, 0.1, "the agent talking")
     r = console.post("/agent/api/asterisk/three-way", json={"kind": "expert"}, headers=auth)
-    assert r.get_json()["status"] == "refused" and "专家座席暂无空闲" in r.get_json()["error"]
+    assert r.get_json()["status"] == "refused" and "专家坐席暂无空闲" in r.get_json()["error"]
     time.sleep(1)
     assert not call.conference() and not call.hung_up(leg)

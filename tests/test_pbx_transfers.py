@@ -119,8 +119,8 @@ def test_star4_while_the_expert_group_is_closed_reserves_no_general_seat(pbx):
     world = pbx
     path = world.rules_path
     shipped = path.read_text("utf-8")
-    closed = shipped.replace("  legal_expert:\n    name: 公共法律服务专家座席\n    expert: true\n    hours: always",
-                             '  legal_expert:\n    name: 公共法律服务专家座席\n    expert: true\n'
+    closed = shipped.replace("  legal_expert:\n    name: 公共法律服务专家坐席\n    expert: true\n    hours: always",
+                             '  legal_expert:\n    name: 公共法律服务专家坐席\n    expert: true\n'
                              '    hours: {days: everyday, open: "00:00", close: "00:01"}')
     assert closed != shipped
     try:

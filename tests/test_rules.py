@@ -96,16 +96,16 @@ def test_a_skill_that_does_not_exist_is_named(shipped_text, write_rules):
 
 
 def test_an_overflow_loop_is_refused(shipped_text, write_rules):
-    text = edit(shipped_text, "  general:\n    name: 12345综合座席\n    hours: always\n",
-                "  general:\n    name: 12345综合座席\n    hours: always\n    overflow: {to: tourism, after_s: 10}\n")
+    text = edit(shipped_text, "  general:\n    name: 12345综合坐席\n    hours: always\n",
+                "  general:\n    name: 12345综合坐席\n    hours: always\n    overflow: {to: tourism, after_s: 10}\n")
     path = write_rules(text)
     got = problems_of(path)
     assert any("overflow loops back: general -> tourism -> general (chains must end)" in p for p in got), got
 
 
 def test_an_overflow_to_itself_is_refused(shipped_text, write_rules):
-    text = edit(shipped_text, "  tourism:\n    name: 旅游服务座席\n    hours: always\n    overflow: {to: general",
-                "  tourism:\n    name: 旅游服务座席\n    hours: always\n    overflow: {to: tourism")
+    text = edit(shipped_text, "  tourism:\n    name: 旅游服务坐席\n    hours: always\n    overflow: {to: general",
+                "  tourism:\n    name: 旅游服务坐席\n    hours: always\n    overflow: {to: tourism")
     path = write_rules(text)
     assert any("skills.tourism.overflow.to: a group cannot overflow to itself" in p for p in problems_of(path))
 
@@ -249,7 +249,7 @@ def test_yaml_that_would_build_objects_is_refused(write_rules):
 
 
 def test_anchors_and_aliases_are_refused(shipped_text, write_rules):
-    text = edit(shipped_text, "  general:\n    name: 12345综合座席", "  general: &g\n    name: 12345综合座席")
+    text = edit(shipped_text, "  general:\n    name: 12345综合坐席", "  general: &g\n    name: 12345综合坐席")
     text = edit(text, "  science_tech:\n", "  copy: *g\n  science_tech:\n")
     got = problems_of(write_rules(text))
     assert any("anchors and aliases (& and *) are not supported" in p for p in got)
