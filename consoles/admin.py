@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 
@@ -75,8 +76,11 @@ def ticket(ticket_id):
     except LookupError:
         abort(404, description=f"没有工单 {ticket_id}")
     rules = _rules()
-    return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules),
-                           events=[labels.event_view(e, rules) for e in _c().tickets.events(ticket_id)])
+    events = _c().tickets.events(ticket_id)
+    named = [t.linked_to] + [e["detail"].get("to") for e in events if e["kind"] == "linked"]
+    numbers = _c().tickets.numbers(n for n in named if n)
+    return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
+                           events=[labels.event_view(e, rules, numbers) for e in events])
 
 
 # -- the ticket list: search and filters ------------------------------------------------------
@@ -96,11 +100,11 @@ def _ticket_query(args, rules, role):
     form["supervision"] = args.get("supervision") in ("1", "on", "true")
     problems, q = [], {"overdue": form["overdue"], "supervision": form["supervision"]}
     if form["id"]:
-        digits = form["id"].lstrip("#")
-        if not digits.isdigit() or not 0 < int(digits) < 2**63:
-            problems.append(f"工单编号“{form['id']}”不是有效的编号，请只填写数字。")
+        number = re.fullmatch(r"(\d{8})-?(\d{1,6})", form["id"])
+        if number:
+            q["number"] = f"{number.group(1)}-{int(number.group(2)):04d}"
         else:
-            q["ticket_id"] = int(digits)
+            problems.append(f"工单编号“{form['id']}”不是有效的编号，请按 20251206-0001 的格式填写。")
     if form["day"]:
         try:
             day = date.fromisoformat(form["day"])
@@ -157,7 +161,7 @@ def tickets():
         now = datetime.now(CHINA_TZ)
         for t in found:
             overdue = t.due_at < now and t.status not in ("finished", "handed_off")
-            rows.append({"id": t.id, "created": labels.when(t.created_at, now=now),
+            rows.append({"id": t.id, "number": t.display_number, "created": labels.when(t.created_at, now=now),
                          "line": labels.line_text(t.entry_line, rules),
                          "caller": labels.caller_text(mask(t.caller) if t.caller else None),
                          "type": labels.TYPES.get(t.value("type"), t.value("type") or "—"),

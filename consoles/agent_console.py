@@ -254,9 +254,9 @@ def finish_ticket():
     try:
         ticket = _ticket_port().finish(call["ticket"], g.agent_id, result)
     except TicketError as exc:
-        return refuse(f"工单 {call['ticket']} 暂不能办结（{_refusal(exc)}）", 409)
+        return refuse(f"本工单暂不能办结（{_refusal(exc)}）", 409)
     current_app.extensions["console"].db.audit(
-        actor(), "ticket.finish", str(ticket.id), f"工单 {ticket.id} 办结（坐席 {g.agent_id}）",
+        actor(), "ticket.finish", str(ticket.id), f"工单 {ticket.display_number} 办结（坐席 {g.agent_id}）",
         before={"status": "confirmed"}, after={"status": ticket.status, "result": result},
         address=request.remote_addr)
     if wants_json:

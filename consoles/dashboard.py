@@ -133,7 +133,7 @@ class Dashboard(LiveRoom):
                 except LookupError:
                     continue
                 kind = (t["fields"].get("type") or {}).get("value")
-                tickets.append({"id": t["id"], "status": t["status"], "entry_line": t["entry_line"],
+                tickets.append({"id": t["id"], "number": t["number"], "status": t["status"], "entry_line": t["entry_line"],
                                 "type": kind, "location": (t["fields"].get("location") or {}).get("value"),
                                 "due_at": t["due_at"], "created_at": t["created_at"],
                                 "status_text": labels.TICKET_STATUSES.get(t["status"], t["status"]),
@@ -153,10 +153,13 @@ class Dashboard(LiveRoom):
         for a in alerts:
             pipe.hmget(acd.keys.call(a.get("call") or "-"), "ticket", "masked", "line")
         out = []
-        for a, (ticket, masked, line) in zip(alerts, pipe.execute() if alerts else []):
+        held = pipe.execute() if alerts else []
+        numbers = self.ticket_numbers(_text(ticket or "") for ticket, _, _ in held)
+        for a, (ticket, masked, line) in zip(alerts, held):
             call = {"ticket": _text(ticket or "") or None, "caller": labels.caller_text(_text(masked or "") or None)
                     if masked is not None else None, "line": _text(line or "") or None}
-            out.append({**a, "ticket": call["ticket"], "caller": call["caller"],
+            call["number"] = numbers.get(call["ticket"]) if call["ticket"] else None
+            out.append({**a, "ticket": call["ticket"], "ticket_number": call["number"], "caller": call["caller"],
                         "text": describe_alert(a, rules, call)})
         return out
 
@@ -180,7 +183,7 @@ def describe_alert(alert: dict, rules, call: dict | None = None) -> str:
     line = alert.get("line") or call.get("line")
     who = []
     if call.get("ticket"):
-        who.append(f"工单 {call['ticket']}")
+        who.append(f"工单 {call.get('number') or '建单中'}")
     if call.get("caller"):
         who.append(f"来电 {call['caller']}" if call["caller"] != labels.caller_text(None) else "来电（无来电号码）")
     caller = "，".join(who) if who else "一通来电"

@@ -214,7 +214,7 @@ def actor_text(actor: str | None) -> str:
     return f"{SEAT} {actor}"
 
 
-def event_detail(kind: str, d: dict, rules=None) -> str:
+def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) -> str:
     """What an event of a ticket's history changed, in one short sentence."""
     d = d or {}
     if kind == "opened":
@@ -245,7 +245,8 @@ def event_detail(kind: str, d: dict, rules=None) -> str:
     if kind == "handed_off":
         return f"派发编号 {d['ref']}" if d.get("ref") else ""
     if kind == "linked":
-        return f"与工单 {d.get('to')} 为同一来电人同一事项" if d.get("to") else ""
+        to = (numbers or {}).get(d.get("to"), d.get("to"))
+        return f"与工单 {to} 为同一来电人同一事项" if d.get("to") else ""
     if kind == "supervision":
         return f"{SUPERVISION_KINDS.get(d.get('kind'), '')} {d.get('callers', '')} 位来电人".strip()
     if kind in ("call_end", "survey"):
@@ -258,11 +259,12 @@ def event_detail(kind: str, d: dict, rules=None) -> str:
     return ""
 
 
-def event_view(e: dict, rules=None) -> dict:
-    """One entry of a ticket's history: when, who, what, and the detail — all words."""
+def event_view(e: dict, rules=None, numbers: dict | None = None) -> dict:
+    """One entry of a ticket's history: when, who, what, and the detail — all words
+    (``numbers``: ticket id → the number people read, for the tickets it names)."""
     kind = e.get("kind") or ""
     return {"at": when(e.get("at")), "actor": actor_text(e.get("actor")), "what": EVENTS.get(kind, kind),
-            "detail": event_detail(kind, e.get("detail") or {}, rules)}
+            "detail": event_detail(kind, e.get("detail") or {}, rules, numbers)}
 
 
 def supervision_key_text(kind: str, key: str, rules=None) -> str:
@@ -274,10 +276,11 @@ def supervision_key_text(kind: str, key: str, rules=None) -> str:
     return key or "—"
 
 
-def ticket_view(view: dict, rules=None, now: datetime | None = None) -> dict:
+def ticket_view(view: dict, rules=None, now: datetime | None = None, numbers: dict | None = None) -> dict:
     """``Ticket.view(role)`` made readable: every label Chinese, every value words.
 
-    ``facts``: (label, value) rows of the ticket; ``fields``: (label, value, how it was filled)."""
+    ``facts``: (label, value) rows of the ticket; ``fields``: (label, value, how it was filled);
+    ``numbers``: ticket id → the number people read, for the tickets it names."""
     now = now or datetime.now(CHINA_TZ)
     status = view.get("status")
     due = _moment(view.get("due_at"))
@@ -291,7 +294,8 @@ def ticket_view(view: dict, rules=None, now: datetime | None = None) -> dict:
              ("办结时限", when(view.get("due_at"), now=now) + ("（已超期）" if overdue else "")),
              ("延期", f"{view['extension_days']} 个工作日" if view.get("extension_days") else "无"),
              ("督办", yes_no(view.get("supervision"))),
-             ("重复件", f"关联工单 {view['linked_to']}" if view.get("linked_to") else "否"),
+             ("重复件", f"关联工单 {(numbers or {}).get(view['linked_to'], view['linked_to'])}"
+              if view.get("linked_to") else "否"),
              ("语音识别", TRANSCRIPT_STATUSES.get(view.get("transcript_status"), "—")
               + (f"（置信度 {view['transcript_confidence'] * 100:.0f}%）"
                  if isinstance(view.get("transcript_confidence"), (int, float)) else "")),
@@ -317,7 +321,7 @@ def ticket_view(view: dict, rules=None, now: datetime | None = None) -> dict:
         else:
             how += " · 待确认"
         fields.append((FIELD_LABELS.get(name, name), field_value(name, f.get("value"), rules), how))
-    return {"id": view.get("id"), "status": status, "status_text": TICKET_STATUSES.get(status, status or ""),
+    return {"id": view.get("id"), "number": view.get("number") or view.get("id"), "status": status, "status_text": TICKET_STATUSES.get(status, status or ""),
             "supervision": bool(view.get("supervision")), "overdue": overdue, "facts": facts, "fields": fields,
             "transcript": view.get("transcript") or "", "linked_to": view.get("linked_to")}
 

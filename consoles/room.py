@@ -52,6 +52,14 @@ class LiveRoom:
     """The live half of the dashboard (``self.acd``; the board counts today's answered calls
     through the dashboard's day tally)."""
 
+    def ticket_numbers(self, ids) -> dict[str, str]:
+        """The numbers people read of these tickets (internal ids, as the ACD holds them); a ticket
+        whose row is not written yet reads 建单中."""
+        ids = [i for i in ids if i]
+        tickets = getattr(self, "tickets", None)
+        found = tickets.numbers(ids) if tickets is not None and ids else {}
+        return {str(i): found.get(int(i), "建单中") if str(i).isdigit() else "建单中" for i in ids}
+
     def queues(self) -> list[dict]:
         acd, k = self.acd, self.acd.keys
         rules = acd.rules
@@ -108,11 +116,13 @@ class LiveRoom:
             line = _text(line or "")
             s["line"], s["ticket"] = line or None, _text(ticket or "") or None
             s["line_text"] = labels.line_text(line, rules) if line else "—"
+        numbers = self.ticket_numbers(s["ticket"] for s in with_call)
         for s in seats:
             s.pop("call")
             s.setdefault("line", None)
             s.setdefault("ticket", None)
             s.setdefault("line_text", "")
+            s["ticket_number"] = numbers.get(s["ticket"]) if s["ticket"] else None
         order = {st: i for i, st in enumerate(("busy", "ringing", "wrapup", "ready", "paused", "offline"))}
         seats.sort(key=lambda s: (order.get(s["state"], 9), s["name"]))
         return seats
@@ -150,6 +160,9 @@ class LiveRoom:
                         "ticket": _text(ticket or "") or None,
                         "caller": labels.caller_text(_text(masked or "") or None)})
         out.sort(key=lambda w: -w["waited_s"])
+        numbers = self.ticket_numbers(w["ticket"] for w in out[:limit])
+        for w in out[:limit]:
+            w["ticket_number"] = numbers.get(w["ticket"]) if w["ticket"] else None
         return out[:limit]
 
     # -- today -----------------------------------------------------------------------------

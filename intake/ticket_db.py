@@ -45,6 +45,8 @@ class TicketRow(Base):
     __tablename__ = "tickets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: the number people read, ``20261206-0001``: China day of opening + gap-free sequence (:class:`TicketDaySeq`)
+    number: Mapped[str | None] = mapped_column(String(16), unique=True)
     call_id: Mapped[str] = mapped_column(String(128), unique=True)
     entry_line: Mapped[str] = mapped_column(String(16))
     caller: Mapped[str | None] = mapped_column(String(64))
@@ -99,6 +101,17 @@ class TicketSeq(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     hi: Mapped[int] = mapped_column(Integer)  # the next block to hand out
+
+
+class TicketDaySeq(Base):
+    """The last ticket number handed out on a China day (``20261206``): incremented in the
+    transaction that inserts the ticket row, so numbers are 1..N per day with no gap and no
+    duplicate, whatever the ids (a rolled-back insert gives its number back)."""
+
+    __tablename__ = "ticket_day_seq"
+
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    last: Mapped[int] = mapped_column(Integer)
 
 
 class SupervisionRow(Base):

@@ -89,6 +89,13 @@ class Ticket:
     handoff_error: str | None
     call_outcome: str | None = None
     survey: str | None = None
+    #: the number people read (``20261206-0001``); the id stays internal (URLs, Redis, jobs)
+    number: str | None = None
+
+    @property
+    def display_number(self) -> str:
+        """The number to show: the day number (rows written before there were any show the id)."""
+        return self.number or str(self.id)
 
     def value(self, name: str, default: Any = None) -> Any:
         entry = self.fields.get(name)
@@ -110,7 +117,7 @@ class Ticket:
             fields["numbers"]["value"] = nums
         iso = lambda d: d.astimezone(CHINA_TZ).isoformat(timespec="seconds") if d else None  # noqa: E731
         return {
-            "id": self.id, "call_id": self.call_id, "entry_line": self.entry_line,
+            "id": self.id, "number": self.display_number, "call_id": self.call_id, "entry_line": self.entry_line,
             "caller": self.caller if full else mask(self.caller),
             "status": self.status, "manual_reason": self.manual_reason,
             "transcript": (self.transcript if full or not self.transcript else _mask_said(self.transcript)),
@@ -125,7 +132,7 @@ class Ticket:
         }
 
     def __repr__(self) -> str:  # never print a caller's number, even in a traceback
-        return f"Ticket(id={self.id}, call_id={self.call_id!r}, caller={mask(self.caller)!r}, status={self.status!r})"
+        return f"Ticket(id={self.id}, number={self.number!r}, call_id={self.call_id!r}, caller={mask(self.caller)!r}, status={self.status!r})"
 
 
 def _snapshot(row: TicketRow) -> Ticket:
@@ -138,5 +145,5 @@ def _snapshot(row: TicketRow) -> Ticket:
         created_at=row.created_at, updated_at=row.updated_at, contact_due=row.contact_due, due_at=row.due_at,
         extension_days=row.extension_days, finished_at=row.finished_at, result=row.result,
         handed_off_at=row.handed_off_at, handoff_ref=row.handoff_ref, handoff_error=row.handoff_error,
-        call_outcome=row.call_outcome, survey=row.survey,
+        call_outcome=row.call_outcome, survey=row.survey, number=row.number,
     )

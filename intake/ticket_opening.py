@@ -8,8 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from call_routing.numbers import mask
+from call_routing.rules import CHINA_TZ
 
-from .ticket_db import TicketRow
+from .ticket_db import TicketDaySeq, TicketRow
 from .ticket_drafts import _from_draft
 from .ticket_model import FIELDS, TRANSCRIPT_STATUSES, Ticket, TicketError, _snapshot, log
 
@@ -56,7 +57,7 @@ class TicketOpening:
                     row.recording = recording
                 return _snapshot(row)
             base_due = self.calendar.add_workdays(at, self.policy.days_general)
-            row = TicketRow(id=ticket_id, call_id=call_id,
+            row = TicketRow(id=ticket_id, number=self._day_number(s, at), call_id=call_id,
                             entry_line=entry_line, caller=caller, status="open",
                             transcript_status="pending", recording=recording, fields={},
                             rules_version=rules_version, created_at=at, updated_at=at,
@@ -65,8 +66,24 @@ class TicketOpening:
             s.add(row)
             s.flush()
             self._event(s, row, "system", "opened", {"entry_line": entry_line})
-            log.info("ticket %s opened for call %s from %s on %s", row.id, call_id, mask(caller), entry_line)
+            log.info("ticket %s (%s) opened for call %s from %s on %s", row.number, row.id, call_id, mask(caller), entry_line)
             return _snapshot(row)
+
+    def _day_number(self, s: Session, at: datetime) -> str:
+        """The next number of ``at``'s China day, taken in the transaction ``s`` that inserts the
+        row: one upsert that locks the day's counter until commit (PostgreSQL: the row lock;
+        SQLite: the write lock of BEGIN IMMEDIATE), so concurrent writers in any process number
+        1, 2, 3… and a rolled-back insert returns its number."""
+        seq = TicketDaySeq.__table__
+        day = (at if at.tzinfo else at.replace(tzinfo=CHINA_TZ)).astimezone(CHINA_TZ).strftime("%Y%m%d")
+        dialect = s.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        n = s.execute(insert(seq).values(day=day, last=1).on_conflict_do_update(
+            index_elements=[seq.c.day], set_={"last": seq.c.last + 1}).returning(seq.c.last)).scalar_one()
+        return f"{day}-{n:04d}"
 
     def attach_transcript(self, call_id: str, *, text: str | None, confidence: float | None = None,
                           status: str = "ok", prefill: dict | None = None, recording: str | None = None,

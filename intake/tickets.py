@@ -77,12 +77,27 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         if create:
             self.create_tables()
+            self._add_number_column()
 
     def create_tables(self) -> None:
         if self.schema:
             with self.engine.begin() as conn:
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
         Base.metadata.create_all(self.engine)
+
+    def _add_number_column(self) -> None:
+        """A database created before tickets had numbers people read gets the column (its older
+        tickets show their id)."""
+        from sqlalchemy import inspect
+
+        table = f'"{self.schema}".tickets' if self.schema else "tickets"
+        with self.engine.begin() as conn:
+            if "number" in {c["name"] for c in inspect(conn).get_columns("tickets", schema=self.schema)}:
+                return
+            exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN{exists} number VARCHAR(16)"))
+            conn.execute(text(f"CREATE UNIQUE INDEX IF NOT EXISTS ix_tickets_number ON {table} (number)"))
+            log.info("tickets: added the column of day numbers")
 
     def drop_tables(self) -> None:
         Base.metadata.drop_all(self.engine)
@@ -122,13 +137,22 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
             return [{"at": e.at.astimezone(CHINA_TZ).isoformat(timespec="seconds"), "actor": e.actor,
                      "kind": e.kind, "detail": e.detail} for e in rows]
 
-    def search(self, *, ticket_id: int | None = None, day: date | None = None, line: str | None = None,
+    def numbers(self, ticket_ids) -> dict[int, str]:
+        """The number people read for each of ``ticket_ids`` whose row exists (one query)."""
+        ids = {int(i) for i in ticket_ids if str(i).isdigit()}
+        if not ids:
+            return {}
+        with self._session() as s:
+            rows = s.execute(select(TicketRow.id, TicketRow.number).where(TicketRow.id.in_(ids)))
+            return {i: n or str(i) for i, n in rows}
+
+    def search(self, *, ticket_id: int | None = None, number: str | None = None, day: date | None = None, line: str | None = None,
                request_type: str | None = None, status: str | None = None, overdue: bool = False,
                supervision: bool = False, caller_digits: str | None = None, page: int = 1,
                per_page: int = 50, at: datetime | None = None) -> tuple[list[Ticket], int]:
         """Tickets matching every filter given, newest first, one page of them, and how many match.
 
-        ``day``: received that day (China time); ``line``: the entry line; ``overdue``: past the
+        ``number``: the number people read (``20261206-0001``); ``day``: received that day (China time); ``line``: the entry line; ``overdue``: past the
         done-by deadline and not finished; ``caller_digits``: the caller's number ends with them.
         ``per_page`` is at most :data:`MAX_PAGE_SIZE`. Tickets still only drafts are not listed."""
         per_page = max(1, min(int(per_page), MAX_PAGE_SIZE))
@@ -136,6 +160,8 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
         where = []
         if ticket_id is not None:
             where.append(TicketRow.id == ticket_id)
+        if number is not None:
+            where.append(TicketRow.number == number)
         if day is not None:
             start = datetime(day.year, day.month, day.day, tzinfo=CHINA_TZ)
             where += [TicketRow.created_at >= start, TicketRow.created_at < start + timedelta(days=1)]

@@ -127,7 +127,7 @@
     $("ticket").hidden = !t;
     if (!t) { $("ticket-id").textContent = ""; $("ticket-status").textContent = ""; return; }
     if (lastTicket !== t.id) { dirty = {}; lastTicket = t.id; }
-    $("ticket-id").textContent = "#" + t.id;
+    $("ticket-id").textContent = t.number || "";
     $("ticket-status").textContent = (t.status_text || STATUS[t.status] || t.status) +
       (t.manual_reason_text ? "：" + t.manual_reason_text : "");
     $("ticket-status").dataset.status = t.status;

@@ -63,7 +63,7 @@
     if (a.line) {
       call = document.createElement("span");
       call.appendChild(document.createTextNode(a.line_text));
-      if (a.ticket) { call.appendChild(document.createTextNode(" · ")); call.appendChild(ticketLink(a.ticket, "工单 " + a.ticket)); }
+      if (a.ticket) { call.appendChild(document.createTextNode(" · ")); call.appendChild(ticketLink(a.ticket, "工单 " + (a.ticket_number || "建单中"))); }
     }
     return [a.name, state, a.in_state_text, call, a.answered_today];
   }

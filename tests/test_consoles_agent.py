@@ -194,13 +194,14 @@ def test_the_dashboard_says_in_words_when_a_group_is_unstaffed_and_when_a_caller
     sign_in(sup, "super")
     alerts = sup.get("/admin/api/dashboard").get_json()["alerts"]
     texts = [a["text"] for a in alerts]
-    ticket = app.extensions["console"].tickets.by_call("CAghost").id
+    ghost = app.extensions["console"].tickets.by_call("CAghost")
+    ticket, number = ghost.id, ghost.number  # the id stays internal; people read the day's number
     # the ticket and the masked caller, never the CallSid
-    assert any(f"工单 {ticket}，来电 138****5678（12348 全国公共法律服务专用电话，坐席组「" in t
+    assert any(f"工单 {number}，来电 138****5678（12348 全国公共法律服务专用电话，坐席组「" in t
                and "无响应，按呼损处理；有来电号码的已登记回拨" in t for t in texts), texts
-    assert any(f"无坐席在岗：工单 {ticket}，来电 138****5678" in t and "已按规则溢出到其他坐席组或登记回拨" in t
+    assert any(f"无坐席在岗：工单 {number}，来电 138****5678" in t and "已按规则溢出到其他坐席组或登记回拨" in t
                for t in texts), texts
-    assert all(a["ticket"] == str(ticket) for a in alerts)
+    assert all(a["ticket"] == str(ticket) and a["ticket_number"] == number for a in alerts)
     html = sup.get("/admin/").get_data(as_text=True)
     assert "CAghost" not in html and "{'t'" not in html  # sentences, not raw records
     assert f'href="/admin/tickets/{ticket}"' in html and "138****5678" in html

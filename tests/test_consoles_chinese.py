@@ -133,7 +133,13 @@ def test_the_ticket_list_filters_newest_first_and_links_each_ticket(app, tickets
         assert r.status_code == 200, visible(r.get_data(as_text=True))
         return set(ids_on(r.get_data(as_text=True)))
 
-    assert find(id=str(tickets["done"].id)) == {tickets["done"].id}
+    assert find(id=tickets["done"].number) == {tickets["done"].id}
+    assert find(id=tickets["done"].number.replace("-", "").replace("-000", "-")) == {tickets["done"].id}
+    today = datetime.now(CHINA_TZ).strftime("%Y%m%d")
+    numbers = [int(m) for m in re.findall(rf">{today}-(\d{{4}})</a>", page)]
+    assert sorted(numbers) == list(range(1, 13))  # today's 12 in the list: 0001..0012, whatever the ids
+    assert tickets["old"].number.endswith("-0001") and not tickets["old"].number.startswith(today)
+    assert str(tickets["done"].id) not in visible(page).split()
     assert find(line="12301") == {tickets["old"].id, tickets["tourism"].id}
     assert find(type="consultation") == {tickets["done"].id}
     assert find(status="finished") == {tickets["done"].id}
@@ -143,7 +149,7 @@ def test_the_ticket_list_filters_newest_first_and_links_each_ticket(app, tickets
     old_day = tickets["old"].created_at.astimezone(CHINA_TZ).date().isoformat()
     assert find(day=old_day) == {tickets["old"].id}
     assert find(line="12345", supervision="1", caller="00003") == {tickets["wave3"].id}  # supervisors: more digits
-    one = visible(sup.get("/admin/tickets", query_string={"id": tickets["old"].id}).get_data(as_text=True))
+    one = visible(sup.get("/admin/tickets", query_string={"id": tickets["old"].number}).get_data(as_text=True))
     assert "已超期" in one and "待处理" in one
     assert "没有符合条件的工单" in visible(sup.get("/admin/tickets?line=12348&type=praise").get_data(as_text=True))
 
@@ -207,6 +213,9 @@ def test_the_dashboard_boards_the_seats_and_lists_the_callers_waiting(app):
     assert waiting["line_text"] == "12348 全国公共法律服务专用电话" and waiting["position"] == 1
     assert waiting["callback_text"] == "在线等待" and waiting["caller"] == "138****5678"
     assert waiting["ticket"] == str(second.id) and re.fullmatch(r"\d+秒", waiting["waited_text"])
+    assert waiting["ticket_number"] == second.number and re.fullmatch(r"\d{8}-\d{4}", second.number)
+    first = app.extensions["console"].tickets.by_call("CAfirst")
+    assert seat["ticket_number"] == first.number
     assert CN_TIME.search(snap["at_text"])
     answer(app, tw, "CAfirst")
     seat = sup.get("/admin/api/dashboard").get_json()["agents"][0]
@@ -251,6 +260,7 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
     ticket = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]
     assert ticket["status_text"] == "待处理" and CN_TIME.fullmatch(ticket["due_text"])
+    assert ticket["number"] == app.extensions["console"].tickets.get(ticket["id"]).number
     assert CN_TIME.fullmatch(ticket["contact_due_text"])
     refused = client.post("/agent/api/wrapup/done", headers=auth).get_json()["error"]
     assert refused.startswith("现在不能这样操作") and "bad_state" not in refused
