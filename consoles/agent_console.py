@@ -20,7 +20,7 @@ from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_te
 from call_routing.router import conference_options
 from consoles.agent_api import TOKEN_TTL_S, agent_required
 
-from . import labels
+from . import labels, softphone
 from .auth import actor, check_csrf, roles_required
 
 bp = Blueprint("agent_console", __name__, url_prefix="/agent")
@@ -65,7 +65,8 @@ def console():
                                                          key=lambda s: -agent["skills"][s])]
     return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,
                            lines=lines, types=TYPES, labels=FIELD_LABELS, skills=skills,
-                           pause_reasons=labels.AGENT_PAUSE_CHOICES, js_labels=labels.js_labels())
+                           pause_reasons=labels.AGENT_PAUSE_CHOICES, js_labels=labels.js_labels(),
+                           softphone=softphone.for_seat(current_app.extensions["softphone"], agent))
 
 
 @bp.post("/seat/login")
@@ -215,10 +216,11 @@ def _ticket_port():
 
         queue = None
         if current_app.config.get("REDIS_URL"):
-            import redis
             from rq import Queue
 
-            queue = Queue(HANDOFF_QUEUE, connection=redis.Redis.from_url(current_app.config["REDIS_URL"]))
+            from runtime.redis_conn import redis_client
+
+            queue = Queue(HANDOFF_QUEUE, connection=redis_client(current_app.config["REDIS_URL"]))
         port = current_app.extensions["console_call_tickets"] = CallTickets(
             current_app.extensions["console"].tickets, handoff_queue=queue)
     return port
@@ -266,5 +268,6 @@ def finish_ticket():
 
 
 def init_app(app) -> None:
+    softphone.init_app(app)  # SOFTPHONE_WS_URL: the seats' WebRTC softphone (consoles/softphone.py)
     app.register_blueprint(bp)
     app.register_blueprint(api)

@@ -48,7 +48,7 @@ if [ "$TEST" = 1 ]; then
   [ -e /usr/share/asterisk/sounds/en_US_f_Allison/beep.gsm ] || missing+=(asterisk-core-sounds-en-gsm)
   command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
   if [ -x ../shared/asterisk/sbin/asterisk ] && command -v dpkg >/dev/null 2>&1; then
-    for lib in libxslt1.1 libjansson4 libedit2 libicu72 libsqlite3-0 libxml2 libuuid1 libssl3; do
+    for lib in libxslt1.1 libjansson4 libedit2 libicu72 libsqlite3-0 libxml2 libuuid1 libssl3 libsrtp2-1; do
       dpkg -s "$lib" >/dev/null 2>&1 || missing+=("$lib")
     done
   fi
