@@ -65,6 +65,10 @@ def create_app(config: dict | None = None) -> Flask:
 
     agent_api.init_app(app)
 
+    from consoles import demo_phone  # simulated callers answered in the agent console (tools.simulate --live)
+
+    demo_phone.init_app(app)
+
     from ivr.twilio import webhooks as twilio_webhooks  # Twilio webhooks under /twilio/ (docs/twilio.md)
 
     twilio_webhooks.init_app(app)

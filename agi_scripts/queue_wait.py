@@ -20,6 +20,7 @@ MAX_SESSION_S = float(os.environ.get("HOTLINE_WAIT_SESSION_S", "60"))
 TICK_S = 1.0
 LISTEN_MAX_S = 20
 RECORD_MAX_S = 15
+HEARD_MAX_CHARS = 500
 
 
 def file_name(call_id: str) -> str:
@@ -122,6 +123,14 @@ def wait(session, max_s: float | None = None) -> None:
                     path = os.path.join(session.services.recordings_dir, file_name(call_id))
                     if agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True):
                         flow.recorded(call_id, path + ".wav")
+                    # words already as text: the live simulator's callers (a PBX with its own
+                    # recogniser may set it too); acted on now, like speech heard over EAGI
+                    heard = agi.get_var("HOTLINE_HEARD")[:HEARD_MAX_CHARS]
+                    if heard:
+                        agi.set_var("HOTLINE_HEARD", "")
+                        turn = flow.heard(call_id, heard)
+                        if turn.action != "queue":
+                            return _leave(session, turn)
                     agi.music(True)
                 continue
             if flow.clock() >= deadline:

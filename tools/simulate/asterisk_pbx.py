@@ -88,6 +88,8 @@ class SimAsterisk:
         if cmd.startswith("RECORD FILE"):
             path = cmd.split(" ")[2].strip('"')
             self.sim.write_wav(rec.id, path + ".wav")
+            if getattr(self.sim, "live", False):  # the live caller's words, as text (queue_wait reads them)
+                chan["HOTLINE_HEARD"] = self.sim.words(rec)
             return "200 result=0 (timeout) endpos=8000"
         if cmd.startswith("CHANNEL STATUS"):
             return "200 result=6"
@@ -165,6 +167,10 @@ class SimAsterisk:
         """Dial(): an agent (rings, answers or not), an emergency line, a sub-center."""
         if reason == "agent":
             agent = self.sim.agent_by_endpoint(target)
+            if agent is None and getattr(self.sim, "live", False):  # a person's seat: its demo phone rings
+                from tools.simulate.live import demo_dial
+
+                return demo_dial(self, rec, chan, target, rng)
             if agent is None or not agent.answers:
                 if agent is not None:
                     agent.missed += 1

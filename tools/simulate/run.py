@@ -137,7 +137,7 @@ class Simulation(Callers, Stack, Figures):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.simulate", description="``python -m tools.simulate`` — synthetic "
                                 "calls through the whole product, no phone line needed.")
-    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--calls", type=int, default=None, help="how many callers (default 50; --live: 5)")
     p.add_argument("--front", choices=("twilio", "agi", "both"), default="both")
     p.add_argument("--agents", type=int, default=None, help="simulated seats (default calls/10, 4..100)")
     p.add_argument("--seed", type=int, default=1)
@@ -149,7 +149,15 @@ def main(argv=None) -> int:
                         "processes, as deployed (default: threads of this process; automatic above 200 calls)")
     p.add_argument("--wait-tick", type=int, default=None, help="seconds between Twilio wait-URL rounds "
                    "(default 1, 2 with --processes)")
+    p.add_argument("--live", action="store_true", help="place the calls into the product already running "
+                   "(./run.sh: its FastAGI port, Redis and database); seats signed in to the agent console answer "
+                   "them on the demo phone (see tools/simulate/live.py)")
+    p.add_argument("--gap", type=float, default=3.0, help="--live: seconds between two callers (default 3)")
+    p.add_argument("--patience", type=float, default=600.0, help="--live: how long a caller waits for a person")
     args = p.parse_args(argv)
+    if args.live:
+        return _live(args)
+    args.calls = args.calls or 50
     logging.basicConfig(level=logging.ERROR, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     processes = args.processes or args.calls > 200
@@ -161,4 +169,25 @@ def main(argv=None) -> int:
             print(json.dumps(result, ensure_ascii=False))
         else:
             print_report(sim, result)
+    return 0 if result["lost"] == 0 and result["tickets_missing"] == 0 else 1
+
+
+def _live(args) -> int:
+    from tools.simulate.live import LiveError, live_simulation
+
+    logging.basicConfig(level=logging.ERROR, format="%(name)s %(levelname)s %(message)s")
+    calls = args.calls or 5
+    try:
+        with live_simulation(calls, args.agents or 0, gap_s=args.gap, patience_s=args.patience,
+                             progress=not args.quiet) as sim:
+            print(f"{calls} simulated callers into the running product, one every {args.gap:g} s; "
+                  "answer them in the agent console (演示电话). Ctrl-C stops.", file=sys.stderr, flush=True)
+            result = sim.run()
+    except LiveError as exc:
+        print(f"python -m tools.simulate --live: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print_report(sim, result)
     return 0 if result["lost"] == 0 and result["tickets_missing"] == 0 else 1
