@@ -92,6 +92,7 @@ context = {context}
 disallow = all
 allow = ulaw,alaw
 webrtc = yes              ; ICE, AVPF, rtcp-mux, DTLS-SRTP
+moh_suggest = hotline     ; on 保持 the caller hears the product's hold music (install.sh)
 {dtls}
 auth = {name}
 aors = {name}

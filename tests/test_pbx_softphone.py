@@ -11,7 +11,7 @@ self-signed certificate made in the test's temp dir). The product's web app runs
   with the call's ticket from the INVITE's ``X-Hotline-Ticket``;
 * 接听 answers: Asterisk bridges the citizen with ``PJSIP/seat7101-…``, the channel is Up and
   Asterisk receives the browser's audio over DTLS-SRTP; 保持 / 恢复通话 are Asterisk's Hold /
-  Unhold of that channel; 挂断 ends it.
+  Unhold of that channel (the caller hears the hold music meanwhile); 挂断 ends it.
 
 Settings that cannot work stop the app with a line naming the setting (no Asterisk needed).
 """
@@ -264,6 +264,10 @@ def test_an_agent_registers_in_the_browser_and_answers_holds_and_hangs_up_a_rout
     click(d, "sp-hold")
     wait_until(lambda: any(e.get("Event") == "Hold" and e.get("Channel") == leg for e in world.events_since(mark)),
                10, 0.05, "Asterisk to see the softphone hold the call")
+    citizen_side = call.channel()  # the channel bridged with the agent: the caller hears the hold music
+    wait_until(lambda: any(e.get("Event") == "MusicOnHoldStart" and e.get("Channel") == citizen_side
+                           and e.get("Class") == "hotline" for e in world.events_since(mark)), 10, 0.05,
+               "the product's hold music (class hotline) for the caller")
     wait_text(d, "sp-status", "已保持")
     click(d, "sp-hold")
     wait_until(lambda: any(e.get("Event") == "Unhold" and e.get("Channel") == leg
