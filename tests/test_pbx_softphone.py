@@ -23,7 +23,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +38,8 @@ _missing = [what for what, ok in (("chromium", CHROMIUM), ("chromedriver", os.pa
                                   ("openssl", shutil.which("openssl"))) if not ok]
 browser_needed = pytest.mark.skipif(bool(_missing), reason="softphone browser test needs " + ", ".join(_missing))
 
+# screenshots never into the checkout: HOTLINE_TEST_ARTIFACTS, else the temp dir
+ARTIFACTS = Path(os.environ.get("HOTLINE_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "hotline-artifacts") / "softphone"
 SECRET = "softphone-test-secret-0123456789"
 SEAT, ENDPOINT = "7101", "seat7101"
 CITIZEN = "13812345678"
@@ -186,6 +190,11 @@ def wait_text(driver, element_id, want, timeout=15):
                       f"#{element_id} to say {want!r} (it says {text_of(driver, element_id)!r})")
 
 
+def shot(driver, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
 def click(driver, element_id):
     from selenium.webdriver.common.by import By
 
@@ -250,6 +259,7 @@ def test_an_agent_registers_in_the_browser_and_answers_holds_and_hangs_up_a_rout
                      and e.get("DestChannel", "").startswith(f"PJSIP/{ENDPOINT}-")), None)
     leg = wait_until(dialed, 5, 0.05, "Asterisk to dial the seat's endpoint")
     assert channel_state(world, leg) == "Ringing"
+    shot(d, "1-ringing")
 
     # 接听: Asterisk bridges the citizen with the browser's channel, Up, and hears the browser
     click(d, "sp-answer")
@@ -269,6 +279,7 @@ def test_an_agent_registers_in_the_browser_and_answers_holds_and_hangs_up_a_rout
                            and e.get("Class") == "hotline" for e in world.events_since(mark)), 10, 0.05,
                "the product's hold music (class hotline) for the caller")
     wait_text(d, "sp-status", "已保持")
+    shot(d, "2-held")
     click(d, "sp-hold")
     wait_until(lambda: any(e.get("Event") == "Unhold" and e.get("Channel") == leg
                            for e in world.events_since(mark)), 10, 0.05, "Asterisk to see the call resumed")
