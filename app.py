@@ -203,6 +203,7 @@ def main() -> int:
         log.info("serving on http://%s through nginx (buffering proxy; WEB_PROXY=off to serve gunicorn directly)",
                  public)
     supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
+    started_by = os.getpid()
     print(_summary(public if proxy_dir else bind, bool(proxy_dir), fastagi, url, embedded), flush=True)
     try:
         from gunicorn.app.base import BaseApplication
@@ -224,11 +225,14 @@ def main() -> int:
             log.info("serving on http://%s", bind)
         _Server().run()
     finally:
-        supervisor.stop()  # the worker finishes its job, FastAGI lets calls drain
-        if proxy_dir:
-            shutil.rmtree(proxy_dir, ignore_errors=True)
-        if embedded:
-            embedded.stop()
+        # a gunicorn worker is forked from here and leaves through this block too when it exits
+        # (its own exit code): only the process that started them stops the product's processes
+        if os.getpid() == started_by:
+            supervisor.stop()  # the worker finishes its job, FastAGI lets calls drain
+            if proxy_dir:
+                shutil.rmtree(proxy_dir, ignore_errors=True)
+            if embedded:
+                embedded.stop()
     return 0
 
 

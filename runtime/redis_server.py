@@ -160,6 +160,9 @@ class EmbeddedRedis:
                 # redis-server holds the data directory's lock too, so that a redis-server outliving
                 # a killed parent still keeps a second one off its files
                 pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
+                # its own process group: Ctrl-C in the terminal stops the product, which stops its
+                # processes and then Redis — not Redis first under processes still using it
+                process_group=0,
             )
         except BaseException:
             self.stop()

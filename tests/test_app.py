@@ -90,6 +90,30 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
 
         with socket.create_connection(("127.0.0.1", agi_port), timeout=5):
             pass  # the FastAGI server accepts Asterisk's connections
+        # a web worker that exits (as gunicorn recycles one) leaves the product's processes running:
+        # it was forked from app.py and leaves through main()'s clean-up too
+        def children():
+            out = {}
+            for line in subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-s", str(proc.pid)], capture_output=True,
+                                       text=True).stdout.splitlines():
+                pid, ppid, args = line.split(None, 2)
+                if int(ppid) == proc.pid:
+                    out[int(pid)] = args
+            return out
+
+        before = children()
+        web_worker = [pid for pid, args in before.items() if args.rstrip().endswith("app.py")]
+        assert len(web_worker) == 1, before
+        os.kill(web_worker[0], signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (web_worker[0] in children() or
+                                               len([a for a in children().values() if a.rstrip().endswith("app.py")]) < 1):
+            time.sleep(0.2)
+        assert _get(f"http://127.0.0.1:{port}/healthz")["status"] == "ok"  # a new web worker answers
+        time.sleep(1.5)  # what a wrongly stopped process would show by now
+        after = children()
+        for marker in ("intake.worker", "call_routing.acd tick", "agi_scripts.fastagi_server"):
+            assert [p for p, a in before.items() if marker in a] == [p for p, a in after.items() if marker in a], marker
         # a killed worker and timer process are started again, and /metrics says so
         killed = {}
         for line in subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-s", str(proc.pid)], capture_output=True,
