@@ -130,8 +130,10 @@ def _summary(web: str, proxied: bool, fastagi: str, redis_url: str, embedded) ->
         f"  sign in    http://{shown}:{port}/login   (users: python -m consoles.users; docs/consoles.md)",
         f"  FastAGI    {'agi://' + fastagi if fastagi != 'off' else 'off (FASTAGI_BIND)'}   (Asterisk: docs/asterisk.md)",
         f"  Redis      {redis_line}",
-        f"  database   {make_url(db).render_as_string(hide_password=True)}",
-        "  background worker (speech, callbacks, hand-offs), timers — restarted if they die", ""])
+        f"  database   {make_url(db).render_as_string(hide_password=True)}"
+        + (f"   (schema {os.environ['DATABASE_SCHEMA']})" if os.environ.get("DATABASE_SCHEMA") else ""),
+        "  background worker (speech, callbacks, hand-offs), timers — restarted if they die",
+        "  first call .venv/bin/python -m tools.simulate --live   (simulated callers; README: First call)", ""])
 
 
 def _cannot_listen(address: str) -> str | None:
