@@ -154,16 +154,22 @@ def main(argv=None) -> int:
                    "them on the demo phone (see tools/simulate/live.py)")
     p.add_argument("--gap", type=float, default=3.0, help="--live: seconds between two callers (default 3)")
     p.add_argument("--patience", type=float, default=600.0, help="--live: how long a caller waits for a person")
+    from tools.simulate.faults import FaultRun, fault_arg
+
+    p.add_argument("--fault", action="append", type=fault_arg, default=[], metavar="KIND@SECOND[xN]",
+                   help="kill-worker, kill-timers, kill-fastagi, kill-redis, slow-http, trickle-agi at SECOND "
+                        "(repeatable; runs the product as supervised processes; docs/simulate.md)")
     args = p.parse_args(argv)
     if args.live:
         return _live(args)
     args.calls = args.calls or 50
     logging.basicConfig(level=logging.ERROR, format="%(name)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    processes = args.processes or args.calls > 200
-    with Simulation(args.calls, args.front, args.agents, args.seed, lazy_agents=args.lazy_agents,
-                    ramp_s=args.ramp, progress=not args.quiet, processes=processes,
-                    wait_tick_s=args.wait_tick or (2 if processes else 1)) as sim:
+    processes = args.processes or args.calls > 200 or bool(args.fault)
+    cls, extra = (FaultRun, {"faults": args.fault}) if args.fault else (Simulation, {})
+    with cls(args.calls, args.front, args.agents, args.seed, lazy_agents=args.lazy_agents,
+             ramp_s=args.ramp, progress=not args.quiet, processes=processes,
+             wait_tick_s=args.wait_tick or (2 if processes else 1), **extra) as sim:
         result = sim.run()
         if args.quiet:
             print(json.dumps(result, ensure_ascii=False))

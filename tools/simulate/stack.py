@@ -70,15 +70,13 @@ class Servers:
         self.base_url = f"http://127.0.0.1:{self.web_port}"
         env = dict(os.environ, TWILIO_OFFER_LISTENER="1", SIM_WAIT_TICK_S=str(self.wait_tick_s),
                    PYTHONPATH=str(ROOT), HOTLINE_REDIS_CONNECTIONS="512")
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env}
-        self._children.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(self.web_workers), "-k", "gthread", "--threads", "16",
-             "--backlog", "2048", "-b", f"127.0.0.1:{self.web_port}", "--log-level", "error", "tools.simulate:web_app()"],
-            **quiet))
-        self._children.append(subprocess.Popen(
-            [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", "127.0.0.1", "--port", str(agi_port),
-             "--processes", "2", "--workers", str(self.agi_workers), "--timeout", "30", "--log-level", "ERROR"],
-            **quiet))
+        self._launch({
+            "web": [sys.executable, "-m", "gunicorn", "-w", str(self.web_workers), "-k", "gthread", "--threads", "16",
+                    "--backlog", "2048", "-b", f"127.0.0.1:{self.web_port}", "--log-level", "error",
+                    "tools.simulate:web_app()"],
+            "fastagi": [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", "127.0.0.1", "--port",
+                        str(agi_port), "--processes", "2", "--workers", str(self.agi_workers), "--timeout", "30",
+                        "--log-level", "ERROR"]}, env)
         self.agi_address = ("127.0.0.1", agi_port)
         self.agi_server = self.agi_services = None
         deadline = time.monotonic() + 60
@@ -97,6 +95,12 @@ class Servers:
                     pass
                 time.sleep(0.2)
         self._spawn(self.cloud.follow, self.redis_url, self.stop, name="twilio-rest")
+
+    def _launch(self, commands: dict[str, list[str]], env: dict) -> None:
+        """Start the product's processes (name -> command); :mod:`.faults` supervises them instead."""
+        for command in commands.values():
+            self._children.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                   cwd=ROOT, env=env))
 
     def _start_web(self) -> None:
         from app import create_app
