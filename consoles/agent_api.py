@@ -22,6 +22,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from call_routing.acd import ACD, ACDError
 from intake.callback_jobs import rq_dispatch
+from runtime.redis_conn import redis_client
 
 TOKEN_TTL_S = 12 * 3600
 log = logging.getLogger("hotline.agent_api")
@@ -31,7 +32,7 @@ bp = Blueprint("agent_api", __name__, url_prefix="/agent/api")
 def init_app(app) -> None:
     """Register the API with an ACD on ``REDIS_URL`` (or ``app.extensions['acd']`` if set)."""
     if "acd" not in app.extensions:
-        client = redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True)
+        client = redis_client(app.config["REDIS_URL"], decode_responses=True)
         app.extensions["acd"] = ACD(client, app.extensions["rules"], dispatch_callback=rq_dispatch)
     app.register_blueprint(bp)
 

@@ -69,9 +69,9 @@ def apply_published(client, path) -> str | None:
 
 
 def follow(url: str, path: str, stop=lambda: False) -> None:
-    import redis
+    from runtime.redis_conn import redis_client
 
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     apply_published(client, path)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(CHANNEL)

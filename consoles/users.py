@@ -20,7 +20,7 @@ import os
 import sys
 
 from intake.callback_jobs import rq_dispatch
-from runtime.redis_server import product_redis_url
+from runtime.redis_conn import redis_client
 
 from .db import ROLES, ConsoleError, ConsoleStore, generate_password
 
@@ -117,8 +117,8 @@ def _seat(args) -> int:
         sid, _, level = part.strip().partition(":")
         if sid:
             skills[sid] = int(level or 50)
-    acd = ACD.from_url(product_redis_url(), RulesStore(os.environ.get("RULES_PATH") or None),
-                       dispatch_callback=rq_dispatch)
+    acd = ACD(redis_client(decode_responses=True), RulesStore(os.environ.get("RULES_PATH") or None),
+              dispatch_callback=rq_dispatch)
     try:
         acd.save_agent(seat_profile(acd.rules, args.agent_id, args.name, skills, args.endpoint))
     except ACDError as exc:

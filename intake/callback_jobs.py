@@ -43,10 +43,7 @@ def _rq_connection(acd):
     """The ACD's Redis without response decoding (rq stores pickled jobs), built once per ACD."""
     conn = getattr(acd, "_rq_connection", None)
     if conn is None:
-        from redis import ConnectionPool, Redis
+        from runtime.redis_conn import same_redis
 
-        pool = acd.redis.connection_pool
-        kwargs = dict(pool.connection_kwargs, decode_responses=False)
-        conn = acd._rq_connection = Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
-                                                                          **kwargs))
+        conn = acd._rq_connection = same_redis(acd.redis, decode_responses=False)
     return conn

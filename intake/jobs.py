@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from call_routing.rules import CHINA_TZ, Rules
+from runtime.redis_conn import redis_client, sentinels_from_env
 
 log = logging.getLogger("hotline.jobs")
 
@@ -471,16 +472,15 @@ class CallTickets:
         cfg.update({k: v for k, v in (config or {}).items() if v})
         store = ticket_store(cfg.get("DATABASE_URL"))
         speech_q = handoff_q = drafts = None
-        if cfg.get("REDIS_URL"):
-            import redis
+        if cfg.get("REDIS_URL") or sentinels_from_env():
             from rq import Queue
 
             from intake.tickets import TicketDrafts
 
-            conn = redis.Redis.from_url(cfg["REDIS_URL"])
+            conn = redis_client(cfg.get("REDIS_URL"))
             speech_q, handoff_q = Queue(SPEECH_QUEUE, connection=conn), Queue(HANDOFF_QUEUE, connection=conn)
-            drafts = TicketDrafts(redis.Redis.from_url(cfg["REDIS_URL"], decode_responses=True, socket_timeout=3,
-                                                       socket_connect_timeout=2))
+            drafts = TicketDrafts(redis_client(cfg.get("REDIS_URL"), decode_responses=True, socket_timeout=3,
+                                               socket_connect_timeout=2))
             if store.drafts is None:
                 store._drafts = drafts
         return cls(store, speech_q, handoff_q, drafts)

@@ -31,12 +31,12 @@ class TicketDrafts:
 
     @classmethod
     def from_env(cls) -> "TicketDrafts | None":
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            return None
-        import redis
+        from runtime.redis_conn import redis_client, sentinels_from_env
 
-        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=3, socket_connect_timeout=2))
+        url = os.environ.get("REDIS_URL")
+        if not url and not sentinels_from_env():
+            return None
+        return cls(redis_client(url, decode_responses=True, socket_timeout=3, socket_connect_timeout=2))
 
     def key(self, call_id: str) -> str:
         return f"{self.prefix}draft:{call_id}"

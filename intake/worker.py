@@ -20,12 +20,12 @@ import os
 import socket
 import sys
 
-from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 
 from intake import jobs
+from runtime.redis_conn import redis_client
 
 log = logging.getLogger("hotline.worker")
 MAINTENANCE_INTERVAL_S = 30
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    connection = Redis.from_url(args.url)
+    connection = redis_client(args.url)  # REDIS_SENTINELS: the primary, followed across failovers
     queues = [Queue(name, connection=connection) for name in args.queues]
     try:
         preload()
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from intake.tickets import TicketDrafts
 
-    drafts = TicketDrafts(Redis.from_url(args.url, decode_responses=True))
+    drafts = TicketDrafts(redis_client(args.url, decode_responses=True))
     store = jobs.ticket_store()
     if store.drafts is None:
         store._drafts = drafts

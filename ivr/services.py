@@ -15,6 +15,7 @@ from call_routing.rules_store import RulesStore
 
 from call_routing.acd.core import LEAVE_REASONS
 from intake.callback_jobs import rq_dispatch
+from runtime.redis_conn import redis_client, sentinels_from_env
 
 from .prefill import PrefillClassifier
 from .flow import CallFlow, MemoryCalls, MemoryQueue, MemoryTickets, QueueStatus, RedisCalls
@@ -179,19 +180,17 @@ def build(config: dict | None = None) -> Services:
         cfg["invite_after_s"] = os.environ["HOTLINE_INVITE_AFTER_S"]
     cfg.update({k: v for k, v in (config or {}).items()})
     store = cfg.get("rules_store") or RulesStore(cfg.get("RULES_PATH") or None)
-    if cfg.get("REDIS_URL"):
-        import redis
-
+    if cfg.get("REDIS_URL") or sentinels_from_env():
         from call_routing.acd import ACD
 
         # short socket timeouts: a stuck Redis must end in the dialplan fallback, not in silence.
         # One pool for every thread of the process (FastAGI: up to 512 sessions at once): redis-py's
         # default pool refuses the 101st concurrent command; this one waits up to 3 s for a connection.
-        pool = redis.BlockingConnectionPool.from_url(
-            cfg["REDIS_URL"], decode_responses=True, socket_timeout=3, socket_connect_timeout=2, timeout=3,
+        client = redis_client(
+            cfg.get("REDIS_URL"), decode_responses=True, socket_timeout=3, socket_connect_timeout=2,
+            wait_for_connection=3,
             max_connections=int(cfg.get("HOTLINE_REDIS_CONNECTIONS") or os.environ.get("HOTLINE_REDIS_CONNECTIONS")
                                 or 256))
-        client = redis.Redis(connection_pool=pool)
         queue, calls = AcdQueue(ACD(client, store, dispatch_callback=rq_dispatch)), RedisCalls(client)
     else:
         log.warning("REDIS_URL is not set: queue and call state live in this process only")

@@ -20,7 +20,7 @@ from datetime import datetime
 from call_routing.rules import CHINA_TZ
 from call_routing.rules_store import RulesStore
 from intake.callback_jobs import rq_dispatch  # the one import above the core: this command is an entry point
-from runtime.redis_server import product_redis_url
+from runtime.redis_conn import redis_client
 
 from .core import ACD
 
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     kpi.add_argument("--until")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    acd = ACD.from_url(product_redis_url(),
-                       RulesStore(os.environ.get("RULES_PATH") or None), dispatch_callback=rq_dispatch)
+    acd = ACD(redis_client(decode_responses=True),
+              RulesStore(os.environ.get("RULES_PATH") or None), dispatch_callback=rq_dispatch)
     if args.command == "kpi":
         print(json.dumps(acd.kpis(_ts(args.since), _ts(args.until)), ensure_ascii=False))
         return 0

@@ -20,6 +20,7 @@ import redis as redis_lib
 
 from call_routing.rules import Rules
 from call_routing.workdays import WorkdayCalendar, default_calendar
+from runtime.redis_conn import ReplicaWait, redis_client
 
 from .keys import Keys, lua_key_functions
 from .model import (AGENT_STATES, CALL_STATES, LEAVE_REASONS, MAX_PRIORITY, PHONE_BUSY,  # noqa: F401 (re-exported)
@@ -105,6 +106,7 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
         self._plans: dict = {}
         self._scripts = {name: _HEADER + "\n" + body for name, body in _BODIES.items()}
         self._shas = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()}
+        self._replica = ReplicaWait(client)  # with Sentinel: a state change returns once a replica holds it
 
     ring_timeout_s = _timer("ring_timeout_s")
     callback_ring_timeout_s = _timer("callback_ring_timeout_s")
@@ -117,7 +119,7 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
 
     @classmethod
     def from_url(cls, url: str, rules, **kwargs) -> "ACD":
-        return cls(redis_lib.Redis.from_url(url, decode_responses=True), rules, **kwargs)
+        return cls(redis_client(url, decode_responses=True), rules, **kwargs)
 
     @property
     def rules(self) -> Rules:
@@ -137,11 +139,7 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
         # one tab-separated argument (see acd.lua); a tab inside a value would shift the fields
         settings = f"{self.keys.prefix}\t{self.ring_timeout_s}\t{self.callback_ring_timeout_s}\t{self.log_max}"
         argv = "\t".join((settings, repr(float(now)), *(str(a).replace("\t", " ") for a in args)))
-        try:
-            raw = self.redis.evalsha(self._shas[name], 0, argv)
-        except redis_lib.exceptions.NoScriptError:  # a restarted or new server: load once, run again
-            self.redis.script_load(self._scripts[name])
-            raw = self.redis.evalsha(self._shas[name], 0, argv)
+        raw = self._eval(name, argv)
         values = _text(raw).split("\t")
         offers = tuple(Offer(values[i], values[i + 1], values[i + 2], int(values[i + 3]), values[i + 4])
                        for i in range(2, len(values), 5))
@@ -149,6 +147,24 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
         for offer in offers:
             self._announce(offer)
         return result
+
+    def _eval(self, name: str, argv: str):
+        if not self._replica.enabled:
+            try:
+                return self.redis.evalsha(self._shas[name], 0, argv)
+            except redis_lib.exceptions.NoScriptError:  # a restarted or new server: load once, run again
+                self.redis.script_load(self._scripts[name])
+                return self.redis.evalsha(self._shas[name], 0, argv)
+        for _ in range(2):  # Sentinel: the script and WAIT on one connection (a new primary: load, again)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._shas[name], 0, argv)
+            raw, = self._replica.execute(pipe, raise_on_error=False)
+            if not isinstance(raw, redis_lib.exceptions.NoScriptError):
+                break
+            self.redis.script_load(self._scripts[name])
+        if isinstance(raw, Exception):
+            raise raw
+        return raw
 
     # -- the queue log ----------------------------------------------------------------------
     def events(self, since: float | None = None, until: float | None = None) -> Iterable[dict]:

@@ -326,10 +326,9 @@ class TwilioCallbackDialer:
         self.public_url = (public_url or os.environ.get("TWILIO_PUBLIC_URL") or "").rstrip("/") or None
         self.http_client = http_client
         if redis_client is None:
-            import redis
+            from runtime.redis_conn import redis_client as make_client
 
-            redis_client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                                                decode_responses=True)
+            redis_client = make_client(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), decode_responses=True)
         self.legs = Legs(redis_client)
         self.ring_timeout_s = ring_timeout_s
         self._client = None

@@ -79,9 +79,9 @@ def init_app(app, services=None) -> None:
 
         acd = app.extensions.get("acd")
         if acd is None:
-            import redis
+            from runtime.redis_conn import redis_client
 
-            acd = app.extensions["acd"] = ACD(redis.Redis.from_url(app.config["REDIS_URL"], decode_responses=True),
+            acd = app.extensions["acd"] = ACD(redis_client(app.config["REDIS_URL"], decode_responses=True),
                                               app.extensions["rules"], dispatch_callback=rq_dispatch)
         queue = AcdQueue(acd)
         services = build({"REDIS_URL": app.config["REDIS_URL"], "rules_store": app.extensions["rules"],
