@@ -101,11 +101,10 @@ def _process_report(redis_url: str):
     """The supervisor's report, to Redis: every process of the product reads it from there."""
     import json
 
-    import redis
-
+    from runtime.redis_conn import redis_client
     from runtime.supervisor import STATE_KEY, STATE_TTL_S
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(redis_url, socket_timeout=2, socket_connect_timeout=2)
 
     def report(states: dict) -> None:
         pipe = client.pipeline()
@@ -156,6 +155,7 @@ def _cannot_listen(address: str) -> str | None:
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
     from runtime.redis_server import DataDirError, redis_url_or_embedded
+    from runtime.redis_conn import SettingError, sentinel_summary
     from runtime.proxy import nginx_binary, nginx_command, nginx_config
     from runtime.redis_server import free_port
     from runtime.supervisor import Supervisor
@@ -174,12 +174,14 @@ def main() -> int:
                   f"set {setting} to a free host:port{' or off' if setting == 'FASTAGI_BIND' else ''})",
                   file=sys.stderr)
             return 1
-    try:  # REDIS_DATA_DIR (default var/redis): seats, queues and callbacks survive a restart
-        url, embedded = redis_url_or_embedded(persistent=True)
-    except DataDirError as exc:
-        print(exc, file=sys.stderr)
+    try:  # REDIS_SENTINELS: the Sentinels' primary; else REDIS_DATA_DIR (default var/redis) keeps the data
+        sentinels = sentinel_summary()
+        url, embedded = (None, None) if sentinels else redis_url_or_embedded(persistent=True)
+    except (DataDirError, SettingError) as exc:
+        print(f"cannot start: {exc}" if isinstance(exc, SettingError) else exc, file=sys.stderr)
         return 1
-    os.environ["REDIS_URL"] = url
+    if url:
+        os.environ["REDIS_URL"] = url
     if embedded:
         log.info("started embedded Redis at %s (set REDIS_URL to use your own)", url)
     if not os.environ.get("DATABASE_URL"):
@@ -187,7 +189,7 @@ def main() -> int:
     import consoles
 
     consoles.bootstrap_from_env()  # first start: admin account (ADMIN_PASSWORD, else a printed one-time password)
-    children = {"worker": [sys.executable, "-m", "intake.worker", "--url", url],  # speech, callbacks, hand-offs
+    children = {"worker": [sys.executable, "-m", "intake.worker", *(["--url", url] if url else [])],  # speech, …
                 "timers": [sys.executable, "-m", "call_routing.acd", "tick"]}  # overflow, ring/wrap-up timeouts, callbacks
     fastagi = os.environ.get("FASTAGI_BIND", "127.0.0.1:4573")
     if fastagi != "off":
@@ -206,7 +208,7 @@ def main() -> int:
                  public)
     supervisor = Supervisor(children, cwd=ROOT, report=_process_report(url)).start()  # restarted when they die
     started_by = os.getpid()
-    print(_summary(public if proxy_dir else bind, bool(proxy_dir), fastagi, url, embedded), flush=True)
+    print(_summary(public if proxy_dir else bind, bool(proxy_dir), fastagi, sentinels or url, embedded), flush=True)
     try:
         from gunicorn.app.base import BaseApplication
 
