@@ -78,11 +78,13 @@ class _Plans:
     def __init__(self, rules: Rules):
         v = rules.version
         hot = rules.hotline
-        self.main = Decision(hot.number, "main", v, (_enqueue(hot.skill, hot.number),), hot.skill)
+        self.main = Decision(hot.number, "main", v, (_say(hot.greeting), _enqueue(hot.skill, hot.number)), hot.skill)
         self.by_line: dict[str, tuple] = {}
         for number, line in rules.lines.items():
             transfers = conference_options(rules, line)
-            normal = Decision(number, line.mode, v, (_enqueue(line.skill, number),), line.skill, None, transfers)
+            greeting = (_say(line.greeting),)  # one sentence, no menu (a merge line's own prompt replaces it)
+            normal = Decision(number, line.mode, v, greeting + (_enqueue(line.skill, number),), line.skill, None,
+                              transfers)
             if line.mode == "merge":
                 t = line.transition
                 during = Decision(number, "merge", v, (_say(t.prompt, t.audio), _enqueue(line.skill, number)),
@@ -91,13 +93,13 @@ class _Plans:
                     after = Decision(number, "merge", v, (_say(line.after_text), _step(do="hangup")),
                                      None, None, ())
                 else:
-                    steps = ((_say(line.after_text),) if line.after_text else ()) + (_enqueue(line.skill, number),)
+                    steps = ((_say(line.after_text),) if line.after_text else greeting) + (_enqueue(line.skill, number),)
                     after = Decision(number, "merge", v, steps, line.skill, None, transfers)
                 self.by_line[number] = (t.starts.timestamp(), t.ends.timestamp(), normal, during, after)
             elif line.mode == "subcenter":
                 transfer = _step(do="transfer", number=line.subcenter_target, name=line.subcenter_name,
                                  fallback_skill=line.skill)
-                self.by_line[number] = (None, None, Decision(number, "subcenter", v, (transfer,), None,
+                self.by_line[number] = (None, None, Decision(number, "subcenter", v, greeting + (transfer,), None,
                                                              None, transfers), None, None)
             else:
                 self.by_line[number] = (None, None, normal, None, None)

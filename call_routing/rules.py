@@ -107,6 +107,7 @@ class Line:
     expert_skill: str | None = None
     subcenter_name: str | None = None
     subcenter_target: str | None = None
+    greeting: str | None = None  # the line's own, else the hotline's
 
 
 @dataclass(frozen=True)
@@ -361,9 +362,10 @@ def _keywords(doc: _Doc, emergency, base_dir: Path) -> tuple[schema.KeywordsFile
 
 
 def _compile(spec: schema.RulesFile, keywords: schema.KeywordsFile, name: str, version: str, kw_path: str) -> Rules:
-    lines = {number: _line(number, s) for number, s in spec.lines.items()}
+    lines = {number: _line(number, s, spec.hotline.greeting) for number, s in spec.lines.items()}
     skills = {sid: _skill(sid, s) for sid, s in spec.skills.items()}
-    hotline = Line(spec.hotline.number, spec.hotline.name, "", "main", spec.hotline.skill)
+    hotline = Line(spec.hotline.number, spec.hotline.name, "", "main", spec.hotline.skill,
+                   greeting=spec.hotline.greeting)
     names, words = spec.emergency.lines.model_dump(by_alias=True), keywords.model_dump(by_alias=True)
     queue = spec.queue
     return Rules(
@@ -378,11 +380,12 @@ def _compile(spec: schema.RulesFile, keywords: schema.KeywordsFile, name: str, v
     )
 
 
-def _line(number: str, s: schema.Line) -> Line:
+def _line(number: str, s: schema.Line, greeting: str) -> Line:
     t, after, sub = (getattr(s, k, None) for k in ("transition", "after", "subcenter"))
     return Line(number, s.name, s.department, s.mode, s.skill,
                 t and TransitionPrompt(t.starts, t.until, t.prompt, t.audio), after and after.action,
-                after and after.text, getattr(s, "expert_skill", None), sub and sub.name, sub and sub.target)
+                after and after.text, getattr(s, "expert_skill", None), sub and sub.name, sub and sub.target,
+                s.greeting or greeting)
 
 
 def _skill(sid: str, s: schema.Skill) -> Skill:

@@ -51,6 +51,8 @@ def _raw(value) -> str:
 
 MAX_PROMPT_CHARS = 300  # a prompt is spoken to every caller of its line: 300 characters is over a minute
 MAX_NAME_CHARS = 80
+#: what every caller hears first when the rules say nothing else (one sentence, no menu)
+DEFAULT_GREETING = "您好，这里是12345政务服务便民热线，正在为您接通坐席。"
 
 
 def _text(what: str, limit: int = MAX_NAME_CHARS):
@@ -201,6 +203,8 @@ class Hotline(Section):
         description="热线号码：加引号的字符串，只写数字，不带区号，如 \"12345\"")
     name: Name = Field(description="热线名称（坐席和班长看到的名字）")
     skill: SkillRef = Field(description="接听主号来电的坐席组 id（skills 下定义，不能是专家坐席组）")
+    greeting: Prompt = Field(DEFAULT_GREETING, description="每通来电接通后先听到的一句问候（语音合成播放），然后排队；"
+                                                          "原热线没有自己的 greeting 时也播放这一句（没有菜单）")
 
 
 class Queue(Section):
@@ -310,6 +314,8 @@ class Line(Section):
     department: Department = Field(description="主管部门")
     mode: str = Field(description=_MODE)
     skill: SkillRef = Field(description="在 12345 内接听该业务的坐席组 id（skills 下定义，不能是专家坐席组）")
+    greeting: Prompt = Field(None, description="可选：本线路来电先听到的一句问候，代替主号的 greeting；"
+                                               "并入线路在过渡期内和过渡期后有提示语时只听提示语")
 
     @classmethod
     def unknown(cls, key: str) -> str:

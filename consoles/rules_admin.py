@@ -43,14 +43,15 @@ log = logging.getLogger("hotline.consoles.rules")
 
 #: Form fields per mode: (path inside the line, label, kind). Mode itself is changed in the YAML editor.
 LINE_FIELDS = {
-    "common": [("name", "名称", "text"), ("department", "主管部门", "text"), ("skill", "坐席组", "skill")],
+    "common": [("name", "名称", "text"), ("department", "主管部门", "text"), ("skill", "坐席组", "skill"),
+               ("greeting", "问候语（可空：用 12345 主号的问候语）", "textarea")],
     "merge": [("transition.from", "过渡期开始", "moment"), ("transition.until", "过渡期结束（含当日）", "moment"),
               ("transition.prompt", "过渡期提示语", "textarea"), ("transition.audio", "提示录音文件（可空）", "text"),
               ("after.action", "过渡期后", "after_action"), ("after.text", "过渡期后提示语", "textarea")],
     "dual": [("expert_skill", "专家坐席组（可空）", "expert_skill")],
     "subcenter": [("subcenter.name", "分中心名称", "text"), ("subcenter.target", "分中心号码或SIP地址", "text")],
 }
-OPTIONAL = {"transition.audio", "after.text", "expert_skill"}
+OPTIONAL = {"transition.audio", "after.text", "expert_skill", "greeting"}
 MODE_NAMES = {"merge": "整体并入", "dual": "双号并行", "subcenter": "设分中心", "main": "12345主号",
               "emergency": "紧急联动"}
 

@@ -59,9 +59,11 @@ def to_pinyin(text: str) -> str:
 
 
 def rules_prompts(rules) -> list[str]:
-    """Every text the rules may have a caller hear (transition, after, emergency notices)."""
-    texts = []
+    """Every text the rules may have a caller hear (greetings, transition, after, emergency notices)."""
+    texts = [rules.hotline.greeting] if rules.hotline.greeting else []
     for line in rules.lines.values():
+        if line.greeting:
+            texts.append(line.greeting)
         if line.transition is not None and not line.transition.audio:
             texts.append(line.transition.prompt)
         if line.after_text:

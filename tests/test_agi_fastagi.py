@@ -82,11 +82,11 @@ def test_merged_number_after_its_window_hears_the_retirement_notice_and_is_still
     assert p.played == [say(world.rules.lines["12301"].after_text)]
 
 
-def test_dual_number_goes_straight_to_its_own_seats_without_a_prompt(world):
+def test_dual_number_greets_and_goes_straight_to_its_own_seats_without_a_menu(world):
     p = call(world, "12348")
     assert (p.variables["HOTLINE_ACTION"], p.variables["HOTLINE_SKILL"], p.variables["HOTLINE_LINE"]) == \
         ("queue", "legal", "12348")
-    assert p.played == []
+    assert p.played == [say(world.rules.hotline.greeting)]
 
 
 def test_subcenter_number_is_transferred_to_the_subcenter(world):

@@ -117,20 +117,22 @@ def test_main_line_over_pipes_queues_for_general_seats_with_a_ticket(env):
     assert v["HOTLINE_RULES_VERSION"] == load_rules().version
     t = tickets(env).by_call("p-main")
     assert str(t.id) == v["HOTLINE_TICKET"] and t.entry_line == "12345"
+    assert peer.played == [sound_path(PROMPTS, "您好，这里是12345政务服务便民热线，正在为您接通坐席。")]  # the greeting
     assert "COMMAND:" not in err  # no pyst2 debug noise on the Asterisk console
 
 
-@pytest.mark.parametrize("dialed,action,skill,target", [
-    ("12348", "queue", "legal", ""),
-    ("12366", "transfer", "", "sip:12366@subcenter-tax.example.gov.cn"),
-    ("120", "transfer", "", "120"),
+@pytest.mark.parametrize("dialed,action,skill,target,greeting", [
+    ("12348", "queue", "legal", "", "您好，这里是12345政务服务便民热线，正在为您接通坐席。"),
+    ("12366", "transfer", "", "sip:12366@subcenter-tax.example.gov.cn",
+     "您好，这里是12345政务服务便民热线，正在为您转接税务总局12366分中心。"),  # the line's own
+    ("120", "transfer", "", "120", None),  # an emergency number is handed over at once
 ])
-def test_dual_subcenter_and_emergency_numbers_over_pipes(env, dialed, action, skill, target):
+def test_dual_subcenter_and_emergency_numbers_over_pipes(env, dialed, action, skill, target, greeting):
     peer, code, err = run_script(env, agi_env(dialed, uniqueid=f"p-{dialed}"))
     assert code == 0, err
     assert (peer.variables["HOTLINE_ACTION"], peer.variables["HOTLINE_SKILL"], peer.variables["HOTLINE_TARGET"]) == \
         (action, skill, target)
-    assert peer.played == []
+    assert peer.played == ([sound_path(PROMPTS, greeting)] if greeting else [])
 
 
 def test_merged_number_inside_the_window_plays_the_transition_prompt(env, tmp_path):

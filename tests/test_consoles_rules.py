@@ -257,7 +257,7 @@ def test_the_rules_schema_for_the_yaml_editor_is_the_models_and_is_served_to_adm
     assert by_mode["propertyName"] == "mode" and set(by_mode["mapping"]) == {"merge", "dual", "subcenter"}
     merge = defs[by_mode["mapping"]["merge"].rsplit("/", 1)[1]]
     assert list(merge["properties"]) == schema.MergeLine.keys() == ["name", "department", "mode", "skill",
-                                                                      "transition", "after"]
+                                                                      "greeting", "transition", "after"]
     assert list(defs["Transition"]["properties"]) == ["from", "until", "prompt", "audio"]
     ring = defs["Queue"]["properties"]["ring_timeout_s"]
     assert (ring["type"], ring["minimum"], ring["maximum"]) == ("integer", 5, 120) and "秒" in ring["description"]

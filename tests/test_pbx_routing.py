@@ -15,7 +15,6 @@ import pytest
 from bench.asterisk_lab import wait_until
 from call_routing.router import decide
 from ivr.asterisk.agi import sound_of
-from ivr.flow import INVITE
 from ivr.prompts import sound_path
 from tests.pbx_world import AFTER_FORWARD, AFTER_HANGUP, BEFORE_WINDOW
 
@@ -51,18 +50,19 @@ def test_every_number_is_routed_as_its_own_line_by_the_real_pbx_with_and_without
     assert not wrong, wrong
     # the legacy lines all differ from 12345: the bug this guards against routed them all as 12345
     assert len({c.first_var("HOTLINE_LINE") for c in calls.values()}) == len(world.rules.lines) + 1
-    # prompts: every merge line's transition prompt (or after-window notice) really played
+    # prompts: every line's greeting, every merge line's transition prompt (or after-window notice) really played
     for (number, dnid), call in calls.items():
         want = expected(world, number)["prompts"]
         if want:
             wait_until(lambda: call.played()[: len(want)] == want or None, 30, 0.1,
                        f"the prompts of {number} to play")
-    # retired numbers outside their window: before it a normal line (no prompt); after it the
+    # retired numbers outside their window: before it a normal line (the greeting); after it the
     # notice, then the seats with the project's hold music (forward), or the end of the call
     before, forward, hangup = (calls[(n, False)] for n in (BEFORE_WINDOW, AFTER_FORWARD, AFTER_HANGUP))
     assert len(expected(world, AFTER_HANGUP)["prompts"]) == 1 and hangup.first_var("HOTLINE_ACTION") == "hangup"
     wait_until(lambda: hangup.hung_up(hangup.channel()), 10, 0.1, "the retired number to hang up")
     wait_until(lambda: "hotline" in forward.hold_music(), 10, 0.1, "hold music on the forwarded call")
     assert not forward.hung_up(forward.channel())
-    first = [f for f, _ in before.streamed()][:1]  # nothing, or the invitation of any waiting caller
-    assert first in ([], [sound_path(world.prompt_dir, INVITE)]) and before.first_var("HOTLINE_ACTION") == "queue"
+    first = [f for f, _ in before.streamed()][:1]  # the greeting, the line's only prompt
+    assert first == [sound_path(world.prompt_dir, world.rules.hotline.greeting)]
+    assert before.first_var("HOTLINE_ACTION") == "queue"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,9 @@ from call_routing.rules import CHINA_TZ, load_rules
 
 IN_WINDOW = datetime(2024, 6, 1, 10, 0, tzinfo=CHINA_TZ)
 AFTER_WINDOW = datetime(2027, 3, 1, 10, 0, tzinfo=CHINA_TZ)
+ROOT = Path(__file__).resolve().parent.parent
+#: what every caller of 12345 and of a dual line hears first (one sentence, no menu)
+GREETING = {"do": "say", "text": "您好，这里是12345政务服务便民热线，正在为您接通坐席。", "language": "zh-CN"}
 
 
 def legacy_lines(data_dir):
@@ -49,21 +54,36 @@ def test_each_legacy_number_gets_its_mode_and_steps(rules, row):
         ]
         assert number in line.transition.prompt and "12345" in line.transition.prompt
     elif row["mode"] == "dual":
-        assert steps(d) == [{"do": "enqueue", "skill": line.skill, "line": number}]
+        assert steps(d) == [GREETING, {"do": "enqueue", "skill": line.skill, "line": number}]
         experts = [t for t in d.transfers if t["kind"] == "expert"]
         assert bool(experts) == (row["expert_seats"] == "yes")
         if experts:
             assert rules.skills[experts[0]["skill"]].expert
     else:
-        assert steps(d) == [{"do": "transfer", "number": line.subcenter_target, "name": line.subcenter_name,
+        assert steps(d) == [{"do": "say", "text": f"您好，这里是12345政务服务便民热线，正在为您转接{line.subcenter_name}。",
+                             "language": "zh-CN"},  # the line's own greeting
+                            {"do": "transfer", "number": line.subcenter_target, "name": line.subcenter_name,
                              "fallback_skill": line.skill}]
         assert [t["kind"] for t in d.transfers] == ["subcenter"]
 
 
-def test_12345_goes_straight_to_the_general_seats_without_a_menu(rules):
+def test_12345_greets_in_one_sentence_and_goes_straight_to_the_general_seats_without_a_menu(rules):
     d = decide("12345", "13800138000", IN_WINDOW, None, rules)
     assert (d.line, d.mode) == ("12345", "main")
-    assert steps(d) == [{"do": "enqueue", "skill": "general", "line": "12345"}]
+    assert steps(d) == [GREETING, {"do": "enqueue", "skill": "general", "line": "12345"}]
+
+
+def test_a_line_may_have_its_own_greeting_and_every_line_has_one_by_default(tmp_path):
+    text = (ROOT / "transfer_rules.yaml").read_text("utf-8")
+    text = text.replace("  greeting: 您好，这里是12345政务服务便民热线，正在为您接通坐席。\n", "")  # not written: the default
+    text = text.replace("    mode: dual\n    skill: legal\n",
+                        "    mode: dual\n    skill: legal\n    greeting: 您好，这里是12348法律服务热线。\n")
+    (tmp_path / "transfer_rules.yaml").write_text(text, "utf-8")
+    shutil.copy(ROOT / "emergency_keywords.yaml", tmp_path / "emergency_keywords.yaml")
+    rules = load_rules(tmp_path / "transfer_rules.yaml")
+    assert steps(decide("12345", None, IN_WINDOW, None, rules))[0] == GREETING
+    assert steps(decide("12348", None, IN_WINDOW, None, rules))[0]["text"] == "您好，这里是12348法律服务热线。"
+    assert steps(decide("12369", None, IN_WINDOW, None, rules))[0] == GREETING
 
 
 def test_an_unknown_number_is_treated_as_the_main_hotline(rules):
@@ -84,7 +104,7 @@ def test_transition_starts_at_midnight_china_time_of_its_from_date(rules):
     before = decide("12301", None, starts - timedelta(seconds=1), None, rules)
     at = decide("12301", None, starts, None, rules)
     after = decide("12301", None, starts + timedelta(seconds=1), None, rules)
-    assert [s["do"] for s in before.steps] == ["enqueue"]  # before the window: a normal line
+    assert steps(before) == [GREETING, dict(before.steps[1])]  # before the window: a normal line, greeted
     assert [s["do"] for s in at.steps] == ["say", "enqueue"]
     assert [s["do"] for s in after.steps] == ["say", "enqueue"]
     assert "已并入12345" in at.steps[0]["text"]
@@ -122,7 +142,8 @@ def test_every_merge_line_changes_behaviour_exactly_at_its_window_edges(rules):
         first = decide(number, None, t.starts, None, rules)
         last = decide(number, None, t.ends - timedelta(seconds=1), None, rules)
         over = decide(number, None, t.ends, None, rules)
-        assert [s["do"] for s in just_before.steps] == ["enqueue"], number
+        assert [s["do"] for s in just_before.steps] == ["say", "enqueue"], number
+        assert just_before.steps[0]["text"] == GREETING["text"], number  # greeted like any line
         assert first.steps[0]["text"] == last.steps[0]["text"] == t.prompt, number
         assert over.steps[0]["text"] == line.after_text, number
 

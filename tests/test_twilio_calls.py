@@ -79,7 +79,7 @@ def connect(h, sid, agent="a1", to="12345"):
 
 def test_a_caller_to_12345_is_queued_for_the_general_seats_with_no_menu_and_is_recorded(hotline):
     root = start(hotline, "CAmain1")
-    assert verbs(root) == ["Start", "Enqueue"]
+    assert verbs(root) == ["Say", "Start", "Enqueue"]  # one sentence of greeting, then the queue
     assert root.find("Start/Recording").get("recordingStatusCallback") == "recording"
     enqueue = root.find("Enqueue")
     assert enqueue.text == "hold-general" and enqueue.get("waitUrl") == "wait"
@@ -103,7 +103,7 @@ def test_after_the_transition_window_a_retired_number_hears_the_after_text_and_s
 
 def test_a_dual_number_goes_straight_to_its_own_seat_group(hotline):
     root = start(hotline, "CAdual1", to="12348")
-    assert verbs(root) == ["Start", "Enqueue"]
+    assert verbs(root) == ["Say", "Start", "Enqueue"]  # the greeting, then its own seats
     assert root.find("Enqueue").text == "hold-legal"
 
 

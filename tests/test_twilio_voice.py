@@ -101,6 +101,28 @@ def test_voice_answers_twiml_and_writes_call_ticket_draft_and_leg_together(make_
         assert ticket and draft["line"] == call["line"]  # a ticket for every call that reaches someone
 
 
+@pytest.mark.parametrize("to, greeting, then", [
+    ("12345", "您好，这里是12345政务服务便民热线，正在为您接通坐席。", "Enqueue"),
+    ("12348", "您好，这里是12345政务服务便民热线，正在为您接通坐席。", "Enqueue"),
+    ("12366", "您好，这里是12345政务服务便民热线，正在为您转接税务总局12366分中心。", "Dial"),  # the line's own
+])
+def test_every_line_greets_the_caller_in_one_mandarin_sentence_before_the_queue_or_transfer(make_env, to, greeting,
+                                                                                             then):
+    import xml.etree.ElementTree as ET
+
+    from ivr.twilio import twiml
+
+    client, post = make_env()
+    params = {"CallSid": f"CAgreet{to}", "AccountSid": "AC1", "From": "+8613800000000", "To": to,
+              "CallStatus": "ringing", "Direction": "inbound"}
+    root = ET.fromstring(post("/twilio/voice", params).data)
+    verbs = [el.tag for el in root]
+    say = root.find("Say")
+    assert say is not None and say.text == greeting, ET.tostring(root, encoding="unicode")
+    assert say.get("voice") == twiml.VOICE and say.get("language", "").lower().startswith(("zh", "cmn"))
+    assert then in verbs and verbs.index("Say") < verbs.index(then)  # no menu: then straight on
+
+
 def test_voice_refuses_what_flask_refuses(make_env):
     client, post = make_env()
     params = {"CallSid": "CAforged", "From": "+8613800000000", "To": "12345"}
