@@ -29,6 +29,9 @@ def check(sim, result):
     assert result["lost"] == 0 and not lost, lost
     assert result["tickets_missing"] == 0, sim.missing_tickets
     assert result["server_errors"] == 0 and result["silence"] == 0, sim.stats.errors[:10]
+    # what a Twilio caller hears before a person answers: never more than 2 s of silence
+    quiet = {r.id: r.max_silence_s for r in sim.records.values() if r.max_silence_s > 2}
+    assert result["max_silence_s"] <= 2 and not quiet, quiet
     assert result["connected"] + result["abandoned"] + result["callback"] + result["emergency"] + \
         result["fallback"] + result["announced"] == result["calls"]
 

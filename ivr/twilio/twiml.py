@@ -114,6 +114,12 @@ def wait(steps, listen: dict | None, *, hold_music: str | None, tick_s: int) -> 
         g = r.gather(input="speech", language=LANGUAGE, action="heard", method="POST", speech_timeout="auto",
                      timeout=int(listen.get("timeout_s", 5)), action_on_empty_result=False)
         _speak_into(g, steps)
+    elif listen and listen.get("for") == "digits" and hold_music:
+        # the key can be pressed while the hold music plays: no silent wait for it (≤ 1 s after)
+        g = r.gather(input="dtmf", num_digits=1, action="pressed", method="POST", timeout=1)
+        _speak_into(g, steps)
+        g.play(hold_music)
+        return str(r)
     elif listen and listen.get("for") == "digits":
         g = r.gather(input="dtmf", num_digits=1, action="pressed", method="POST",
                      timeout=int(listen.get("timeout_s", 5)))

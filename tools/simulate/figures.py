@@ -116,6 +116,7 @@ class Figures:
             "announced": outcomes.get("announced", 0), "lost": outcomes.get("lost", 0),
             "transferred": sum(1 for r in self.records.values() if r.transferred),
             "silence": sum(1 for r in self.records.values() if r.silence),
+            "max_silence_s": max((r.max_silence_s for r in self.records.values()), default=0.0),
             "transfers_refused": sum(self.transfers_refused.values()),
             "tickets": len(rows), "tickets_missing": len(missing),
             "server_errors": sum(1 for e in self.stats.errors if re.search(r"HTTP 5(?!03)", e)),

@@ -189,6 +189,9 @@ class SimTwilio(CallerLeg, AgentLegs):
         root = ET.fromstring(raw)
         if root.tag != "Response":
             raise RuntimeError(f"{path}: not TwiML")
+        rec = self.sim.records.get(params.get("CallSid", ""))
+        if rec is not None and rec.outcome is None:  # what the caller hears until a person answers
+            heard_silence(rec, root)
         return root
 
     # -- REST side effects ------------------------------------------------------------------
@@ -210,4 +213,28 @@ class SimTwilio(CallerLeg, AgentLegs):
                 cancel.set()
             return True
         return False
+
+
+def heard_silence(rec, root) -> None:
+    """The caller's transcript in silences: ``<Say>``/``<Play>`` are sound, ``<Pause>`` and a
+    key-press ``<Gather>``'s wait after its prompt are silence, a speech ``<Gather>`` is the
+    caller's turn to talk. ``rec.max_silence_s`` keeps the longest stretch of silence heard, runs
+    across documents joined (a document that ends silent and the next that starts silent)."""
+    def hear(node):
+        tag = node.tag
+        if tag in ("Say", "Play"):
+            rec.silence_run = 0.0
+        elif tag == "Pause":
+            rec.silence_run += float(node.get("length", 1))
+            rec.max_silence_s = max(rec.max_silence_s, rec.silence_run)
+        elif tag == "Gather":
+            for child in node:
+                hear(child)
+            if "speech" in node.get("input", ""):
+                rec.silence_run = 0.0  # the caller was asked to speak: their turn
+            else:
+                rec.silence_run += float(node.get("timeout", 5))
+                rec.max_silence_s = max(rec.max_silence_s, rec.silence_run)
+    for node in root:
+        hear(node)
 
