@@ -58,6 +58,8 @@ class SimAsterisk:
         return {"status": "HANGUP" if hung_up else "SUCCESS"}
 
     def _answer(self, rec, chan, cmd, patience_until, rng) -> str:
+        if rec.outcome is None:  # what the caller hears until a person answers, in silences
+            _heard(rec, chan, cmd)
         if chan.get("_dead"):
             return "511 Command Not Permitted on a dead channel or intercept routine"
         if cmd.startswith("SET VARIABLE"):
@@ -191,4 +193,18 @@ class SimAsterisk:
         rec.detail = rec.detail or target
         time.sleep(rng.uniform(0.2, 0.8))
         return "ANSWER"
+
+
+def _heard(rec, chan: dict, cmd: str) -> None:
+    """Music on hold, prompts and the caller's own recording are sound; waiting for a key with the
+    music off is silence (``rec.max_silence_s``, as for Twilio callers)."""
+    if cmd.startswith("SET MUSIC"):
+        chan["_music"] = cmd.split()[2:3] == ["on"]
+        rec.silence_run = 0.0 if chan["_music"] else rec.silence_run
+    elif cmd.startswith(("STREAM FILE", "RECORD FILE", "EXEC Playback")):
+        rec.silence_run = 0.0
+    elif cmd.startswith("WAIT FOR DIGIT") and not chan.get("_music"):
+        parts = cmd.split()
+        rec.silence_run += (int(parts[3]) if len(parts) > 3 and parts[3].lstrip("-").isdigit() else 1000) / 1000
+        rec.max_silence_s = max(rec.max_silence_s, rec.silence_run)
 
