@@ -198,19 +198,3 @@ def demo_dial(asterisk, rec: CallRecord, chan: dict, target: str, rng) -> str:
     finally:
         phone.hang_up()
 
-
-def live_simulation(calls: int = 5, agents: int = 0, *, gap_s: float = 3.0, patience_s: float = 600.0,
-                    progress: bool = True, seed: int | None = None):
-    """A :class:`~tools.simulate.run.Simulation` of patient callers into the running product."""
-    from tools.simulate.run import Simulation
-
-    class LiveSimulation(Live, Simulation):
-        pass
-
-    # call ids like Asterisk's UNIQUEID (<epoch>.<n>): new ones at every run into the same Redis
-    seed = seed if seed is not None else int(time.time()) - 1700000000
-    sim = LiveSimulation(calls, "agi", max(1, agents), seed, emergency_share=0, callback_share=0,
-                         abandon_share=0, transfer_share=0, ramp_s=gap_s * calls, progress=progress,
-                         call_timeout_s=patience_s)
-    sim.agent_count = agents
-    return sim

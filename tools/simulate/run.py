@@ -178,8 +178,25 @@ def main(argv=None) -> int:
     return 0 if result["lost"] == 0 and result["tickets_missing"] == 0 else 1
 
 
+def live_simulation(calls: int = 5, agents: int = 0, *, gap_s: float = 3.0, patience_s: float = 600.0,
+                    progress: bool = True, seed: int | None = None) -> Simulation:
+    """Patient callers into the running product (:mod:`tools.simulate.live`)."""
+    from tools.simulate.live import Live
+
+    class LiveSimulation(Live, Simulation):
+        pass
+
+    # call ids like Asterisk's UNIQUEID (<epoch>.<n>): new ones at every run into the same Redis
+    seed = seed if seed is not None else int(time.time()) - 1700000000
+    sim = LiveSimulation(calls, "agi", max(1, agents), seed, emergency_share=0, callback_share=0,
+                         abandon_share=0, transfer_share=0, ramp_s=gap_s * calls, progress=progress,
+                         call_timeout_s=patience_s)
+    sim.agent_count = agents
+    return sim
+
+
 def _live(args) -> int:
-    from tools.simulate.live import LiveError, live_simulation
+    from tools.simulate.live import LiveError
 
     logging.basicConfig(level=logging.ERROR, format="%(name)s %(levelname)s %(message)s")
     calls = args.calls or 5
