@@ -3,7 +3,8 @@
 ``create_app(config)`` builds the Flask app from a mapping, then the environment
 (``RULES_PATH``, ``REDIS_URL``, ``DATABASE_URL``, ``TWILIO_AUTH_TOKEN``, ``VOSK_MODEL_PATH``,
 ``PROXY_HOPS``: the number of reverse proxies in front whose ``X-Forwarded-For`` gives the
-client's address for the audit log and sign-in throttling; default 0, the socket's peer).
+client's address for the audit log and sign-in throttling; default 0, the socket's peer;
+``DATABASE_SCHEMA``: the PostgreSQL schema of the tables, read by every store).
 ``python app.py`` runs the whole product on one machine (its background processes supervised:
 restarted with backoff when they die, :mod:`runtime.supervisor`): an embedded Redis when
 ``REDIS_URL`` is not set (its data in ``REDIS_DATA_DIR``, default ``var/redis``, ``off`` for

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from intake.tickets import UTCDateTime, database_url, make_engine
+from intake.tickets import UTCDateTime, create_tables, database_schema, database_url, make_engine
 
 ROLES = ("admin", "supervisor", "agent")
 ROLE_NAMES = {"admin": "管理员", "supervisor": "班长/质检", "agent": "坐席"}
@@ -140,13 +140,9 @@ class ConsoleStore:
 
     def __init__(self, url: str | None = None, *, schema: str | None = None):
         self.url = database_url(url)
+        schema = database_schema(schema)
         self.engine = make_engine(self.url, schema)
-        if schema:
-            from sqlalchemy import text
-
-            with self.engine.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        Base.metadata.create_all(self.engine)
+        create_tables(self.engine, Base.metadata, schema)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:

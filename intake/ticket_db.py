@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
-                        create_engine, event)
+                        create_engine, event, text)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -131,6 +132,29 @@ def database_url(url: str | None = None) -> str:
     return url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
+def database_schema(schema: str | None = None) -> str | None:
+    """The PostgreSQL schema every table lives in: ``schema``, else ``DATABASE_SCHEMA``, else none
+    (the database's own, ``public``). Every process of the product reads the same setting."""
+    return schema or os.environ.get("DATABASE_SCHEMA") or None
+
+
+#: pg_advisory_xact_lock key held while tables are created ("12345" in ASCII)
+_CREATE_LOCK = 0x3132333435
+
+
+def create_tables(engine: Engine, metadata, schema: str | None = None) -> None:
+    """Create ``schema`` (if any) and the tables of ``metadata`` that are missing. On PostgreSQL
+    under one advisory lock: the processes of one or several nodes starting together on an empty
+    database would otherwise race (``duplicate key … pg_type_typname_nsp_index``, ``relation
+    "tickets" already exists``) and some of them die at start."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
+        if schema:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        metadata.create_all(conn)
+
+
 def _wal(dbapi_connection, wait_s: float = 30.0) -> None:
     """Switch a SQLite file to WAL. Several processes opening a fresh file at once (the FastAGI
     server's ``--processes``, the rq worker) race for it, and SQLite answers the loser "database
@@ -154,6 +178,10 @@ def make_engine(url: str | None = None, schema: str | None = None) -> Engine:
     """An engine for ``url``; ``schema`` (PostgreSQL) keeps the tables in their own schema."""
     url = database_url(url)
     u = make_url(url)
+    if schema is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+        raise ValueError(f"DATABASE_SCHEMA {schema!r} is not a schema name (letters, digits, _; at most 63)")
+    if schema and u.get_backend_name() == "sqlite":
+        raise ValueError(f"DATABASE_SCHEMA={schema} needs PostgreSQL, but DATABASE_URL is SQLite ({u.database})")
     if u.get_backend_name() == "sqlite":
         if u.database not in (None, "", ":memory:"):
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)

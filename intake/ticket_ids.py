@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from .ticket_db import TicketRow, TicketSeq
 from .ticket_model import log
@@ -60,6 +61,12 @@ class TicketIds:
         self._ids_lock = threading.Lock()
 
     def _reserve_block(self) -> int:
+        try:
+            return self._reserve_block_once()
+        except IntegrityError:  # PostgreSQL: another process (another node) seeded the numbering this moment
+            return self._reserve_block_once()
+
+    def _reserve_block_once(self) -> int:
         # the common case in one statement, without the ORM (it runs while calls are served)
         seq = TicketSeq.__table__
         with self.engine.begin() as conn:

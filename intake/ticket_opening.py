@@ -2,9 +2,11 @@
 and pre-filled, the flag for manual entry, and how the call ended."""
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from call_routing.numbers import mask
@@ -13,6 +15,24 @@ from call_routing.rules import CHINA_TZ
 from .ticket_db import TicketDaySeq, TicketRow
 from .ticket_drafts import _from_draft
 from .ticket_model import FIELDS, TRANSCRIPT_STATUSES, Ticket, TicketError, _snapshot, log
+
+
+def _once_per_call(method):
+    """Two processes creating the same call's row at once (the ticket writer of one node, a job or
+    the agent console of another, both from the call's draft): on PostgreSQL the second insert
+    fails on the unique ticket id or call id. It then finds the row the first one wrote (SQLite's
+    write lock makes them take turns instead)."""
+
+    @functools.wraps(method)
+    def wrapper(self, call_id: str, *args, **kwargs):
+        try:
+            return method(self, call_id, *args, **kwargs)
+        except IntegrityError:
+            with self._session() as s:
+                if s.scalar(select(TicketRow.id).where(TicketRow.call_id == call_id)) is None:
+                    raise
+            return method(self, call_id, *args, **kwargs)
+    return wrapper
 
 
 class TicketOpening:
@@ -34,6 +54,7 @@ class TicketOpening:
                              ticket_id=d["ticket_id"], from_draft=False)
         return t.id or True
 
+    @_once_per_call
     def open_ticket(self, call_id: str, entry_line: str, caller: str | None = None, *,
                     rules_version: str | None = None, recording: str | None = None,
                     at: datetime | None = None, ticket_id: int | None = None, from_draft: bool = True) -> Ticket:

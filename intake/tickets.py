@@ -36,7 +36,7 @@ from call_routing.workdays import WorkdayCalendar, default_calendar
 # the parts of the store, and every name this module had before they moved (imported from here)
 from .ticket_agent import TicketAgent
 from .ticket_db import (DEFAULT_DATABASE_URL, Base, SupervisionRow, TicketEvent, TicketRow,  # noqa: F401
-                        TicketSeq, UTCDateTime, database_url, make_engine)
+                        TicketSeq, UTCDateTime, create_tables, database_schema, database_url, make_engine)
 from .ticket_drafts import DRAFT_TTL_S, TicketDrafts, _from_draft  # noqa: F401
 from .ticket_ids import TicketIds
 from .ticket_model import (CALLER_ROLES, FIELDS, STATUSES, SUPERVISED_TYPES, TRANSCRIPT_STATUSES,  # noqa: F401
@@ -69,8 +69,8 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
 
             ref = weakref.ref(self)
             os.register_at_fork(after_in_child=lambda: (store := ref()) is not None and store._forget_blocks())
-        self.schema = schema
-        self.engine = make_engine(self.url, schema)
+        self.schema = database_schema(schema)
+        self.engine = make_engine(self.url, self.schema)
         self.policy = policy or TicketPolicy()
         self.calendar = calendar or default_calendar()
         self.clock = clock or (lambda: datetime.now(CHINA_TZ))
@@ -80,10 +80,7 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
             self._add_number_column()
 
     def create_tables(self) -> None:
-        if self.schema:
-            with self.engine.begin() as conn:
-                conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-        Base.metadata.create_all(self.engine)
+        create_tables(self.engine, Base.metadata, self.schema)
 
     def _add_number_column(self) -> None:
         """A database created before tickets had numbers people read gets the column (its older
