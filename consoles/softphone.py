@@ -141,14 +141,14 @@ def main(argv=None) -> int:
 
     from call_routing.acd import ACD
     from call_routing.rules_store import RulesStore
-    from runtime.redis_server import product_redis_url
 
     secret = os.environ.get("SOFTPHONE_SECRET") or ""
     try:
         if len(secret) < MIN_SECRET_CHARS:
             raise SoftphoneError(f"SOFTPHONE_SECRET must be set (at least {MIN_SECRET_CHARS} characters), "
                                  "the same as the web app's")
-        acd = ACD.from_url(product_redis_url(), RulesStore(os.environ.get("RULES_PATH") or None))
+        acd = ACD.from_url(None, RulesStore(  # the product's Redis (Sentinel, REDIS_URL or ./run.sh's)
+            os.environ.get("RULES_PATH") or None))
         seats = []
         for seat_id in args.seats:
             seat = acd.agent(seat_id)

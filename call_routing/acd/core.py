@@ -118,7 +118,7 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
     lost_after_s = _timer("lost_after_s")
 
     @classmethod
-    def from_url(cls, url: str, rules, **kwargs) -> "ACD":
+    def from_url(cls, url: str | None, rules, **kwargs) -> "ACD":
         return cls(redis_client(url, decode_responses=True), rules, **kwargs)
 
     @property
