@@ -70,7 +70,6 @@ class Live:
     live = True
 
     def start(self):
-        import redis as redis_lib
         from rq import Queue
 
         from call_routing.acd import ACD
@@ -79,7 +78,7 @@ class Live:
         from intake import jobs
         from intake.callback_jobs import rq_dispatch
         from intake.tickets import TicketDrafts
-        from runtime.redis_server import product_redis_url
+        from runtime.redis_conn import redis_client
 
         host, self.web_port = web_address()
         self.web_host = host
@@ -91,11 +90,10 @@ class Live:
                             "start it first (./run.sh), or set BIND/HOTLINE_URL to where it runs") from None
         if status != 200:
             raise LiveError(f"the product at http://{host}:{self.web_port} is not healthy (/healthz {status})")
-        self.redis_url = self.redis_url or product_redis_url()
-        self.redis = redis_lib.Redis.from_url(self.redis_url, decode_responses=True)
+        self.redis = redis_client(self.redis_url, decode_responses=True)  # the product's (REDIS_URL, Sentinel, ./run.sh's)
         self.rules_store = RulesStore(os.environ.get("RULES_PATH") or DEFAULT_RULES_PATH)
         self.acd = ACD(self.redis, self.rules_store, dispatch_callback=rq_dispatch)
-        conn = redis_lib.Redis.from_url(self.redis_url)
+        conn = redis_client(self.redis_url)
         self.rq_queues = [Queue(name, connection=conn) for name in (jobs.SPEECH_QUEUE, RQ_QUEUE, jobs.HANDOFF_QUEUE)]
         self.drafts = TicketDrafts(self.redis)
         self.db_url = os.environ.get("DATABASE_URL") or f"sqlite:///{ROOT / 'var' / 'hotline.db'}"
