@@ -121,16 +121,19 @@ def wait(session, max_s: float | None = None) -> None:
                     agi.music(False)
                     os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
                     path = os.path.join(session.services.recordings_dir, file_name(call_id))
-                    if agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True):
-                        flow.recorded(call_id, path + ".wav")
+                    recorded = agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True)
                     # words already as text: the live simulator's callers (a PBX with its own
-                    # recogniser may set it too); acted on now, like speech heard over EAGI
+                    # recogniser may set it too); acted on now, like speech heard over EAGI, and
+                    # before the recording's job, which then never flags a heard ticket for manual entry
                     heard = agi.get_var("HOTLINE_HEARD")[:HEARD_MAX_CHARS]
+                    turn = None
                     if heard:
                         agi.set_var("HOTLINE_HEARD", "")
                         turn = flow.heard(call_id, heard)
-                        if turn.action != "queue":
-                            return _leave(session, turn)
+                    if recorded:
+                        flow.recorded(call_id, path + ".wav")
+                    if turn is not None and turn.action != "queue":
+                        return _leave(session, turn)
                     agi.music(True)
                 continue
             if flow.clock() >= deadline:

@@ -177,6 +177,7 @@ def test_a_newcomer_takes_a_first_call_from_the_live_simulator(product, browser)
         assert said in _text(d, "dp-said") or any(s in said for s in _text(d, "dp-said").split("来电人："))
         filled = [el.text for el in d.find_elements(By.CSS_SELECTOR, "#ticket .src.machine")]
         assert filled, "some ticket fields are machine-filled for the agent to check"
+        assert "待人工" not in _text(d, "ticket-status"), "heard words: the ticket is not left for manual entry"
         number = _text(d, "ticket-id").lstrip("#")
         assert number
         shot(d, "newcomer-4-ticket")
