@@ -17,7 +17,7 @@ from call_routing.rules import CHINA_TZ
 
 from . import labels
 from .auth import actor, check_csrf, roles_required
-from .db import ROLES, ConsoleError, sha256_text, text_diff
+from .db import ROLE_NAMES, ROLES, ConsoleError, sha256_text, text_diff
 from .rules_admin import LINE_FIELDS, MODE_NAMES, PublishConflict, parse_moment
 
 log = logging.getLogger("hotline.consoles.admin")
@@ -37,9 +37,18 @@ def _audit(action, target, summary, **kw):
 
 @bp.app_template_filter("cn_time")
 def cn_time(value):
-    if value is None:
-        return ""
-    return value.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S")
+    """A moment as people read it: ``12月06日 14:05:09`` in China time."""
+    return labels.when(value, seconds=True)
+
+
+@bp.app_template_filter("person")
+def person(value):
+    return labels.person(value)
+
+
+@bp.app_template_filter("audit_action")
+def audit_action(value):
+    return labels.AUDIT_ACTIONS.get(value, "其他操作")
 
 
 @bp.app_template_filter("pct")
@@ -345,7 +354,8 @@ def publish(draft_id):
 @bp.get("/rules/history")
 @roles_required("admin")
 def history():
-    return render_template("admin/history.html", versions=_c().db.versions(), **_status())
+    return render_template("admin/history.html", versions=_c().db.versions(), version_kinds=labels.VERSION_KINDS,
+                           **_status())
 
 
 @bp.get("/rules/history/<int:version_id>")
@@ -391,7 +401,7 @@ def users():
             flash(str(exc), "error")
             status = 422
         else:
-            _audit("user.create", user.username, f"创建用户 {user.username}（{user.role}）", before=None,
+            _audit("user.create", user.username, f"创建用户 {user.username}（{ROLE_NAMES[user.role]}）", before=None,
                    after=user.public())
             flash(f"已创建用户 {user.username}，首次登录时须修改密码。", "ok")
             return redirect(url_for("admin.users"))

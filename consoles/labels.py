@@ -58,6 +58,14 @@ EVENTS = {"opened": "系统建单", "prefilled": "语音预填", "heard": "通�
           "call_end": "通话结束", "survey": "满意度评价"}
 ACTORS = {"system": "系统", "machine": "语音识别", "speech": "语音识别", "twilio-speech": "语音识别"}
 SUPERVISION_KINDS = {"matter": "同一事项", "unit": "同一单位"}
+#: what an audit entry records, as the admin reads it
+AUDIT_ACTIONS = {"login": "登录", "logout": "退出登录", "login.failed": "登录失败", "login.throttled": "登录受限",
+                 "user.create": "创建用户", "user.update": "修改用户", "user.password": "修改密码",
+                 "rules.publish": "发布规则", "rules.rollback": "回滚规则", "rules.initial": "首次记录规则文件",
+                 "rules.disk_change": "规则文件在控制台外修改", "seat.update": "修改坐席", "seat.login": "坐席上岗",
+                 "seat.logout": "坐席下岗", "ticket.finish": "办结工单"}
+#: how a rules version came to be
+VERSION_KINDS = {"initial": "首次记录", "publish": "发布", "rollback": "回滚", "disk": "文件直接修改"}
 
 
 def yes_no(value) -> str:
@@ -202,6 +210,15 @@ def field_value(name: str, value, rules=None) -> str:
     if name == "numbers":
         return numbers_text(value)
     return plain(value)
+
+
+def person(name: str | None) -> str:
+    """Who did something in the consoles: a user's name as signed in, the system in words."""
+    if not name or name == "-":
+        return "未知用户"
+    if name.startswith("cli:"):
+        return f"命令行（{name[4:]}）"
+    return ACTORS.get(name, name)
 
 
 def actor_text(actor: str | None) -> str:

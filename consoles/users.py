@@ -22,7 +22,7 @@ import sys
 from intake.callback_jobs import rq_dispatch
 from runtime.redis_conn import redis_client
 
-from .db import ROLES, ConsoleError, ConsoleStore, generate_password
+from .db import ROLE_NAMES, ROLES, ConsoleError, ConsoleStore, generate_password
 
 
 def _actor() -> str:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             password, generated = _password(args)
             user = db.add_user(args.username, password, args.role, agent_id=args.agent_id, display_name=args.name,
                                must_change_password=generated)
-            db.audit(_actor(), "user.create", user.username, f"命令行创建用户 {user.username}（{user.role}）",
+            db.audit(_actor(), "user.create", user.username, f"命令行创建用户 {user.username}（{ROLE_NAMES[user.role]}）",
                      after=user.public())
             print(f"created {user.role} {user.username}" + (f" (seat {user.agent_id})" if user.agent_id else ""))
             if generated:

@@ -264,3 +264,120 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     assert CN_TIME.fullmatch(ticket["contact_due_text"])
     refused = client.post("/agent/api/wrapup/done", headers=auth).get_json()["error"]
     assert refused.startswith("现在不能这样操作") and "bad_state" not in refused
+
+
+# -- every console page, as every role, with real data ----------------------------------------------
+_HIDDEN = re.compile(r"<(script|style|pre|textarea)\b.*?</\1>", re.S | re.I)  # pre/textarea: the rules file itself
+_REPR = re.compile(r"(?<![A-Za-z])(None|False|True)(?![A-Za-z])|\{'|\[\]")
+_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_IDENT = re.compile(r"(?<![A-Za-z0-9_.@:/-])[a-z][a-z0-9]*(?:[._][a-z][a-z0-9]*)+(?![A-Za-z0-9_])")
+#: addresses, file names and commands people know
+_NOT_IDENT = re.compile(r"\S+@\S+|sips?:\S+|\S+\.(?:yaml|wav|db)\b|python -m \S+")
+#: values the system stores that a person must never read as such (codes, states, roles, kinds)
+_CODES = ("open", "manual_entry", "confirmed", "finished", "handed_off", "pending", "ready", "busy", "paused",
+          "offline", "ringing", "wrapup", "waiting", "supervisor", "agent", "initial", "publish", "rollback", "disk",
+          "completed", "abandoned", "consultation", "complaint", "help", "report", "login", "logout", "merge",
+          "dual", "subcenter", "main", "emergency", "machine", "system", "speech")
+
+
+def page_text(html: str) -> str:
+    """What a person reads on a page: no scripts, styles, tags or attributes (the rules file shown
+    as source — the YAML editor, diffs — is the file itself and left out)."""
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", _HIDDEN.sub(" ", html)))
+
+
+def not_for_people(text: str, rules) -> list[str]:
+    """English field names, internal codes and Python values in ``text``."""
+    found = [m.group(0) for m in _REPR.finditer(text)] + _STAMP.findall(text)
+    text = _NOT_IDENT.sub(" ", text)
+    found += _IDENT.findall(text)
+    codes = "|".join(list(_CODES) + sorted(rules.skills, key=len, reverse=True))
+    found += re.findall(rf"(?<![A-Za-z0-9_])(?:{codes})(?![A-Za-z0-9_])", text)
+    return found
+
+
+def console_pages(app) -> list[str]:
+    """Every page of the consoles a browser GETs (JSON, media, metrics and static files aside)."""
+    skip = ("/static", "/media", "/metrics", "/healthz")
+    return sorted({r.rule for r in app.url_map.iter_rules() if "GET" in r.methods and not r.rule.startswith(skip)
+                   and "/api/" not in r.rule and not r.rule.endswith(".json")})
+
+
+@pytest.fixture
+def lived_in(app, tickets):
+    """A console that has been used: a call answered, its ticket confirmed and finished, the
+    call ended; a user created; rules published and rolled back; a draft left; sign-ins."""
+    from tests.console_support import csrf_of, form_csrf
+    from tests.twilio_support import call_params
+
+    agent = app.test_client()
+    auth = seat_token(app, agent)
+    tw = call_waiting(app, "CAlived")
+    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw, "CAlived")
+    assert agent.post("/agent/api/ticket/confirm", json={"edits": {"summary": "咨询法律援助"}},
+                      headers=auth).status_code == 200
+    csrf = form_csrf(agent.get("/agent/").get_data(as_text=True))
+    r = agent.post("/agent/ticket/finish", json={"result": "已告知申请流程"},
+                   headers={"Accept": "application/json", "X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    tw.post("/twilio/status", call_params("CAlived", CallStatus="completed", CallDuration="95"))
+    admin = staff(app, "admin")
+    token = csrf_of(admin)
+    assert admin.post("/admin/users", data={"csrf_token": token, "username": "zhao", "password": "zhao-pass-123",
+                                            "role": "supervisor", "display_name": "赵质检"}).status_code == 302
+    editor = app.extensions["console"].editor
+    values = editor.line_values(editor.disk_text(), "12301")
+    values.update({"transition.prompt": "12301旅游热线已并入12345，正在为您转接。", "base_sha": editor.disk_sha()})
+    draft = admin.post("/admin/rules/lines/12301", data={"csrf_token": token, **values}).location.split("?")[0]
+    admin.post(draft, data={"csrf_token": token, "to": "12301", "at": "2026-07-01T09:00"})
+    assert admin.post(draft + "/publish", data={"csrf_token": token, "note": "新提示语"}).status_code == 302
+    first = app.extensions["console"].db.versions()[-1]
+    assert admin.post(f"/admin/rules/history/{first.id}/rollback",
+                      data={"csrf_token": token, "note": "回到原提示语"}).status_code == 302
+    values = editor.line_values(editor.disk_text(), "12348")
+    values.update({"name": "公共法律服务热线", "base_sha": editor.disk_sha()})
+    left = admin.post("/admin/rules/lines/12348", data={"csrf_token": token, **values}).location.split("?")[0]
+    sign_in(app.test_client(), "super", "wrong-password-1")  # a failed sign-in
+    db = app.extensions["console"].db
+    return {"<int:ticket_id>": str(app.extensions["console"].tickets.by_call("CAlived").id),
+            "<int:entry_id>": str(db.audit_entries(action="rules.publish")[0].id),
+            "<int:draft_id>": left.rsplit("/", 1)[1], "<int:version_id>": str(first.id),
+            "<number>": "12301", "<agent_id>": "a1"}
+
+
+def test_every_console_page_reads_in_chinese_for_every_role(app, lived_in):
+    rules = app.extensions["rules"].current()
+    seen, problems = {}, {}
+    for who in ("admin", "super", "agent1"):
+        client = app.test_client()
+        sign_in(client, who)
+        for rule in console_pages(app):
+            url = rule
+            for param, value in lived_in.items():
+                url = url.replace(param, value)
+            assert "<" not in url, f"{rule}: a new page with a parameter this test does not fill yet"
+            r = client.get(url, follow_redirects=True)
+            if r.status_code in (401, 403):
+                continue
+            assert r.status_code == 200, (who, url, r.status_code)
+            seen.setdefault(rule, []).append(who)
+            bad = not_for_people(page_text(r.get_data(as_text=True)), rules)
+            if bad:
+                problems[(who, url)] = sorted(set(bad))
+    assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
+    # every page was read by someone, and each role's own pages by that role
+    assert set(seen) == set(console_pages(app)), set(console_pages(app)) - set(seen)
+    assert seen["/admin/audit"] == ["admin"] and "super" in seen["/admin/"] and "agent1" in seen["/agent/"]
+
+
+def test_the_audit_history_and_version_pages_speak_in_actions_and_human_times(app, lived_in):
+    admin = staff(app, "admin")
+    audit = page_text(admin.get("/admin/audit").get_data(as_text=True))
+    for words in ("发布规则", "回滚规则", "创建用户", "办结工单", "登录失败", "坐席上岗", "登录"):
+        assert words in audit, words
+    assert "班长/质检" in audit and "rules.publish" not in audit  # the role in words, the action too
+    history = page_text(admin.get("/admin/rules/history").get_data(as_text=True))
+    assert "发布" in history and "回滚" in history and CN_TIME.search(history)
+    version = page_text(admin.get(f"/admin/rules/history/{lived_in['<int:version_id>']}").get_data(as_text=True))
+    assert CN_TIME.search(version) and not _STAMP.search(version)
