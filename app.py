@@ -101,15 +101,19 @@ def create_app(config: dict | None = None) -> Flask:
 def _process_report(redis_url: str):
     """The supervisor's report, to Redis: every process of the product reads it from there."""
     import json
+    import time
 
     from runtime.redis_conn import redis_client
-    from runtime.supervisor import STATE_KEY, STATE_TTL_S
+    from runtime.supervisor import STATE_KEY, STATE_TTL_S, node_name
 
     client = redis_client(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    node = node_name()  # several nodes share the hash: each process under its node's name
 
     def report(states: dict) -> None:
+        now = time.time()
         pipe = client.pipeline()
-        pipe.hset(STATE_KEY, mapping={name: json.dumps(st) for name, st in states.items()})
+        pipe.hset(STATE_KEY, mapping={f"{name}@{node}": json.dumps(dict(st, reported=now))
+                                      for name, st in states.items()})
         pipe.expire(STATE_KEY, STATE_TTL_S)
         pipe.execute()
     return report
@@ -129,6 +133,10 @@ def _summary(web: str, proxied: bool, fastagi: str, redis_url: str, embedded) ->
         f"  web        http://{web}" + (" (nginx in front, gunicorn behind it)" if proxied else ""),
         f"  sign in    http://{shown}:{port}/login   (users: python -m consoles.users; docs/consoles.md)",
         f"  FastAGI    {'agi://' + fastagi if fastagi != 'off' else 'off (FASTAGI_BIND)'}   (Asterisk: docs/asterisk.md)",
+        "  Twilio     " + (("webhooks /twilio/voice (signed with TWILIO_AUTH_TOKEN)" + (
+            "" if os.environ.get("TWILIO_ACCOUNT_SID") else "; TWILIO_ACCOUNT_SID not set: agents cannot be rung"))
+                         if os.environ.get("TWILIO_AUTH_TOKEN")
+                         else "off: TWILIO_AUTH_TOKEN not set, /twilio/ webhooks refused (docs/twilio.md)"),
         f"  Redis      {redis_line}",
         f"  database   {make_url(db).render_as_string(hide_password=True)}"
         + (f"   (schema {os.environ['DATABASE_SCHEMA']})" if os.environ.get("DATABASE_SCHEMA") else ""),

@@ -8,13 +8,14 @@ from datetime import datetime
 
 from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
 from call_routing.rules import CHINA_TZ
-from runtime.supervisor import STATE_KEY
+from runtime.supervisor import STATE_KEY, STATE_TTL_S
 
 from . import labels
 
 PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
                  "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）"}
-PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中"}
+PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中",
+                  "silent": "所在节点无报告"}
 BAND = 10 ** 13  # queue score = (9 - priority) * BAND + entered ms (docs/acd.md)
 
 
@@ -168,15 +169,26 @@ class LiveRoom:
     # -- today -----------------------------------------------------------------------------
     def processes(self) -> list[dict]:
         """The product's background processes as ``python app.py``'s supervisor reported them
-        (empty when they run under another supervisor, e.g. systemd)."""
+        (empty when they run under another supervisor, e.g. systemd). With several nodes, each
+        process is named with its node (``worker@node-b``); one whose node has not reported for
+        ``STATE_TTL_S`` (killed, or cut off from Redis) is ``silent``."""
         import json
+        import time
 
-        raw = self.acd.redis.hgetall(STATE_KEY)
+        now = time.time()
+        entries = []
+        for field, value in self.acd.redis.hgetall(STATE_KEY).items():
+            name, _, node = _text(field).partition("@")
+            entries.append((node, name, json.loads(value)))
+        several = len({node for node, _, _ in entries}) > 1
         out = []
-        for name, value in sorted(raw.items()):
-            st = json.loads(value)
-            out.append({"name": _text(name), "label": PROCESS_NAMES.get(_text(name), _text(name)),
-                        "state": st["state"], "state_label": PROCESS_STATES.get(st["state"], st["state"]),
+        for node, name, st in sorted(entries, key=lambda e: e[:2]):
+            state = st["state"]
+            if state != "stopped" and st.get("reported", now) < now - STATE_TTL_S:
+                state = "silent"
+            out.append({"name": f"{name}@{node}" if several else name, "node": node,
+                        "label": PROCESS_NAMES.get(name, name) + (f"（{node}）" if several else ""),
+                        "state": state, "state_label": PROCESS_STATES.get(state, state),
                         "restarts": st["restarts"], "pid": st["pid"],
                         "since": datetime.fromtimestamp(st["since"], CHINA_TZ).strftime("%m月%d日 %H:%M:%S")})
         return out

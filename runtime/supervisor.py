@@ -19,8 +19,16 @@ from dataclasses import asdict, dataclass
 
 log = logging.getLogger("hotline.supervisor")
 
-STATE_KEY = "hotline:processes"  # Redis hash: process name -> JSON of ProcessState
+STATE_KEY = "hotline:processes"  # Redis hash: "<process>@<node>" -> JSON of ProcessState + "reported" (Unix s)
 STATE_TTL_S = 30  # the report is refreshed every few seconds; gone when the product is
+
+
+def node_name() -> str:
+    """This machine's name in the report (``HOTLINE_NODE``, else the host name): several nodes
+    report into one Redis, each process under its node's name."""
+    import socket
+
+    return os.environ.get("HOTLINE_NODE") or socket.gethostname()
 
 
 @dataclass

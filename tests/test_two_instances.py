@@ -8,6 +8,7 @@ hold decides: the ACD's queue log and seats in Redis, the tickets in PostgreSQL.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -189,7 +190,7 @@ def _start_node(name: str, env: dict, tmp: Path) -> Node:
 
     web, agi = free_port(), free_port()
     log = tmp / f"{name}.log"
-    env = dict(env, BIND=f"127.0.0.1:{web}", FASTAGI_BIND=f"127.0.0.1:{agi}",
+    env = dict(env, HOTLINE_NODE=name, BIND=f"127.0.0.1:{web}", FASTAGI_BIND=f"127.0.0.1:{agi}",
                HOTLINE_RECORDINGS=str(tmp / name / "recordings"), HOTLINE_PROMPTS=str(tmp / name / "prompts"),
                HOTLINE_SPOOL=str(tmp / name / "spool"), SECRET_KEY_FILE=str(tmp / name / "secret_key"))
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=open(log, "w"),
@@ -278,6 +279,7 @@ def test_two_instances_on_one_redis_and_one_postgresql_serve_calls_together(redi
     from call_routing.acd.keys import Keys
     from call_routing.acd.kpi import audit, read_log
     from call_routing.rules_store import RulesStore
+    from runtime.supervisor import STATE_KEY
     from tools.simulate.agents import PASSWORD, SimAgent
     from tools.simulate.asterisk_pbx import SimAsterisk
     from tools.simulate.callers import CallRecord
@@ -370,6 +372,16 @@ def test_two_instances_on_one_redis_and_one_postgresql_serve_calls_together(redi
             assert n.proc.poll() is None, n.tail()
             assert f"database   {postgres}   (schema {schema})" in n.log.read_text()  # what runs where
             assert "Traceback" not in n.log.read_text(), n.tail()
+        # each node's processes in the one report, by node: one node's running worker never hides
+        # the other's (before, both wrote "worker"; the last to report won)
+        client.hset(STATE_KEY, "worker@node-c", json.dumps({  # a node gone without a word a minute ago
+            "name": "worker", "state": "running", "pid": 7, "restarts": 0, "since": time.time() - 600,
+            "last_exit": None, "reported": time.time() - 60}))
+        with urllib.request.urlopen(f"http://127.0.0.1:{nodes[0].web}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        for process in ("worker@node-a", "timers@node-a", "fastagi@node-b", "worker@node-b"):
+            assert f'hotline_process_up{{process="{process}"}} 1.0' in metrics
+        assert 'hotline_process_up{process="worker@node-c"} 0.0' in metrics
         print(f"\ntwo nodes: healthy after {started_s:.1f} s, {CALLS} calls served by {served_s:.1f} s")
     finally:
         stop.set()
