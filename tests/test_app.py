@@ -71,6 +71,7 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
         summary = text.split("12345 gateway\n", 1)[1]  # what runs where, once
         assert f"web        http://127.0.0.1:{port}" in summary and f"/login" in summary
         assert f"FastAGI    agi://127.0.0.1:{agi_port}" in summary
+        assert "  Twilio     " in summary  # on or off, and what is missing
         assert f"Redis      embedded, data in {tmp_path / 'redis'}" in summary
         assert f"keeps its data in {tmp_path / 'redis'}" in text  # seats survive a restart
         import redis

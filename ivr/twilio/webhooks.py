@@ -99,7 +99,7 @@ def init_app(app, services=None) -> None:
     validate = _flag(app.config["TWILIO_VALIDATE"])
     token = app.config.get("TWILIO_AUTH_TOKEN")
     if validate and not token:
-        log.error("TWILIO_AUTH_TOKEN is not set: /twilio/ webhooks are refused (set it, or TWILIO_VALIDATE=0 "
+        log.info("TWILIO_AUTH_TOKEN is not set: /twilio/ webhooks are refused (set it, or TWILIO_VALIDATE=0 "
                   "for development only)")
     elif not validate:
         log.warning("Twilio signature validation is OFF: development only, never on a public address")
