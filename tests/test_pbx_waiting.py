@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -35,7 +34,8 @@ def test_110_whose_trunk_fails_reaches_a_seat_ahead_of_everyone_waiting(pbx):
     world.phone_mode("pstn", "down")
     waiting = world.call("12345")  # a caller already waiting for the general seats
     waiting.wait_var("HOTLINE_ACTION", "queue")
-    time.sleep(1.0)
+    # queued once the greeting has played
+    wait_until(lambda: acd_state(world, waiting.call_id()) == "waiting", 20, 0.1, "the 12345 caller in the queue")
     emergency = world.call("110")
     assert emergency.wait_var("HOTLINE_ACTION", "queue", timeout=20)  # never dropped
     assert emergency.var("HOTLINE_SKILL") == "general"
@@ -77,7 +77,9 @@ def test_waiting_hold_music_invitation_position_and_a_booked_callback_placed_age
     wait_until(lambda: any(e.get("Event") == "AGIExecStart" and offer in e.get("Command", "")
                            for e in call.events()), 40, 0.1, "the callback offer")
     # before the offer: the invitation, then where the caller stands (alone in line: 您是下一位)
-    before_offer = [f for f, _ in call.streamed()]
+    greeting = sound_path(prompts, world.rules.hotline.greeting)
+    assert greeting in call.played()  # the line's greeting, played to the end
+    before_offer = [f for f, _ in call.streamed() if f != greeting]
     assert before_offer[0] == sound_path(prompts, INVITE)
     assert before_offer[1:] and set(before_offer[1:]) == {sound_path(prompts, NEXT_IN_LINE)}
     call.dtmf(call.citizen(), "1")  # pressed while the offer is being spoken
