@@ -75,13 +75,16 @@ class EmbeddedRedis:
     def __init__(self, port: int | None = None, unix_socket: bool = True, data_dir: str | os.PathLike | None = None):
         self.port = port or free_port()
         self.data_dir = Path(data_dir).absolute() if data_dir is not None else None
-        # the socket lives in a private temporary directory even when the data has its own: a
-        # socket path holds 108 bytes (sun_path) and a data directory's path may be longer
         self._dir = tempfile.mkdtemp(prefix="hotline-redis-")
         # Local processes reach it through a Unix socket when they can: on this kind of machine
         # a round trip through one costs the client ~70 µs less CPU than through loopback TCP
         # (bench/webhooks.py). The loopback port stays open too (redis-cli -p, readiness).
+        # The socket sits in the data directory — the same address at every start (var/redis/redis.sock)
+        # — unless that path is too long for a socket (sun_path: 108 bytes): then in a private
+        # temporary directory, and the data directory's `url` file says where.
         sock = os.path.join(self._dir, "redis.sock")
+        if self.data_dir is not None and len(str(self.data_dir / "redis.sock")) < 100:
+            sock = str(self.data_dir / "redis.sock")
         self.unix_socket = sock if unix_socket and len(sock) < 100 else None  # sun_path holds 108 bytes
         self.url = f"unix://{self.unix_socket}?db=0" if self.unix_socket else f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None

@@ -47,7 +47,8 @@ def test_a_key_and_a_seat_survive_a_stop_and_a_new_server_on_the_same_directory(
     first.stop()
 
     second = servers(data_dir=data)
-    assert second.unix_socket != first.unix_socket  # a new server, not the old one
+    assert second.process.pid != first.process.pid  # a new server, not the old one
+    assert second.url == first.url == f"unix://{data / 'redis.sock'}?db=0"  # at the same address: the data dir's
     client = _client(second)
     assert client.get("hotline:test") == "kept"
     acd = make_acd(second.url, rules)
