@@ -31,7 +31,25 @@ def file_name(call_id: str) -> str:
 
 def handler(session) -> None:
     session.call_id_from_args()
+    listen_live(session, session.arg(1))
     wait(session)
+
+
+def listen_live(session, address: str) -> None:
+    """FastAGI: the caller's voice to the product's AudioSocket server while they wait.
+
+    ``address`` is the dialplan's ``HOTLINE_AUDIOSOCKET`` (host:port, passed as the second
+    argument; empty: off). Once per call (a new one if the stream died), Asterisk originates an
+    AudioSocket channel that spies on this one (``[hotline-listen]``): agi_scripts/audiosocket.py."""
+    from .audiosocket import Ids, dial_string
+
+    client = getattr(session.flow.calls, "client", None)
+    if not address or session.audio is not None or client is None:
+        return  # off, EAGI (heard on fd 3 instead), or no shared Redis for the stream's id
+    uid = Ids(client).issue(session.call_id)
+    if uid is not None:
+        channel = session.agi.env.get("agi_channel", "")
+        session.agi.execute("EXEC", "Originate", session.agi._quote(dial_string(address, uid, channel)))
 
 
 def _leave(session, turn) -> None:

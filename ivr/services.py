@@ -173,6 +173,49 @@ class SpeechStream:
         self.stream.close()
 
 
+class LiveListener:
+    """One waiting caller's live audio (Asterisk AudioSocket, Twilio Media Streams) through the
+    process's streaming recogniser into the flow: each utterance is :meth:`CallFlow.heard` the
+    moment the caller stops speaking — an emergency is transferred, the ticket gets the words.
+
+    ``feed`` takes 8 kHz 16-bit PCM and returns the flow's turn when words were heard (None
+    otherwise); ``listening`` says whether the call still waits (in line or its agent ringing):
+    once it talks to an agent, is transferred or ended, the front-end stops the stream."""
+
+    MAX_CHARS = 500  # one utterance; the recogniser's text of a long monologue is cut here
+
+    def __init__(self, services: "Services", call_id: str, source: str):
+        if services.recognizer is None:
+            raise RuntimeError("no streaming recogniser in this process (set VOSK_MODEL_PATH)")
+        self.flow, self.call_id, self.source = services.flow, call_id, source
+        self.recognizer = services.recognizer()
+        self.audio_s = 0.0
+        self.heard: list[str] = []
+
+    def feed(self, pcm: bytes):
+        self.audio_s += len(pcm) / 16000
+        text = self.recognizer.accept(pcm) if pcm else None
+        if not text:
+            return None
+        self.heard.append(text)
+        return self.flow.heard(self.call_id, text[:self.MAX_CHARS], self.source)
+
+    def listening(self) -> bool:
+        from .flow import CallNotFound
+
+        try:
+            call = self.flow.state(self.call_id)
+        except CallNotFound:
+            return False
+        return call.state == "waiting" or (call.state == "transferring" and call.target_kind == "agent")
+
+    def close(self) -> None:
+        """The stream ended (hang-up, call answered): the recogniser goes back to the pool."""
+        close = getattr(self.recognizer, "close", None)
+        if close is not None:
+            close()
+
+
 def build(config: dict | None = None) -> Services:
     cfg = {k: os.environ.get(k) for k in ("REDIS_URL", "RULES_PATH", "HOTLINE_PROMPTS", "HOTLINE_RECORDINGS",
                                           "HOTLINE_RECOGNIZER")}

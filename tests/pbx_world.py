@@ -155,6 +155,12 @@ LAB_DNID = """
 [lab-dnid]                ; a trunk that does send the DNID
 exten => _[+0-9].,1,Set(CALLERID(dnid)=${EXTEN})
  same => n,Goto(hotline-in,${EXTEN},1)
+
+[lab-speaker]             ; the citizen speaks: AMI Redirect here plays lab/speech, then stays on the line
+exten => s,1,Playback(${DB(lab/speech)})
+ same => n,NoOp(spoken)
+ same => n(loop),Playback(silence/10)
+ same => n,Goto(loop)
 """
 
 
