@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tools.simulate.run import main
+from tools.simulate.cli import main
 
 
 def _our_processes(marker: str) -> set[int]:

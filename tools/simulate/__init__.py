@@ -36,7 +36,8 @@ from tools.simulate.agents import PASSWORD, SimAgent, SimCallbackDialer, callbac
 from tools.simulate.asterisk_pbx import AGIRefused, SimAsterisk  # noqa: F401
 from tools.simulate.callers import EMERGENCY_WORDS, LINES, MATTERS, CallRecord  # noqa: F401
 from tools.simulate.figures import Stats, percentile, print_report  # noqa: F401
-from tools.simulate.run import Simulation, main  # noqa: F401
+from tools.simulate.cli import main  # noqa: F401
+from tools.simulate.run import Simulation  # noqa: F401
 from tools.simulate.stack import ROOT  # noqa: F401
 from tools.simulate.twilio_cloud import SimTwilio  # noqa: F401
 from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, REST_EVENTS, TOKEN, SimHttpClient, web_app  # noqa: F401
