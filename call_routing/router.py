@@ -11,6 +11,7 @@ decision costs a dictionary lookup and a time comparison; treat them as read-onl
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -121,17 +122,45 @@ def _plans_for(rules: Rules) -> _Plans:
     return plans
 
 
-def emergency_heard(rules: Rules, text: str | None) -> EmergencyLine | None:
-    """The emergency line the caller's words call for, or None (precedence: 120, 119, 110, 122)."""
+# What stands just before an emergency word and takes it back. Negated: it did not happen
+# (没着火, 不是要报警): nothing to do. Hypothetical: it may happen, or the caller only feels like
+# it (怕着火, 真要着火了, 我都想报警了): never an automatic transfer, a seat hears it first.
+_NEGATED = re.compile(r"(?:没有?|不是|并非|别|未)[^，。,.!?！？；;]{0,2}$")
+_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防)[^，。,.!?！？；;]{0,3}$")
+_CONTEXT_CHARS = 6
+
+
+def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine | None, EmergencyLine | None]:
+    """``(certain, possible)``: the emergency line the caller's words call for now (transfer at
+    once), else one they may be describing (a seat should hear the caller first).
+
+    Lines are tried in precedence 120, 119, 110, 122. A line's ``unless`` words (past,
+    administrative) silence it; an ``except`` phrase hides the word inside it; a negated word
+    counts for nothing and a hypothetical one only as possible; a ``possible`` word (what the
+    caller sees: smoke, blood, someone lying on the road) is possible unless negated or
+    hypothetical.
+    """
+    certain = possible = None
     if not text:
-        return None
+        return None, None
     for line in rules.emergency:
-        if line.pattern is None:
+        if line.unless_pattern and line.unless_pattern.search(text):
             continue
         probe = line.mask_pattern.sub("□", text) if line.mask_pattern else text
-        if line.pattern.search(probe) and not (line.unless_pattern and line.unless_pattern.search(text)):
-            return line
-    return None
+        for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
+            for m in pattern.finditer(probe) if pattern is not None else ():
+                before = probe[max(0, m.start() - _CONTEXT_CHARS):m.start()]
+                if _NEGATED.search(before) or (not sure and _HYPOTHETICAL.search(before)):
+                    continue
+                if sure and not _HYPOTHETICAL.search(before):
+                    return line, None
+                possible = possible or line
+    return certain, possible
+
+
+def emergency_heard(rules: Rules, text: str | None) -> EmergencyLine | None:
+    """The emergency line the caller's words call for now, or None (see :func:`emergency_assessment`)."""
+    return emergency_assessment(rules, text)[0]
 
 
 def decide(dialed: str, caller: str | None, at: datetime | float | None, heard_text: str | None,

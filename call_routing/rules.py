@@ -122,6 +122,16 @@ class EmergencyLine:
     pattern: re.Pattern | None
     mask_pattern: re.Pattern | None
     unless_pattern: re.Pattern | None
+    possible: tuple[str, ...] = ()  # what a caller sees that may be this emergency (冒烟, 流血)
+    possible_pattern: re.Pattern | None = None
+
+
+@dataclass(frozen=True)
+class RecordingPolicy:
+    """Full-call recording for quality review (质检): ``hotline.recording`` in the rules."""
+
+    full_call: bool = False
+    keep_days: int = 180
 
 
 @dataclass(frozen=True, eq=False)  # identity: routers cache plans per rules set
@@ -140,6 +150,7 @@ class Rules:
     known_numbers: frozenset = field(default=frozenset())
     keywords_path: str = ""  # the emergency keyword file these rules were built with
     acd_settings: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # ACD timers (schema.Queue)
+    recording: RecordingPolicy = RecordingPolicy()  # hotline.recording: full-call recording and its keep days
 
     def line(self, number: str) -> Line | None:
         if number == self.hotline.number:
@@ -377,6 +388,7 @@ def _compile(spec: schema.RulesFile, keywords: schema.KeywordsFile, name: str, v
         known_numbers=frozenset(lines) | {hotline.number} | set(EMERGENCY_NUMBERS), keywords_path=kw_path,
         acd_settings=MappingProxyType({k: getattr(queue, k) for k in list(schema.Queue.model_fields)[2:]
                                        if k in queue.model_fields_set}),  # the ACD's timers, as set
+        recording=RecordingPolicy(spec.hotline.recording.full_call, spec.hotline.recording.keep_days),
     )
 
 
@@ -400,9 +412,10 @@ def _alternation(words) -> re.Pattern | None:
     return re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
 
 
-def _emergency_line(number, name, words, masked, unless) -> EmergencyLine:
+def _emergency_line(number, name, words, masked, unless, possible=()) -> EmergencyLine:
     return EmergencyLine(number, name, words, masked, unless,
-                         _alternation(words), _alternation(masked), _alternation(unless))
+                         _alternation(words), _alternation(masked), _alternation(unless),
+                         possible, _alternation(possible))
 
 
 def load_rules(path: str | os.PathLike | None = None) -> Rules:

@@ -198,6 +198,14 @@ def _by(key: str, *members: type[Section]):
     return Annotated[Union[members], PlainValidator(pick, json_schema_input_type=union)]
 
 
+class Recording(Section):
+    """全程录音（质检）：坐席接听起录下整通通话，随工单保存，到期删除；每次收听记入审计日志。"""
+
+    full_call: Flag = Field(False, description="true：坐席接听后录下整通通话（Asterisk MixMonitor、Twilio 会议录音），"
+                                               "保存到工单并转写进处理记录；false：不录（默认）")
+    keep_days: _whole(1, 3650, " of days") = Field(180, description="录音保存多少天，到期自动删除（天，1–3650，默认 180）")
+
+
 class Hotline(Section):
     number: HotlineNumber = Field(
         description="热线号码：加引号的字符串，只写数字，不带区号，如 \"12345\"")
@@ -205,6 +213,7 @@ class Hotline(Section):
     skill: SkillRef = Field(description="接听主号来电的坐席组 id（skills 下定义，不能是专家坐席组）")
     greeting: Prompt = Field(DEFAULT_GREETING, description="每通来电接通后先听到的一句问候（语音合成播放），然后排队；"
                                                           "原热线没有自己的 greeting 时也播放这一句（没有菜单）")
+    recording: Recording = Field(Recording(), description="{full_call: true|false, keep_days: 天数}：全程录音（质检）及其保存期")
 
 
 class Queue(Section):
@@ -369,6 +378,8 @@ class Keywords(Section):
     words: SomeWords = Field(description="表示紧急情况的词或短语，听到任何一个即转接")
     except_: Words = Field((), alias="except", description="含关键词却不是紧急情况的较长短语（如 火灾隐患），先屏蔽再查找")
     unless: Words = Field((), description="表示事情已过去或属行政事务的词（如 理赔、去年）；出现时不转接本线路")
+    possible: Words = Field((), description="描述可能紧急的现场情形的词（如 冒烟、流血、倒地）；听到时不自动转接，"
+                                            "来电优先分配给下一位空闲坐席并提醒班长")
 
 
 class KeywordsFile(Section):

@@ -198,6 +198,10 @@ def describe_alert(alert: dict, rules, call: dict | None = None) -> str:
             silent = "长时间"
         return (f"{at} {caller}（{labels.line_text(line or '12345', rules)}，{group}）的接入端 {silent}无响应，"
                 f"按呼损处理；有来电号码的已登记回拨")
+    if kind == "possible_emergency":
+        number = alert.get("emergency") or ""
+        return (f"{at} 可能紧急：{caller}（{labels.line_text(line or '12345', rules)}，{group}）描述的情况可能需要"
+                f" {number}，已排到队首，由下一位空闲坐席先接听核实，请关注")
     return f"{at} 系统告警：{group}出现异常（{kind or '未知'}），{caller}"
 
 

@@ -19,7 +19,7 @@ STATUSES = ("open", "manual_entry", "confirmed", "finished", "handed_off")
 TRANSCRIPT_STATUSES = ("pending", "ok", "empty", "no_model", "unreadable", "failed")
 #: Fields the pre-fill writes and agents confirm or correct.
 FIELDS = ("type", "line", "skill", "department", "emergency", "enterprise", "location", "unit", "subject",
-          "numbers")
+          "numbers", "emergency_possible")
 #: Roles that see the caller's number and the numbers said in full.
 CALLER_ROLES = frozenset({"agent", "supervisor"})
 #: Request types that count towards supervision (a wave of questions is not a failing unit).

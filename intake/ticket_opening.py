@@ -141,7 +141,8 @@ class TicketOpening:
                 fields = dict(row.fields or {})
                 for name in FIELDS:
                     if name in prefill and not (name in fields and fields[name].get("source") == "agent"):
-                        fields[name] = {"value": prefill[name], "source": "machine", "confirmed": False}
+                        fields[name] = {"value": prefill[name], "source": "machine", "confirmed": False,
+                                        "uncertain": name in (prefill.get("uncertain") or ())}  # 待核实
                 row.fields = fields
                 self._fields_changed(s, row, now)
                 self._event(s, row, "machine", "prefilled", {"fields": sorted(n for n in FIELDS if n in prefill)})

@@ -62,6 +62,9 @@ class AcdQueue:
     def requeue(self, call_id, skill):
         self.acd.requeue(call_id, skill)
 
+    def prioritise(self, call_id, emergency):
+        self.acd.prioritise(call_id, emergency)
+
     def no_answer(self, call_id):
         self.acd.no_answer(call_id)
 

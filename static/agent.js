@@ -142,12 +142,15 @@
       var f = field(t, el.dataset.src);
       el.textContent = "";
       el.className = "src";
-      if (f && f.source === "machine" && !f.confirmed) { el.textContent = "机器填写"; el.className = "src tag machine"; }
+      if (f && f.source === "machine" && !f.confirmed) { el.textContent = f.uncertain ? "机器填写·待核实" : "机器填写"; el.className = "src tag machine" + (f.uncertain ? " uncertain" : ""); }
       else if (f && f.confirmed) { el.textContent = f.source === "agent" ? "坐席修改" : "已确认"; el.className = "src tag ok"; }
     });
     var dep = field(t, "department"), em = field(t, "emergency");
     $("t-department").textContent = dep && dep.value ? dep.value : "—";
-    $("t-emergency").textContent = em && em.value ? em.value : "无";
+    var pe = field(t, "emergency_possible");  // 可能紧急: the machine heard what may be an emergency
+    $("t-emergency").textContent = em && em.value ? em.value : (pe && pe.value ? "可能紧急（" + pe.value + "）" : "无");
+    $("possible-emergency").hidden = !(pe && pe.value) || !!(em && em.value);
+    $("possible-emergency").textContent = pe && pe.value ? "可能紧急：来电人描述的情况可能需要 " + pe.value + "，请先核实是否需要立即转接" : "";
     $("t-contact-due").textContent = t.contact_due_text || "";
     $("t-due").textContent = t.due_text || "";
     $("btn-confirm").disabled = t.status === "finished" || t.status === "handed_off";

@@ -199,7 +199,7 @@ def test_problems_in_the_keyword_file_point_into_that_file(shipped_text, write_r
     path = write_rules(shipped_text, keywords=kw)
     kw_path = path.parent / "emergency_keywords.yaml"
     n = line_of(kw, "wrds:")
-    assert f"{kw_path}:{n}: 122.wrds: unknown key (allowed: words, except, unless)" in problems_of(path)
+    assert f"{kw_path}:{n}: 122.wrds: unknown key (allowed: words, except, unless, possible)" in problems_of(path)
 
 
 # --- files that are not rules at all: one clear line each, never a traceback --------------

@@ -91,6 +91,15 @@ class QueueMixin:
         chain, unstaffed = self._plan(new_skill, self.clock(), has_number)
         return self._run("move", call_id, "requeue", "", unstaffed, *chain)
 
+    def prioritise(self, call_id: str, emergency: str, priority: int = MAX_PRIORITY) -> Result:
+        """A waiting call that may be an emergency (可能紧急: ``emergency`` is the line it may be,
+        110/119/120/122) goes ahead of every call of a lower priority and to the next free seat;
+        a ``possible_emergency`` alert tells the supervisors. Status ``ok``, else ``bad_state``
+        (no longer waiting or ringing)."""
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ACDError(f"priority must be 0 to {MAX_PRIORITY}")
+        return self._run("prioritise", call_id, priority, MAX_PRIORITY - priority, emergency)
+
     def set_ticket(self, call_id: str, ticket: str) -> bool:
         """Record the ticket id of a call (the speech pipeline fills it while the caller waits)."""
         key = self.keys.call(call_id)
@@ -109,7 +118,8 @@ class QueueMixin:
                 "caller": d.get("caller") or None, "caller_masked": d.get("masked"),
                 "priority": int(d.get("prio") or 0), "ticket": d.get("ticket") or None,
                 "agent": d.get("agent") or None, "entered": float(d.get("entered") or 0),
-                "offers": int(d.get("offers") or 0), "attempts": int(d.get("attempts") or 0)}
+                "offers": int(d.get("offers") or 0), "attempts": int(d.get("attempts") or 0),
+                "urgent": d.get("urgent") or None}
 
     def position(self, call_id: str, *, caller_there: bool = False) -> Position | None:
         """Place in line (best over the queues the call is in) and an estimated wait from the

@@ -22,6 +22,7 @@ class QueuePort(Protocol):
                 priority: int = 0) -> None: ...  # priority 0-9: higher is served first
     def status(self, call_id: str) -> QueueStatus: ...
     def requeue(self, call_id: str, skill: str) -> None: ...  # another skill, same place in time
+    def prioritise(self, call_id: str, emergency: str) -> None: ...  # 可能紧急: next free seat, supervisor alerted
     def no_answer(self, call_id: str) -> None: ...  # offered agent did not answer: head of queue
     def connected(self, call_id: str) -> None: ...
     def completed(self, call_id: str, by: str = "agent") -> None: ...  # by: who hung up (agent | caller)

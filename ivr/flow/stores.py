@@ -88,6 +88,12 @@ class MemoryQueue:
     def requeue(self, call_id, skill):
         self._set(call_id, "requeue", skill=skill)
 
+    def prioritise(self, call_id, emergency):
+        with self._lock:
+            if call_id in self.calls:  # ahead of every waiting call
+                self.calls[call_id]["seq"] = min(o["seq"] for o in self.calls.values()) - 1
+            self._event("prioritise", call_id, emergency)
+
     def no_answer(self, call_id):
         with self._lock:
             c = self.calls[call_id]

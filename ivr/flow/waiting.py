@@ -5,6 +5,7 @@ import logging
 
 from call_routing.numbers import mask
 from call_routing.router import decide, emergency_heard
+from ivr.flow.agent import EMERGENCY_PRIORITY
 from ivr.flow.state import CallState, Turn
 from ivr.flow.words import CALLBACK_BOOKED, CALLBACK_OFFER, INVITE, _say, position_announcement
 
@@ -61,7 +62,8 @@ class Waiting:
         return self._turn(call, "queue")
 
     def heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
-        """Words the caller said while waiting: emergency -> transfer now; a clear domain -> requeue."""
+        """Words the caller said while waiting: emergency -> transfer now; a possible emergency ->
+        ahead of the queue with a supervisor alert; a clear domain -> requeue."""
         call = self._load(call_id)
         rules = self._rules()
         text = (text or "").strip()
@@ -88,7 +90,14 @@ class Waiting:
                 log.exception("call %s: classifying what was heard failed", call_id)
                 fields = {}
             skill = fields.get("skill")
-            if skill and skill != call.skill and skill in rules.skills and not rules.skills[skill].expert:
+            if fields.get("emergency_possible"):
+                # 可能紧急: a seat hears the caller first — next free seat, supervisor alerted
+                if not call.priority:
+                    self.queue.prioritise(call_id, fields["emergency_possible"])
+                    call.priority = EMERGENCY_PRIORITY
+                    log.warning("call %s: possible emergency %s heard while waiting, ahead of the queue",
+                                call_id, fields["emergency_possible"])
+            elif skill and skill != call.skill and skill in rules.skills and not rules.skills[skill].expert:
                 self.queue.requeue(call_id, skill)
                 log.info("call %s: heard a %s matter, moved from %s to %s", call_id, fields.get("line"),
                          call.skill, skill)

@@ -10,11 +10,19 @@ The pre-fill reads two data files admins extend without touching code:
   report, suggestion), for enterprise requests, and the suffixes of places and units.
 
 Words are found longest first and never overlap (火灾隐患 is counted once, for fire-hazard
-reports, not again as 火灾). Emergencies are not judged here: :func:`router.emergency_heard`
-and ``emergency_keywords.yaml`` decide them, so the router and the ticket always agree.
+reports, not again as 火灾). On top of the catalogue, a statistical model learned from the
+labelled sentences the project ships (``data/utterances/``, :mod:`ivr.prefill.model`) decides
+type and line with a confidence; a field below ``LOW_CONFIDENCE`` is listed in ``uncertain``
+and the agent console marks it 待核实.
+
+Emergencies have two levels. Certain: :func:`router.emergency_heard` and
+``emergency_keywords.yaml`` decide them (an immediate transfer), so the router and the ticket
+always agree. Possible (``emergency_possible``): a scene word of the keyword file, or the
+learned model, says the caller may be describing one; the call jumps the queue instead.
 
 ``python -m ivr.prefill`` reads JSON lines with ``text`` (and optionally ``at``, ``dialed``)
-and writes one JSON line per input (DESIGN.md §4); ``--check`` validates the data files.
+and writes one JSON line per input (DESIGN.md §4); ``--check`` validates the data files;
+``python -m ivr.prefill evaluate`` prints cross-validated accuracy (:mod:`ivr.prefill.evaluate`).
 """
 from __future__ import annotations
 
@@ -28,13 +36,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from call_routing.router import emergency_heard
+from call_routing.router import emergency_assessment
 from call_routing.rules import CHINA_TZ, Problem, Rules, load_rules, read_yaml
 from call_routing.workdays import WorkdayCalendar, default_calendar
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
 SUBJECTS_PATH = DATA_DIR / "subjects.yaml"
 CUES_PATH = DATA_DIR / "request_cues.yaml"
+LABELLED_DIR = DATA_DIR / "utterances"  # labelled sentences the model learns from (JSON lines)
+LOW_CONFIDENCE = 0.6  # a learned field less sure than this is shown to the agent as 待核实
+# possible emergency: the learned model's probability of any emergency, with a scene word heard / without
+POSSIBLE_WITH_WORD = 0.1
+POSSIBLE_WITHOUT_WORD = 0.4
 REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
 GENERAL_LINE = "12345"
 GENERAL_DEPARTMENT = "12345政务服务便民热线"
@@ -325,6 +338,9 @@ class Prefill:
     unit: str | None = None  # the business or office the matter is about
     line_name: str = ""
     evidence: dict = field(default_factory=dict)
+    emergency_possible: str | None = None  # the emergency line the caller may be describing
+    confidence: dict = field(default_factory=dict)  # learned fields: probability of the value given
+    uncertain: list = field(default_factory=list)  # fields to check (confidence < LOW_CONFIDENCE)
 
     def to_dict(self) -> dict:
         return {
@@ -332,6 +348,8 @@ class Prefill:
             "emergency": self.emergency, "enterprise": self.enterprise, "location": self.location,
             "deadline": self.deadline, "numbers": self.numbers, "subject": self.subject,
             "unit": self.unit, "line_name": self.line_name, "evidence": self.evidence,
+            "emergency_possible": self.emergency_possible, "confidence": self.confidence,
+            "uncertain": self.uncertain,
         }
 
 
@@ -356,34 +374,85 @@ class Prefiller:
     """Fills ticket fields from text. Build once (it compiles the data files), use from any thread."""
 
     def __init__(self, rules: Rules, catalogue: Catalogue | None = None, cues: Cues | None = None,
-                 calendar: WorkdayCalendar | None = None):
+                 calendar: WorkdayCalendar | None = None, training: list | None = None):
+        """``training``: labelled sentences (:func:`ivr.prefill.model.load_labelled`) to learn
+        from; default: every file of ``data/utterances/``."""
+        from .model import TextModel, load_labelled
+
         self.rules = rules
         self.catalogue = catalogue or load_catalogue(SUBJECTS_PATH, rules)
         self.cues = cues or load_cues(CUES_PATH)
         self.calendar = calendar or default_calendar()
+        if training is None:
+            training = load_labelled(sorted(LABELLED_DIR.glob("*.jsonl")), REQUEST_TYPES)
+        self.model = TextModel(training, line_scores=self._line_features, type_scores=self._type_features,
+                               emergency_scores=self._emergency_features)
+
+    # the catalogue's view of a text, as features of the learned model
+    def _line_features(self, text: str) -> list[float]:
+        scores, _ = self.catalogue.matcher.score(text)
+        chosen = self.domain_of(text)
+        return [scores.get(d, 0) for d in self.catalogue.domains] + [1.0 * (d == chosen) for d in self.catalogue.domains]
+
+    def _type_features(self, text: str) -> list[float]:
+        scores = self._type_scores(text)
+        chosen = self.request_type(text)
+        return [min(scores.get(t, 0), 10) for t in REQUEST_TYPES] + [3.0 * (t == chosen) for t in REQUEST_TYPES]
+
+    def _emergency_features(self, text: str) -> list[float]:
+        certain, possible = emergency_assessment(self.rules, text)
+        numbers = ("110", "119", "120", "122")
+        return ([3.0 * bool(certain and certain.number == n) for n in numbers]
+                + [2.0 * bool(possible and possible.number == n) for n in numbers])
 
     def fill(self, text: str, at: datetime | str | None = None, dialed: str | None = None) -> Prefill:
         text = (text or "").strip()
         at = china_time(at)
-        heard = emergency_heard(self.rules, text)
-        line = self.domain_of(text, dialed)
+        certain, suspected = emergency_assessment(self.rules, text)
+        line, line_p = self._learned_line(text, dialed)
         scores, evidence = self.catalogue.matcher.score(text)
-        if heard is not None:
-            line = GENERAL_LINE  # the caller goes to 110/119/120/122; the ticket stays with 12345
-        kind = self.cues.emergency_type if heard is not None else self.request_type(text)
+        type_p = self.model.type.probabilities(text)
+        kind = max(type_p, key=type_p.get)
+        em_p = self.model.emergency.probabilities(text)
+        any_p = 1.0 - em_p.get("none", 0.0)
+        possible = None
+        if certain is None and (any_p >= POSSIBLE_WITHOUT_WORD or (suspected and any_p >= POSSIBLE_WITH_WORD)):
+            possible = suspected.number if suspected else max((n for n in em_p if n != "none"), key=em_p.get)
+        if certain or possible:  # the caller needs help now; the ticket stays with the 12345 seats
+            line, line_p = GENERAL_LINE, 1.0
+            kind, type_p[self.cues.emergency_type] = self.cues.emergency_type, 1.0
         enterprise = self.is_enterprise(text)
         info = self.rules.line(line) or self.rules.hotline
         department = GENERAL_DEPARTMENT if info is self.rules.hotline else info.department
         words = evidence.get(line, [])
         subject = max(words, key=len) if words else None
+        confidence = {"type": round(type_p[kind], 2), "line": round(line_p, 2),
+                      "emergency": round(1.0 if certain else any_p if possible else em_p.get("none", 0.0), 2)}
+        uncertain = [f for f in ("type", "line") if confidence[f] < LOW_CONFIDENCE]
+        if "line" in uncertain:
+            uncertain += ["skill", "department"]
         return Prefill(
             type=kind, line=info.number, skill=info.skill, department=department,
-            emergency=heard.number if heard is not None else None, enterprise=enterprise,
+            emergency=certain.number if certain is not None else None, enterprise=enterprise,
             location=self.location_of(text),
             deadline=deadline_for(at, enterprise, self.calendar).isoformat(timespec="seconds"),
             numbers=key_numbers(text), subject=subject, unit=self.unit_of(text), line_name=info.name,
             evidence={"line": words, "scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])[:3])},
+            emergency_possible=possible, confidence=confidence, uncertain=uncertain,
         )
+
+    def _learned_line(self, text: str, dialed: str | None) -> tuple[str, float]:
+        """The line the learned model prefers, and its probability. A domain the model never saw
+        (an admin's new catalogue entry) wins when the catalogue names it clearly; the line the
+        caller dialed wins a near tie."""
+        p = self.model.line.probabilities(text)
+        best = max(p, key=p.get)
+        by_catalogue = self.domain_of(text, dialed)
+        if by_catalogue not in p and by_catalogue != GENERAL_LINE:
+            return by_catalogue, 0.5
+        if dialed and dialed in p and dialed != best and p[dialed] >= 0.8 * p[best]:
+            best = dialed
+        return best, p[best]
 
     def domain_of(self, text: str, dialed: str | None = None) -> str:
         """The hotline whose domain the text is about, or 12345 when none stands out."""
@@ -398,10 +467,15 @@ class Prefiller:
             return GENERAL_LINE
         return best
 
-    def request_type(self, text: str) -> str:
+    def _type_scores(self, text: str) -> dict[str, int]:
         scores, _ = self.cues.types.score(text)
         if text.rstrip("。.!！?？ ").endswith(self.cues.question_endings):
             scores["consultation"] = scores.get("consultation", 0) + self.cues.question_weight
+        return scores
+
+    def request_type(self, text: str) -> str:
+        """The type the request cues alone point to."""
+        scores = self._type_scores(text)
         if not scores:
             return self.cues.default
         order = {t: i for i, t in enumerate(self.cues.precedence)}
@@ -439,7 +513,8 @@ def _problem_line(line_no: int, message: str) -> str:
 
 
 class PrefillClassifier:
-    """What was heard -> the domain seat group, when a specific one stands out."""
+    """What was heard -> the fields, when a specific domain stands out or the caller may be
+    describing an emergency (``emergency_possible``); else None."""
 
     def __init__(self, rules_source):
         self._source = rules_source
@@ -449,7 +524,7 @@ class PrefillClassifier:
     def __call__(self, text: str) -> dict | None:
         rules = self._source()
         fields = self.filler(rules).fill(text).to_dict()
-        return fields if fields["line"] != rules.hotline.number else None
+        return fields if fields["line"] != rules.hotline.number or fields["emergency_possible"] else None
 
     def filler(self, rules=None):
         """The :class:`Prefiller` of ``rules`` (default: the current ones), built

@@ -1,0 +1,112 @@
+"""The statistical half of the pre-fill: what a caller said -> request type, hotline line and
+whether it sounds like an emergency, learned from the labelled sentences the project ships
+(``data/utterances/*.jsonl``).
+
+Each field is a logistic regression over character n-grams (1–3 characters, TF-IDF) and the
+catalogue's own scores (``data/subjects.yaml`` for the line, ``data/request_cues.yaml`` for
+the type, the emergency words of ``emergency_keywords.yaml``), so a word an admin adds to the
+catalogue still moves matters, and sentences worded unlike any catalogue entry are still read.
+Training takes well under a second; it runs when a :class:`~ivr.prefill.Prefiller` is built.
+The probabilities are the confidence the ticket shows (a field below ``LOW_CONFIDENCE`` is
+marked 待核实 for the agent).
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy.sparse import csr_matrix, hstack
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+
+EMERGENCY_NUMBERS = ("110", "119", "120", "122")
+NO_EMERGENCY = "none"
+_NOISE = re.compile(r"[\s，。,.!?！？、；;：:“”\"'（）()…~～\-—]+")
+
+
+class LabelledDataError(Exception):
+    """A labelled-sentence file that cannot be learned from; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Labelled:
+    text: str
+    type: str
+    line: str
+    emergency: str | None
+    enterprise: bool
+    where: str  # file:line, for reports
+
+
+def load_labelled(paths, types: tuple[str, ...]) -> list[Labelled]:
+    """Labelled sentences (JSON lines: text, type, line, emergency, enterprise) from ``paths``."""
+    rows = []
+    for path in paths:
+        path = Path(path)
+        for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                item = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise LabelledDataError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
+                raise LabelledDataError(f"{where}: needs a non-empty `text`")
+            if item.get("type") not in types:
+                raise LabelledDataError(f"{where}: `type` {item.get('type')!r} is not one of {', '.join(types)}")
+            if not isinstance(item.get("line"), str) or not item["line"].isdigit():
+                raise LabelledDataError(f"{where}: `line` must be a hotline number as text, like \"12345\"")
+            if item.get("emergency") not in (None, *EMERGENCY_NUMBERS):
+                raise LabelledDataError(f"{where}: `emergency` must be null or one of {', '.join(EMERGENCY_NUMBERS)}")
+            rows.append(Labelled(item["text"], item["type"], item["line"], item.get("emergency"),
+                                 bool(item.get("enterprise")), where))
+    return rows
+
+
+def clean(text: str) -> str:
+    return _NOISE.sub(" ", text or "").strip()
+
+
+class _Field:
+    """One field: TF-IDF character n-grams plus catalogue features -> logistic regression."""
+
+    def __init__(self, features: Callable[[str], list[float]], c: float, weight: float):
+        self.features, self.weight = features, weight
+        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+        self.model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear"))
+
+    def _matrix(self, texts, fit=False):
+        cleaned = [clean(t) for t in texts]
+        grams = self.vectorizer.fit_transform(cleaned) if fit else self.vectorizer.transform(cleaned)
+        extra = csr_matrix(np.array([self.features(t) for t in texts], dtype=float) * self.weight)
+        return hstack([grams, extra]).tocsr()
+
+    def fit(self, texts, labels) -> "_Field":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model.fit(self._matrix(texts, fit=True), labels)
+        return self
+
+    def probabilities(self, text: str) -> dict[str, float]:
+        p = self.model.predict_proba(self._matrix([text]))[0]
+        return {str(label): float(v) for label, v in zip(self.model.classes_, p)}
+
+
+class TextModel:
+    """The three learned fields. ``catalogue_*`` give the catalogue's scores for a text."""
+
+    def __init__(self, rows: list[Labelled], *, line_scores: Callable[[str], list[float]],
+                 type_scores: Callable[[str], list[float]], emergency_scores: Callable[[str], list[float]]):
+        texts = [r.text for r in rows]
+        self.line = _Field(line_scores, c=20.0, weight=0.5).fit(texts, [r.line for r in rows])
+        self.type = _Field(type_scores, c=20.0, weight=0.3).fit(texts, [r.type for r in rows])
+        self.emergency = _Field(emergency_scores, c=20.0, weight=1.0).fit(
+            texts, [r.emergency or NO_EMERGENCY for r in rows])
+        self.size = len(rows)

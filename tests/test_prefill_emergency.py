@@ -1,0 +1,131 @@
+"""The pre-fill that learns (issue 18): its cross-validated figures, and emergencies in two
+levels through the real call flow on the real Redis ACD — certain: transferred at once;
+possible: ahead of the queue to the next free seat with a supervisor alert; negated or
+hypothetical: neither."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from call_routing.acd import ACD, Agent
+from call_routing.router import emergency_assessment
+from consoles.dashboard import describe_alert
+from intake.tickets import TicketStore
+from ivr import flow as F
+from ivr.prefill import Prefiller, PrefillClassifier
+from ivr.services import AcdQueue
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# sentences of our own, in none of the labelled files the model learns from
+SMOKE_NEXT_DOOR = "对门家一直往外冒黑烟，敲门没人开"  # no 着火/火灾: possible 119
+FIRE = "楼下着火了，烟很大"  # certain 119
+NOT_A_FIRE = "没有着火，就是楼道里的灭火器过期了"  # negated: nothing
+IF_A_FIRE = "我们小区消防通道老被堵，真要起火了消防车都进不来"  # hypothetical: never a transfer
+
+
+@pytest.fixture(scope="module")
+def prefiller(rules):
+    return Prefiller(rules)
+
+
+def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    cv, dev = report["cross_validated"], report["fixed_dev50"]
+    assert cv["sentences"] >= 384 and dev["sentences"] == 50
+    # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
+    assert cv["type"] >= 0.82 and cv["line"] >= 0.85, cv
+    assert cv["emergency_recall"] >= 0.93 and cv["auto_transfers"] == 0 and cv["false_alarms"] <= 8, cv
+    assert dev["type"] >= 0.92 and dev["line"] >= 0.9, dev
+    assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
+    # the confidence means something: fields it is sure of are right far more often than 待核实 ones
+    assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
+    assert report["training_s"] < 2.0
+
+
+def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
+    smoke = prefiller.fill(SMOKE_NEXT_DOOR)
+    assert (smoke.emergency, smoke.emergency_possible, smoke.line) == (None, "119", "12345")
+    fire = prefiller.fill(FIRE)
+    assert (fire.emergency, fire.emergency_possible) == ("119", None)
+    assert prefiller.fill(NOT_A_FIRE).emergency is None and prefiller.fill(NOT_A_FIRE).emergency_possible is None
+    assert prefiller.fill(IF_A_FIRE).emergency is None
+    # the router, which decides transfers, agrees
+    assert emergency_assessment(rules, "不是要报警，我想问身份证丢了在哪补")[0] is None
+    assert emergency_assessment(rules, "昨天小区门口那个车祸我看见了，要去做笔录吗")[0] is None
+    assert emergency_assessment(rules, "有人拿刀砍人")[0].number == "110"
+
+
+def test_a_field_the_model_is_unsure_of_reaches_the_ticket_marked_for_checking(prefiller, tmp_path):
+    store = TicketStore(f"sqlite:///{tmp_path / 'tickets.db'}")
+    fields = prefiller.fill("喂，你好，那个，嗯").to_dict()
+    assert fields["uncertain"], fields["confidence"]  # a caller who has not said anything yet
+    ticket = store.attach_transcript("call-1", text="喂，你好，那个，嗯", prefill=fields)
+    marked = {n for n, f in ticket.fields.items() if f.get("uncertain")}
+    assert marked == set(fields["uncertain"]) & set(ticket.fields)
+    sure = prefiller.fill(SMOKE_NEXT_DOOR).to_dict()
+    ticket = store.attach_transcript("call-2", text=SMOKE_NEXT_DOOR, prefill=sure)
+    assert ticket.fields["emergency_possible"]["value"] == "119" and not ticket.fields["line"]["uncertain"]
+
+
+@pytest.fixture
+def acd_flow(redis_url, rules):
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.MemoryCalls(),
+                      classify=PrefillClassifier(lambda: rules))
+    for i in range(3):
+        flow.start(f"w{i}", "12345", f"1380013800{i}")
+        assert flow.wait(f"w{i}").action == "queue"
+    return acd, flow
+
+
+def _agent_comes(acd):
+    acd.save_agent(Agent("a1", "张敏", {"general": 10}, ("PJSIP/agent1",)))
+    acd.login("a1")
+
+
+def test_a_possible_emergency_jumps_the_queue_and_alerts_the_supervisor(acd_flow, rules):
+    acd, flow = acd_flow
+    assert acd.position("w2").position == 3
+    turn = flow.heard("w2", SMOKE_NEXT_DOOR)
+    assert turn.action == "queue"  # no automatic transfer: a seat hears the caller first
+    assert acd.position("w2").position == 1 and acd.position("w0").position == 2
+    alerts = [a for a in acd.alerts() if a["alert"] == "possible_emergency"]
+    assert [(a["call"], a["emergency"]) for a in alerts] == [("w2", "119")]
+    text = describe_alert(alerts[0], rules, {"caller": "138****8002"})
+    assert "可能紧急" in text and "119" in text and "队首" in text and "w2" not in text
+    _agent_comes(acd)
+    assert (flow.wait("w2").action, flow.wait("w2").target) == ("transfer", "PJSIP/agent1")
+    assert flow.wait("w0").action == "queue"
+    flow.heard("w1", SMOKE_NEXT_DOOR + "，烟越来越大")  # said again: one alert per call is enough
+    assert len([a for a in acd.alerts() if a["alert"] == "possible_emergency"]) == 2
+
+
+def test_a_certain_emergency_transfers_at_once(acd_flow):
+    acd, flow = acd_flow
+    turn = flow.heard("w1", FIRE)
+    assert (turn.action, turn.target, turn.reason) == ("transfer", "119", "emergency")
+    assert acd.call("w1")["state"] == "left"
+    assert not [a for a in acd.alerts() if a["alert"] == "possible_emergency"]
+
+
+@pytest.mark.parametrize("said", [NOT_A_FIRE, IF_A_FIRE.replace("真要起火了", "真要着火了")])
+def test_a_negated_or_hypothetical_fire_neither_transfers_nor_jumps_the_queue(acd_flow, said):
+    acd, flow = acd_flow
+    turn = flow.heard("w2", said)
+    assert turn.action == "queue" and acd.call("w2")["state"] == "waiting"
+    if said == NOT_A_FIRE:  # negated: nothing at all
+        assert acd.call("w2")["urgent"] is None
+        assert not [a for a in acd.alerts() if a["alert"] == "possible_emergency"]
+    else:  # hypothetical: at most a seat hears it first, never a transfer
+        assert acd.call("w2")["urgent"] in (None, "119")
