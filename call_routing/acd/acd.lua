@@ -656,6 +656,30 @@ local offers = {}
 add(offers, try_assign_skill(skill))
 return reply('ok', skill, offers)
 
+--@ prioritise
+-- call, priority, rank (MAX_PRIORITY - priority, as enqueue's score), emergency: a call that may be an emergency (可能紧急) goes ahead of everyone
+-- of a lower priority (still by arrival among equals) and is offered to the next free seat; the
+-- supervisor is alerted. A ringing call keeps its ring; only waiting or ringing calls qualify.
+local c, prio, rank, number = ARGV[A], ARGV[A + 1], tonumber(ARGV[A + 2]), ARGV[A + 3]
+local ck = k_call(c)
+local st = hget(ck, 'state') or 'unknown'
+if st ~= 'waiting' and st ~= 'ringing' then return reply('bad_state', st) end
+local skill, line = hget(ck, 'skill') or '', hget(ck, 'line') or ''
+local score = rank * 1e13 + math.floor(tonumber(hget(ck, 'entered')) * 1000)
+if score < tonumber(hget(ck, 'score')) then
+  redis.call('HSET', ck, 'score', fmt(score), 'prio', prio)
+  if st == 'waiting' then
+    for _, s in ipairs(split(hget(ck, 'queues'))) do redis.call('ZADD', k_queue(s), fmt(score), c) end
+  end
+end
+redis.call('HSET', ck, 'urgent', number)
+log('urgent', 'call', c, 'skill', skill, 'line', line, 'emergency', number)
+redis.call('XADD', k_alerts(), 'MAXLEN', '~', 10000, '*', 't', NOW_S, 'alert', 'possible_emergency', 'skill', skill,
+           'call', c, 'line', line, 'emergency', number)
+local offers = {}
+if st == 'waiting' then add(offers, try_assign_call(c)) end
+return reply('ok', skill, offers)
+
 --@ lost
 -- call, stale_before (s): a live caller still waiting whose front-end has not asked about them
 -- since stale_before (an AGI server or web process that died with the call, a lost status
