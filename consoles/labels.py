@@ -21,7 +21,7 @@ TYPES = {"consultation": "咨询", "help": "求助", "complaint": "投诉", "rep
          "praise": "表扬"}
 FIELD_LABELS = {"type": "诉求类型", "line": "归属热线", "skill": "坐席组", "department": "承办部门", "location": "地点",
                 "enterprise": "企业诉求", "unit": "涉及单位", "subject": "事项", "emergency": "紧急联动",
-                "numbers": "提到的号码", "summary": "摘要"}
+                "numbers": "提到的号码", "summary": "摘要", "emergency_possible": "可能紧急"}
 TRANSCRIPT_STATUSES = {"pending": "正在识别", "ok": "已识别", "empty": "未识别到内容", "no_model": "未配置语音识别",
                        "unreadable": "录音无法读取", "failed": "识别失败"}
 CALL_OUTCOMES = {"completed": "通话正常结束", "abandoned": "来电人挂断（未接通）", "fallback": "转备用坐席接听"}
@@ -208,6 +208,8 @@ def field_value(name: str, value, rules=None) -> str:
     if name == "emergency":
         return f"需联动 {value}" if value else "否"
     if name == "numbers":
+    if name == "emergency_possible":
+        return f"可能需联动 {value}，请核实" if value else "否"
         return numbers_text(value)
     return plain(value)
 
