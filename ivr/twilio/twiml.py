@@ -11,6 +11,8 @@ before ``<Enqueue>`` and by a speech ``<Gather>`` inside the wait.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import zlib
 from urllib.parse import urlencode
@@ -83,12 +85,23 @@ def _speak_into(node, steps) -> None:
                 node.say(step["text"], language=language)
 
 
-def enqueue(response: VoiceResponse, skill: str, call_id: str, *, shards: int = 1, record: bool = True) -> None:
-    """Hold the caller (hold audio and announcements come from ``wait``), recording what they say."""
+def stream_token(auth_token: str, call_sid: str) -> str:
+    """The media stream's token for this call (HMAC-SHA256 of the CallSid under the auth token):
+    only the holder of the auth token can make it, and it opens that call's stream only."""
+    return hmac.new(auth_token.encode(), call_sid.encode(), hashlib.sha256).hexdigest()
+
+
+def enqueue(response: VoiceResponse, skill: str, call_id: str, *, shards: int = 1, record: bool = True,
+            stream: tuple[str, str] | None = None) -> None:
+    """Hold the caller (hold audio and announcements come from ``wait``), recording what they say;
+    with ``stream`` (wss URL, token) their voice also goes live to the media-stream server."""
     if record:
         response.start().recording(name=INTAKE_RECORDING, track="inbound", channels="mono",
                                    recording_status_callback="recording",
                                    recording_status_callback_event="completed")
+    if stream:
+        url, token = stream
+        response.start().stream(url=url, track="inbound_track").parameter(name="token", value=token)
     response.enqueue(hold_queue_name(skill, call_id, shards), wait_url="wait", wait_url_method="POST",
                      action="queue-exit", method="POST")
 
@@ -140,9 +153,10 @@ def leave() -> str:
     return str(r)
 
 
-def conference(call_id: str, *, caller: bool, stop_recording: bool = False, greeting=()) -> str:
+def conference(call_id: str, *, caller: bool, stop_recording: bool = False, greeting=(), record: bool = False) -> str:
     """Join the per-call conference: the citizen ends it by leaving; agents and transfer targets
-    come and go (warm transfer) without ending it."""
+    come and go (warm transfer) without ending it. ``record`` (the citizen's join, 质检): the
+    conference is recorded from its start (the agent's answer); ``call-recording`` gets the file."""
     r = VoiceResponse()
     if stop_recording:
         stop = r.stop()
@@ -155,7 +169,10 @@ def conference(call_id: str, *, caller: bool, stop_recording: bool = False, gree
                  end_conference_on_exit=caller, participant_label="caller" if caller else "agent",
                  status_callback="conference-events" if caller else None,
                  status_callback_event="start end join leave" if caller else None,
-                 wait_url="" if not caller else None)
+                 wait_url="" if not caller else None,
+                 **({"record": "record-from-start", "recording_status_callback_event": "completed",
+                     "recording_status_callback": f"call-recording?{urlencode({'call': call_id})}"}
+                    if caller and record else {}))
     return str(r)
 
 

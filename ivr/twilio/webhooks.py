@@ -9,7 +9,9 @@ flat under ``/twilio/`` so that relative URLs in TwiML resolve to it.
     voice           entry (number's Voice URL)        fallback    number's Fallback URL
     status          number's Status Callback URL      wait        <Enqueue> waitUrl
     heard/pressed   <Gather> in the wait              queue-exit  <Enqueue> action
+    emergency       the call moved out of <Enqueue> when ivr.twilio.media heard an emergency
     dial-ended      emergency / sub-center <Dial>     recording   intake recording status
+    call-recording  the conference's recording of the whole call (质检)
     agent-answer    agent leg answered                agent-status  agent leg status
     conference-events / conference-ended / survey-start / survey / transfer-status /
     callback-agent / callback-citizen / callback-survey / callback-status
@@ -59,6 +61,8 @@ SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_OFFER_LISTENER": True,  # ring agents for offers made in other processes (ticker, workers)
     # where a RecordingUrl may point: host[:port] (https), or http://host[:port]; comma-separated
     "TWILIO_RECORDING_HOSTS": "api.twilio.com",
+    # wss://…/twilio/media: waiting callers' voice streamed live to ivr.twilio.media; unset: not streamed
+    "TWILIO_MEDIA_STREAM_URL": None,
 }
 _FALSE = ("0", "false", "no", "off")
 
@@ -115,6 +119,7 @@ def init_app(app, services=None) -> None:
         "hold_music": app.config["TWILIO_HOLD_MUSIC"] or HOLD_MUSIC_PATH, "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
         "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
         "recording_hosts": app.config["TWILIO_RECORDING_HOSTS"] or "",
+        "stream_url": app.config["TWILIO_MEDIA_STREAM_URL"] or None, "token": token,
     }
     app.register_blueprint(bp)
     app.add_url_rule(HOLD_MUSIC_PATH, "twilio_hold_music", hold_music)
@@ -280,13 +285,36 @@ def _render_turn(turn, call_id: str) -> str:
     r = VoiceResponse()
     twiml.speak(r, turn.steps)
     if turn.action == "queue":
-        twiml.enqueue(r, turn.skill, call_id, shards=_tw()["shards"])
+        twiml.enqueue(r, turn.skill, call_id, shards=_tw()["shards"], stream=_stream(call_id))
     elif turn.action == "transfer":
         twiml.dial(r, turn.target, action="dial-ended", ticket=turn.ticket)
     elif turn.action == "survey":
         return twiml.survey(turn.steps)
     else:
         r.hangup()
+    return str(r)
+
+
+def _stream(call_id: str) -> tuple[str, str] | None:
+    """(wss URL, the call's token) when waiting callers are heard live (TWILIO_MEDIA_STREAM_URL)."""
+    tw = _tw()
+    if not (tw["stream_url"] and tw["token"]):
+        return None
+    return tw["stream_url"], twiml.stream_token(tw["token"], call_id)
+
+
+def remember_emergency(legs, call_id: str, turn) -> None:
+    """An emergency heard while waiting: what to say before dialing it, for ``emergency`` or
+    ``queue-exit`` (whichever takes the call out of ``<Enqueue>``)."""
+    legs.set(call_id, pending="transfer")
+    legs.r.set(f"twilio:pending:{call_id}", _steps_json(turn.steps), ex=3600)
+
+
+def _emergency_dial(call_id: str) -> str:
+    state = _tw()["flow"].state(call_id)
+    r = VoiceResponse()
+    twiml.speak(r, _steps_load(_tw()["legs"].r.get(f"twilio:pending:{call_id}")))
+    twiml.dial(r, state.target, action="dial-ended", ticket=state.ticket)
     return str(r)
 
 
@@ -340,8 +368,7 @@ def heard():
     call_id = request.form["CallSid"]
     turn = _tw()["flow"].heard(call_id, request.form.get("SpeechResult", ""), "twilio-speech")
     if turn.action == "transfer":  # emergency: out of the queue, queue-exit dials it
-        _tw()["legs"].set(call_id, pending="transfer")
-        _tw()["legs"].r.set(f"twilio:pending:{call_id}", _steps_json(turn.steps), ex=3600)
+        remember_emergency(_tw()["legs"], call_id, turn)
         return _xml(twiml.leave())
     return _xml(twiml.empty())
 
@@ -361,13 +388,7 @@ def queue_exit():
     """<Enqueue> action: why the caller left the holding queue."""
     call_id, result = request.form["CallSid"], request.form.get("QueueResult", "")
     if result == "leave":
-        state = _tw()["flow"].state(call_id)
-        raw = _tw()["legs"].r.get(f"twilio:pending:{call_id}")
-        steps = _steps_load(raw)
-        r = VoiceResponse()
-        twiml.speak(r, steps)
-        twiml.dial(r, state.target, action="dial-ended", ticket=state.ticket)
-        return _xml(str(r))
+        return _xml(_emergency_dial(call_id))
     if result == "hangup":
         _tw()["board"].caller_gone(call_id)
         return _xml(twiml.empty())
@@ -378,6 +399,21 @@ def queue_exit():
         r.enqueue(f"overflow-{state.skill}", wait_url="wait", action="queue-exit")
         return _xml(str(r))
     return _xml(twiml.empty())  # bridged / redirected: moved to the conference
+
+
+@bp.post("/emergency")
+@call_webhook("call")
+def emergency():
+    """The call redirected here (REST) by the media-stream server: an emergency was heard."""
+    call_id = request.form["CallSid"]
+    state = _tw()["flow"].state(call_id)
+    if state.state != "transferring" or state.target_kind != "emergency":  # never a call without TwiML
+        log.warning("call %s: moved to emergency with none pending; back in line", call_id)
+        r = VoiceResponse()
+        twiml.enqueue(r, state.skill or _tw()["rules"].current().hotline.skill, call_id, shards=_tw()["shards"],
+                      record=False)
+        return _xml(str(r))
+    return _xml(_emergency_dial(call_id))
 
 
 @bp.post("/dial-ended")
@@ -404,6 +440,21 @@ def recording():
             return Response(status=204)
         if _tw()["legs"].once(call_id, f"recording:{f.get('RecordingSid')}"):
             _tw()["flow"].recorded(call_id, f["RecordingUrl"])
+    return Response(status=204)
+
+
+@bp.post("/call-recording")
+@call_webhook("event")
+def call_recording():
+    """The conference's recording of the whole conversation (质检, ``?call=`` the citizen's call):
+    stored with the ticket and transcribed into its history (rq job)."""
+    f, call_id = request.form, request.args.get("call", "")
+    if call_id and f.get("RecordingStatus") == "completed" and f.get("RecordingUrl"):
+        if not recording_url_allowed(f["RecordingUrl"], _tw()["recording_hosts"]):
+            log.warning("call %s: RecordingUrl on a host not in TWILIO_RECORDING_HOSTS: not fetched", call_id)
+            return Response(status=204)
+        if _tw()["legs"].once(call_id, f"call-recording:{f.get('RecordingSid')}"):
+            _tw()["flow"].call_recorded(call_id, f["RecordingUrl"])
     return Response(status=204)
 
 
