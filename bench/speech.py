@@ -17,6 +17,11 @@ pauses, band-limited to 8 kHz like a phone line. Figures:
 - ``speech_end_to_ticket_s``: streaming, audio paced in real time, from the moment the
   caller's voice stops to the pre-filled ticket fields (``ivr.prefill``) — median over the
   phrases; the file path is reported next to it.
+- ``audiosocket_end_to_ticket_s`` / ``media_streams_end_to_ticket_s``: the same through the
+  product's live front-end servers — 20 ms frames over TCP (Asterisk AudioSocket) and JSON
+  over a WebSocket (Twilio Media Streams), paced in real time, to ``flow.heard`` and the
+  pre-filled ticket; ``*_overhead_ratio``: the process's CPU per audio second on that path
+  (server, recogniser, the sending side) over raw Vosk's.
 
 The last line printed is one JSON object.
 """
@@ -254,6 +259,119 @@ def file_latency(model, phrase: np.ndarray, prefiller, trailing_s: float) -> dic
     return {"file_processing_s": processing, "file_speech_end_to_ticket_s": trailing_s + processing}
 
 
+# --- the live front-end paths: AudioSocket (Asterisk) and Media Streams (Twilio) ------------------
+
+class _PrefilledTickets:
+    """The flow's ticket port as the worker fills it: every heard utterance pre-fills the
+    ticket from the whole transcript so far; when each was done is kept."""
+
+    def __init__(self, prefiller):
+        self.prefiller, self.text, self.done = prefiller, "", []
+
+    def open(self, **_):
+        return "1"
+
+    def transcript(self, ticket, text, source):
+        self.text = f"{self.text} {text}".strip()
+        if self.prefiller is not None:
+            self.prefiller.fill(self.text)
+        self.done.append(time.perf_counter())
+
+    def recording(self, *_):
+        pass
+
+    survey = close = recording
+
+
+def _send_live(path: str, port: int, first: str, frames: list, start_at: float) -> None:
+    """Asterisk's or Twilio's side, in its own process: connect, send the opening message, then
+    one ready-made 20 ms frame per 20 ms from ``start_at`` (wall clock)."""
+    import socket as socketlib
+
+    from websockets.sync.client import connect
+
+    if path == "audiosocket":
+        with socketlib.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(first)
+            _paced(conn.sendall, frames, start_at)
+    else:
+        with connect(f"ws://127.0.0.1:{port}/twilio/media") as conn:
+            conn.send(first)
+            _paced(conn.send, frames, start_at)
+
+
+def _paced(send, frames: list, start_at: float) -> None:
+    for i, f in enumerate(frames):
+        delay = start_at + (i + 1) * CHUNK_MS / 1000 - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        send(f)
+    time.sleep(0.5)  # the last phrase's final and ticket, before the hang-up
+
+
+def live_paths(model, audio: np.ndarray, ends: list[float], prefiller) -> dict:
+    """The caller's audio paced in real time through the product's AudioSocket server (TCP,
+    20 ms slin frames) and media-stream server (WebSocket, 20 ms base64 mu-law JSON), each on
+    its own waiting call, sent from another process as Asterisk and Twilio do: seconds from the
+    end of each phrase to the pre-filled ticket, and this process's CPU seconds per audio second
+    (the server, its threads and the recogniser)."""
+    import base64
+    import multiprocessing
+    import uuid
+
+    from agi_scripts.audiosocket import KIND_AUDIO, KIND_UUID, AudioSocketServer, Ids, frame
+    from call_routing.rules_store import RulesStore
+    from ivr.flow import CallFlow, MemoryQueue, RedisCalls
+    from ivr.services import Services, SpeechStream
+    from ivr.twilio.media import MediaStreamServer
+    from ivr.twilio.twiml import stream_token
+    from runtime.redis_conn import redis_client
+    from runtime.redis_server import EmbeddedRedis
+
+    speech.configure(model.path)
+    redis = EmbeddedRedis().start()
+    out = {}
+    try:
+        client = redis_client(redis.url, decode_responses=True)
+        rules = RulesStore(os.environ.get("RULES_PATH") or None)
+        pcm, ulaw = chunks(audio), chunks_ulaw(audio)
+        for path in ("audiosocket", "media_streams"):
+            tickets = _PrefilledTickets(prefiller)
+            flow = CallFlow(rules.current, MemoryQueue(), tickets, RedisCalls(client), classify=None)
+            services = Services(flow, rules, "", "", SpeechStream)
+            call_id = f"bench-{path}"
+            flow.start(call_id, "12345", "13800138000")
+            flow.wait(call_id)
+            if path == "audiosocket":
+                server = AudioSocketServer(services, port=0).start()
+                first = frame(KIND_UUID, uuid.UUID(Ids(client).issue(call_id)).bytes)
+                frames = [frame(KIND_AUDIO, c) for c in pcm]
+            else:
+                server = MediaStreamServer(services, "bench-token", lambda *a: None, port=0).start()
+                first = json.dumps({"event": "start", "start": {
+                    "callSid": call_id, "customParameters": {"token": stream_token("bench-token", call_id)},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+                frames = [json.dumps({"event": "media", "media": {"track": "inbound",
+                                                                   "payload": base64.b64encode(c).decode()}})
+                          for c in ulaw]
+            start_at = time.time() + 0.5
+            sender = multiprocessing.get_context("fork").Process(
+                target=_send_live, args=(path, server.address[1], first, frames, start_at))
+            sender.start()
+            time.sleep(max(0.0, start_at - time.time()))
+            cpu0 = time.process_time()
+            sender.join()
+            cpu = time.process_time() - cpu0
+            server.stop()
+            # each ticket update after the phrase that ended last before it
+            done_s = [d - (start_at - time.time() + time.perf_counter()) for d in tickets.done]
+            to_ticket = [d - max(e for e in ends if e <= d) for d in done_s if any(e <= d for e in ends)]
+            out[path] = {"to_ticket": to_ticket, "rtf": cpu / (len(pcm) * CHUNK_MS / 1000 + 0.5)}
+    finally:
+        redis.stop()
+    return out
+
+
 # --- main -------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,7 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     what = "pre-filled ticket (ivr.prefill)" if prefiller else "final text (ivr.prefill not available)"
     lat = streaming_latency(model, audio, ends, prefiller)
     fil = file_latency(model, phrase, prefiller, args.record_silence)
+    live = live_paths(model, audio, ends, prefiller)
     stream_s = statistics.median(lat["to_ticket"]) if lat["to_ticket"] else float("nan")
+    live_s = {k: statistics.median(v["to_ticket"]) if v["to_ticket"] else float("nan") for k, v in live.items()}
+    for k, v in live.items():
+        print(f"{k}: end of speech -> {what} median {live_s[k]:.3f} s (phrases "
+              f"{', '.join(f'{x:.3f}' for x in v['to_ticket'])}); CPU {v['rtf']:.3f} s per audio second, "
+              f"{v['rtf'] / cpu['raw_vosk_rtf_8k']:.2f}x raw Vosk")
     print(f"end of speech -> {what}: streaming median {stream_s:.3f} s "
           f"(phrases {', '.join(f'{x:.3f}' for x in lat['to_ticket'])}; to text "
           f"{', '.join(f'{x:.3f}' for x in lat['to_text'])}); file path {fil['file_speech_end_to_ticket_s']:.2f} s "
@@ -326,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         "speech_end_to_ticket_max_s": round(max(lat["to_ticket"]), 3) if lat["to_ticket"] else None,
         "speech_end_to_ticket_file_s": round(fil["file_speech_end_to_ticket_s"], 3),
         "file_processing_s": round(fil["file_processing_s"], 3),
+        "audiosocket_end_to_ticket_s": round(live_s["audiosocket"], 3),
+        "media_streams_end_to_ticket_s": round(live_s["media_streams"], 3),
+        "audiosocket_overhead_ratio": round(live["audiosocket"]["rtf"] / cpu["raw_vosk_rtf_8k"], 3),
+        "media_streams_overhead_ratio": round(live["media_streams"]["rtf"] / cpu["raw_vosk_rtf_8k"], 3),
         "ticket_step": "prefill" if prefiller else "final_text_only",
         "rtf_8k_ulaw": round(cpu["rtf_8k_ulaw"], 4),
         "rtf_8k_file": round(cpu["rtf_8k_file"], 4),
