@@ -161,6 +161,31 @@ def _cannot_listen(address: str) -> str | None:
     return None
 
 
+def _live_speech_children(children: dict) -> dict:
+    """With a speech model (``VOSK_MODEL_PATH``): the AudioSocket server for Asterisk
+    (``AUDIOSOCKET_BIND``, default 127.0.0.1:9092, ``off`` to skip; the dialplan's
+    ``HOTLINE_AUDIOSOCKET`` names it) and, when ``TWILIO_MEDIA_STREAM_URL`` is set, the Twilio
+    media-stream server (``MEDIA_STREAMS_BIND``, default 127.0.0.1:8001; nginx passes
+    ``/twilio/media`` to it). Returns where each listens."""
+    live = {}
+    if not os.environ.get("VOSK_MODEL_PATH"):
+        return live
+    audiosocket = os.environ.get("AUDIOSOCKET_BIND", "127.0.0.1:9092")
+    if audiosocket != "off":
+        host, _, port = audiosocket.rpartition(":")
+        children["audiosocket"] = [sys.executable, "-m", "agi_scripts.audiosocket", "--host", host, "--port", port]
+        live["audiosocket"] = audiosocket
+        log.info("AudioSocket server on %s: set HOTLINE_AUDIOSOCKET=%s in the dialplan's globals (AUDIOSOCKET_BIND=off "
+                 "to skip)", audiosocket, audiosocket)
+    if os.environ.get("TWILIO_MEDIA_STREAM_URL"):
+        media = os.environ.get("MEDIA_STREAMS_BIND", "127.0.0.1:8001")
+        host, _, port = media.rpartition(":")
+        children["media"] = [sys.executable, "-m", "ivr.twilio.media", "--host", host, "--port", port]
+        live["media"] = media
+        log.info("Twilio media streams on %s (%s)", media, os.environ["TWILIO_MEDIA_STREAM_URL"])
+    return live
+
+
 def main() -> int:
     """Run the product: embedded Redis (unless REDIS_URL), rq worker, FastAGI server, web app."""
     from runtime.redis_server import DataDirError, redis_url_or_embedded
@@ -205,13 +230,14 @@ def main() -> int:
         host, _, port = fastagi.rpartition(":")
         children["fastagi"] = [sys.executable, "-m", "agi_scripts.fastagi_server", "--host", host, "--port", port]
         log.info("FastAGI server on agi://%s (FASTAGI_BIND=off to skip)", fastagi)
+    live = _live_speech_children(children)  # waiting callers heard live (AudioSocket, Media Streams)
     bind = os.environ.get("BIND", "0.0.0.0:8000")
     proxy_dir = None
     if os.environ.get("WEB_PROXY", "nginx") != "off" and nginx_binary():
         # nginx reads each request whole before a gunicorn worker sees it: slow clients hold nothing
         proxy_dir = tempfile.mkdtemp(prefix="hotline-nginx-")
         public, bind = bind, f"127.0.0.1:{free_port()}"
-        children["proxy"] = nginx_command(nginx_config(public, bind, proxy_dir))
+        children["proxy"] = nginx_command(nginx_config(public, bind, proxy_dir, media=live.get("media")))
         os.environ.setdefault("PROXY_HOPS", "1")  # the client's address, as nginx says, for audit and throttling
         log.info("serving on http://%s through nginx (buffering proxy; WEB_PROXY=off to serve gunicorn directly)",
                  public)

@@ -19,9 +19,12 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
-def nginx_config(listen: str, upstream: str, workdir: str | os.PathLike, max_body: str = "2m") -> Path:
+def nginx_config(listen: str, upstream: str, workdir: str | os.PathLike, max_body: str = "2m",
+                 media: str | None = None) -> Path:
     """Write an nginx configuration that listens on ``listen`` (``host:port``) and passes every
-    request, read whole, to ``upstream`` (``host:port``); its pid, logs and buffers in ``workdir``."""
+    request, read whole, to ``upstream`` (``host:port``); its pid, logs and buffers in ``workdir``.
+    With ``media`` (``host:port``), WebSockets to ``/twilio/media`` go there (Twilio Media Streams,
+    ``ivr.twilio.media``), held as long as a caller waits."""
     d = Path(workdir)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -47,7 +50,7 @@ http {{
   client_max_body_size {max_body};
   server_tokens off;
   server {{
-    listen {listen};
+    listen {listen};{_media_location(media)}
     location / {{
       proxy_pass http://{upstream};
       proxy_request_buffering on;
@@ -62,6 +65,21 @@ http {{
 }}
 """)
     return conf
+
+
+def _media_location(media: str | None) -> str:
+    if not media:
+        return ""
+    return f"""
+    location = /twilio/media {{
+      proxy_pass http://{media};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host $http_host;
+      proxy_read_timeout 4h;
+      proxy_send_timeout 4h;
+    }}"""
 
 
 def nginx_command(conf: Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from intake.speech import encode_ulaw
+from runtime.proxy import nginx_binary
 from tests.test_speech import KO_MODEL, SPEECH_DATA
 from tests.twilio_support import ACCOUNT, RecordingHttpClient
 
@@ -208,3 +210,36 @@ def test_streams_without_a_valid_token_or_beyond_their_bounds_are_closed(product
         with pytest.raises(InvalidStatus):
             connect(url.replace("/twilio/media", "/elsewhere")).close()
         assert server.stats["streams"] == 2 and server.stats["refused"] == 6
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="no nginx")
+def test_the_stream_passes_through_the_products_nginx(product, tmp_path):
+    """python app.py puts nginx in front: its /twilio/media location upgrades to the media server."""
+    from bench.asterisk_lab import free_port, wait_until
+    from runtime.proxy import nginx_command, nginx_config
+
+    post, _ = product
+    token = waiting_call(post, "CAmedia4")
+    with media_server(Deaf) as (server, url):
+        listen = f"127.0.0.1:{free_port()}"
+        conf = nginx_config(listen, f"127.0.0.1:{free_port()}", tmp_path / "nginx", media=f"127.0.0.1:{server.address[1]}")
+        proxy = subprocess.Popen(nginx_command(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def up():
+                try:
+                    socket.create_connection(("127.0.0.1", int(listen.split(":")[1])), 0.2).close()
+                    return True
+                except OSError:
+                    return False
+            wait_until(up, 10, 0.05, "nginx")
+            with connect(f"ws://{listen}/twilio/media") as ws:
+                for m in start_messages("CAmedia4", token):
+                    ws.send(m)
+                play(ws, np.zeros(800, dtype=np.int16))
+                ws.send(json.dumps({"event": "stop"}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=3)
+            assert closed.value.rcvd.code == 1000 and server.stats["streams"] == 1
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
