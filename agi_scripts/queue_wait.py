@@ -29,6 +29,11 @@ def file_name(call_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", call_id or "").lstrip(".") or "call"
 
 
+def call_recording_name(call_id: str) -> str:
+    """The full-call recording's name, without extension (MixMonitor adds ``.part.wav``, then ``.wav``)."""
+    return f"{file_name(call_id)}-call"
+
+
 def handler(session) -> None:
     session.call_id_from_args()
     listen_live(session, session.arg(1))
@@ -60,6 +65,11 @@ def _leave(session, turn) -> None:
         # how long the dialplan rings the agent: the ACD's ring timeout from the rules' queue:
         # settings (this channel's value shadows the [globals] default)
         session.agi.set_var("HOTLINE_AGENT_RING_S", str(int(acd.ring_timeout_s)))
+    if turn.action == "transfer" and turn.reason == "agent" and session.flow.records_calls():
+        # 质检: [hotline-transfer] records the conversation from the agent's answer (MixMonitor)
+        os.makedirs(session.services.recordings_dir, exist_ok=True)
+        session.agi.set_var("HOTLINE_RECORD", os.path.join(session.services.recordings_dir,
+                                                           call_recording_name(session.call_id)))
     play_steps(session.agi, turn.steps, session.services.prompt_dir)
 
 

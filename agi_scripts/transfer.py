@@ -8,6 +8,8 @@ connected in the ACD; ``...,hangup`` from the ``h`` extension closes the call; `
 from the ``h`` extension of ``[hotline-fallback]`` (the call ended at the dialplan's own
 general seats after our AGI failed) releases it from the ACD — served, not lost: no missed-call
 callback, and one the ACD had booked meanwhile (the caller looked lost) is cancelled.
+``...,recorded`` from the hangup handler of a call recorded for quality review stores the
+recording with the ticket (the worker waits for MixMonitor to finish it).
 ``...,threeway,subcenter|expert`` is the older spelling of ``threeway,<call>,start,<kind>``
 (:mod:`agi_scripts.threeway`).
 """
@@ -30,6 +32,11 @@ def handler(session) -> None:
         return
     if what == "fallback":  # the h extension of [hotline-fallback]
         flow.fallback(call_id)
+        return
+    if what == "recorded":  # the hangup handler of a call recorded by MixMonitor ([hotline-record])
+        from .queue_wait import call_recording_name
+
+        flow.call_recorded(call_id, call_recording_name(call_id) + ".wav")
         return
     if what == "answered":  # on the agent's leg: its channel lets the console move the call later
         flow.agent_answered(call_id, channel=session.agi.env.get("agi_channel"))

@@ -89,7 +89,44 @@ def ticket(ticket_id):
     named = [t.linked_to] + [e["detail"].get("to") for e in events if e["kind"] == "linked"]
     numbers = _c().tickets.numbers(n for n in named if n)
     return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
-                           events=[labels.event_view(e, rules, numbers) for e in events])
+                           events=[labels.event_view(e, rules, numbers) for e in events],
+                           recordings=[labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)])
+
+
+def _recordings_folder():
+    from intake.jobs import recordings_dir
+
+    return current_app.config.get("HOTLINE_RECORDINGS") or recordings_dir()
+
+
+@bp.get("/tickets/<int:ticket_id>/recordings/<int:recording_id>.wav")
+@roles_required(*STAFF)
+def recording(ticket_id, recording_id):
+    """A full-call recording (质检), for supervisors and admins; every listen is audited."""
+    from flask import send_file
+
+    from intake.ticket_recordings import recording_file
+    from intake.tickets import TicketError
+
+    try:
+        rec = _c().tickets.call_recording(recording_id) if recording_id < 2**63 else None
+        t = _c().tickets.get(ticket_id) if rec is not None and rec.ticket_id == ticket_id else None
+    except LookupError:
+        t = None
+    if t is None:
+        abort(404, description=f"工单 {ticket_id} 没有录音 {recording_id}")
+    if rec.expired or not rec.file:
+        abort(410, description="录音已过保存期，已删除。")
+    try:
+        path = recording_file(_recordings_folder(), rec.file)
+    except TicketError:
+        path = None
+    if path is None or not path.is_file():
+        log.error("recording %s of ticket %s: file %s missing", rec.id, ticket_id, rec.file)
+        abort(404, description="录音文件不存在，请联系管理员。")
+    _audit("recording.listen", f"ticket:{t.display_number}",
+           f"收听工单 {t.display_number} 的通话录音（时长 {labels.duration(rec.seconds)}）")
+    return send_file(path, mimetype="audio/wav", conditional=False, max_age=0)
 
 
 # -- the ticket list: search and filters ------------------------------------------------------

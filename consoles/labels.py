@@ -55,7 +55,8 @@ EVENTS = {"opened": "系统建单", "prefilled": "语音预填", "heard": "通�
           "recording_unusable": "录音无法识别", "manual_entry": "转人工填写", "confirmed": "坐席确认",
           "contacted": "已联系来电人", "extended": "延期", "finished": "办结", "handed_off": "派发至承办系统",
           "handoff_failed": "派发失败，将自动重试", "linked": "关联重复件", "supervision": "触发督办",
-          "call_end": "通话结束", "survey": "满意度评价"}
+          "call_end": "通话结束", "survey": "满意度评价", "call_recorded": "保存全程录音",
+          "call_transcribed": "全程录音转写", "recording_expired": "录音已过保存期"}
 ACTORS = {"system": "系统", "machine": "语音识别", "speech": "语音识别", "twilio-speech": "语音识别"}
 SUPERVISION_KINDS = {"matter": "同一事项", "unit": "同一单位"}
 #: what an audit entry records, as the admin reads it
@@ -63,7 +64,7 @@ AUDIT_ACTIONS = {"login": "登录", "logout": "退出登录", "login.failed": "�
                  "user.create": "创建用户", "user.update": "修改用户", "user.password": "修改密码",
                  "rules.publish": "发布规则", "rules.rollback": "回滚规则", "rules.initial": "首次记录规则文件",
                  "rules.disk_change": "规则文件在控制台外修改", "seat.update": "修改坐席", "seat.login": "坐席上岗",
-                 "seat.logout": "坐席下岗", "ticket.finish": "办结工单"}
+                 "seat.logout": "坐席下岗", "ticket.finish": "办结工单", "recording.listen": "收听通话录音"}
 #: how a rules version came to be
 VERSION_KINDS = {"initial": "首次记录", "publish": "发布", "rollback": "回滚", "disk": "文件直接修改"}
 
@@ -268,6 +269,13 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
         return f"与工单 {to} 为同一来电人同一事项" if d.get("to") else ""
     if kind == "supervision":
         return f"{SUPERVISION_KINDS.get(d.get('kind'), '')} {d.get('callers', '')} 位来电人".strip()
+    if kind == "call_recorded":
+        return "，".join(p for p in (f"时长 {duration(d['seconds'])}" if d.get("seconds") else "",
+                                     f"保存 {d['keep_days']} 天" if d.get("keep_days") else "") if p)
+    if kind == "call_transcribed":
+        return d.get("text") or TRANSCRIPT_STATUSES.get(d.get("status"), "")
+    if kind == "recording_expired":
+        return "录音文件已删除"
     if kind in ("call_end", "survey"):
         parts = []
         if d.get("outcome"):
@@ -276,6 +284,15 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
             parts.append("评价：" + SURVEYS.get(d["survey"], d["survey"]))
         return "，".join(parts)
     return ""
+
+
+def recording_view(rec) -> dict:
+    """A full-call recording (intake.ticket_recordings.CallRecording) as the ticket page shows it."""
+    return {"id": rec.id, "expired": rec.expired, "length": duration(rec.seconds),
+            "stored": when(rec.stored_at), "keep_until": when(rec.keep_until),
+            "deleted": when(rec.deleted_at) if rec.deleted_at else "",
+            "transcript": rec.transcript if rec.transcript_status == "ok" else "",
+            "transcript_status": TRANSCRIPT_STATUSES.get(rec.transcript_status, "—")}
 
 
 def event_view(e: dict, rules=None, numbers: dict | None = None) -> dict:

@@ -213,6 +213,107 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
     return {"ticket": t.id, "status": t.status, "transcript_status": t.transcript_status}
 
 
+class RecordingNotReady(OSError):
+    """The PBX is still writing the recording: rq tries again later."""
+
+
+#: how long a job waits for the PBX to finish a full-call recording before handing it back to rq
+CALL_RECORDING_WAIT_S = 20.0
+#: the longest conversation transcribed (a caller's matter alone is limited to speech.MAX_FILE_SECONDS)
+CALL_RECORDING_MAX_S = 4 * 3600.0
+#: a full-call recording shorter than this holds no conversation (the agent never answered)
+MIN_CALL_RECORDING_S = 0.5
+
+
+def _finished_recording(name: str, wait_s: float) -> Path | None:
+    """The PBX's full-call recording ``name`` once complete (MixMonitor writes ``NAME.part.wav``
+    and renames it ``NAME.wav`` when the call is over); None when nothing was recorded."""
+    from intake.ticket_recordings import recording_file
+
+    path = recording_file(recordings_dir(), name)
+    partial = path.with_name(path.stem + ".part.wav")
+    deadline = time.monotonic() + wait_s
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            if partial.exists():
+                raise RecordingNotReady(f"{partial.name} is still being written")
+            return None
+        time.sleep(0.2)
+    return path
+
+
+def _wav_seconds(path: Path) -> float | None:
+    import wave
+
+    try:
+        with wave.open(str(path)) as w:
+            return w.getnframes() / float(w.getframerate())
+    except (OSError, EOFError, wave.Error):
+        return None
+
+
+def store_call_recording(call_id: str, recording: str, wait_s: float | None = None) -> dict:
+    """The whole conversation (质检) onto the call's ticket, kept for the rules' ``keep_days``,
+    then transcribed into the ticket's history (never its pre-fill: the agent filled that in).
+
+    ``recording``: the file name Asterisk's MixMonitor wrote in the recordings folder (waited
+    for until complete), or Twilio's ``RecordingUrl`` (downloaded into that folder first)."""
+    from intake.ticket_recordings import recording_file
+
+    store = ticket_store()
+    policy = prefiller().rules.recording
+    if recording.lower().startswith(("http://", "https://")):
+        path, source = Path(fetch_recording(call_id, recording)), "twilio"
+    else:
+        path = _finished_recording(recording, CALL_RECORDING_WAIT_S if wait_s is None else wait_s)
+        source = "asterisk"
+        if path is None:
+            log.info("call %s: no full-call recording was written (never bridged to an agent)", call_id)
+            return {"call": call_id, "stored": False}
+    seconds = _wav_seconds(path)
+    if seconds is not None and seconds < MIN_CALL_RECORDING_S:
+        path.unlink(missing_ok=True)
+        return {"call": call_id, "stored": False}
+    recording_file(recordings_dir(), path.name)  # inside the folder, whatever fetched it
+    rec = store.add_call_recording(call_id, file=path.name, ref=path.name, source=source,
+                                   keep_days=policy.keep_days, seconds=seconds)
+    if rec.transcript_status == "pending":
+        try:
+            from intake import speech  # workers without Vosk still keep the recording
+        except ImportError:
+            speech = None
+        if speech is None or not speech.model_available():
+            rec = store.call_recording_transcribed(rec.id, None, "no_model")
+        else:
+            result = speech.transcribe_file(str(path), max_seconds=CALL_RECORDING_MAX_S)
+            status = result.status if result.status in ("ok", "no_model", "unreadable") else "failed"
+            rec = store.call_recording_transcribed(rec.id, result.text, status, result.confidence)
+    log.info("call %s: full-call recording %s stored on ticket %s (%s)", call_id, rec.id, rec.ticket_id,
+             rec.transcript_status)
+    return {"call": call_id, "stored": True, "recording": rec.id, "ticket": rec.ticket_id,
+            "transcript_status": rec.transcript_status}
+
+
+#: how often the worker looks for full-call recordings past their keep date
+RECORDING_SWEEP_S = 600.0
+
+
+def sweep_call_recordings() -> int:
+    """Recordings past their keep date: files deleted, the tickets say so. Never raises."""
+    try:
+        return ticket_store().expire_call_recordings(recordings_dir())
+    except Exception:
+        log.exception("recordings past their keep date: will try again at the next sweep")
+        return 0
+
+
+def recording_sweeper_loop(stop, every_s: float = RECORDING_SWEEP_S) -> None:
+    """``python -m intake.worker`` runs this in a thread, so a slow database never holds up a job."""
+    while not stop.is_set():
+        sweep_call_recordings()
+        stop.wait(every_s)
+
+
 def prefill_transcript(call_id: str, text: str, confidence: float | None = None, entry_line: str | None = None,
                        source: str = "speech", append: bool = True) -> dict:
     """Text already recognised (a streaming recognizer on the live call) → the call's ticket."""
@@ -356,6 +457,12 @@ def enqueue_recording(queue, call_id: str, recording: str, entry_line: str | Non
                          entry_line=entry_line, job_timeout=SPEECH_TIMEOUT_S,
                          retry=_retry("SPEECH_RETRY_S", SPEECH_RETRY_S),
                          on_failure=Callback(flag_when_out_of_retries), description=f"transcribe call {call_id}")
+
+
+def enqueue_call_recording(queue, call_id: str, recording: str):
+    return queue.enqueue("intake.jobs.store_call_recording", call_id=call_id, recording=recording,
+                         job_timeout=SPEECH_TIMEOUT_S, retry=_retry("SPEECH_RETRY_S", SPEECH_RETRY_S),
+                         description=f"full-call recording of call {call_id}")
 
 
 def enqueue_text(queue, call_id: str, text: str, confidence: float | None = None, entry_line: str | None = None,
@@ -522,6 +629,13 @@ class CallTickets:
         else:
             self.store.flag_manual_entry(call_id, "no speech workers (REDIS_URL not set)", recording=path,
                                          transcript_status="no_model")
+
+    def call_recording(self, ticket: str, recording: str) -> None:
+        call_id, _ = self._call_of(ticket)
+        if self.speech_queue is None:
+            log.warning("ticket %s: no speech workers (REDIS_URL not set): full-call recording not stored", ticket)
+            return
+        enqueue_call_recording(self.speech_queue, call_id, recording)
 
     def survey(self, ticket: str, score: str) -> None:
         self._call_end(ticket, "", score)

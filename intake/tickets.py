@@ -42,13 +42,14 @@ from .ticket_ids import TicketIds
 from .ticket_model import (CALLER_ROLES, FIELDS, STATUSES, SUPERVISED_TYPES, TRANSCRIPT_STATUSES,  # noqa: F401
                            ExtensionRefused, NoSuchTicket, Ticket, TicketError, TicketPolicy, _snapshot, log)
 from .ticket_opening import TicketOpening
+from .ticket_recordings import CallRecording, TicketRecordings  # noqa: F401
 from .ticket_supervision import TicketSupervision
 
 #: the most tickets :meth:`TicketStore.search` returns at once
 MAX_PAGE_SIZE = 200
 
 
-class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision):
+class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision, TicketRecordings):
     """Create, fill, confirm, finish and hand off tickets. Thread- and process-safe."""
 
     def __init__(self, url: str | None = None, *, schema: str | None = None, policy: TicketPolicy | None = None,

@@ -5,6 +5,9 @@ ticket store, and the Vosk model when ``VOSK_MODEL_PATH`` is set (about 1.5 s an
 never per job). Jobs run in the worker's own process (``SimpleWorker``) so the model stays
 loaded; ``--fork`` forks a work horse per job instead.
 
+A thread beside the jobs deletes full-call recordings past their keep date every 10 minutes
+(``hotline.recording.keep_days``; ``--burst``: once, first); the ticket says 录音已过保存期.
+
 A worker that was killed (SIGKILL, OOM, power) leaves its job "started" in Redis. On start,
 and at every maintenance pass, this worker re-queues jobs whose worker is gone — a dead
 process on this host, or a worker whose heartbeat expired — using rq's own abandoned-job
@@ -148,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     writer = threading.Thread(target=jobs.ticket_writer_loop, args=(stop, store, drafts), name="ticket-writer",
                               daemon=True)
+    sweeper = threading.Thread(target=jobs.recording_sweeper_loop, args=(stop,), name="recording-sweeper", daemon=True)
     if args.burst:
         jobs.write_pending_tickets(store, drafts)
+        jobs.sweep_call_recordings()
     else:
         writer.start()
+        sweeper.start()
     try:
         worker.work(burst=args.burst, with_scheduler=not args.no_scheduler, logging_level=args.log_level)
     finally:

@@ -297,10 +297,10 @@ def not_for_people(text: str, rules) -> list[str]:
 
 
 def console_pages(app) -> list[str]:
-    """Every page of the consoles a browser GETs (JSON, media, metrics and static files aside)."""
+    """Every page of the consoles a browser GETs (JSON, media, recordings, metrics and static files aside)."""
     skip = ("/static", "/media", "/metrics", "/healthz")
     return sorted({r.rule for r in app.url_map.iter_rules() if "GET" in r.methods and not r.rule.startswith(skip)
-                   and "/api/" not in r.rule and not r.rule.endswith(".json")})
+                   and "/api/" not in r.rule and not r.rule.endswith((".json", ".wav"))})
 
 
 @pytest.fixture

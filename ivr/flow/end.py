@@ -66,6 +66,23 @@ class CallEnd:
             self.queue.end_three_way(call.agent)  # the agent was still in the three-way
         self._finish(call, "abandoned" if call.state in ("waiting", "routing") else "completed")
 
+    def records_calls(self) -> bool:
+        """Whether the whole conversation is recorded for quality review (质检): the rules'
+        ``hotline.recording.full_call``. The front-end records from the agent's answer."""
+        return bool(self._rules().recording.full_call)
+
+    def call_recorded(self, call_id: str, recording: str) -> None:
+        """The recording of the whole conversation (a file name in the recordings folder, or a
+        URL): stored with the ticket and transcribed into its history by the worker (rq job)."""
+        try:
+            call = self._load(call_id)
+        except CallNotFound:
+            log.warning("call %s: full-call recording for a call no longer known: not stored", call_id)
+            return
+        store = getattr(self.tickets, "call_recording", None)  # ports written before 质检
+        if call.ticket and store is not None:
+            store(call.ticket, recording)
+
     def _finish(self, call: CallState, outcome: str) -> None:
         call.state = "ended"
         self._save(call)

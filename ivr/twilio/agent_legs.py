@@ -57,7 +57,8 @@ class AgentLegs:
         if state is None or state.state == "ended" or leg.get("agent_call") not in (None, agent_call):
             return twiml.goodbye([{"do": "say", "text": "来电已结束。"}])
         try:
-            self.client.calls(call_id).update(twiml=twiml.conference(call_id, caller=True, stop_recording=True))
+            self.client.calls(call_id).update(twiml=twiml.conference(call_id, caller=True, stop_recording=True,
+                                                                     record=self.flow.records_calls()))
         except TwilioRestException as exc:  # the citizen hung up while the agent was ringing
             log.warning("call %s: caller gone before agent %s answered (%s)", call_id, agent_id, exc.code)
             self.flow.hung_up(call_id)
