@@ -243,3 +243,65 @@ def test_the_stream_passes_through_the_products_nginx(product, tmp_path):
         finally:
             proxy.terminate()
             proxy.wait(10)
+
+
+class Speaker:
+    """A test recogniser that "hears" one sentence per second of audio, in order."""
+
+    SENTENCES = ["我想咨询一下法律援助怎么申请", "我住在朝阳区幸福路12号"]
+
+    def __init__(self):
+        self.received, self.said = 0, 0
+
+    def accept(self, pcm):
+        self.received += len(pcm)
+        if self.said < len(self.SENTENCES) and self.received >= 16000 * (self.said + 1):
+            self.said += 1
+            return self.SENTENCES[self.said - 1]
+        return None
+
+
+def test_the_agent_console_shows_the_words_heard_on_the_stream_as_they_come(tmp_path, redis_url):
+    """The agent's phone rings; the caller goes on speaking on the stream; the ticket the console
+    polls (/agent/api/ticket, every 1.5 s) has the new words and the fields filled from them."""
+    from bench.asterisk_lab import wait_until
+    from call_routing.acd import Agent
+    from ivr.services import Services
+    from ivr.twilio.media import MediaStreamServer
+    from tests.console_support import make_console_app
+    from tests.test_consoles_agent import seat_token
+    from tests.twilio_support import TOKEN as CONSOLE_TOKEN, SignedTwilio, call_params
+
+    from intake.jobs import prefiller
+
+    prefiller().fill("我家楼下的路灯坏了")  # warm, as a worker is before callers arrive
+    app = make_console_app(tmp_path, redis_url, TWILIO_MEDIA_STREAM_URL=STREAM_URL)
+    app.extensions["acd"].save_agent(Agent("a1", "张坐席", {"legal": 50, "general": 10}, endpoints=("client:a1",)))
+    client = app.test_client()
+    auth = seat_token(app, client)
+    tw = SignedTwilio(app.test_client())
+    stream = tw.twiml("/twilio/voice", call_params("CAconsole1", "12348")).find("./Start/Stream")
+    tw.twiml("/twilio/wait", call_params("CAconsole1", CallStatus="in-progress"))
+    token = stream.find("Parameter[@name='token']").get("value")
+    tw_ = app.extensions["twilio"]
+    services = Services(tw_["flow"], tw_["rules"], "", "", Speaker)
+    server = MediaStreamServer(services, CONSOLE_TOKEN, lambda *a: None, port=0).start()
+    try:
+        with connect(f"ws://127.0.0.1:{server.address[1]}/twilio/media") as ws:
+            for m in start_messages("CAconsole1", token):
+                ws.send(m)
+            n = play(ws, np.zeros(8000, dtype=np.int16))  # the first sentence
+            client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+            assert client.get("/agent/api/me", headers=auth).get_json()["agent"]["state"] == "ringing"
+            def ticket(transcript):  # what the console's next poll shows, within a second
+                return wait_until(lambda: (lambda t: t if t["transcript"] == transcript else None)(
+                    client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]), 1.0, 0.02, transcript)
+
+            t = ticket(Speaker.SENTENCES[0])
+            assert not (t["fields"].get("location") or {}).get("value")
+            play(ws, np.zeros(8400, dtype=np.int16), n)  # the second, while the agent's phone rings
+            t = ticket(" ".join(Speaker.SENTENCES))
+            assert t["fields"]["location"]["value"] == "朝阳区幸福路12号"
+            assert t["fields"]["location"]["source"] == "machine"
+    finally:
+        server.stop()
