@@ -75,18 +75,111 @@ def test_only_live_callers_waiting_in_line_are_ever_taken_as_lost(redis_url, rul
     assert not acd.redis.zcard(acd.keys.seen())  # their entries were dropped on the way
 
 
-def test_a_caller_back_in_line_after_an_unanswered_offer_gets_a_fresh_start(redis_url, rules):
+def test_a_ring_nobody_answered_is_no_sign_of_the_caller(redis_url, rules):
+    """Going back in line after an unanswered offer says nothing of the caller: the clock runs
+    from the last time their front-end asked, not from the return."""
     clock = Clock()
     acd = make_acd(redis_url, rules, clock)
     seat(acd, "a1", {"legal": 5})
-    acd.enqueue("legal", "12348", "13800138000", call_id="c1")
+    acd.enqueue("legal", "12348", "13800138000", call_id="c1")  # nobody asks about it from here on
     assert acd.call("c1")["state"] == "ringing"
     clock.advance(21)  # the seat never answers: back in line at the ring timeout
     assert acd.tick()["ring_timeout"] == 1 and acd.call("c1")["state"] == "waiting"
-    clock.advance(119)
+    clock.advance(98)  # 119 s since the caller was last heard of
     assert acd.tick()["lost"] == 0
     clock.advance(2)
     assert acd.tick()["lost"] == 1 and acd.call("c1")["kind"] == "callback"
+
+
+def _run(acd, clock, seconds, *, asking=(), every=5):
+    """``seconds`` of the ticker (once a second) while the front-ends of ``asking`` ask about their
+    callers every ``every`` s, as the flow's waiting loop does (a front-end that sees the offer
+    dials the seat: it asks nothing more until the ring ends). Returns the calls taken as lost."""
+    from ivr.services import AcdQueue
+
+    queue, lost = AcdQueue(acd), 0
+    for i in range(seconds):
+        clock.advance(1)
+        lost += acd.tick()["lost"]
+        for call_id in asking:
+            if i % every == 0 and acd.call(call_id)["state"] == "waiting":
+                queue.status(call_id)
+            elif acd.call(call_id)["state"] == "ringing" and acd.call(call_id)["offers"] != _seen(acd, call_id):
+                queue.status(call_id)  # the loop's next round sees the offer at once
+    return lost
+
+
+def _seen(acd, call_id):
+    return int(acd.redis.hget(acd.keys.call(call_id), "offer_seen") or 0)
+
+
+def test_a_ghost_cycling_through_the_seats_is_swept_within_the_lost_caller_limit(redis_url, rules):
+    """Issue 16: an AGI call sent to the dialplan's fallback during an outage, whose hang-up
+    message was lost, stays in line as a ghost: offered to a seat nobody rings, returned at the
+    ring timeout, offered again. It is swept once its front-end has been silent for
+    ``lost_after_s`` (even while ringing) — and the caller behind it, whose wait ticks keep
+    coming, gets the seat."""
+    from ivr.services import AcdQueue
+
+    clock = Clock()
+    acd = make_acd(redis_url, rules, clock, heartbeat_timeout_s=3600)  # the consoles are there
+    queue = AcdQueue(acd)
+    queue.enqueue("ghost", skill="general", line="12345", caller=None, ticket="1")
+    assert queue.status("ghost").state == "waiting"  # its waiting loop asked once, then the outage
+    clock.advance(1)
+    queue.enqueue("here", skill="general", line="12345", caller="13900139000", ticket="2")
+    seat(acd, "a1", {"general": 5})
+    assert acd.call("ghost")["agent"] == "a1"  # the ghost is first in line: it gets the seat
+    # ring timeouts at 21, 41, … 101 s: not rung, back in line, offered to the free seat again
+    assert _run(acd, clock, 118, asking=["here"]) == 0
+    assert acd.call("ghost")["offers"] >= 5 and acd.call("here")["state"] == "waiting"
+    assert acd.agent("a1")["state"] == "ringing" and acd.agent("a1")["call"] == "ghost"
+    # 120 s after its last sign of life, the sweep takes the ghost out of the seat's ring
+    assert _run(acd, clock, 3, asking=["here"]) == 1
+    assert acd.call("ghost")["state"] == "abandoned"
+    [taken] = events(acd, "abandon", "ghost")
+    assert (taken["reason"], taken["agent"]) == ("lost", "a1")
+    # the seat is free for the caller who is there: it rings (their loop saw the offer)
+    assert acd.call("here")["state"] == "ringing" and acd.call("here")["agent"] == "a1"
+    assert acd.agent("a1")["state"] == "ringing"
+    offers = acd.call("ghost")["offers"]
+    assert _run(acd, clock, 300, asking=["here"]) == 0
+    assert acd.call("ghost")["offers"] == offers  # never offered again
+    assert acd.call("here")["kind"] == "live"
+
+
+def test_a_ghost_with_a_number_is_called_back_and_the_seat_it_held_is_not_paused(redis_url, rules):
+    from ivr.services import AcdQueue
+
+    clock = Clock()
+    acd = make_acd(redis_url, rules, clock, heartbeat_timeout_s=3600)  # the consoles are there
+    queue = AcdQueue(acd)
+    queue.enqueue("ghost", skill="general", line="12345", caller="13800138000", ticket="1")
+    assert queue.status("ghost").state == "waiting"
+    seat(acd, "a1", {"general": 5})
+    seat(acd, "a2", {"general": 5})
+    assert _run(acd, clock, 125) == 1
+    ghost = acd.call("ghost")
+    assert (ghost["kind"], ghost["state"]) in {("callback", "waiting"), ("callback", "ringing")}
+    assert [e["reason"] for e in events(acd, "callback", "ghost")] == ["lost"]
+    assert {acd.agent(a)["state"] for a in ("a1", "a2")} <= {"ready", "ringing"}  # nobody paused
+    assert acd.kpis()["total"]["lost"] == 1 and acd.kpis()["total"]["no_answer"] == 0
+
+
+def test_a_caller_whose_wait_ticks_keep_coming_is_never_swept(redis_url, rules):
+    """A genuine caller: offered again and again to seats that let it ring out (20 s of ring with
+    no wait tick each time, the loop dialing), between rounds of their waiting loop every 5 s."""
+    clock = Clock()
+    acd = make_acd(redis_url, rules, clock, heartbeat_timeout_s=3600)  # the consoles are there
+    seat(acd, "a1", {"general": 5})
+    acd.enqueue("general", "12345", "13900139000", call_id="here")
+    for _ in range(12):  # ten minutes
+        assert _run(acd, clock, 50, asking=["here"]) == 0
+        if acd.agent("a1")["state"] == "paused":  # the seat let it ring out: back to ready
+            acd.ready("a1")
+    here = acd.call("here")
+    assert here["kind"] == "live" and here["state"] in ("waiting", "ringing") and here["offers"] >= 10
+    assert not events(acd, "abandon")
 
 
 def test_how_long_is_the_admins_setting(redis_url, rules):

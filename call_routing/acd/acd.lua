@@ -102,16 +102,17 @@ local function call_join(c, skill, score)
   redis.call('ZADD', k_queue(skill), score, c)
   redis.call('ZADD', k_age(skill), NOW_S, c)
 end
--- a live caller (back) in line: the clock of their front-end's sign of life starts (see lost)
+-- a live caller (new) in line: the clock of their front-end's sign of life starts (see lost)
 local function call_seen(c)
   if hget(k_call(c), 'kind') == 'live' then redis.call('ZADD', k_seen(), NOW_S, c) end
 end
--- back to its own place (same score) in every queue it belongs to
+-- back to its own place (same score) in every queue it belongs to. Not a sign of life: a ring
+-- nobody answered says nothing of the caller (a ghost whose front-end died is offered, not rung,
+-- and returned again and again), so the clock of acd:seen runs on
 local function call_rejoin(c)
   local ck = k_call(c)
   local score = hget(ck, 'score')
   for _, s in ipairs(split(hget(ck, 'queues'))) do redis.call('ZADD', k_queue(s), score, c) end
-  call_seen(c)
 end
 local function call_leave_queues(c)
   for _, s in ipairs(split(hget(k_call(c), 'queues'))) do redis.call('ZREM', k_queue(s), c) end
@@ -248,6 +249,9 @@ local function return_call(c, a, reason)
   redis.call('HSET', ck, 'state', 'waiting', 'agent', '')
   redis.call('ZREM', k_ringing(), c)
   call_rejoin(c)
+  -- its sign-of-life clock runs on; only a live call missing from the index (dropped while
+  -- ringing by the sweep of an older version) starts one, so that it cannot haunt the queue
+  if hget(ck, 'kind') == 'live' then redis.call('ZADD', k_seen(), 'NX', NOW_S, c) end
   log('noanswer', 'call', c, 'agent', a, 'reason', reason, 'skill', hget(ck, 'oskill') or '',
       'line', hget(ck, 'line') or '', 'kind', hget(ck, 'kind') or '')
   return try_assign_call(c)
@@ -681,11 +685,13 @@ if st == 'waiting' then add(offers, try_assign_call(c)) end
 return reply('ok', skill, offers)
 
 --@ lost
--- call, stale_before (s): a live caller still waiting whose front-end has not asked about them
--- since stale_before (an AGI server or web process that died with the call, a lost status
--- callback) is lost to us: counted as abandoned, and called back (漏接回拨, keeping the place
--- in line) when the number is known, so that no agent is offered a caller who is not there.
--- Entries of calls no longer waiting live are dropped here (the index cleans itself).
+-- call, stale_before (s): a live caller still waiting, or offered to a seat, whose front-end has
+-- not asked about them since stale_before (an AGI server or web process that died with the
+-- call, a lost status callback or hang-up message) is lost to us: counted as abandoned, and
+-- called back (漏接回拨, keeping the place in line) when the number is known, so that no agent
+-- is offered a caller who is not there. A seat it was ringing goes back to ready, keeping its
+-- place (its phone was not rung: the caller's front-end never saw the offer). Entries of calls
+-- no longer waiting or ringing live are dropped here (the index cleans itself).
 local c, stale_before = ARGV[A], tonumber(ARGV[A + 1])
 local seen = redis.call('ZSCORE', k_seen(), c)
 if not seen then return reply('gone') end
@@ -693,19 +699,33 @@ if tonumber(seen) >= stale_before then return reply('alive', seen) end
 redis.call('ZREM', k_seen(), c)
 local ck = k_call(c)
 local st = hget(ck, 'state') or 'unknown'
-if st ~= 'waiting' or hget(ck, 'kind') ~= 'live' then return reply('not_waiting', st) end
+if (st ~= 'waiting' and st ~= 'ringing') or hget(ck, 'kind') ~= 'live' then return reply('not_waiting', st) end
 local skill, line = hget(ck, 'skill') or '', hget(ck, 'line') or ''
 local wait = NOW - tonumber(hget(ck, 'entered'))
-log('abandon', 'call', c, 'skill', skill, 'line', line, 'kind', 'live', 'wait', secs(wait), 'agent', '',
+local a = nil
+if st == 'ringing' then
+  a = hget(ck, 'agent')
+  redis.call('ZREM', k_ringing(), c)
+  redis.call('HSET', ck, 'state', 'waiting', 'agent', '')
+  call_rejoin(c)  -- an offered call is in no queue: back to its place
+  agent_state(a, 'ready', '', '')
+  agent_enter_ready(a, hget(k_agent(a), 'idle_ms') or now_ms())
+end
+log('abandon', 'call', c, 'skill', skill, 'line', line, 'kind', 'live', 'wait', secs(wait), 'agent', a or '',
     'reason', 'lost')
 redis.call('XADD', k_alerts(), 'MAXLEN', '~', 10000, '*', 't', NOW_S, 'alert', 'lost', 'skill', skill, 'call', c,
            'line', line, 'silent', secs(NOW - tonumber(seen)))
+local offers = {}
+local status = 'abandoned'
 if (hget(ck, 'caller') or '') ~= '' then
-  make_callback(c, 'lost')  -- already in its queues
-  return reply('callback', secs(wait))
+  make_callback(c, 'lost')  -- in its queues, at its place
+  status = 'callback'
+  if a then add(offers, try_assign_call(c)) end
+else
+  end_abandoned(c)
 end
-end_abandoned(c)
-return reply('abandoned', secs(wait))
+if a then add(offers, try_assign_agent(a)) end
+return reply(status, secs(wait), offers)
 
 --@ offer_seen
 -- call, offer n: the caller's front-end saw this offer (see no_answer)
@@ -713,6 +733,7 @@ local c, n = ARGV[A], ARGV[A + 1]
 local ck = k_call(c)
 if hget(ck, 'state') ~= 'ringing' or hget(ck, 'offers') ~= n then return reply('stale') end
 redis.call('HSET', ck, 'polled', '1', 'offer_seen', n)
+redis.call('ZADD', k_seen(), 'XX', NOW_S, c)  -- a sign of life: the caller's front-end is there to ring
 return reply('ok')
 
 --@ leave
