@@ -8,6 +8,10 @@ connected in the ACD; ``...,hangup`` from the ``h`` extension closes the call; `
 from the ``h`` extension of ``[hotline-fallback]`` (the call ended at the dialplan's own
 general seats after our AGI failed) releases it from the ACD — served, not lost: no missed-call
 callback, and one the ACD had booked meanwhile (the caller looked lost) is cancelled.
+These two end-of-call reports keep trying for :data:`END_REPORT_RETRY_S` while Redis cannot be
+reached (restarting, a Sentinel failover): the caller is gone, so the wait costs nobody anything,
+and a report given up leaves them in the ACD's line until its lost-caller sweep
+(``queue.lost_after_s``) takes them.
 ``...,recorded`` from the hangup handler of a call recorded for quality review stores the
 recording with the ticket (the worker waits for MixMonitor to finish it).
 ``...,threeway,subcenter|expert`` is the older spelling of ``threeway,<call>,start,<kind>``
@@ -15,7 +19,17 @@ recording with the ticket (the worker waits for MixMonitor to finish it).
 """
 from __future__ import annotations
 
+import logging
+import time
+
+from redis.exceptions import ConnectionError as RedisDown, TimeoutError as RedisTimeout
+
 from ivr.asterisk.agi import hand_back
+
+log = logging.getLogger("hotline.agi")
+
+#: how long the ``h`` extension's report of a call's end keeps trying while Redis is down
+END_REPORT_RETRY_S = 8.0
 
 
 def handler(session) -> None:
@@ -28,11 +42,9 @@ def handler(session) -> None:
     what = session.arg(1).lower()
     flow = session.flow
     if what == "hangup":  # from the h extension: the caller left during a Dial or between AGIs
-        flow.hung_up(call_id)
-        return
+        return _report_end(flow.hung_up, call_id)
     if what == "fallback":  # the h extension of [hotline-fallback]
-        flow.fallback(call_id)
-        return
+        return _report_end(flow.fallback, call_id)
     if what == "recorded":  # the hangup handler of a call recorded by MixMonitor ([hotline-record])
         from .queue_wait import call_recording_name
 
@@ -42,3 +54,16 @@ def handler(session) -> None:
         flow.agent_answered(call_id, channel=session.agi.env.get("agi_channel"))
         return
     hand_back(session.agi, flow.transfer_ended(call_id, what or "unknown"))
+
+
+def _report_end(report, call_id: str) -> None:
+    """``report(call_id)``, tried again every half second while Redis cannot be reached."""
+    deadline = time.monotonic() + END_REPORT_RETRY_S
+    while True:
+        try:
+            return report(call_id)
+        except (RedisDown, RedisTimeout):
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("call %s ended while Redis is unreachable: telling the call flow again in 0.5 s", call_id)
+            time.sleep(0.5)

@@ -58,3 +58,33 @@ def test_a_callback_booked_while_the_caller_was_with_the_fallback_seats_is_cance
     fell_back_call_ended(world, call_id)
     assert world.acd.call(call_id)["state"] == "left"
     assert not world.acd.redis.keys(world.acd.keys.cb_by_caller("*"))  # the citizen will not be rung back
+
+
+def test_a_call_that_ends_while_redis_restarts_still_leaves_the_acd(rules_path, tmp_path):
+    """Issue 16: a Redis outage sends the AGI calls to the fallback seats; the report of a call that
+    ends before Redis is back (its h extension) keeps trying, so the ACD does not keep a ghost of
+    that caller in line for its seats."""
+    import tempfile
+    import threading
+
+    from runtime.redis_server import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory(prefix="hl-") as data:  # a short path: the socket sits in it
+        server = EmbeddedRedis(data_dir=data).start()
+        world = agi_world(RulesStore(rules_path), server.url, tmp_path, workers=8)
+        w = next(world)
+        again = []
+        try:
+            call_id = waiting_caller(w, "1700000003.1")
+            server.stop()  # Redis down (its data kept on disk) …
+            back = threading.Timer(1.5, lambda: again.append(EmbeddedRedis(data_dir=data).start()))
+            back.start()  # … and up again at the same address 1.5 s later
+            fell_back_call_ended(w, call_id)  # the caller's fallback call ended meanwhile
+            back.join()
+            assert again[0].url == server.url
+            assert w.acd.call(call_id)["state"] == "left"
+            assert [e["reason"] for e in events(w.acd, "leave", call_id)] == ["fallback"]
+        finally:
+            next(world, None)
+            for s in again:
+                s.stop()

@@ -105,6 +105,7 @@ class SimAsterisk:
         chan: dict = {}
         deadline = time.monotonic() + sim.call_timeout_s
         loops = 0
+        fell_back = False  # the call ended in [hotline-fallback], whose h extension reports "fallback"
 
         def agi(script, *args):  # [hotline-agi]
             for k in ("HOTLINE_ACTION", "HOTLINE_TARGET", "HOTLINE_REASON", "HOTLINE_FALLBACK"):
@@ -151,19 +152,22 @@ class SimAsterisk:
                 rec.outcome = rec.outcome or "abandoned"
                 break
             if action == "fallback":  # [hotline-fallback]: app_queue general seats, never silence
+                fell_back = True
                 rec.outcome = rec.outcome or "fallback"
                 rec.detail = rec.detail or (f"AGI fallback ({chan.get('HOTLINE_FALLBACK') or 'no action'}; "
                                             f"{chan.get('_why', '')})")
                 break
             rec.outcome = "fallback"  # exten i
+            fell_back = True
             break
         else:
             rec.detail = "call timed out"
             sim.stats.error(f"{rec.id}: AGI call timed out")
             return
-        if chan.get("HOTLINE_CALL_ID"):  # h extension -> [hotline-gone]
+        if chan.get("HOTLINE_CALL_ID"):  # h extension -> [hotline-gone], or [hotline-fell-back]
             chan.pop("_dead", None)
-            self.session(rec, chan, "transfer", (chan["HOTLINE_CALL_ID"], "hangup"), rng=rng)
+            self.session(rec, chan, "transfer", (chan["HOTLINE_CALL_ID"], "fallback" if fell_back else "hangup"),
+                         rng=rng)
 
     def _dial(self, rec, chan, target, reason, rng) -> str:
         """Dial(): an agent (rings, answers or not), an emergency line, a sub-center."""
