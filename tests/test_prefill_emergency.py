@@ -44,9 +44,9 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     cv, dev = report["cross_validated"], report["fixed_dev50"]
     assert cv["sentences"] >= 384 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.82 and cv["line"] >= 0.85, cv
+    assert cv["type"] >= 0.84 and cv["line"] >= 0.87, cv
     assert cv["emergency_recall"] >= 0.93 and cv["auto_transfers"] == 0 and cv["false_alarms"] <= 8, cv
-    assert dev["type"] >= 0.92 and dev["line"] >= 0.9, dev
+    assert dev["type"] >= 0.94 and dev["line"] >= 0.92, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv

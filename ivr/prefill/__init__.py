@@ -47,7 +47,7 @@ LABELLED_DIR = DATA_DIR / "utterances"  # labelled sentences the model learns fr
 LOW_CONFIDENCE = 0.6  # a learned field less sure than this is shown to the agent as 待核实
 # possible emergency: the learned model's probability of any emergency, with a scene word heard / without
 POSSIBLE_WITH_WORD = 0.1
-POSSIBLE_WITHOUT_WORD = 0.4
+POSSIBLE_WITHOUT_WORD = 0.2
 REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
 GENERAL_LINE = "12345"
 GENERAL_DEPARTMENT = "12345政务服务便民热线"
