@@ -208,9 +208,9 @@ def field_value(name: str, value, rules=None) -> str:
         return yes_no(value)
     if name == "emergency":
         return f"需联动 {value}" if value else "否"
-    if name == "numbers":
     if name == "emergency_possible":
         return f"可能需联动 {value}，请核实" if value else "否"
+    if name == "numbers":
         return numbers_text(value)
     return plain(value)
 
