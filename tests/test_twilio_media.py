@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 import wave
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ from runtime.proxy import nginx_binary
 from tests.test_speech import KO_MODEL, SPEECH_DATA
 from tests.twilio_support import ACCOUNT, RecordingHttpClient
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
 STREAM_URL = "wss://hotline.example.gov.cn/twilio/media"
 
@@ -54,7 +56,7 @@ def product(redis_url, rules_path, tmp_path, monkeypatch):
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "intake.worker", "--url", redis_url, "--log-level", "WARNING"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(__import__("os").environ, PYTHONPATH=str(ROOT)))
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
     yield post, tmp_path / "h.db"
     worker.terminate()
     worker.wait(10)
