@@ -52,7 +52,7 @@ ACD_REFUSALS = {"bad_state": "当前状态不能这样操作", "phone": "话机�
                 "wrong_agent": "这通来电不属于您", "gone": "来电已结束", "stale": "来电已变化，请稍候"}
 
 EVENTS = {"opened": "系统建单", "prefilled": "语音预填", "heard": "通话中识别到来电内容",
-          "recording_unusable": "录音无法识别", "manual_entry": "转人工填写", "confirmed": "坐席确认",
+          "recording_unusable": "录音无法识别", "recording_kept": "保存录音（保留通话中已听到的内容）", "manual_entry": "转人工填写", "confirmed": "坐席确认",
           "contacted": "已联系来电人", "extended": "延期", "finished": "办结", "handed_off": "派发至承办系统",
           "handoff_failed": "派发失败，将自动重试", "linked": "关联重复件", "supervision": "触发督办",
           "call_end": "通话结束", "survey": "满意度评价", "call_recorded": "保存全程录音",

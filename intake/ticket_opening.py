@@ -130,6 +130,12 @@ class TicketOpening:
                     row.recording = recording
                 self._event(s, row, "machine", "recording_unusable", {"status": status, "reason": reason})
                 return _snapshot(row)
+            if recording and row.transcript_status == "ok" and row.transcript and row.transcript != text:
+                # words heard live (AudioSocket, a media stream, Twilio's speech) were said while the
+                # caller waited and acted on then; the recording's transcript does not replace them
+                row.recording = recording
+                self._event(s, row, "machine", "recording_kept", {"chars": len(text or "")})
+                return _snapshot(row)
             row.transcript = text
             row.transcript_confidence = confidence
             row.transcript_status = status

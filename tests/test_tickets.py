@@ -92,6 +92,17 @@ def test_a_late_transcript_never_overwrites_what_an_agent_typed(store):
     assert t.fields["location"]["source"] == "machine"
 
 
+def test_words_heard_live_are_kept_when_the_recording_of_the_matter_is_transcribed_later(store):
+    store.open_ticket("call-1", "12345", CALLER)
+    store.append_transcript("call-1", "楼道里有烟，好像是302着火了", source="audiosocket")
+    t = store.attach_transcript("call-1", text="楼道里有", status="ok", recording="rec/call-1.wav")
+    assert t.transcript == "楼道里有烟，好像是302着火了" and t.recording == "rec/call-1.wav"
+    assert [e["kind"] for e in store.events(t.id)][-1] == "recording_kept"
+    store.open_ticket("call-2", "12345", CALLER)  # nothing heard live: the recording's words are the transcript
+    t = store.attach_transcript("call-2", text="路灯坏了", status="ok", recording="rec/call-2.wav")
+    assert t.transcript == "路灯坏了"
+
+
 @pytest.mark.parametrize("status,text,reason", [
     ("no_model", None, "no speech model"),
     ("unreadable", None, "could not be read"),
