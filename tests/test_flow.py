@@ -73,6 +73,37 @@ def test_fire_heard_while_waiting_transfers_to_119_at_once_and_leaves_the_queue(
     assert tickets.tickets[turn.ticket]["transcript"] == [("speech", "楼下着火了，烟很大")]
 
 
+def test_an_emergency_heard_by_another_process_during_a_wait_tick_is_not_overwritten_by_it(redis_client, rules):
+    """queue_wait's tick and the AudioSocket server (or the wait URL and a media stream) change one
+    call's state from two processes: the tick that read the state before the words must not write
+    'waiting' over the emergency."""
+    import threading
+    import time
+
+    queue = F.MemoryQueue()
+    flow = F.CallFlow(rules, queue, F.MemoryTickets(), F.RedisCalls(redis_client))
+    flow.start("c9", "12345", "13800138000")
+    flow.wait("c9")
+    slow = threading.Event()
+    status = queue.status
+
+    def slow_status(call_id):  # the tick is between reading the state and writing it back
+        slow.set()
+        time.sleep(0.4)
+        return status(call_id)
+
+    queue.status = slow_status
+    tick = threading.Thread(target=flow.wait, args=("c9",))
+    tick.start()
+    assert slow.wait(2)
+    queue.status = status
+    turn = flow.heard("c9", "楼下着火了，烟很大")
+    tick.join(3)
+    assert (turn.action, turn.target) == ("transfer", "119")
+    assert flow.state("c9").state == "transferring" and flow.state("c9").target_kind == "emergency"
+    assert flow.wait("c9").reason == "emergency"  # the caller's next tick carries it out
+
+
 def test_a_clear_domain_heard_moves_the_waiting_call_to_that_seat_group(mem):
     flow, queue, *_ = mem
     flow.start("c4", "12345", "13800138000")

@@ -1,6 +1,8 @@
 """The start of a call (route it, open its ticket), and the call state every part of the flow uses."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import asdict
 
 import logging
@@ -32,6 +34,21 @@ class CallStart:
         if raw is None:
             raise CallNotFound(f"no call {call_id!r}")
         return CallState(**raw)
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, call_id: str):
+        """A wait tick and words heard elsewhere (queue_wait and the AudioSocket server, the wait
+        URL and a media stream) each read, change and write the call's state: one after the other,
+        so an emergency heard is never overwritten by a tick that read the state before it."""
+        held = self.calls.lock(call_id) if hasattr(self.calls, "lock") else None
+        try:
+            yield
+        finally:
+            if held is not None:
+                try:
+                    held.release()
+                except Exception:  # held past its 5 s: another may have it now
+                    log.warning("call %s: its state was held past the lock's 5 s", call_id)
 
     def _save(self, call: CallState, pipe=None) -> None:
         state = asdict(call)

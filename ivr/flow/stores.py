@@ -43,6 +43,15 @@ class RedisCalls:
         """Writes of one request in one round trip (the flow executes it)."""
         return self.client.pipeline(transaction=False)
 
+    def lock(self, call_id, wait_s: float = 2.0):
+        """The call's state to one process at a time (a wait tick, words heard by a speech stream),
+        held at most 5 s; None when it could not be had within ``wait_s`` (the caller goes on)."""
+        held = self.client.lock(self.prefix + call_id + ":busy", timeout=5, blocking_timeout=wait_s)
+        try:
+            return held if held.acquire() else None
+        except Exception:  # Redis unreachable: the state's own read will say so
+            return None
+
 
 class MemoryQueue:
     """A FIFO per skill with agents assigned by hand (:meth:`offer`). Not the ACD."""

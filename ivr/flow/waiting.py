@@ -17,6 +17,16 @@ class Waiting:
 
     def wait(self, call_id: str) -> Turn:
         """One tick of waiting: connect when an agent is assigned, else what to tell the caller."""
+        with self._one_at_a_time(call_id):
+            return self._wait(call_id)
+
+    def heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
+        """Words the caller said while waiting: emergency -> transfer now; a possible emergency ->
+        ahead of the queue with a supervisor alert; a clear domain -> requeue."""
+        with self._one_at_a_time(call_id):
+            return self._heard(call_id, text, source)
+
+    def _wait(self, call_id: str) -> Turn:
         call = self._load(call_id)
         rules = self._rules()
         now = self.clock()
@@ -61,9 +71,7 @@ class Waiting:
             return self._turn(call, "queue", [position_announcement(status.position, status.estimated_wait_s)])
         return self._turn(call, "queue")
 
-    def heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
-        """Words the caller said while waiting: emergency -> transfer now; a possible emergency ->
-        ahead of the queue with a supervisor alert; a clear domain -> requeue."""
+    def _heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
         call = self._load(call_id)
         rules = self._rules()
         text = (text or "").strip()
