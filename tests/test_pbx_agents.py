@@ -28,7 +28,10 @@ def paused_and_passed_over(world, agent_id: str, why: str):
     wait_until(lambda: seat_state(world, agent_id) == ("paused", why), 10, 0.1, f"the seat paused: {why}")
     call = world.call("12345")
     call_id = call.call_id()
-    time.sleep(3)
+    # the greeting, then the queue (a loaded machine takes seconds): waiting, and still waiting a
+    # moment later — never offered to the paused seat
+    wait_until(lambda: (world.acd.call(call_id) or {}).get("state") == "waiting", 20, 0.2, "the caller in line")
+    time.sleep(2)
     assert world.acd.call(call_id)["state"] == "waiting"
     return call
 
