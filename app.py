@@ -134,7 +134,9 @@ def _summary(web: str, proxied: bool, fastagi: str, redis_url: str, embedded) ->
         f"  sign in    http://{shown}:{port}/login   (users: python -m consoles.users; docs/consoles.md)",
         f"  FastAGI    {'agi://' + fastagi if fastagi != 'off' else 'off (FASTAGI_BIND)'}   (Asterisk: docs/asterisk.md)",
         "  Twilio     " + (("webhooks /twilio/voice (signed with TWILIO_AUTH_TOKEN)" + (
-            "" if os.environ.get("TWILIO_ACCOUNT_SID") else "; TWILIO_ACCOUNT_SID not set: agents cannot be rung"))
+            "" if os.environ.get("TWILIO_ACCOUNT_SID") else "; TWILIO_ACCOUNT_SID not set: agents cannot be rung") + (
+            f"; REST API {os.environ['TWILIO_API_BASE']} (TWILIO_API_BASE, test/demo only)"
+            if os.environ.get("TWILIO_API_BASE") else ""))
                          if os.environ.get("TWILIO_AUTH_TOKEN")
                          else "off: TWILIO_AUTH_TOKEN not set, /twilio/ webhooks refused (docs/twilio.md)"),
         f"  Redis      {redis_line}",
@@ -207,6 +209,14 @@ def main() -> int:
             print(f"cannot start: {setting}={address} {problem} (another ./run.sh, or another program? "
                   f"set {setting} to a free host:port{' or off' if setting == 'FASTAGI_BIND' else ''})",
                   file=sys.stderr)
+            return 1
+    if os.environ.get("TWILIO_API_BASE"):  # a Twilio-compatible API (the live simulator's): loopback or https only
+        from ivr.twilio.calls import check_api_base
+
+        try:
+            check_api_base(os.environ["TWILIO_API_BASE"])
+        except ValueError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
             return 1
     try:  # REDIS_SENTINELS: the Sentinels' primary; else REDIS_DATA_DIR (default var/redis) keeps the data
         sentinels = sentinel_summary()

@@ -6,7 +6,8 @@ agents, the simulator rings that seat's demo phone instead of a handset: a small
 product's Redis that the agent console shows (振铃 → 接听 → 通话/保持 → 挂断), with what the
 caller "says" arriving as text. The seat's buttons go back the same way, as commands the
 simulator carries out on the call (answer, hold, resume, transfer to the line's sub-center or the
-12345 expert seats, hang up).
+12345 expert seats, hang up). A Twilio call's transfer is the product's own (a cold transfer through
+the switchboard, as the console's transfer control); the simulated Twilio plays the party.
 
 Routes (agent bearer token, as the rest of :mod:`consoles.agent_api`)::
 
@@ -43,10 +44,11 @@ class DemoPhone:
         self.commands_key = self.key + ":commands"
 
     # -- the network's side (the simulator) ------------------------------------------------
-    def ring(self, call_id: str, line: str, line_name: str, caller_masked: str, ticket: str = "") -> None:
+    def ring(self, call_id: str, line: str, line_name: str, caller_masked: str, ticket: str = "",
+             front: str = "asterisk") -> None:
         self.redis.delete(self.commands_key)
         self._save({"id": call_id, "line": line, "line_name": line_name, "caller": caller_masked,
-                    "ticket": ticket, "state": "ringing", "since": time.time(), "said": []})
+                    "ticket": ticket, "state": "ringing", "since": time.time(), "said": [], "front": front})
 
     def update(self, **changes) -> None:
         call = self.call()
@@ -111,7 +113,27 @@ def act(action: str):
     if action not in allowed:
         return jsonify(error="现在不能这样操作：来电" + {"ringing": "正在振铃", "talking": "正在通话",
                                                    "held": "正在保持"}.get(call["state"], "已结束")), 409
+    if action == "transfer" and call.get("front") == "twilio":
+        return _twilio_transfer(phone, call, args["kind"])
     phone.command(action, **args)
+    return jsonify(status="sent")
+
+
+def _twilio_transfer(phone: DemoPhone, call: dict, kind: str):
+    """A Twilio call is moved by the product itself: a cold transfer (the seat leaves as soon as
+    the line's sub-center or expert answers), as the console's transfer control would."""
+    from ivr.flow import CallNotFound
+
+    current = (current_app.extensions["acd"].agent(g.agent_id) or {}).get("call")
+    if current != call["id"]:
+        return jsonify(error="演示电话上的来电不是您当前的通话"), 409
+    try:
+        current_app.extensions["twilio"]["board"].start_transfer(current, kind, "cold")
+    except CallNotFound:
+        return jsonify(error="来电已结束"), 409
+    except LookupError as exc:
+        return jsonify(error=str(exc).strip("'\"")), 409
+    phone.say("系统", "正在转接" + ("分中心" if kind == "subcenter" else "专家坐席") + "，对方接听后您将退出通话")
     return jsonify(status="sent")
 
 

@@ -36,6 +36,54 @@ LEG_TTL_S = 24 * 3600
 CALL_ENDED = "感谢您的来电，再见。"
 
 
+# -- TWILIO_API_BASE: a Twilio-compatible REST API instead of Twilio's (test and demo set-ups) ----
+def check_api_base(base: str) -> str:
+    """``base`` without its trailing ``/``, or ValueError naming what is wrong: an ``https://`` URL,
+    or ``http://`` on this machine's loopback (the live simulator's Twilio, docs/simulate.md)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    problem = f"TWILIO_API_BASE={base!r} must be an https:// URL or an http:// one on this machine " \
+              "(127.0.0.1, ::1, localhost): it is for test and demo set-ups only"
+    try:
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (a port that is not a number raises ValueError)
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme == "https" and host:
+        return base.rstrip("/")
+    if parts.scheme == "http" and host:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return base.rstrip("/")
+    raise ValueError(problem)
+
+
+def api_http_client(base: str | None):
+    """The ``http_client`` of ``twilio.rest.Client`` for ``TWILIO_API_BASE``: every request to a
+    ``*.twilio.com`` address goes to ``base`` instead (same path and query). None when unset:
+    Twilio's own API."""
+    if not base:
+        return None
+    base = check_api_base(base)
+    from urllib.parse import urlsplit
+
+    from twilio.http.http_client import TwilioHttpClient
+
+    class ApiBaseHttpClient(TwilioHttpClient):
+        def request(self, method, url, *args, **kwargs):
+            parts = urlsplit(url)
+            if (parts.hostname or "").endswith(".twilio.com"):
+                url = base + parts.path + (f"?{parts.query}" if parts.query else "")
+            return super().request(method, url, *args, **kwargs)
+
+    return ApiBaseHttpClient()
+
+
 class Legs:
     """``twilio:leg:<CallSid>``: Twilio-only facts of one citizen call."""
 
@@ -324,7 +372,7 @@ class TwilioCallbackDialer:
         self.auth_token = auth_token or os.environ.get("TWILIO_AUTH_TOKEN")
         self.caller_id = caller_id or os.environ.get("TWILIO_CALLER_ID") or "12345"
         self.public_url = (public_url or os.environ.get("TWILIO_PUBLIC_URL") or "").rstrip("/") or None
-        self.http_client = http_client
+        self.http_client = http_client or api_http_client(os.environ.get("TWILIO_API_BASE"))
         if redis_client is None:
             from runtime.redis_conn import redis_client as make_client
 

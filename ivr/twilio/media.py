@@ -200,14 +200,15 @@ class MediaStreamServer:
 def rest_mover(services, config: dict):
     """``on_emergency`` for the real thing: mark the call's pending move, then redirect it (REST)
     to ``/twilio/emergency`` at the call's own base URL."""
-    from ivr.twilio.calls import Legs, Switchboard
+    from ivr.twilio.calls import Legs, Switchboard, api_http_client
     from ivr.twilio.webhooks import remember_emergency
 
     client = services.flow.calls.client
     legs = Legs(client)
     board = Switchboard(services.flow, None, legs, account_sid=config.get("TWILIO_ACCOUNT_SID"),
                         auth_token=config.get("TWILIO_AUTH_TOKEN"), caller_id=None,
-                        public_url=config.get("TWILIO_PUBLIC_URL"), http_client=config.get("TWILIO_HTTP_CLIENT"))
+                        public_url=config.get("TWILIO_PUBLIC_URL"),
+                        http_client=config.get("TWILIO_HTTP_CLIENT") or api_http_client(config.get("TWILIO_API_BASE")))
 
     def move(call_id: str, turn) -> None:
         remember_emergency(legs, call_id, turn)
@@ -229,11 +230,12 @@ def main(argv=None) -> int:
     if getattr(services.flow.calls, "client", None) is None:
         print("cannot start: the media-stream server needs the shared Redis (set REDIS_URL)", file=sys.stderr)
         return 1
-    config = {k: os.environ.get(k) for k in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PUBLIC_URL")}
+    config = {k: os.environ.get(k) for k in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_PUBLIC_URL",
+                                             "TWILIO_API_BASE")}
     try:
         server = MediaStreamServer(services, config["TWILIO_AUTH_TOKEN"], rest_mover(services, config),
                                    args.host, args.port, args.max_streams)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: TWILIO_API_BASE refused
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -42,7 +42,7 @@ from intake.callback_jobs import rq_dispatch
 
 from ivr.twilio import twiml
 from ivr.flow import CallNotFound
-from ivr.twilio.calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard
+from ivr.twilio.calls import CALL_ENDED, GONE, CallbackLegs, Legs, OfferListener, Switchboard, api_http_client
 
 log = logging.getLogger("hotline.twilio")
 
@@ -63,6 +63,9 @@ SETTINGS = {  # config key: default (also read from the environment)
     "TWILIO_RECORDING_HOSTS": "api.twilio.com",
     # wss://…/twilio/media: waiting callers' voice streamed live to ivr.twilio.media; unset: not streamed
     "TWILIO_MEDIA_STREAM_URL": None,
+    # a Twilio-compatible REST API instead of https://api.twilio.com: test and demo set-ups only
+    # (python -m tools.simulate --live --front twilio); https, or http on this machine's loopback
+    "TWILIO_API_BASE": None,
 }
 _FALSE = ("0", "false", "no", "off")
 
@@ -98,7 +101,8 @@ def init_app(app, services=None) -> None:
     legs = Legs(acd.redis)
     board = Switchboard(services.flow, acd, legs, account_sid=app.config["TWILIO_ACCOUNT_SID"],
                         auth_token=app.config["TWILIO_AUTH_TOKEN"], caller_id=app.config["TWILIO_CALLER_ID"],
-                        public_url=app.config["TWILIO_PUBLIC_URL"], http_client=app.config.get("TWILIO_HTTP_CLIENT"))
+                        public_url=app.config["TWILIO_PUBLIC_URL"],
+                        http_client=app.config.get("TWILIO_HTTP_CLIENT") or api_http_client(app.config["TWILIO_API_BASE"]))
     acd.on_offer.append(board.on_offer)
     validate = _flag(app.config["TWILIO_VALIDATE"])
     token = app.config.get("TWILIO_AUTH_TOKEN")
@@ -118,11 +122,21 @@ def init_app(app, services=None) -> None:
         # Twilio fetches media with a plain GET)
         "hold_music": app.config["TWILIO_HOLD_MUSIC"] or HOLD_MUSIC_PATH, "tick_s": int(app.config["TWILIO_WAIT_TICK_S"]),
         "shards": int(app.config["TWILIO_QUEUE_SHARDS"]),
-        "recording_hosts": app.config["TWILIO_RECORDING_HOSTS"] or "",
+        "recording_hosts": ",".join(filter(None, (app.config["TWILIO_RECORDING_HOSTS"],
+                                                  _api_host(app.config["TWILIO_API_BASE"])))),
         "stream_url": app.config["TWILIO_MEDIA_STREAM_URL"] or None, "token": token,
     }
     app.register_blueprint(bp)
     app.add_url_rule(HOLD_MUSIC_PATH, "twilio_hold_music", hold_music)
+
+
+def _api_host(api_base: str | None) -> str:
+    """``TWILIO_API_BASE``'s host as ``TWILIO_RECORDING_HOSTS`` writes it: recordings live on
+    the API's host, as on api.twilio.com."""
+    if not api_base:
+        return ""
+    parts = urlsplit(api_base)
+    return f"http://{parts.netloc}" if parts.scheme == "http" else parts.netloc
 
 
 def _tw() -> dict:

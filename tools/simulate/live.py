@@ -1,6 +1,6 @@
 """Live mode: simulated callers into the product that is already running (``./run.sh``).
 
-    python -m tools.simulate --live [--calls 5] [--agents 0] [--gap 3]
+    python -m tools.simulate --live [--calls 5] [--agents 0] [--gap 3] [--front agi|twilio|both] [--line 12345]
 
 Nothing is started here. The callers are FastAGI sessions to the product's own FastAGI port
 (``FASTAGI_BIND``, default 127.0.0.1:4573), exactly as its Asterisk would open them, so the calls
@@ -14,6 +14,10 @@ every person signed in to the agent console — a call put through to a seat tha
 rings that seat's **demo phone** in the browser (:mod:`consoles.demo_phone`): 接听, 保持, 转接, 挂断
 there, with the caller's words arriving as text. A caller waits up to ``--patience`` seconds
 (default 600) for a person.
+
+With ``--front twilio`` (or ``both``) the callers are Twilio calls: signed webhooks to the
+product's web address, its REST requests answered here (:class:`tools.simulate.twilio_live.LiveTwilio`;
+the product runs with ``TWILIO_API_BASE`` naming this process).
 """
 from __future__ import annotations
 
@@ -100,6 +104,8 @@ class Live:
         self.dir = tempfile.mkdtemp(prefix="hotline-live-")
         self.recordings = self.dir
         self._expert_lines = set()
+        self.base_url = f"http://127.0.0.1:{self.web_port}"  # where webhooks go, as signed (sim.http's address)
+        self.fatal = None  # why the run stopped early, one line (tools.simulate.twilio_live.fail)
         for i in range(self.agent_count):
             aid = f"sim{i:03d}"
             from tools.simulate.agents import SimAgent
@@ -119,6 +125,16 @@ class Live:
                     agent.api("/agent/api/logout")
                 except OSError:
                     pass
+        for fn in reversed(self._cleanup):  # the simulated Twilio API
+            fn()
+
+    line = None  # --line: every caller dials this number (default: the lines as a private run's)
+
+    def _plan(self) -> list[CallRecord]:
+        plan = super()._plan()
+        for rec in plan if self.line else ():
+            rec.dialed = self.line
+        return plan
 
     def words(self, rec: CallRecord) -> str:
         rng = random.Random(f"{self.seed}-said-{rec.id}")

@@ -84,6 +84,8 @@ class Simulation(Callers, Stack, Figures):
         for hook in self.hooks:
             self._spawn(hook, self, name="hook")
         for i, rec in enumerate(plan):
+            if self.stop.is_set():  # a live run stopped early (the product refused it)
+                break
             target = self.cloud.call if rec.front == "twilio" else SimAsterisk(self).call
             t = threading.Thread(target=self._one, args=(target, rec), daemon=True, name=f"call-{i}")
             t.start()

@@ -7,7 +7,6 @@ import time
 import xml.etree.ElementTree as ET
 
 from tools.simulate.callers import EMERGENCY_WORDS, MATTERS, CallRecord
-from tools.simulate.twilio_rest import ACCOUNT
 
 
 class CallerLeg:
@@ -17,7 +16,7 @@ class CallerLeg:
         box: queue_mod.Queue = queue_mod.Queue()
         with self.lock:
             self.inbox[rec.id] = box
-        base = {"CallSid": rec.id, "AccountSid": ACCOUNT, "To": rec.dialed, "From": self.sim.caller_number(rec),
+        base = {"CallSid": rec.id, "AccountSid": self.account, "To": rec.dialed, "From": self.sim.caller_number(rec),
                 "Direction": "inbound"}
         try:
             self._call(rec, box, base)
@@ -83,7 +82,7 @@ class CallerLeg:
         """In ``<Enqueue>``: ask ``wait`` every tick, follow Gather/Leave/Hangup and REST moves."""
         started = time.monotonic()
         waited = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.sim.stop.is_set():
             root = self.post("/twilio/wait", {**base, "CallStatus": "in-progress", "QueueSid": "QU" + "1" * 32,
                                              "QueuePosition": "1", "QueueTime": str(waited),
                                              "CurrentQueueSize": "1"})
@@ -99,7 +98,8 @@ class CallerLeg:
             if gather is not None:
                 action = gather.get("action")
                 if action == "heard":
-                    text = rng.choice(EMERGENCY_WORDS) if rec.behaviour == "emergency" else rng.choice(MATTERS)
+                    text = rng.choice(EMERGENCY_WORDS) if rec.behaviour == "emergency" else \
+                        self.sim.words(rec) if getattr(self.sim, "live", False) else rng.choice(MATTERS)
                     r = self.post("/twilio/heard", {**base, "CallStatus": "in-progress", "SpeechResult": text,
                                                     "Confidence": "0.9"})
                     if r is not None and "Leave" in [c.tag for c in r]:

@@ -30,22 +30,25 @@ class AgentLegs:
         with self.lock:
             self.legs[sid] = cancelled
         try:
+            person_leg = getattr(self.sim, "person_leg", None)  # live: a person's seat rings its demo phone
+            if agent is None and person_leg is not None:
+                return person_leg(self, sid, data, cancelled)
             ring_s = min(float(data.get("Timeout", 20)), self.sim.ring_timeout_s)
             if agent is None or not agent.answers:
                 if agent is not None:
                     agent.missed += 1
                 cancelled.wait(ring_s)
                 self.post(status_path, {"CallSid": sid, "CallStatus": "canceled" if cancelled.is_set() else "no-answer",
-                                        "AccountSid": ACCOUNT})
+                                        "AccountSid": self.account})
                 return
             if cancelled.wait(agent.rng.uniform(0.05, 0.3)):
-                self.post(status_path, {"CallSid": sid, "CallStatus": "canceled", "AccountSid": ACCOUNT})
+                self.post(status_path, {"CallSid": sid, "CallStatus": "canceled", "AccountSid": self.account})
                 return
             path = url.path + (f"?{url.query}" if url.query else "")
-            root = self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": ACCOUNT})
+            root = self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": self.account})
             conf = root.find("Dial/Conference") if root is not None else None
             if conf is None:  # "来电已结束": the caller left meanwhile
-                self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT})
+                self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": self.account})
                 return
             call_id = q.get("call", "")
             agent.calls += 1
@@ -59,7 +62,7 @@ class AgentLegs:
                 if self._transfer(agent, call_id, talk):
                     return  # the agent left the caller with the sub-center (warm transfer)
             cancelled.wait(talk)
-            self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT,
+            self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": self.account,
                                     "CallDuration": str(int(talk))})
             with self.lock:
                 box = self.inbox.get(call_id)
@@ -97,23 +100,27 @@ class AgentLegs:
         if expert is not None:
             expert.calls += 1
         time.sleep(0.1)
-        self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": ACCOUNT})
+        self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": self.account})
         time.sleep(random.uniform(0.3, 1.0))
-        self.post(path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": ACCOUNT})
+        self.post(path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": self.account})
 
     def participant_deleted(self, sid: str) -> None:
-        pass  # the agent left the conference (their leg's status callback follows from agent-status)
+        """The app took a leg out of the conference (the agent leaves a warm transfer): it ends."""
+        with self.lock:
+            cancel = self.legs.get(sid)
+        if cancel is not None:
+            cancel.set()
 
 
 
 class SimTwilio(CallerLeg, AgentLegs):
     """Twilio's side of every call: posts signed webhooks, follows TwiML, rings agent legs."""
 
-    def __init__(self, sim):
+    def __init__(self, sim, token: str = TOKEN, account: str = ACCOUNT):
         from twilio.request_validator import RequestValidator
 
-        self.sim = sim
-        self.validator = RequestValidator(TOKEN)
+        self.sim, self.account = sim, account
+        self.validator = RequestValidator(token)
         self.inbox: dict[str, queue_mod.Queue] = {}  # caller leg -> REST moves for it
         self.legs: dict[str, threading.Event] = {}  # agent/party leg -> cancelled
         self.conferences: set[str] = set()  # running conferences: those a caller is in
@@ -146,6 +153,8 @@ class SimTwilio(CallerLeg, AgentLegs):
             self.submit(self.participant, sid, data)
         elif kind == "update":
             return self.update_leg(sid, data)
+        elif kind == "left":
+            self.participant_deleted(sid)
         return True
 
     def follow(self, redis_url: str, stop: threading.Event) -> None:
@@ -183,6 +192,8 @@ class SimTwilio(CallerLeg, AgentLegs):
         status, raw = self.sim.http("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded",
                                                           "X-Twilio-Signature": sig}, stat="webhook", t0=t0)
         if status >= 500 or status in (403, 404, 405, 413):
+            if status in (403, 503) and hasattr(self.sim, "webhook_refused"):  # live: the product's token differs
+                self.sim.webhook_refused(path, status, raw)
             raise RuntimeError(f"{path} answered {status}")
         if status == 204 or not raw:
             return None

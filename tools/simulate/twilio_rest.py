@@ -46,6 +46,9 @@ class SimHttpClient:
         data = {k: (v if isinstance(v, str) else str(v)) for k, v in dict(data or {}).items()}
         path = urlparse(uri).path
         if method == "DELETE":
+            m = re.search(r"/Participants/([^/]+)\.json$", path)
+            if m:  # a leg taken out of a conference
+                self._tell("left", m.group(1), {})
             return Response(204, "")
         if method == "GET" and path.endswith("/Conferences.json"):
             name = dict(params or {}).get("FriendlyName", "")
