@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args):
-    r = subprocess.run([sys.executable, "-m", "bench.webhooks", "--seconds", "1", "--connections", "10", *args],
+    r = subprocess.run([sys.executable, "-m", "bench.webhooks", "--seconds", "3", "--connections", "10", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])

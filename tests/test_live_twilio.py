@@ -113,9 +113,15 @@ def test_a_twilio_caller_on_a_persons_demo_phone(product):
     token = _api(product, "login", {"agent_id": "xiaowang", "password": "xiaowang-pw-1", "state": "paused",
                                     "reason": "break"})["token"]
     before = set(_tickets(product))
+    calls_before = set(redis.keys("acd:call:*"))
     sim = _simulate(product, "--calls", "1", "--agents", "0", "--patience", "40")
     try:
         # nobody on duty yet: the caller waits, is asked after 3 s what it is about and says it
+        deadline = time.monotonic() + 30  # the simulator's start-up takes seconds on a loaded machine
+        while not set(redis.keys("acd:call:*")) - calls_before:
+            assert sim.poll() is None, sim.communicate()
+            assert time.monotonic() < deadline, "the caller never reached the line"
+            time.sleep(0.2)
         time.sleep(4.5)
         _api(product, "state", {"state": "ready"}, token)
         deadline = time.monotonic() + 20

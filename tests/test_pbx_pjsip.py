@@ -246,7 +246,7 @@ def test_a_pjsip_agent_phone_gets_the_ticket_screen_pop_and_the_bye(pbx, tmp_pat
         start_phone(world, phone)
         world.seat("7001", {"legal": 50}, endpoint="PJSIP/agent7001")
         call = world.call("12348")
-        leg = call.bridged_with("PJSIP/agent7001-", timeout=20)
+        leg = call.bridged_with("PJSIP/agent7001-", timeout=30)
         ticket, call_id = call.var("HOTLINE_TICKET"), call.call_id()
         assert ticket and ticket == call.first_var("HOTLINE_TICKET")
         wait_until(lambda: (world.acd.agent("7001") or {}).get("state") == "busy", 10, 0.05,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 from urllib.parse import urlsplit
@@ -101,7 +102,8 @@ class Live:
         self.rq_queues = [Queue(name, connection=conn) for name in (jobs.SPEECH_QUEUE, RQ_QUEUE, jobs.HANDOFF_QUEUE)]
         self.drafts = TicketDrafts(self.redis)
         self.db_url = os.environ.get("DATABASE_URL") or f"sqlite:///{ROOT / 'var' / 'hotline.db'}"
-        self.dir = tempfile.mkdtemp(prefix="hotline-live-")
+        self.dir = tempfile.mkdtemp(prefix="hotline-live-")  # the callers' recordings (Twilio's media host)
+        self._cleanup.append(lambda: shutil.rmtree(self.dir, ignore_errors=True))
         self.recordings = self.dir
         self._expert_lines = set()
         self.base_url = f"http://127.0.0.1:{self.web_port}"  # where webhooks go, as signed (sim.http's address)
