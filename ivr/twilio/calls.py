@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from urllib.parse import urlencode
 
+import redis
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
@@ -298,17 +300,29 @@ class OfferListener:
             log.exception("offer %s/%s to %s could not be handled", offer.call_id, offer.n, offer.agent_id)
 
     def _listen(self) -> None:
+        said = 0.0
         while not self._stop.is_set():
             try:
                 self.acd.follow_offers(self._handle, self._stop, self.poll_s)
+            except redis.exceptions.ConnectionError as exc:  # a line a minute, not a traceback a second
+                if time.monotonic() - said >= 60:
+                    said = time.monotonic()
+                    log.warning("offer listener: Redis unreachable (%s); retrying every second", exc)
+                self._stop.wait(1.0)
             except Exception:
-                log.exception("offer listener lost Redis; reconnecting")
+                log.exception("offer listener failed; restarting it")
                 self._stop.wait(1.0)
 
     def _sweep_loop(self) -> None:
+        down = False
         while not self._stop.wait(self.sweep_s):
             try:
                 self.sweep()
+                down = False
+            except redis.exceptions.ConnectionError as exc:
+                if not down:
+                    log.warning("offer sweep: Redis unreachable (%s)", exc)
+                down = True
             except Exception:
                 log.exception("offer sweep failed")
 
