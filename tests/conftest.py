@@ -26,6 +26,14 @@ from runtime.redis_server import EmbeddedRedis  # noqa: E402
 from call_routing.rules import load_rules  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """With ``REDIS_URL`` the tests run in one process: they flush its database between tests, and
+    its pub/sub channels (the ACD's offers) are shared by every database of that server."""
+    if os.environ.get("REDIS_URL") and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses, config.option.dist = 0, "no"
+
+
 @pytest.fixture(scope="session")
 def redis_server_url():
     """``REDIS_URL`` if set (its database is flushed between tests!), else a private server."""
