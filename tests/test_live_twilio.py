@@ -6,17 +6,15 @@ the agent API; the pre-filled tickets in the product's own database."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.test_newcomer import TEST_ONLY, _fresh_checkout, _free_port
+from tests.fresh_checkout import fresh_checkout, newcomer_env, stop_group
+from tests.test_newcomer import _free_port
 from tools.simulate.live import MATTERS_BY_LINE
 
 SAID = {s for matters in MATTERS_BY_LINE.values() for s in matters}
@@ -26,9 +24,8 @@ SAID = {s for matters in MATTERS_BY_LINE.values() for s in matters}
 def product(tmp_path_factory):
     home = tmp_path_factory.mktemp("live-twilio") / "hotline"
     home.mkdir()
-    _fresh_checkout(home)
-    env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY}
-    env.update(BIND=f"127.0.0.1:{_free_port()}", FASTAGI_BIND=f"127.0.0.1:{_free_port()}", ADMIN_PASSWORD="admin-pw-123",
+    fresh_checkout(home)
+    env = newcomer_env(BIND=f"127.0.0.1:{_free_port()}", FASTAGI_BIND=f"127.0.0.1:{_free_port()}", ADMIN_PASSWORD="admin-pw-123",
                TWILIO_AUTH_TOKEN="demo-token-0123456789abcdef0123456", TWILIO_ACCOUNT_SID="AC" + "d" * 32,
                TWILIO_API_BASE=f"http://127.0.0.1:{_free_port()}")
     log_path = home.parent / "app.log"
@@ -50,12 +47,7 @@ def product(tmp_path_factory):
         assert "REST API " + env["TWILIO_API_BASE"] in log_path.read_text(), "start-up names the Twilio API it uses"
         yield {"home": home, "env": env, "base": base, "log": log_path}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

@@ -9,24 +9,17 @@ the copy's ``var/``, nginx in front when installed); only the ports are chosen f
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.fresh_checkout import fresh_checkout, newcomer_env, stop_group
 from tests.test_consoles_e2e import _missing, browser, by_id, css, shot  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(bool(_missing), reason="the newcomer's browser test needs " + ", ".join(_missing))
-# settings the test run gives itself (tests/conftest.py) that a newcomer's shell does not have
-TEST_ONLY = ("DATABASE_URL", "SECRET_KEY", "HOTLINE_RECORDINGS", "TWILIO_OFFER_LISTENER", "REDIS_URL",
-             "RULES_PATH", "REDIS_DATA_DIR", "HYPOTHESIS_STORAGE_DIRECTORY", "BIND", "FASTAGI_BIND")
 
 
 def wait_for(driver, condition, timeout=10, what="condition"):
@@ -44,26 +37,12 @@ def _free_port() -> int:
     return free_port()
 
 
-def _fresh_checkout(to: Path) -> None:
-    """What a clone of this checkout holds (tracked and new files, nothing ignored), with this
-    checkout's .venv linked in (setup.sh then finds it ready)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        src = ROOT / name
-        if src.is_file():
-            (to / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, to / name)
-    (to / ".venv").symlink_to(ROOT / ".venv")
-
-
 @pytest.fixture(scope="module")
 def product(tmp_path_factory):
     home = tmp_path_factory.mktemp("newcomer") / "hotline"
     home.mkdir()
-    _fresh_checkout(home)
-    env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY}
-    env.update(BIND=f"127.0.0.1:{_free_port()}", FASTAGI_BIND=f"127.0.0.1:{_free_port()}")
+    fresh_checkout(home)
+    env = newcomer_env(BIND=f"127.0.0.1:{_free_port()}", FASTAGI_BIND=f"127.0.0.1:{_free_port()}")
     log = open(home.parent / "run.log", "w+")
     proc = subprocess.Popen(["./run.sh"], cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -87,12 +66,7 @@ def product(tmp_path_factory):
                         (home.parent / "run.log").read_text()[-3000:])
         yield {"home": home, "env": env, "base": base, "password": password, "log": home.parent / "run.log"}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 
