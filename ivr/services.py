@@ -43,7 +43,9 @@ class AcdQueue:
 
     def status(self, call_id):
         call = self.acd.call(call_id)
-        if call is None or call["state"] in ("completed", "abandoned", "failed", "left", "resumed"):
+        if call is None:  # never queued, or lost with a Redis that restarted without its data
+            return QueueStatus("unknown")
+        if call["state"] in ("completed", "abandoned", "failed", "left", "resumed"):
             return QueueStatus("gone")
         if call["kind"] == "callback":
             return QueueStatus("callback")

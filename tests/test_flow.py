@@ -104,6 +104,22 @@ def test_an_emergency_heard_by_another_process_during_a_wait_tick_is_not_overwri
     assert flow.wait("c9").reason == "emergency"  # the caller's next tick carries it out
 
 
+def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_client, redis_url, rules):
+    """Redis restarted without its data while a request still held the caller's state and wrote it
+    back afterwards: the flow says waiting, the ACD knows no such call — in line again."""
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client))
+    flow.start("r1", "12345", "13800138000")
+    assert flow.wait("r1").action == "queue"
+    state = flow.calls.get("r1")
+    redis_client.flushall()  # the restart
+    flow.calls.put("r1", state)  # the late write of the request that straddled it
+    assert flow.wait("r1").action == "queue"
+    assert acd.call("r1")["state"] == "waiting" and acd.position("r1").position == 1
+
+
 def test_a_clear_domain_heard_moves_the_waiting_call_to_that_seat_group(mem):
     flow, queue, *_ = mem
     flow.start("c4", "12345", "13800138000")

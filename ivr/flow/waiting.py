@@ -44,6 +44,11 @@ class Waiting:
             call.state = "waiting"
             self._save(call)
         status = self.queue.status(call_id)
+        if status.state == "unknown":  # the ACD lost the call (its Redis restarted empty): in line again
+            log.warning("call %s: the queue had lost it; queued again", call_id)
+            self.queue.enqueue(call_id, skill=call.skill or rules.hotline.skill, line=call.line,
+                               caller=call.caller, ticket=call.ticket, priority=call.priority)
+            status = self.queue.status(call_id)
         if status.state == "offered" and status.endpoint:
             call.state, call.target, call.target_kind, call.agent = "transferring", status.endpoint, "agent", status.agent
             self._save(call)

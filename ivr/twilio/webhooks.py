@@ -207,6 +207,7 @@ def _ensure_call(call_id: str, dialed: str | None = None) -> None:
     except CallNotFound:
         rules = _tw()["rules"].current()
         flow.start(call_id, dialed or rules.hotline.number, request.form.get("From"))
+    if not _tw()["legs"].known(call_id):  # without it no agent leg can be rung for this caller
         _tw()["legs"].open(call_id, base=_base_url(), to=request.form.get("To", ""), **{"from": request.form.get("From", "")})
 
 
@@ -364,9 +365,11 @@ def fallback():
 def wait():
     call_id = request.form["CallSid"]
     flow, tw = _tw()["flow"], _tw()
+    if not tw["legs"].known(call_id):  # reached the queue through a failure path, or Redis restarted
+        _ensure_call(call_id)           # empty under it: register the call (and its leg) now
     try:
         turn = flow.wait(call_id)
-    except CallNotFound:  # reached the queue through a failure path: register it now
+    except CallNotFound:
         _ensure_call(call_id)
         turn = flow.wait(call_id)
     if turn.action == "hangup":
