@@ -104,8 +104,18 @@ def pbx(pbx_session):
     pbx_session.reset()
 
 
+# files that run the whole product at full tilt (its processes, a simulated load, a browser): one
+# after the other in one test process, so that they never starve each other of the CPU
+WHOLE_PRODUCT = {"test_newcomer.py", "test_live_twilio.py", "test_fault_run.py", "test_two_instances.py",
+                 "test_faults.py", "test_simulate.py"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """``@pytest.mark.slow`` (full load runs) only with ``HOTLINE_FULL=1``; CI runs the reduced forms."""
+    """Each file whole in one test process (pytest.ini: ``--dist loadgroup``), the whole-product
+    files in one; ``@pytest.mark.slow`` (full load runs) only with ``HOTLINE_FULL=1``."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("whole-product" if name in WHOLE_PRODUCT else name))
     if os.environ.get("HOTLINE_FULL") == "1":
         return
     skip = pytest.mark.skip(reason="slow: set HOTLINE_FULL=1 for the full run")
