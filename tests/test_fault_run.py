@@ -39,6 +39,7 @@ def test_killing_the_worker_and_holding_slow_clients_loses_no_call_and_no_ticket
         done.set()
         watcher.join(5)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["lost"], result["tickets_missing"]) == (0, 0), result  # what exit status 1 would hide
     assert code == 0
     assert result["lost"] == 0 and result["tickets_missing"] == 0 and result["server_errors"] == 0, result
     assert result["tickets"] >= 20 and result["proxy"] == "nginx"

@@ -144,7 +144,10 @@ def test_a_twilio_caller_on_a_persons_demo_phone(product):
     assert (result["connected"], result["lost"], result["tickets_missing"]) == (1, 0, 0), result
     new = {k: v for k, v in _tickets(product).items() if k not in before}
     assert len(new) == 1 and next(iter(new.values()))[1] in SAID, new
-    assert _api(product, "me", token=token)["agent"]["state"] in ("wrapup", "ready")
+    deadline = time.monotonic() + 15  # the hang-up reaches the seat through the product's status callbacks
+    while (state := _api(product, "me", token=token)["agent"]["state"]) not in ("wrapup", "ready"):
+        assert time.monotonic() < deadline, f"the seat is still {state} after the call ended"
+        time.sleep(0.3)
 
 
 def test_the_live_simulator_says_in_one_line_what_the_twilio_set_up_lacks(product):
