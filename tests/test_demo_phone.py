@@ -3,25 +3,8 @@ commands, in the order pressed, only when the call is in a state that allows the
 sees or moves another's call. The whole path in a browser: tests/test_newcomer.py."""
 from __future__ import annotations
 
-import pytest
-
-from acd_support import Clock, make_acd, seat
-from app import create_app
 from consoles.demo_phone import DemoPhone
-
-
-@pytest.fixture
-def acd(redis_url, rules):
-    return make_acd(redis_url, rules, Clock())
-
-
-@pytest.fixture
-def client(redis_url, acd):
-    app = create_app({"REDIS_URL": redis_url, "TESTING": True})
-    app.extensions["acd"] = acd
-    seat(acd, "7001", {"general": 5}, login=False, password="s3cret-7001")
-    seat(acd, "7002", {"general": 5}, login=False, password="s3cret-7002")
-    return app.test_client()
+from test_acd_api import acd, client  # noqa: F401  (fixtures: the app on the test's Redis, seats 7001 and 7002)
 
 
 def token(client, agent):
