@@ -126,7 +126,7 @@ def _plans_for(rules: Rules) -> _Plans:
 # (没着火, 不是要报警): nothing to do. Hypothetical: it may happen, or the caller only feels like
 # it (怕着火, 真要着火了, 我都想报警了): never an automatic transfer, a seat hears it first.
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未)[^，。,.!?！？；;]{0,2}$")
-_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防)[^，。,.!?！？；;]{0,3}$")
+_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦)[^，。,.!?！？；;]{0,3}$")
 _CONTEXT_CHARS = 6
 
 
@@ -135,10 +135,9 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     once), else one they may be describing (a seat should hear the caller first).
 
     Lines are tried in precedence 120, 119, 110, 122. A line's ``unless`` words (past,
-    administrative) silence it; an ``except`` phrase hides the word inside it; a negated word
-    counts for nothing and a hypothetical one only as possible; a ``possible`` word (what the
-    caller sees: smoke, blood, someone lying on the road) is possible unless negated or
-    hypothetical.
+    administrative) silence it; an ``except`` phrase hides the word inside it; a negated or
+    hypothetical word (没着火, 怕着火) counts for nothing; a ``possible`` word (what the caller
+    sees: smoke, blood, someone lying on the road) makes the line possible.
     """
     certain = possible = None
     if not text:
@@ -150,9 +149,9 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():
                 before = probe[max(0, m.start() - _CONTEXT_CHARS):m.start()]
-                if _NEGATED.search(before) or (not sure and _HYPOTHETICAL.search(before)):
+                if _NEGATED.search(before) or _HYPOTHETICAL.search(before):
                     continue
-                if sure and not _HYPOTHETICAL.search(before):
+                if sure:
                     return line, None
                 possible = possible or line
     return certain, possible

@@ -406,10 +406,19 @@ def _skill(sid: str, s: schema.Skill) -> Skill:
                  s.expert)
 
 
+GAP = "…"  # in an emergency phrase: "拉上…车" is 拉上, then 车 within GAP_CHARS of the same clause
+GAP_CHARS = 8
+_GAP_PATTERN = f"[^，。,.!?！？；;]{{0,{GAP_CHARS}}}?"
+
+
+def _phrase(word: str) -> str:
+    return _GAP_PATTERN.join(re.escape(part) for part in word.split(GAP))
+
+
 def _alternation(words) -> re.Pattern | None:
     if not words:
         return None
-    return re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    return re.compile("|".join(_phrase(w) for w in sorted(words, key=len, reverse=True)))
 
 
 def _emergency_line(number, name, words, masked, unless, possible=()) -> EmergencyLine:

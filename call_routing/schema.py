@@ -118,7 +118,9 @@ TimeOfDay = Annotated[str, Field(pattern=_HHMM.pattern), _rule(
         lambda v: f"{v // 60:02d}:{v % 60:02d}" if isinstance(v, int) and not isinstance(v, bool) else v)]
 Words = Annotated[tuple[str, ...], _rule(
     lambda v: v is None or isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v),
-    "must be a list of non-empty words", lambda v: tuple(dict.fromkeys(w.strip() for w in v or ())))]
+    "must be a list of non-empty words", lambda v: tuple(dict.fromkeys(w.strip() for w in v or ()))), _rule(
+    lambda v: all(all(part.strip() for part in w.split("…")) and w.count("…") <= 2 for w in v),
+    "a phrase with … needs words on both sides of each … (at most two), like 拉上…车", after=True)]
 HotlineNumber = Annotated[ServiceNumber, _rule(lambda v: v not in EMERGENCY_NUMBERS,
                                                 "an emergency number cannot be the hotline", after=True)]
 LineNumber = Annotated[ServiceNumber, _rule(lambda v: v not in EMERGENCY_NUMBERS,

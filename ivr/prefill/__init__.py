@@ -45,8 +45,7 @@ SUBJECTS_PATH = DATA_DIR / "subjects.yaml"
 CUES_PATH = DATA_DIR / "request_cues.yaml"
 LABELLED_DIR = DATA_DIR / "utterances"  # labelled sentences the model learns from (JSON lines)
 LOW_CONFIDENCE = 0.6  # a learned field less sure than this is shown to the agent as 待核实
-# possible emergency: the learned model's probability of any emergency, with a scene word heard / without
-POSSIBLE_WITH_WORD = 0.1
+# possible emergency without a scene word of the keyword file: the learned model's probability of any
 POSSIBLE_WITHOUT_WORD = 0.2
 REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
 GENERAL_LINE = "12345"
@@ -416,7 +415,7 @@ class Prefiller:
         em_p = self.model.emergency.probabilities(text)
         any_p = 1.0 - em_p.get("none", 0.0)
         possible = None
-        if certain is None and (any_p >= POSSIBLE_WITHOUT_WORD or (suspected and any_p >= POSSIBLE_WITH_WORD)):
+        if certain is None and (suspected or any_p >= POSSIBLE_WITHOUT_WORD):
             possible = suspected.number if suspected else max((n for n in em_p if n != "none"), key=em_p.get)
         if certain or possible:  # the caller needs help now; the ticket stays with the 12345 seats
             line, line_p = GENERAL_LINE, 1.0
