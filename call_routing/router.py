@@ -128,6 +128,9 @@ def _plans_for(rules: Rules) -> _Plans:
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未)[^，。,.!?！？；;]{0,2}$")
 _HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦)[^，。,.!?！？；;]{0,3}$")
 _CONTEXT_CHARS = 6
+# An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
+# "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.
+UNLESS_REACH = 24
 
 
 def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine | None, EmergencyLine | None]:
@@ -135,21 +138,23 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     once), else one they may be describing (a seat should hear the caller first).
 
     Lines are tried in precedence 120, 119, 110, 122. A line's ``unless`` words (past,
-    administrative) silence it; an ``except`` phrase hides the word inside it; a negated or
-    hypothetical word (没着火, 怕着火) counts for nothing; a ``possible`` word (what the caller
-    sees: smoke, blood, someone lying on the road) makes the line possible.
+    administrative) silence its words within ``UNLESS_REACH`` characters; an ``except`` phrase
+    hides the word inside it; a negated or hypothetical word (没着火, 怕着火) counts for nothing;
+    a ``possible`` word (what the caller sees: smoke, blood, someone lying on the road) makes
+    the line possible.
     """
     certain = possible = None
     if not text:
         return None, None
     for line in rules.emergency:
-        if line.unless_pattern and line.unless_pattern.search(text):
-            continue
-        probe = line.mask_pattern.sub("□", text) if line.mask_pattern else text
+        unless = [m.span() for m in line.unless_pattern.finditer(text)] if line.unless_pattern else []
+        probe = line.mask_pattern.sub(lambda m: "□" * len(m.group(0)), text) if line.mask_pattern else text
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():
                 before = probe[max(0, m.start() - _CONTEXT_CHARS):m.start()]
                 if _NEGATED.search(before) or _HYPOTHETICAL.search(before):
+                    continue
+                if any(start - UNLESS_REACH <= m.end() and m.start() <= end + UNLESS_REACH for start, end in unless):
                     continue
                 if sure:
                     return line, None

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,19 +39,25 @@ def prefiller(rules):
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json"], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=120)
+                          text=True, env=env, cwd=ROOT, timeout=400)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    cv, dev = report["cross_validated"], report["fixed_dev50"]
-    assert cv["sentences"] >= 384 and dev["sentences"] == 50
+    cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
+    assert cv["sentences"] >= 1654 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.84 and cv["line"] >= 0.87, cv
-    assert cv["emergency_recall"] >= 0.93 and cv["auto_transfers"] == 0 and cv["false_alarms"] <= 8, cv
-    assert dev["type"] >= 0.94 and dev["line"] >= 0.92, dev
+    assert cv["type"] >= 0.83 and cv["line"] >= 0.87, cv
+    assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
+    assert cv["false_alarms"] <= 0.02 * cv["negatives"], cv
+    assert dev["type"] >= 0.92 and dev["line"] >= 0.94, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
+    # every set read by a pre-fill that learned from the other sets only; the 200 sentences
+    # written outside the project are the fairest of them
+    assert set(by_file) == set(report["files"]) and by_file["dev.jsonl"] == dev
+    assert by_file["more.jsonl"]["type"] >= 0.86 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
+    assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] < 2.0
+    assert report["training_s"] < 6.0  # about 2 s on a quiet machine
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -129,3 +136,20 @@ def test_a_negated_or_hypothetical_fire_neither_transfers_nor_jumps_the_queue(ac
         assert not [a for a in acd.alerts() if a["alert"] == "possible_emergency"]
     else:  # hypothetical: at most a seat hears it first, never a transfer
         assert acd.call("w2")["urgent"] in (None, "119")
+
+
+def test_after_a_rules_edit_the_last_pre_fill_keeps_reading_while_the_new_one_learns(rules, rules_path):
+    from call_routing.rules import load_rules
+    current = {"rules": rules}
+    classify = PrefillClassifier(lambda: current["rules"])
+    first = classify.filler()
+    assert classify("离职了公积金怎么提取")["line"] == "12329"
+    current["rules"] = load_rules(rules_path)  # a new version, as after an admin's edit
+    started = time.monotonic()
+    assert classify.filler() is first  # no caller waits for the learning
+    assert classify("对门家一直往外冒黑烟，敲门没人开")["emergency_possible"] == "119"
+    assert time.monotonic() - started < 1.0
+    deadline = time.monotonic() + 60
+    while classify.filler() is first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert classify.filler() is not first and classify.filler().rules is current["rules"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from call_routing.numbers import mask, service_number
-from call_routing.router import decide, emergency_heard, three_way
+from call_routing.router import emergency_assessment, decide, emergency_heard, three_way
 from call_routing.rules import CHINA_TZ, load_rules
 
 IN_WINDOW = datetime(2024, 6, 1, 10, 0, tzinfo=CHINA_TZ)
@@ -251,6 +251,28 @@ def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dia
 def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, text):
     d = decide("12345", None, IN_WINDOW, text, rules)
     assert d.mode == "main" and d.emergency is None
+
+
+def test_a_phrase_with_a_gap_matches_words_between_within_one_clause(rules):
+    # 110's list holds 拉上…车: the car may be described between the two words
+    assert emergency_heard(rules, "我女儿被一个男的拉上一辆白色面包车了").number == "110"
+    # …but not across a clause: the gap never jumps a comma or a full stop
+    c, p = emergency_assessment(rules, "他拉上窗帘，车在楼下停着")
+    assert c is None and p is None
+
+
+def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
+    for text in ("楼道里堆满纸箱子，怕着火", "真要着火了消防车都进不来", "气死我了，我都想报警了", "没着火，就是灭火器过期了"):
+        assert emergency_assessment(rules, text) == (None, None), text
+
+
+def test_past_or_administrative_words_silence_only_the_danger_words_near_them(rules):
+    # a routine question, then the emergency happens during the call: 医保 is far from 喊不醒
+    routine_then_collapse = "嗯 我想问一下那个医保异地备案咋弄 哎 老头你咋了 你别吓我 他 他突然趴桌上了 喊不醒"
+    assert emergency_heard(rules, routine_then_collapse).number == "120"
+    # the aftermath of a crash: 住院 and 医保 stand right by 撞
+    c, p = emergency_assessment(rules, "我被车撞了住院花了两万多，对方跑了，这个医药费医保能报不")
+    assert c is None
 
 
 def test_life_comes_first_when_several_emergencies_are_heard(rules):

@@ -202,6 +202,16 @@ def test_problems_in_the_keyword_file_point_into_that_file(shipped_text, write_r
     assert f"{kw_path}:{n}: 122.wrds: unknown key (allowed: words, except, unless, possible)" in problems_of(path)
 
 
+def test_a_phrase_with_an_empty_side_of_its_gap_is_refused_with_its_line(shipped_text, write_rules, rules_path):
+    kw = (rules_path.parent / "emergency_keywords.yaml").read_text(encoding="utf-8")
+    kw = edit(kw, '"110":\n  words: [', '"110":\n  words: [拉上…, ')
+    path = write_rules(shipped_text, keywords=kw)
+    got = [p for p in problems_of(path) if "110.words" in p]
+    assert got and "a phrase with … needs words on both sides of each …" in got[0], problems_of(path)
+    words_line = line_of(kw, '"110":') + 1
+    assert got[0].startswith(f"{path.parent / 'emergency_keywords.yaml'}:{words_line}:")
+
+
 # --- files that are not rules at all: one clear line each, never a traceback --------------
 
 def test_malformed_yaml_names_its_line(shipped_text, write_rules):
