@@ -43,17 +43,17 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 1654 and dev["sentences"] == 50
+    assert cv["sentences"] >= 2377 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.83 and cv["line"] >= 0.87, cv
+    assert cv["type"] >= 0.85 and cv["line"] >= 0.89, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
-    assert cv["false_alarms"] <= 0.02 * cv["negatives"], cv
-    assert dev["type"] >= 0.92 and dev["line"] >= 0.94, dev
+    assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
+    assert dev["type"] >= 0.92 and dev["line"] >= 0.92, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # every set read by a pre-fill that learned from the other sets only; the 200 sentences
     # written outside the project are the fairest of them
     assert set(by_file) == set(report["files"]) and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.86 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
+    assert by_file["more.jsonl"]["type"] >= 0.9 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv

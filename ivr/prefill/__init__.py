@@ -396,12 +396,12 @@ class Prefiller:
     # the catalogue's view of a text, as features of the learned model
     def _line_features(self, text: str) -> list[float]:
         scores, _ = self.catalogue.matcher.score(text)
-        chosen = self.domain_of(text)
+        chosen = self._pick_domain(dict(scores))
         return [scores.get(d, 0) for d in self.catalogue.domains] + [1.0 * (d == chosen) for d in self.catalogue.domains]
 
     def _type_features(self, text: str) -> list[float]:
         scores = self._type_scores(text)
-        chosen = self.request_type(text)
+        chosen = self._pick_type(scores)
         return [min(scores.get(t, 0), 10) for t in REQUEST_TYPES] + [3.0 * (t == chosen) for t in REQUEST_TYPES]
 
     def _emergency_features(self, text: str) -> list[float]:
@@ -465,6 +465,9 @@ class Prefiller:
         scores, _ = self.catalogue.matcher.score(text)
         if dialed and dialed in self.rules.lines and scores:
             scores[dialed] = scores.get(dialed, 0) + self.catalogue.dialed_bonus
+        return self._pick_domain(scores)
+
+    def _pick_domain(self, scores: dict[str, int]) -> str:
         if not scores:
             return GENERAL_LINE
         # order: score, then the general line on a tie (a generalist can re-route), then number
@@ -481,7 +484,9 @@ class Prefiller:
 
     def request_type(self, text: str) -> str:
         """The type the request cues alone point to."""
-        scores = self._type_scores(text)
+        return self._pick_type(self._type_scores(text))
+
+    def _pick_type(self, scores: dict[str, int]) -> str:
         if not scores:
             return self.cues.default
         order = {t: i for i, t in enumerate(self.cues.precedence)}
