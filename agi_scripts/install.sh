@@ -4,7 +4,7 @@
 #
 #   agi_scripts/install.sh [--etc /etc/asterisk] [--sounds /var/lib/asterisk/sounds]
 #                          [--moh /var/lib/asterisk/moh] [--agi agi://127.0.0.1:4573]
-#                          [--ami-secret SECRET] [--no-reload]
+#                          [--ami-secret SECRET] [--audiosocket HOST:PORT|off] [--no-reload]
 #
 # What it does (docs/asterisk.md, "Install"):
 #   ETC/hotline/extensions.conf, confbridge.conf, features.conf, musiconhold.conf: the project's
@@ -12,6 +12,8 @@
 #   ETC/hotline/globals.conf, queues.conf: the site's settings (FastAGI address, trunks, fallback
 #       seats), written once from the samples and then left to the admin;
 #   ETC/hotline/manager.conf (with --ami-secret): the product's AMI user "hotline";
+#   --audiosocket: HOTLINE_AUDIOSOCKET in ETC/hotline/globals.conf (also in an existing one):
+#       waiting callers heard live by the product's AudioSocket server; off: recorded instead;
 #   one '#include "hotline/X.conf"' line in each of ETC's extensions, confbridge, features,
 #       musiconhold, queues (and manager) .conf;
 #   SOUNDS/hotline: every prompt (python -m ivr.prompts render), MOH/hotline: the hold music;
@@ -27,6 +29,7 @@ sounds=/var/lib/asterisk/sounds
 moh=/var/lib/asterisk/moh
 agi=agi://127.0.0.1:4573
 ami_secret=
+audiosocket=
 reload=1
 while [ $# -gt 0 ]; do
   case $1 in
@@ -35,14 +38,20 @@ while [ $# -gt 0 ]; do
     --moh) moh=$2; shift 2 ;;
     --agi) agi=$2; shift 2 ;;
     --ami-secret) ami_secret=$2; shift 2 ;;
+    --audiosocket) audiosocket=$2; shift 2 ;;
     --no-reload) reload=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 python=${PYTHON:-$top/.venv/bin/python}
 [ -d "$etc" ] || { echo "install.sh: $etc is not a directory (Asterisk's configuration, --etc)" >&2; exit 1; }
 case $agi in agi://*|hagi://*) ;; *) echo "install.sh: --agi must be agi://HOST:PORT or hagi://NAME" >&2; exit 1 ;; esac
+case $audiosocket in
+  ''|off|[A-Za-z0-9]*:[0-9]*) ;;
+  *) echo "install.sh: --audiosocket must be HOST:PORT (the product's AudioSocket server) or off" >&2; exit 1 ;;
+esac
+case $audiosocket in *[!A-Za-z0-9.:-]*) echo "install.sh: --audiosocket: HOST:PORT, letters, digits and .:- only" >&2; exit 1 ;; esac
 case $ami_secret in *[![:alnum:]_.@%+=-]*) echo "install.sh: --ami-secret: letters, digits and _.@%+=- only" >&2; exit 1 ;; esac
 
 mkdir -p "$etc/hotline"
@@ -56,6 +65,12 @@ sed "s|^directory=.*|directory=$moh/hotline|" "$here/musiconhold.conf.sample" > 
 put "$etc/hotline/.moh.tmp" "$etc/hotline/musiconhold.conf"; rm -f "$etc/hotline/.moh.tmp"
 if [ ! -e "$etc/hotline/globals.conf" ]; then
   sed "s|^HOTLINE_AGI=agi://127.0.0.1:4573 |HOTLINE_AGI=$agi |" "$here/globals.conf.sample" > "$etc/hotline/.globals.tmp"
+  put "$etc/hotline/.globals.tmp" "$etc/hotline/globals.conf"; rm -f "$etc/hotline/.globals.tmp"
+fi
+if [ -n "$audiosocket" ]; then  # the one setting this script changes in the site's globals.conf
+  [ "$audiosocket" = off ] && audiosocket=
+  sed "s|^HOTLINE_AUDIOSOCKET=[^ ;]*\( *\)|HOTLINE_AUDIOSOCKET=$audiosocket\1|" "$etc/hotline/globals.conf" > "$etc/hotline/.globals.tmp"
+  grep -q "^HOTLINE_AUDIOSOCKET=" "$etc/hotline/.globals.tmp" || echo "HOTLINE_AUDIOSOCKET=$audiosocket" >> "$etc/hotline/.globals.tmp"
   put "$etc/hotline/.globals.tmp" "$etc/hotline/globals.conf"; rm -f "$etc/hotline/.globals.tmp"
 fi
 [ -e "$etc/hotline/queues.conf" ] || put "$here/queues.conf.sample" "$etc/hotline/queues.conf"

@@ -1,7 +1,10 @@
 """The sample dialplan and the Asterisk callback: what an Asterisk admin installs."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from agi_scripts.callback import CallFileDialer
@@ -109,3 +112,28 @@ def test_the_three_way_dialplan_matches_the_threeway_handler_and_the_snippets():
         assert "@hotline-party,a)" in " ".join(ctx[name])
     # only the caller's hangup in the conference ends the citizen's call
     assert any('"${HOTLINE_CONF_ROLE}" != "caller"' in s for s in ctx["hotline-conf"])
+
+
+def test_install_names_the_audiosocket_server_in_the_sites_globals_and_can_turn_it_off(tmp_path):
+    """install.sh --audiosocket writes HOTLINE_AUDIOSOCKET (the only site setting it changes in
+    an existing globals.conf: the admin's other edits stay), and refuses an address that is not one."""
+    root = Path(__file__).resolve().parent.parent
+    etc = tmp_path / "etc"
+    etc.mkdir()
+
+    def install(*args):
+        return subprocess.run([str(root / "agi_scripts" / "install.sh"), "--etc", str(etc), "--sounds",
+                               str(tmp_path / "sounds"), "--moh", str(tmp_path / "moh"), "--no-reload", *args],
+                              env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+
+    def setting():
+        return re.search(r"^HOTLINE_AUDIOSOCKET=([^ ;]*)", (etc / "hotline" / "globals.conf").read_text(), re.M).group(1)
+
+    assert install("--audiosocket", "127.0.0.1:9092").returncode == 0
+    assert setting() == "127.0.0.1:9092"
+    globals_conf = etc / "hotline" / "globals.conf"
+    globals_conf.write_text(globals_conf.read_text().replace("HOTLINE_MAX_WAIT_LOOPS=240", "HOTLINE_MAX_WAIT_LOOPS=120"))
+    assert install("--audiosocket", "off").returncode == 0
+    assert setting() == "" and "HOTLINE_MAX_WAIT_LOOPS=120" in globals_conf.read_text()
+    refused = install("--audiosocket", "127.0.0.1:9092;evil")
+    assert refused.returncode == 1 and "--audiosocket" in refused.stderr and setting() == ""
