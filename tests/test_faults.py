@@ -74,12 +74,10 @@ def test_redis_killed_and_restarted_mid_queue_loses_no_caller_and_no_ticket():
         marks["restarted"] = time.monotonic()
 
     sim, result = simulate(30, "both", 3, seed=3, hooks=[kill_and_restart])
-    # Known defect, left open (docs/NOTES.md, session 7): an agent who hangs up while Redis is down
-    # leaves a Twilio caller alone in the conference — the conference event that would move them
-    # to the survey is refused (503) and Twilio does not send it again. Seen under load only; every
-    # other promise of this test is still asserted, and the defect shows as an xfail with the calls.
+    # no Twilio caller is left alone in the conference by an agent who hung up during the outage
     silent = [(r.id, r.detail) for r in sim.records.values() if r.silence]
-    lost = [(r.id, r.front, r.detail) for r in sim.records.values() if r.outcome is None and not r.silence]
+    assert not silent, silent
+    lost = [(r.id, r.front, r.detail) for r in sim.records.values() if r.outcome is None]
     assert not lost, lost
     assert result["tickets_missing"] == 0, sim.missing_tickets
     assert result["server_errors"] == 0, sim.stats.errors[:10]
@@ -91,8 +89,6 @@ def test_redis_killed_and_restarted_mid_queue_loses_no_caller_and_no_ticket():
     after = [r for r in sim.records.values() if r.ended and r.ended > marks["restarted"] and r.outcome == "connected"]
     assert after, "no call connected after the restart: state did not recover"
     assert any(r.front == "twilio" for r in after)
-    if silent:
-        pytest.xfail(f"known defect: callers left alone after their agent hung up during the outage: {silent}")
 
 
 # -- a web worker killed during a webhook ----------------------------------------------------------

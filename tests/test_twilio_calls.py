@@ -375,6 +375,39 @@ def test_an_agent_whose_answer_could_not_be_recorded_still_talks_and_the_caller_
     assert moves[-1][1] == {"Url": "http://localhost/twilio/survey-start", "Method": "POST"} and len(moves) == 2
 
 
+
+def test_an_agent_hang_up_the_app_never_acted_on_is_found_by_asking_twilio_and_the_caller_gets_the_survey(
+        hotline):
+    from ivr.twilio.calls import OfferListener
+
+    hotline.seat("a1", {"general": 50})
+    agent_leg, _ = connect(hotline, "CAunheard")
+    tw = hotline.app.extensions["twilio"]
+    listeners = [OfferListener(hotline.acd, tw["board"]) for _ in range(2)]  # two web processes
+    sent = len(hotline.http.requests)
+    assert listeners[0].check_hang_ups() == 0  # the agent still talks: Twilio says so, nothing moves
+    assert hotline.http.requests[sent:] == [("GET", f"{API}/Calls/{agent_leg}.json", {})]
+    hotline.acd.redis.delete("twilio:hang-up-check")  # the next period
+
+    # the agent hangs up; the status callback is never acted on (Redis unreachable, the web
+    # process gone: Twilio does not send it again)
+    hotline.http.call_status[agent_leg] = "completed"
+    sent = len(hotline.http.requests)
+    assert [listener.check_hang_ups() for listener in listeners] == [1, 0]  # one process asks Twilio
+    assert hotline.http.requests[sent:] == [
+        ("GET", f"{API}/Calls/{agent_leg}.json", {}),
+        ("POST", f"{API}/Calls/CAunheard.json", {"Url": "http://localhost/twilio/survey-start", "Method": "POST"})]
+    hotline.twilio.post("/twilio/agent-status?call=CAunheard&agent=a1", {"CallSid": agent_leg,
+                                                                          "CallStatus": "completed"})  # a late one
+    hotline.acd.redis.delete("twilio:hang-up-check")
+    assert tw["board"].missed_hang_ups() == 0
+    assert [r for r in hotline.http.requests[sent + 2:] if r[0] != "GET"] == []  # neither moved the caller again
+    q = hotline.twilio.twiml("/twilio/survey-start", call_params("CAunheard", CallStatus="in-progress"))
+    assert "满意请按1" in said(q.find("Gather"))
+    hotline.twilio.twiml("/twilio/survey", call_params("CAunheard", Digits="2"))
+    assert hotline.tickets.tickets[hotline.flow.state("CAunheard").ticket]["survey"] == "basically_satisfied"
+    assert hotline.acd.agent("a1")["state"] != "busy"
+
 def test_the_hold_music_twilio_plays_is_the_project_s_own_clip_served_without_a_signature(hotline):
     import io
     import wave

@@ -24,6 +24,7 @@ class RecordingHttpClient(HttpClient):
         self._ids = itertools.count(1)
         # what GET Conferences answers: one running conference unless a test says none runs
         self.running_conferences = [{"sid": "CF" + "9" * 32}]
+        self.call_status: dict[str, str] = {}  # what GET Calls/<sid> answers: in-progress unless a test says
 
     def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
                 allow_redirects=False):
@@ -33,6 +34,10 @@ class RecordingHttpClient(HttpClient):
             return Response(204, "")
         if method == "GET" and path.endswith("/Conferences.json"):
             return Response(200, json.dumps({"conferences": self.running_conferences, "meta": {"key": "conferences"}}))
+        if method == "GET" and "/Calls/" in path:
+            sid = path.rsplit("/", 1)[-1].split(".")[0]
+            return Response(200, json.dumps({"sid": sid, "account_sid": ACCOUNT,
+                                             "status": self.call_status.get(sid, "in-progress")}))
         if path.endswith("/Participants.json"):
             n = next(self._ids)
             return Response(201, json.dumps({"call_sid": f"CAtransfer{n}", "conference_sid": path.split("/")[-2],

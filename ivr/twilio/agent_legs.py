@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 from twilio.base.exceptions import TwilioRestException
 
 from ivr.twilio import twiml
+from ivr.twilio.transfers import GONE
 
 log = logging.getLogger("hotline.twilio")
 
@@ -102,7 +103,7 @@ class AgentLegs:
                     # the party still ringing: nobody is left to talk to (the flow cancels it)
                     self.flow.three_way_agent_left(call_id)
                     self._clear_transfer(call_id)
-                self.to_survey(call_id)
+                self._release_alone_caller(call_id)  # Redis gone meanwhile: a goodbye, never silence
             return
         if status == "completed" and leg.get("agent_call") and self._in_conference(call_id):
             # the agent talked in the conference but their answer was never recorded (the call
@@ -119,6 +120,38 @@ class AgentLegs:
             if state is not None and state.state == "transferring":
                 self.flow.transfer_ended(call_id, "NOANSWER")  # head of the queue, next agent
 
+    def missed_hang_ups(self) -> int:
+        """Agents whose hang-up the app never acted on. Twilio sends the agent leg's status
+        callback once: when it could not be acted on (Redis unreachable, the web process gone),
+        the caller would stay alone in a silent conference. So, for every seat the ACD has busy
+        on a Twilio call whose agent joined the conference, Twilio is asked about the agent's
+        leg (``GET Calls/<agent leg>.json``); a leg that has ended is handled as its callback
+        would have been (:meth:`agent_leg_ended`, claimed once: the caller goes on to the
+        survey). Returns how many were found."""
+        r, keys = self.acd.redis, self.acd.keys
+        seats = list(r.smembers(keys.agents()))
+        pipe = r.pipeline(transaction=False)
+        for agent_id in seats:
+            pipe.hmget(keys.agent(_text(agent_id)), "state", "call")
+        calls = sorted({_text(call) for state, call in pipe.execute() if _text(state) == "busy" and call})
+        found = 0
+        for call_id in calls:
+            leg = self.legs.get(call_id)
+            if leg.get("agent_in") != "1" or not leg.get("agent_call"):
+                continue  # not a Twilio call, or its agent is not (or no longer) in the conference
+            try:
+                status = self.client.calls(leg["agent_call"]).fetch().status
+            except TwilioRestException as exc:
+                log.warning("call %s: could not ask Twilio about agent leg %s (%s)", call_id, leg["agent_call"],
+                            exc.code)
+                continue
+            if status in GONE:
+                log.warning("call %s: agent leg %s %s without a status callback acted on", call_id,
+                            leg["agent_call"], status)
+                self.agent_leg_ended(call_id, status)
+                found += 1
+        return found
+
     def _release_alone_caller(self, call_id: str) -> None:
         """The agent has gone and the caller is alone in the conference: the survey when the
         call is known, else a spoken goodbye (its state is gone: nothing to record a rating on)."""
@@ -126,3 +159,7 @@ class AgentLegs:
             self.to_survey(call_id)
         except RedisError:
             self._say_goodbye(call_id)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v or "")

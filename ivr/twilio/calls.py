@@ -244,18 +244,21 @@ class OfferListener:
     * ``acd.follow_offers`` (pub/sub ``acd:offers``), reconnecting after Redis errors;
     * a sweep of the ACD's ringing set every ``sweep_s``: pub/sub is at-most-once (a message
       published while this process was reconnecting is lost), so an offer to a Twilio call that
-      no process has rung yet is rung from there.
+      no process has rung yet is rung from there. The same thread looks for agents' hang-ups the
+      app never acted on (:meth:`Switchboard.missed_hang_ups`) every ``hang_up_check_s``, in one
+      process at a time (``SET twilio:hang-up-check NX PX``).
 
     Every web process hears every offer; :meth:`Switchboard.on_offer` claims
     ``twilio:ring:<call>:<n>`` with ``SET NX`` before ringing, so each offer rings exactly once
     across all processes (tests/test_twilio_offers.py checks it with separate processes).
     """
 
-    def __init__(self, acd, board: "Switchboard", *, poll_s: float = 1.0, sweep_s: float = 2.0):
+    def __init__(self, acd, board: "Switchboard", *, poll_s: float = 1.0, sweep_s: float = 2.0,
+                 hang_up_check_s: float = 10.0):
         import threading
 
         self.acd, self.board = acd, board
-        self.poll_s, self.sweep_s = poll_s, sweep_s
+        self.poll_s, self.sweep_s, self.hang_up_check_s = poll_s, sweep_s, hang_up_check_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pid = None
@@ -315,9 +318,13 @@ class OfferListener:
 
     def _sweep_loop(self) -> None:
         down = False
+        next_check = time.monotonic() + self.hang_up_check_s
         while not self._stop.wait(self.sweep_s):
             try:
                 self.sweep()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.hang_up_check_s
+                    self.check_hang_ups()
                 down = False
             except redis.exceptions.ConnectionError as exc:
                 if not down:
@@ -325,6 +332,14 @@ class OfferListener:
                 down = True
             except Exception:
                 log.exception("offer sweep failed")
+
+    def check_hang_ups(self) -> int:
+        """:meth:`Switchboard.missed_hang_ups`, unless another process did it in the last
+        ``hang_up_check_s`` (one REST request per busy Twilio seat, not one per web process)."""
+        legs = self.board.legs
+        if not legs.r.set(f"{legs.prefix}hang-up-check", 1, nx=True, px=max(1, int(self.hang_up_check_s * 1000))):
+            return 0
+        return self.board.missed_hang_ups()
 
     def sweep(self) -> int:
         """Ring offers to Twilio calls that no process has rung (a lost pub/sub message)."""

@@ -6,7 +6,9 @@ import random
 import time
 import xml.etree.ElementTree as ET
 
+from ivr.twilio import twiml
 from tools.simulate.callers import EMERGENCY_WORDS, MATTERS, CallRecord
+from tools.simulate.twilio_rest import LIVE_LEGS
 
 
 class CallerLeg:
@@ -16,6 +18,7 @@ class CallerLeg:
         box: queue_mod.Queue = queue_mod.Queue()
         with self.lock:
             self.inbox[rec.id] = box
+        self._share(LIVE_LEGS, rec.id, True)
         base = {"CallSid": rec.id, "AccountSid": self.account, "To": rec.dialed, "From": self.sim.caller_number(rec),
                 "Direction": "inbound"}
         try:
@@ -23,6 +26,8 @@ class CallerLeg:
         finally:
             with self.lock:
                 self.inbox.pop(rec.id, None)
+            self._share(LIVE_LEGS, rec.id, False)
+            self._conference(twiml.conference_name(rec.id), False)  # moved into it but gone before joining
 
     def _call(self, rec: CallRecord, box, base) -> None:
         sim = self.sim
@@ -119,6 +124,8 @@ class CallerLeg:
                     self._queue_exit(rec, base, "hangup")
                     return ET.fromstring("<Response><Hangup/></Response>")
                 continue
+            if kind == "agent-left":  # an agent of a conference this caller has already left (e.g. moved
+                continue              # on to the survey, whose failure queued them again): not alone
             return self._moved(rec, box, base, kind, payload, deadline)
         return None
 

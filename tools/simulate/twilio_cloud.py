@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 from tools.simulate.agents import SimAgent
 from tools.simulate.twilio_callers import CallerLeg
-from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, REST_EVENTS, TOKEN
+from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, LIVE_LEGS, REST_EVENTS, TOKEN
 
 
 class AgentLegs:
@@ -29,6 +29,7 @@ class AgentLegs:
         cancelled = threading.Event()
         with self.lock:
             self.legs[sid] = cancelled
+        self._share(LIVE_LEGS, sid, True)
         try:
             person_leg = getattr(self.sim, "person_leg", None)  # live: a person's seat rings its demo phone
             if agent is None and person_leg is not None:
@@ -71,6 +72,7 @@ class AgentLegs:
         finally:
             with self.lock:
                 self.legs.pop(sid, None)
+            self._share(LIVE_LEGS, sid, False)
 
     def _transfer(self, agent: SimAgent, call_id: str, talk: float) -> bool:
         """三方转接 to the line's expert seats through the agent API, then a warm leave."""
@@ -132,17 +134,28 @@ class SimTwilio(CallerLeg, AgentLegs):
         with self.lock:
             return name in self.conferences
 
+    def leg_live(self, sid: str) -> bool:
+        """A call Twilio is still playing (a caller, an agent leg): ``GET Calls/<sid>`` answers
+        ``in-progress``, else ``completed``."""
+        with self.lock:
+            return sid in self.legs or sid in self.inbox
+
     def _conference(self, name: str, running: bool) -> None:
         """Twilio's conference list, answered truthfully to ``GET Conferences``."""
         with self.lock:
             (self.conferences.add if running else self.conferences.discard)(name)
-        if self.sim.processes:  # app processes ask through Redis (best effort: Redis may be down)
+        self._share(CONFERENCES, name, running)
+
+    def _share(self, key: str, member: str, present: bool) -> None:
+        """What app processes ask Twilio about (``--processes``) goes to them through Redis (best
+        effort: Redis may be down)."""
+        if self.sim.processes:
             try:
                 if self._redis is None:
                     import redis as redis_lib
 
                     self._redis = redis_lib.Redis.from_url(self.sim.redis_url)
-                (self._redis.sadd if running else self._redis.srem)(CONFERENCES, name)
+                (self._redis.sadd if present else self._redis.srem)(key, member)
             except Exception:
                 pass
 
@@ -212,6 +225,9 @@ class SimTwilio(CallerLeg, AgentLegs):
             cancel = self.legs.get(sid)
         if box is not None:
             if "Twiml" in data:
+                conference = ET.fromstring(data["Twiml"]).findtext(".//Conference")
+                if conference:  # Twilio moves the caller at once, even while a webhook of theirs is
+                    self._conference(conference, True)  # pending: GET Conferences says so from now on
                 box.put(("twiml", data["Twiml"]))
             elif "Url" in data:
                 box.put(("redirect", urlparse(data["Url"]).path + (("?" + urlparse(data["Url"]).query)

@@ -11,6 +11,7 @@ TOKEN = "sim-auth-token-0123456789abcdef0123"
 ACCOUNT = "AC" + "5" * 32
 REST_EVENTS = "sim:twilio:rest"
 CONFERENCES = "sim:twilio:conferences"  # running conferences, for app processes asking Twilio (--processes)
+LIVE_LEGS = "sim:twilio:legs"  # calls in progress (callers, agent legs), likewise
 
 
 class SimHttpClient:
@@ -66,6 +67,11 @@ class SimHttpClient:
             self._tell("outbound", sid, data)
             return Response(201, json.dumps({"sid": sid, "account_sid": ACCOUNT, "status": "queued"}))
         m = re.search(r"/Calls/([^/]+)\.json$", path)
+        if m and method == "GET":  # a call's status: in progress while Twilio still plays it
+            live = self.cloud.leg_live(m.group(1)) if self.cloud is not None \
+                else bool(self._redis.sismember(LIVE_LEGS, m.group(1)))
+            return Response(200, json.dumps({"sid": m.group(1), "account_sid": ACCOUNT,
+                                             "status": "in-progress" if live else "completed"}))
         if m and method == "POST":
             if not self._tell("update", m.group(1), data):
                 return Response(404, json.dumps({"code": 20404, "message": "not found", "status": 404}))
