@@ -126,7 +126,7 @@ def _plans_for(rules: Rules) -> _Plans:
 # (没着火, 不是要报警): nothing to do. Hypothetical: it may happen, or the caller only feels like
 # it (怕着火, 真要着火了, 我都想报警了): never an automatic transfer, a seat hears it first.
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未)[^，。,.!?！？；;]{0,2}$")
-_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦)[^，。,.!?！？；;]{0,3}$")
+_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为)[^，。,.!?！？；;]{0,3}$")
 _CONTEXT_CHARS = 6
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.

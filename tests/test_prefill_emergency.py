@@ -43,21 +43,21 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 2377 and dev["sentences"] == 50
+    assert cv["sentences"] >= 3165 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
     assert cv["type"] >= 0.85 and cv["line"] >= 0.89, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    assert dev["type"] >= 0.92 and dev["line"] >= 0.92, dev
+    assert dev["type"] >= 0.88 and dev["line"] >= 0.94, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # every set read by a pre-fill that learned from the other sets only; the 200 sentences
     # written outside the project are the fairest of them
     assert set(by_file) == set(report["files"]) and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.9 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
+    assert by_file["more.jsonl"]["type"] >= 0.89 and by_file["more.jsonl"]["line"] >= 0.93, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] < 6.0  # about 2 s on a quiet machine
+    assert report["training_s"] < 10.0  # about 3 s on a quiet machine
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -88,8 +88,9 @@ def test_a_field_the_model_is_unsure_of_reaches_the_ticket_marked_for_checking(p
 @pytest.fixture
 def acd_flow(redis_url, rules):
     acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
-    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.MemoryCalls(),
-                      classify=PrefillClassifier(lambda: rules))
+    classify = PrefillClassifier(lambda: rules)
+    classify.warm()  # as the servers do at start
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.MemoryCalls(), classify=classify)
     for i in range(3):
         flow.start(f"w{i}", "12345", f"1380013800{i}")
         assert flow.wait(f"w{i}").action == "queue"
@@ -138,18 +139,46 @@ def test_a_negated_or_hypothetical_fire_neither_transfers_nor_jumps_the_queue(ac
         assert acd.call("w2")["urgent"] in (None, "119")
 
 
-def test_after_a_rules_edit_the_last_pre_fill_keeps_reading_while_the_new_one_learns(rules, rules_path):
+def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_path, tmp_path):
+    import shutil
+
     from call_routing.rules import load_rules
-    current = {"rules": rules}
+    shutil.copy(rules_path, tmp_path / "rules.yaml")
+    shutil.copy(rules_path.parent / "emergency_keywords.yaml", tmp_path / "emergency_keywords.yaml")
+    current = {"rules": load_rules(tmp_path / "rules.yaml")}
     classify = PrefillClassifier(lambda: current["rules"])
+    classify.warm()  # as the servers do at start
     first = classify.filler()
     assert classify("离职了公积金怎么提取")["line"] == "12329"
-    current["rules"] = load_rules(rules_path)  # a new version, as after an admin's edit
+
+    # an edit of something the model did not learn from (the greeting): the same model, at once
+    text = (tmp_path / "rules.yaml").read_text(encoding="utf-8")
+    (tmp_path / "rules.yaml").write_text(text.replace("正在为您接通坐席。", "马上为您接通坐席。", 1), encoding="utf-8")
+    current["rules"] = load_rules(tmp_path / "rules.yaml")
+    same = classify.filler()
+    assert same.rules is current["rules"] and same.model is first.model
+
+    # a new emergency word: the model learns again in the background; meanwhile the last one reads
+    words = (tmp_path / "emergency_keywords.yaml").read_text(encoding="utf-8")
+    (tmp_path / "emergency_keywords.yaml").write_text(
+        words.replace('"119":\n  words: [', '"119":\n  words: [火龙卷, ', 1), encoding="utf-8")
+    current["rules"] = load_rules(tmp_path / "rules.yaml")
     started = time.monotonic()
-    assert classify.filler() is first  # no caller waits for the learning
+    assert classify.filler() is same  # no caller waits for the learning
     assert classify("对门家一直往外冒黑烟，敲门没人开")["emergency_possible"] == "119"
     assert time.monotonic() - started < 1.0
     deadline = time.monotonic() + 60
-    while classify.filler() is first and time.monotonic() < deadline:
+    while classify.filler().rules is not current["rules"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert classify.filler() is not first and classify.filler().rules is current["rules"]
+    assert classify.filler().rules is current["rules"] and classify.filler().model is not first.model
+
+
+def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most(rules):
+    classify = PrefillClassifier(lambda: rules)
+    started = time.monotonic()
+    classify("离职了公积金怎么提取")  # a process that has not warmed up yet
+    assert time.monotonic() - started < PrefillClassifier.FIRST_WAIT_S + 0.5
+    deadline = time.monotonic() + 60
+    while classify.filler(rules, wait_s=0) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert classify("离职了公积金怎么提取")["line"] == "12329"

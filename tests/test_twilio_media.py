@@ -47,6 +47,8 @@ def product(redis_url, rules_path, tmp_path, monkeypatch):
     app = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_path), "TWILIO_AUTH_TOKEN": TOKEN,
                       "DATABASE_URL": db, "SECRET_KEY": "s", "TWILIO_OFFER_LISTENER": "0",
                       "TWILIO_MEDIA_STREAM_URL": STREAM_URL})
+    for warm in app.extensions.get("warm_up", ()):  # as the server does once a worker has started
+        warm()
     client, validator = app.test_client(), RequestValidator(TOKEN)
 
     def post(path, params):

@@ -379,15 +379,19 @@ class Prefiller:
     """Fills ticket fields from text. Build once (it compiles the data files), use from any thread."""
 
     def __init__(self, rules: Rules, catalogue: Catalogue | None = None, cues: Cues | None = None,
-                 calendar: WorkdayCalendar | None = None, training: list | None = None):
+                 calendar: WorkdayCalendar | None = None, training: list | None = None, model=None):
         """``training``: labelled sentences (:func:`ivr.prefill.model.load_labelled`) to learn
-        from; default: every file of ``data/utterances/``."""
+        from; default: every file of ``data/utterances/``. ``model``: one already learned with
+        the same catalogue, cues and emergency words (see :func:`learned_from`), used as it is."""
         from .model import TextModel, load_labelled
 
         self.rules = rules
         self.catalogue = catalogue or load_catalogue(SUBJECTS_PATH, rules)
         self.cues = cues or load_cues(CUES_PATH)
         self.calendar = calendar or default_calendar()
+        if model is not None:
+            self.model = model
+            return
         if training is None:
             training = load_labelled(sorted(LABELLED_DIR.glob("*.jsonl")), REQUEST_TYPES)
         self.model = TextModel(training, line_scores=self._line_features, type_scores=self._type_features,
@@ -412,13 +416,21 @@ class Prefiller:
 
     def fill(self, text: str, at: datetime | str | None = None, dialed: str | None = None) -> Prefill:
         text = (text or "").strip()
+        return self._fill(text, at, dialed, self.model.read([text])[0])
+
+    def fill_many(self, texts: list[str]) -> list[Prefill]:
+        """:meth:`fill` for many texts at once (the model reads them together: evaluation)."""
+        texts = [(t or "").strip() for t in texts]
+        return [self._fill(t, None, None, learned) for t, learned in zip(texts, self.model.read(texts))]
+
+    def _fill(self, text: str, at, dialed: str | None, learned: dict) -> Prefill:
         at = china_time(at)
         certain, suspected = emergency_assessment(self.rules, text)
-        line, line_p = self._learned_line(text, dialed)
+        line, line_p = self._learned_line(text, dialed, learned["line"])
         scores, evidence = self.catalogue.matcher.score(text)
-        type_p = self.model.type.probabilities(text)
+        type_p = dict(learned["type"])
         kind = max(type_p, key=type_p.get)
-        em_p = self.model.emergency.probabilities(text)
+        em_p = learned["emergency"]
         any_p = 1.0 - em_p.get("none", 0.0)
         possible = None
         if certain is None and (suspected or any_p >= POSSIBLE_WITHOUT_WORD):
@@ -447,11 +459,10 @@ class Prefiller:
             emergency_possible=possible, confidence=confidence, uncertain=uncertain,
         )
 
-    def _learned_line(self, text: str, dialed: str | None) -> tuple[str, float]:
-        """The line the learned model prefers, and its probability. A domain the model never saw
-        (an admin's new catalogue entry) wins when the catalogue names it clearly; the line the
-        caller dialed wins a near tie."""
-        p = self.model.line.probabilities(text)
+    def _learned_line(self, text: str, dialed: str | None, p: dict[str, float]) -> tuple[str, float]:
+        """The line the learned model prefers (``p``: its probabilities), and its probability. A
+        domain the model never saw (an admin's new catalogue entry) wins when the catalogue names
+        it clearly; the line the caller dialed wins a near tie."""
         best = max(p, key=p.get)
         by_catalogue = self.domain_of(text, dialed)
         if by_catalogue not in p and by_catalogue != GENERAL_LINE:
@@ -523,38 +534,66 @@ def _problem_line(line_no: int, message: str) -> str:
 
 
 
+def learned_from(rules: Rules) -> tuple:
+    """What of the rules the learned model depends on: the emergency words (its features) and
+    the lines (the catalogue is checked against them). A rules edit that leaves these alone —
+    a transition date, a seat group, a prompt — keeps the model."""
+    return (tuple((e.number, e.words, e.masked, e.unless, e.possible) for e in rules.emergency),
+            tuple(sorted(rules.lines)), rules.hotline.number)
+
+
 class PrefillClassifier:
     """What was heard -> the fields, when a specific domain stands out or the caller may be
-    describing an emergency (``emergency_possible``); else None."""
+    describing an emergency (``emergency_possible``); else None.
+
+    Learning takes seconds, and a caller's words never wait for it: the first pre-fill of a
+    process is learned by :meth:`warm` at start (the servers call it); words heard before it is
+    ready wait at most ``FIRST_WAIT_S`` and are then left to the ticket's later reading. After a
+    rules edit the previous pre-fill keeps reading while the new one learns in the background
+    (the router, which decides the transfers, reads the new rules at once); an edit that leaves
+    the emergency words and the lines alone keeps the learned model."""
+
+    FIRST_WAIT_S = 1.0
 
     def __init__(self, rules_source):
         self._source = rules_source
         self._cache = (None, None)
         self._learning = None  # the rules a background thread is learning for
         self._lock = threading.Lock()
+        self._ready = threading.Event()  # the first pre-fill is there
 
     def __call__(self, text: str) -> dict | None:
         rules = self._source()
-        fields = self.filler(rules).fill(text).to_dict()
+        filler = self.filler(rules, wait_s=self.FIRST_WAIT_S)
+        if filler is None:
+            log.info("heard words before the pre-fill had learned: left to the ticket's later reading")
+            return None
+        fields = filler.fill(text).to_dict()
         return fields if fields["line"] != rules.hotline.number or fields["emergency_possible"] else None
 
-    def filler(self, rules=None):
-        """The :class:`Prefiller` of ``rules`` (default: the current ones), built once per rules
-        version. Learning takes seconds: after a rules edit the previous one keeps reading what
-        callers say while the new one learns in the background (the router, which decides the
-        transfers, reads the new rules at once)."""
+    def filler(self, rules=None, wait_s: float | None = None):
+        """The :class:`Prefiller` for ``rules`` (default: the current ones). ``wait_s``: how long
+        to wait for the first one (None: learn it here and now, errors and all); then None."""
         rules = rules if rules is not None else self._source()
         with self._lock:
             built_for, built = self._cache
             if built_for is rules:
                 return built
-            if built is None:  # the first: nothing to read with meanwhile
+            if built is not None and learned_from(built.rules) == learned_from(rules):
+                self._cache = (rules, Prefiller(rules, built.catalogue, built.cues, built.calendar, model=built.model))
+                return self._cache[1]
+            if built is None and wait_s is None:
                 self._cache = (rules, Prefiller(rules))
+                self._ready.set()
                 return self._cache[1]
             if self._learning is not rules:
                 self._learning = rules
                 threading.Thread(target=self._learn, args=(rules,), name="prefill-learn", daemon=True).start()
-            return built
+            if built is not None:
+                return built
+        self._ready.wait(wait_s)
+        with self._lock:
+            return self._cache[1]
 
     def _learn(self, rules) -> None:
         try:
@@ -567,9 +606,10 @@ class PrefillClassifier:
         with self._lock:
             self._cache = (rules, filler)
             self._learning = None
+        self._ready.set()
 
     def warm(self) -> None:
-        """Build the classifier now (≈ 0.5 s) rather than on the first words heard."""
+        """Learn the pre-fill now (a few seconds) rather than on the first words heard."""
         self.filler().fill("预热")
 
 

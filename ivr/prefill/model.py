@@ -88,38 +88,50 @@ def words(text: str) -> tuple[str, ...]:
     return tuple(w for w in jieba.lcut(text, HMM=False) if w.strip())
 
 
-class _Field:
-    """One field: TF-IDF character n-grams and words plus catalogue features -> logistic regression."""
+class _Texts:
+    """What the three fields read of a sentence, fitted once and computed once per sentence:
+    TF-IDF of character 1–3-grams (seen in ≥ 2 sentences), of jieba words, and of the last ten
+    characters on their own (what a caller wants is often said last: 能不能…, 咋办, 管不管)."""
 
-    def __init__(self, features: Callable[[str], list[float]], *, c: float, weight: float, longest: int = 3,
-                 ending: int = 0):
-        self.features, self.weight, self.ending = features, weight, ending
-        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, longest), sublinear_tf=True, min_df=2)
-        self.words = TfidfVectorizer(tokenizer=words, token_pattern=None, lowercase=False, sublinear_tf=True)
-        # the last characters on their own: what a caller wants is often said last (能不能…, 咋办, 管不管)
-        self.last = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2) if ending else None
+    ENDING = 10
+
+    def __init__(self):
+        self.vectorizers = {
+            "chars": TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2),
+            "words": TfidfVectorizer(tokenizer=words, token_pattern=None, lowercase=False, sublinear_tf=True),
+            "ending": TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2),
+        }
+
+    def read(self, texts: list[str], fit: bool = False) -> dict:
+        cleaned = [clean(t) for t in texts]
+        inputs = {"chars": cleaned, "words": cleaned,
+                  "ending": [c.replace(" ", "")[-self.ENDING:] for c in cleaned]}
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):  # per-call checks
+            return {name: v.fit_transform(inputs[name]) if fit else v.transform(inputs[name])
+                    for name, v in self.vectorizers.items()}
+
+
+class _Field:
+    """One field: some of the shared text features plus catalogue features -> logistic regression."""
+
+    def __init__(self, features: Callable[[str], list[float]], *, c: float, weight: float,
+                 reads: tuple[str, ...] = ("chars", "words")):
+        self.features, self.weight, self.reads = features, weight, reads
         # balanced: a line or an emergency with few sentences weighs as much as a crowded one
         # dual: far more features than sentences, where liblinear's dual solver is the fast one
         self.model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=1000,
                                                             class_weight="balanced"))
 
-    def _matrix(self, texts, fit=False):
-        cleaned = [clean(t) for t in texts]
-        grams = self.vectorizer.fit_transform(cleaned) if fit else self.vectorizer.transform(cleaned)
-        said = self.words.fit_transform(cleaned) if fit else self.words.transform(cleaned)
+    def _matrix(self, texts, read: dict):
         extra = csr_matrix(np.array([self.features(t) for t in texts], dtype=float) * self.weight)
-        parts = [grams, said, extra]
-        if self.last is not None:
-            endings = [c.replace(" ", "")[-self.ending:] for c in cleaned]
-            parts.append(self.last.fit_transform(endings) if fit else self.last.transform(endings))
-        return hstack(parts).tocsr()
+        return hstack([read[name] for name in self.reads] + [extra]).tocsr()
 
-    def fit(self, texts, labels) -> "_Field":
+    def fit(self, texts, read: dict, labels) -> "_Field":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.model.fit(self._matrix(texts, fit=True), labels)
+            self.model.fit(self._matrix(texts, read), labels)
         self.labels = [str(label) for label in self.model.classes_]
-        # one regression per value: their weights as one matrix, so a text is read in one product
+        # one regression per value: their weights as one matrix, so texts are read in one product
         # (the same probabilities as the classifier's predict_proba, without its per-call checks)
         fitted = self.model.estimators_
         self.weights = self.bias = None  # two values, or one value in every sentence: the classifier's own
@@ -128,15 +140,16 @@ class _Field:
             self.bias = np.array([e.intercept_[0] for e in fitted])
         return self
 
-    def probabilities(self, text: str) -> dict[str, float]:
-        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):  # per-call checks
-            x = self._matrix([text])
+    def probabilities(self, texts: list[str], read: dict) -> list[dict[str, float]]:
+        """For each text, each value's probability."""
+        x = self._matrix(texts, read)
         if self.weights is None:
-            p = self.model.predict_proba(x)[0]
+            p = self.model.predict_proba(x)
         else:
-            p = 1.0 / (1.0 + np.exp(-(np.asarray(x @ self.weights)[0] + self.bias)))
-            p = p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / len(p))
-        return dict(zip(self.labels, (float(v) for v in p)))
+            p = 1.0 / (1.0 + np.exp(-(np.asarray(x @ self.weights) + self.bias)))
+            total = p.sum(axis=1, keepdims=True)
+            p = np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)
+        return [dict(zip(self.labels, (float(v) for v in row))) for row in p]
 
 
 class TextModel:
@@ -145,9 +158,19 @@ class TextModel:
     def __init__(self, rows: list[Labelled], *, line_scores: Callable[[str], list[float]],
                  type_scores: Callable[[str], list[float]], emergency_scores: Callable[[str], list[float]]):
         texts = [r.text for r in rows]
+        self.texts = _Texts()
+        read = self.texts.read(texts, fit=True)
         # settings chosen on sets written apart, each read by a pre-fill learned from the others (docs/tickets.md)
-        self.line = _Field(line_scores, c=80.0, weight=0.1).fit(texts, [r.line for r in rows])
-        self.type = _Field(type_scores, c=80.0, weight=0.4, longest=4, ending=10).fit(texts, [r.type for r in rows])
+        self.line = _Field(line_scores, c=80.0, weight=0.1).fit(texts, read, [r.line for r in rows])
+        self.type = _Field(type_scores, c=80.0, weight=0.4, reads=("chars", "words", "ending")).fit(
+            texts, read, [r.type for r in rows])
         self.emergency = _Field(emergency_scores, c=20.0, weight=1.0).fit(
-            texts, [r.emergency or NO_EMERGENCY for r in rows])
+            texts, read, [r.emergency or NO_EMERGENCY for r in rows])
         self.size = len(rows)
+
+    def read(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
+        """For each text, the probabilities of each field's values (many texts at once read faster)."""
+        read = self.texts.read(texts)
+        fields = {"line": self.line, "type": self.type, "emergency": self.emergency}
+        by_field = {name: f.probabilities(texts, read) for name, f in fields.items()}
+        return [{name: by_field[name][i] for name in fields} for i in range(len(texts))]
