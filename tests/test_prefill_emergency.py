@@ -182,3 +182,30 @@ def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most
     while classify.filler(rules, wait_s=0) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert classify("离职了公积金怎么提取")["line"] == "12329"
+
+
+def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_folder(rules, tmp_path, monkeypatch):
+    from ivr.prefill import model as learning
+
+    learned = []
+    learn = learning.TextModel.__init__
+
+    def counted(self, *args, **kw):
+        learned.append(1)
+        learn(self, *args, **kw)
+
+    monkeypatch.setattr(learning.TextModel, "__init__", counted)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HOTLINE_CACHE_DIR", str(cache))
+    first = Prefiller(rules)
+    again = Prefiller(rules)  # another process of the product, starting next
+    assert len(learned) == 1 and len(list(cache.glob("prefill-*.pickle"))) == 1
+    for text in ("离职了公积金怎么提取", "对门家一直往外冒黑烟，敲门没人开", "小区物业乱收停车费"):
+        assert again.fill(text).to_dict() == first.fill(text).to_dict()
+    # a folder others may write into is never read from (a pickle is code): learned, not loaded
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("HOTLINE_CACHE_DIR", str(shared))
+    Prefiller(rules)
+    assert len(learned) == 2 and not list(shared.iterdir())

@@ -383,7 +383,7 @@ class Prefiller:
         """``training``: labelled sentences (:func:`ivr.prefill.model.load_labelled`) to learn
         from; default: every file of ``data/utterances/``. ``model``: one already learned with
         the same catalogue, cues and emergency words (see :func:`learned_from`), used as it is."""
-        from .model import TextModel, load_labelled
+        from .model import TextModel, learned_once, load_labelled
 
         self.rules = rules
         self.catalogue = catalogue or load_catalogue(SUBJECTS_PATH, rules)
@@ -392,10 +392,29 @@ class Prefiller:
         if model is not None:
             self.model = model
             return
-        if training is None:
-            training = load_labelled(sorted(LABELLED_DIR.glob("*.jsonl")), REQUEST_TYPES)
-        self.model = TextModel(training, line_scores=self._line_features, type_scores=self._type_features,
-                               emergency_scores=self._emergency_features)
+        scorers = {"line_scores": self._line_features, "type_scores": self._type_features,
+                   "emergency_scores": self._emergency_features}
+        if training is not None:
+            self.model = TextModel(training, **scorers)
+            return
+        files = sorted(LABELLED_DIR.glob("*.jsonl"))
+        self.model = learned_once(self._digest(files), lambda: TextModel(
+            load_labelled(files, REQUEST_TYPES), **scorers)).bind(**scorers)
+
+    def _digest(self, files) -> str:
+        """Everything the model is learned from: the labelled files, the catalogue, the cues, the
+        emergency words and lines of the rules, the learning code and library."""
+        import hashlib
+
+        import sklearn
+
+        from . import model as learning
+
+        h = hashlib.sha256()
+        for path in [*files, Path(self.catalogue.path), Path(self.cues.path), Path(learning.__file__)]:
+            h.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(repr(learned_from(self.rules)).encode() + sklearn.__version__.encode())
+        return h.hexdigest()[:32]
 
     # the catalogue's view of a text, as features of the learned model
     def _line_features(self, text: str) -> list[float]:

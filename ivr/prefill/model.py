@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+log = logging.getLogger(__name__)
+
 import jieba
 import numpy as np
 import sklearn
@@ -107,8 +109,12 @@ class _Texts:
         inputs = {"chars": cleaned, "words": cleaned,
                   "ending": [c.replace(" ", "")[-self.ENDING:] for c in cleaned]}
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):  # per-call checks
-            return {name: v.fit_transform(inputs[name]) if fit else v.transform(inputs[name])
+            read = {name: v.fit_transform(inputs[name]) if fit else v.transform(inputs[name])
                     for name, v in self.vectorizers.items()}
+        if fit:
+            for v in self.vectorizers.values():
+                v.stop_words_ = None  # the n-grams left out, kept by sklearn for inspection only: most of the size
+        return read
 
 
 class _Field:
@@ -121,6 +127,9 @@ class _Field:
         # dual: far more features than sentences, where liblinear's dual solver is the fast one
         self.model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=1000,
                                                             class_weight="balanced"))
+
+    def __getstate__(self):  # kept on disk without the catalogue's scorer (bound to a Prefiller)
+        return {k: v for k, v in self.__dict__.items() if k != "features"}
 
     def _matrix(self, texts, read: dict):
         extra = csr_matrix(np.array([self.features(t) for t in texts], dtype=float) * self.weight)
@@ -138,6 +147,7 @@ class _Field:
         if len(fitted) > 1 and all(hasattr(e, "coef_") for e in fitted):
             self.weights = np.ascontiguousarray(np.vstack([e.coef_[0] for e in fitted]).T)
             self.bias = np.array([e.intercept_[0] for e in fitted])
+            self.model = None  # the same numbers twice otherwise (the model is kept on disk)
         return self
 
     def probabilities(self, texts: list[str], read: dict) -> list[dict[str, float]]:
@@ -168,9 +178,90 @@ class TextModel:
             texts, read, [r.emergency or NO_EMERGENCY for r in rows])
         self.size = len(rows)
 
+    def bind(self, *, line_scores, type_scores, emergency_scores) -> "TextModel":
+        """A model loaded from disk: the catalogue's scorers of the Prefiller that uses it."""
+        self.line.features, self.type.features, self.emergency.features = line_scores, type_scores, emergency_scores
+        return self
+
     def read(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
         """For each text, the probabilities of each field's values (many texts at once read faster)."""
         read = self.texts.read(texts)
         fields = {"line": self.line, "type": self.type, "emergency": self.emergency}
         by_field = {name: f.probabilities(texts, read) for name, f in fields.items()}
         return [{name: by_field[name][i] for name in fields} for i in range(len(texts))]
+
+
+# ---------------------------------------------------------------------------------------
+# Learned once per machine: the product's processes (FastAGI, AudioSocket, web, worker) start
+# together; the first learns (seconds of CPU), the others wait for it and load its result.
+
+
+def cache_dir() -> Path | None:
+    """``HOTLINE_CACHE_DIR`` (``off``: no cache), else a folder of this user's in the system's
+    temporary directory. Only a folder owned by this user and closed to others is used: a model
+    file is a pickle, and a pickle written by someone else must never be loaded."""
+    import os
+    import tempfile
+
+    where = os.environ.get("HOTLINE_CACHE_DIR") or str(Path(tempfile.gettempdir()) / f"hotline-cache-{os.getuid()}")
+    if where == "off":
+        return None
+    path = Path(where)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        log.warning("no cache for the learned pre-fill (%s): %s", path, exc)
+        return None
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        log.warning("not using %s for the learned pre-fill: it must be a folder of this user's, closed to others",
+                    path)
+        return None
+    return path
+
+
+def learned_once(key: str, learn: Callable[[], "TextModel"]) -> "TextModel":
+    """The model for ``key`` (a digest of everything it is learned from): loaded from the cache,
+    or learned — by one process at a time (a file lock), the others then load it."""
+    import fcntl
+    import os
+    import pickle
+
+    folder = cache_dir()
+    if folder is None:
+        return learn()
+    target = folder / f"prefill-{key}.pickle"
+    with open(folder / f"prefill-{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if target.exists() and target.lstat().st_uid == os.getuid():
+                try:
+                    with open(target, "rb") as f:
+                        model = pickle.load(f)
+                    os.utime(target)  # recently used: kept by the pruning below
+                    return model
+                except Exception as exc:  # a file of an older library version: learn it again
+                    log.warning("the cached pre-fill %s could not be read (%s): learning it again", target.name, exc)
+            model = learn()
+            tmp = folder / f".{target.name}.{os.getpid()}"
+            with open(tmp, "wb") as f:
+                pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, target)
+            _prune(folder)
+            return model
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+KEEP_MODELS = 6
+
+
+def _prune(folder: Path) -> None:
+    """Keep the most recently used models only (each rules version with other emergency words,
+    each edit of the data files, makes one)."""
+    models = sorted(folder.glob("prefill-*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in models[KEEP_MODELS:]:
+        for path in (old, old.with_suffix(".lock")):
+            path.unlink(missing_ok=True)
