@@ -110,6 +110,8 @@ class Servers:
         self.app = create_app({"TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_HTTP_CLIENT": self.rest,
                                "TWILIO_CALLER_ID": "+8612345", "TWILIO_WAIT_TICK_S": self.wait_tick_s,
                                "SECRET_KEY": "sim-" + str(self.seed), "ADMIN_PASSWORD": None})
+        for warm in self.app.extensions.get("warm_up", ()):  # as the server does once a worker has started
+            warm()
         self.acd = self.app.extensions["acd"]
         self.rules_store = self.app.extensions["rules"]
         self.acd.ring_timeout_s = self.ring_timeout_s + 3  # the ticker is the backstop for lost statuses
@@ -124,6 +126,9 @@ class Servers:
         from ivr.services import build
 
         self.agi_services = build()
+        warm = getattr(self.agi_services.flow.classify, "warm", None)
+        if warm is not None:  # as the FastAGI server does at start
+            warm()
         self.agi_server = FastAGIServer(self.agi_services, "127.0.0.1", 0, workers=self.agi_workers,
                                        command_timeout=30).start()
         self.agi_address = self.agi_server.address[:2]
