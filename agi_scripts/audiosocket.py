@@ -255,10 +255,10 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
     warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # the pre-fill learns (seconds) before the first caller's words, not on them
-        threading.Thread(target=warm, name="prefill-warm", daemon=True).start()
+    if warm is not None:  # the pre-fill (learned or loaded: seconds) before the first caller's words, not on them
+        warm()
+    server.start()
     log.info("AudioSocket server on %s:%d", *server.address[:2])
     stop.wait()
     server.stop()

@@ -594,38 +594,43 @@ class PrefillClassifier:
         """The :class:`Prefiller` for ``rules`` (default: the current ones). ``wait_s``: how long
         to wait for the first one (None: learn it here and now, errors and all); then None."""
         rules = rules if rules is not None else self._source()
-        with self._lock:
+        with self._lock:  # never held while learning: a caller's words wait at most wait_s
             built_for, built = self._cache
             if built_for is rules:
                 return built
             if built is not None and learned_from(built.rules) == learned_from(rules):
                 self._cache = (rules, Prefiller(rules, built.catalogue, built.cues, built.calendar, model=built.model))
                 return self._cache[1]
-            if built is None and wait_s is None:
-                self._cache = (rules, Prefiller(rules))
-                self._ready.set()
-                return self._cache[1]
-            if self._learning is not rules:
-                self._learning = rules
+            learn_here = built is None and wait_s is None
+            if not learn_here and self._learning is not rules:
                 threading.Thread(target=self._learn, args=(rules,), name="prefill-learn", daemon=True).start()
+            if not learn_here or self._learning is None:
+                self._learning = rules
             if built is not None:
                 return built
+        if learn_here:  # the first, here and now: its errors are the caller's (start-up, workers)
+            return self._learn(rules, raise_errors=True)
         self._ready.wait(wait_s)
         with self._lock:
             return self._cache[1]
 
-    def _learn(self, rules) -> None:
+    def _learn(self, rules, raise_errors: bool = False):
         try:
             filler = Prefiller(rules)
         except Exception:  # the data files changed under us: keep the last pre-fill, try at the next call
-            log.exception("the pre-fill could not learn for rules version %s", getattr(rules, "version", "?"))
             with self._lock:
                 self._learning = None
-            return
+            if raise_errors:
+                raise
+            log.exception("the pre-fill could not learn for rules version %s", getattr(rules, "version", "?"))
+            return None
         with self._lock:
-            self._cache = (rules, filler)
-            self._learning = None
+            if self._cache[1] is None or self._learning is rules:
+                self._cache = (rules, filler)
+            if self._learning is rules:
+                self._learning = None
         self._ready.set()
+        return filler
 
     def warm(self) -> None:
         """Learn the pre-fill now (a few seconds) rather than on the first words heard."""

@@ -78,7 +78,7 @@ def figures(t: dict) -> dict:
             "unsure_share": ratio(t["unsure"], t["sure"] + t["unsure"]), "problems": t["misses"]}
 
 
-def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None) -> dict:
+def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets: list[str] | None = None) -> dict:
     rules = load_rules(rules_path)
     catalogue, cues = load_catalogue(rules=rules), load_cues()
     files = sorted(LABELLED_DIR.glob("*.jsonl"))
@@ -97,7 +97,11 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None) -> di
     for train_idx, test_idx in splits:
         _add(total, score(prefiller_for, [rows[i] for i in train_idx], [rows[i] for i in test_idx]))
     by_file = {}
-    for f in files:  # each set read by a pre-fill that learned from the other sets only
+    unknown = set(sets or ()) - {f.name for f in files}
+    if unknown:
+        raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}")
+    for f in [f for f in files if not sets or f.name in sets or f.name == FIXED_SET]:
+        # each set read by a pre-fill that learned from the other sets only
         held = [r for r in rows if r.where.rsplit(":", 1)[0] == str(f)]
         by_file[f.name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
     return {"files": [f.name for f in files], "folds": folds, "seed": seed, "training_s": round(train_s, 2),
@@ -134,11 +138,13 @@ def main(argv: list[str] | None = None, stdout=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed of the folds (default 0)")
     parser.add_argument("--rules", help="transfer_rules.yaml (default: $RULES_PATH, else the shipped file)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--sets", nargs="+", metavar="FILE",
+                        help="read only these files learned from the others (default: every file; dev.jsonl always)")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     stdout = stdout or sys.stdout
-    report = evaluate(args.folds, args.seed, args.rules)
+    report = evaluate(args.folds, args.seed, args.rules, args.sets)
     if args.json:
         print(json.dumps(report, ensure_ascii=False), file=stdout)
     else:
