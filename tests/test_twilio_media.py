@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis as redis_lib
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -59,6 +60,12 @@ def product(redis_url, rules_path, tmp_path, monkeypatch):
     worker = subprocess.Popen([sys.executable, "-m", "intake.worker", "--url", redis_url, "--log-level", "WARNING"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    from rq import Worker
+
+    deadline = time.monotonic() + 60  # the worker preloads (models, the pre-fill) before it takes jobs
+    while not Worker.all(connection=redis_lib.Redis.from_url(redis_url)):
+        assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+        time.sleep(0.2)
     yield post, tmp_path / "h.db"
     worker.terminate()
     worker.wait(10)
