@@ -255,9 +255,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # the pre-fill (learned or loaded: seconds) before the first caller's words, not on them
-        warm()
+    services.warm()  # before the first stream's words
     server.start()
     log.info("AudioSocket server on %s:%d", *server.address[:2])
     stop.wait()

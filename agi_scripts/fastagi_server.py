@@ -326,9 +326,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
-    warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # the pre-fill learns (seconds) before the first caller's words, not on them
-        threading.Thread(target=warm, name="prefill-warm", daemon=True).start()
+    threading.Thread(target=services.warm, name="prefill-warm", daemon=True).start()  # calls go on meanwhile
     acd = getattr(services.flow.queue, "acd", None)
     if children is not None and acd is not None:  # one process follows the agents' phones (HOTLINE_AMI)
         from ivr.asterisk.pbx import run_in_background

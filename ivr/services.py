@@ -122,6 +122,13 @@ class Services:
     recordings_dir: str
     recognizer: object = None  # callable() -> streaming recognizer, when speech is installed
 
+    def warm(self) -> None:
+        """The pre-fill learned (or loaded from the machine's cache: seconds) now, before the
+        first caller's words; every server calls it as it starts."""
+        warm = getattr(self.flow.classify, "warm", None)
+        if warm is not None:
+            warm()
+
 
 def _tickets(cfg: dict | None = None):
     if os.environ.get("HOTLINE_TICKETS") == "memory":  # development, and benchmarks of routing alone

@@ -78,7 +78,7 @@ def media_server(recognizer, on_emergency=None):
     from ivr.twilio.media import MediaStreamServer
 
     services = build({"recognizer": recognizer})
-    services.flow.classify.warm()  # as the server does at start, before callers
+    services.warm()  # as the server does at start, before callers
     server = MediaStreamServer(services, TOKEN, on_emergency or (lambda *a: None), port=0).start()
     try:
         yield server, f"ws://127.0.0.1:{server.address[1]}/twilio/media"

@@ -603,9 +603,8 @@ class PrefillClassifier:
                 return self._cache[1]
             learn_here = built is None and wait_s is None
             if not learn_here and self._learning is not rules:
-                threading.Thread(target=self._learn, args=(rules,), name="prefill-learn", daemon=True).start()
-            if not learn_here or self._learning is None:
                 self._learning = rules
+                threading.Thread(target=self._learn, args=(rules,), name="prefill-learn", daemon=True).start()
             if built is not None:
                 return built
         if learn_here:  # the first, here and now: its errors are the caller's (start-up, workers)
@@ -619,7 +618,8 @@ class PrefillClassifier:
             filler = Prefiller(rules)
         except Exception:  # the data files changed under us: keep the last pre-fill, try at the next call
             with self._lock:
-                self._learning = None
+                if self._learning is rules:
+                    self._learning = None
             if raise_errors:
                 raise
             log.exception("the pre-fill could not learn for rules version %s", getattr(rules, "version", "?"))

@@ -248,9 +248,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # the pre-fill (learned or loaded: seconds) before the first caller's words, not on them
-        warm()
+    services.warm()  # before the first stream's words
     server.start()
     log.info("Twilio media streams on ws://%s:%d%s", *server.address[:2], PATH)
     stop.wait()

@@ -95,9 +95,7 @@ def init_app(app, services=None) -> None:
                           "queue": queue, **app.config.get("HOTLINE_SERVICES", {})})
     else:
         acd = services.flow.queue.acd
-    warm = getattr(services.flow.classify, "warm", None)
-    if warm is not None:  # run by the server once a worker has started (runtime/serving.py)
-        app.extensions.setdefault("warm_up", []).append(warm)
+    app.extensions.setdefault("warm_up", []).append(services.warm)  # run once a worker has started (runtime/serving.py)
     legs = Legs(acd.redis)
     board = Switchboard(services.flow, acd, legs, account_sid=app.config["TWILIO_ACCOUNT_SID"],
                         auth_token=app.config["TWILIO_AUTH_TOKEN"], caller_id=app.config["TWILIO_CALLER_ID"],

@@ -126,9 +126,7 @@ class Servers:
         from ivr.services import build
 
         self.agi_services = build()
-        warm = getattr(self.agi_services.flow.classify, "warm", None)
-        if warm is not None:  # as the FastAGI server does at start
-            warm()
+        self.agi_services.warm()  # as the FastAGI server does at start
         self.agi_server = FastAGIServer(self.agi_services, "127.0.0.1", 0, workers=self.agi_workers,
                                        command_timeout=30).start()
         self.agi_address = self.agi_server.address[:2]
