@@ -202,7 +202,8 @@ def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_fo
     again = Prefiller(rules)  # another process of the product, starting next
     assert len(learned) == 1 and len(list(cache.glob("prefill-*.pickle"))) == 1
     for text in ("离职了公积金怎么提取", "对门家一直往外冒黑烟，敲门没人开", "小区物业乱收停车费"):
-        assert again.fill(text).to_dict() == first.fill(text).to_dict()
+        at = "2026-12-06T10:00:00+08:00"  # one instant for both: the deadline is counted from it
+        assert again.fill(text, at).to_dict() == first.fill(text, at).to_dict()
     # a folder others may write into is never read from (a pickle is code): learned, not loaded
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
