@@ -152,9 +152,12 @@ def init_app(app) -> None:
     @app.errorhandler(403)
     @app.errorhandler(404)
     @app.errorhandler(409)
+    @app.errorhandler(410)
+    @app.errorhandler(416)
     def console_error(exc):
         if request.blueprint not in ("auth", "admin", "agent_console", "agent_ticket"):
             return exc
         if request.path.startswith(("/agent/api/", "/admin/api/")) or request.is_json:
             return {"error": exc.description}, exc.code
-        return render_template("error.html", error=exc), exc.code
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # 416: Content-Range
+        return render_template("error.html", error=exc), exc.code, headers

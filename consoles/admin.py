@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import timedelta
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 
@@ -90,7 +91,8 @@ def ticket(ticket_id):
     numbers = _c().tickets.numbers(n for n in named if n)
     return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
                            events=[labels.event_view(e, rules, numbers) for e in events],
-                           recordings=[labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)])
+                           recordings=[labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)],
+                           listen_minutes=int(LISTEN_SESSION.total_seconds() // 60))
 
 
 def _recordings_folder():
@@ -99,11 +101,18 @@ def _recordings_folder():
     return current_app.config.get("HOTLINE_RECORDINGS") or recordings_dir()
 
 
+#: one audit entry per person, recording and listening session: the player's further requests (a
+#: seek asks for a byte range) within this time of the audited one add none
+LISTEN_SESSION = timedelta(minutes=30)
+
+
 @bp.get("/tickets/<int:ticket_id>/recordings/<int:recording_id>.wav")
 @roles_required(*STAFF)
 def recording(ticket_id, recording_id):
-    """A full-call recording (质检), for supervisors and admins; every listen is audited."""
+    """A full-call recording (质检), for supervisors and admins, with byte ranges (the player
+    seeks); every response that carries audio is audited once per listening session."""
     from flask import send_file
+    from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
     from intake.ticket_recordings import recording_file
     from intake.tickets import TicketError
@@ -124,9 +133,24 @@ def recording(ticket_id, recording_id):
     if path is None or not path.is_file():
         log.error("recording %s of ticket %s: file %s missing", rec.id, ticket_id, rec.file)
         abort(404, description="录音文件不存在，请联系管理员。")
-    _audit("recording.listen", f"ticket:{t.display_number}",
-           f"收听工单 {t.display_number} 的通话录音（时长 {labels.duration(rec.seconds)}）")
-    return send_file(path, mimetype="audio/wav", conditional=False, max_age=0)
+    try:
+        response = send_file(path, mimetype="audio/wav", conditional=True)
+    except RequestedRangeNotSatisfiable as exc:  # keeps its Content-Range: bytes */<length>
+        exc.description = "请求的录音片段超出了录音的长度。"
+        raise
+    response.cache_control.no_store = True  # never kept in the browser's cache: a listen asks the server
+    response.cache_control.private = True
+    if response.status_code in (200, 206) and request.method != "HEAD":  # audio goes out: audited first
+        minutes = int(LISTEN_SESSION.total_seconds() // 60)
+        try:
+            _c().db.audit_listen(actor(), rec.id, f"ticket:{t.display_number}",
+                                 f"收听工单 {t.display_number} 的通话录音（时长 {labels.duration(rec.seconds)}；"
+                                 f"{minutes} 分钟内再次收听不另记）",
+                                 window=LISTEN_SESSION, address=request.remote_addr)
+        except BaseException:
+            response.close()
+            raise
+    return response
 
 
 # -- the ticket list: search and filters ------------------------------------------------------

@@ -11,9 +11,9 @@ import difflib
 import hashlib
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Boolean, Integer, String, Text, func, select
+from sqlalchemy import Boolean, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -65,6 +65,20 @@ class AuditEntry(Base):
     after: Mapped[str | None] = mapped_column(Text)
     diff: Mapped[str] = mapped_column(Text, default="")
     address: Mapped[str | None] = mapped_column(String(64))
+
+
+class RecordingListen(Base):
+    """When a person's listening to a full-call recording was last audited: one row per person
+    and recording, so that every web process sees the same (see :meth:`ConsoleStore.audit_listen`)."""
+
+    __tablename__ = "console_recording_listens"
+    __table_args__ = (UniqueConstraint("actor", "recording_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    recording_id: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)  # the audited listen that opened the session
+    audit_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class RulesVersion(Base):
@@ -232,6 +246,34 @@ class ConsoleStore:
         with self._session.begin() as s:
             s.add(entry)
         return entry
+
+    def audit_listen(self, actor: str, recording_id: int, target: str, summary: str, *, window: timedelta,
+                     address: str | None = None, action: str = "recording.listen") -> AuditEntry | None:
+        """One audit entry per listening session: written unless ``actor`` had one for this
+        recording less than ``window`` ago (then None). The entry and the session's start are
+        written in one transaction, so a request that gets no entry always has one before it;
+        concurrent requests (a player asks for several ranges at once, served by several
+        processes) get one entry between them."""
+        now, actor = _now(), (actor or "-")[:64]
+        try:
+            with self._session.begin() as s:  # SQLite: BEGIN IMMEDIATE, PostgreSQL: the row locked
+                row = s.scalar(select(RecordingListen).where(RecordingListen.actor == actor,
+                                                             RecordingListen.recording_id == recording_id)
+                               .with_for_update())
+                if row is not None and row.at > now - window:
+                    return None
+                entry = AuditEntry(at=now, actor=actor, action=action, target=target[:256], summary=summary,
+                                   diff="", address=address)
+                s.add(entry)
+                s.flush()
+                if row is None:
+                    s.add(RecordingListen(actor=actor, recording_id=recording_id, at=now, audit_id=entry.id))
+                    s.flush()  # PostgreSQL: a concurrent first listen committed → IntegrityError
+                else:
+                    row.at, row.audit_id = now, entry.id
+            return entry
+        except IntegrityError:
+            return None  # the other request's entry, committed with its row, covers this one
 
     def audit_entries(self, limit: int = 200, action: str | None = None) -> list[AuditEntry]:
         with self._session() as s:

@@ -1,9 +1,9 @@
 """Full-call recording for quality review (质检), Twilio side and the consoles: the rules turn it on
 and set how long a recording is kept; the citizen's conference is recorded from the agent's
 answer; Twilio's signed recording callback brings the file to the ticket through a real rq worker
-(downloaded from a real local HTTP server); a supervisor listens on the ticket page, the listen is
-in the audit log; the worker's periodic sweep deletes a recording past its keep date and the
-ticket says 录音已过保存期. (The Asterisk side, MixMonitor on the real PBX: test_pbx_recording.py.)
+(downloaded from a real local HTTP server); a supervisor listens on the ticket page (byte ranges:
+the player seeks), each listening session one entry in the audit log; the worker's periodic sweep
+deletes a recording past its keep date and the ticket says 录音已过保存期. (The Asterisk side, MixMonitor on the real PBX: test_pbx_recording.py.)
 """
 from __future__ import annotations
 
@@ -162,19 +162,49 @@ def test_a_twilio_call_is_recorded_whole_kept_on_its_ticket_listened_to_under_au
     assert not not_for_people(page_text(page), app.extensions["rules"].current())
     src = re.search(r'<audio controls preload="none" src="([^"]+)"', page).group(1)
     assert src == f"/admin/tickets/{ticket.id}/recordings/{rec.id}.wav"
-    # every listen is audited; agents cannot listen; a recording of another ticket is not found
-    for _ in range(2):
-        heard = supervisor.get(src)
-        assert heard.status_code == 200 and heard.mimetype == "audio/wav" and heard.data == media.body
+    # the player gets the whole file or the byte ranges it asks for (a seek), never cached
+    body = media.body
+    heard = supervisor.get(src)
+    assert heard.status_code == 200 and heard.mimetype == "audio/wav" and heard.data == body
+    assert heard.headers["Accept-Ranges"] == "bytes" and "no-store" in heard.headers["Cache-Control"]
+    seek = supervisor.get(src, headers={"Range": "bytes=16044-17043"})  # 1 s in: 8000 samples of 2 bytes
+    assert seek.status_code == 206 and seek.data == body[16044:17044]
+    assert seek.headers["Content-Range"] == f"bytes 16044-17043/{len(body)}"
+    rest = supervisor.get(src, headers={"Range": "bytes=30000-"})
+    assert rest.status_code == 206 and rest.data == body[30000:]
+    tail = supervisor.get(src, headers={"Range": "bytes=-100"})
+    assert tail.status_code == 206 and tail.data == body[-100:]
+    beyond = supervisor.get(src, headers={"Range": f"bytes={len(body)}-"})
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(body)}"
+    assert "请求的录音片段超出了录音的长度" in visible(beyond.get_data(as_text=True))
+    # agents cannot listen, not even to a range; a recording of another ticket is not found
     assert agent.get(src).status_code == 403
+    assert agent.get(src, headers={"Range": "bytes=0-99"}).status_code == 403
     assert supervisor.get(f"/admin/tickets/{ticket.id + 1}/recordings/{rec.id}.wav").status_code == 404
+    # the audit log: one entry for the supervisor's listening (five requests), one for a second
+    # supervisor whose very first request is a range in the middle — never a range without one
+    consoles = app.extensions["console"].db
+    consoles.add_user("super2", "super2-pass-123", "supervisor", display_name="赵质检")
+    other = app.test_client()
+    sign_in(other, "super2", "super2-pass-123")
+    assert [e.actor for e in consoles.audit_entries(50, "recording.listen")] == ["super"]
+    piece = other.get(src, headers={"Range": "bytes=20000-20999"})
+    assert piece.status_code == 206 and piece.data == body[20000:21000]
+    assert other.get(src, headers={"Range": "bytes=0-"}).data == body
+    listens = consoles.audit_entries(50, "recording.listen")
+    assert [e.actor for e in listens] == ["super2", "super"]
+    assert {e.target for e in listens} == {f"ticket:{ticket.display_number}"}
+    # half an hour after the supervisor's listen began, listening again is a new session
+    with sqlite3.connect(app.config["DATABASE_URL"][len("sqlite:///"):]) as conn:
+        conn.execute("update console_recording_listens set at = datetime(at, '-31 minutes') where actor = 'super'")
+    assert supervisor.get(src, headers={"Range": "bytes=44-"}).data == body[44:]
+    assert supervisor.get(src).status_code == 200
+    assert [e.actor for e in consoles.audit_entries(50, "recording.listen")] == ["super", "super2", "super"]
     admin = app.test_client()
     sign_in(admin, "admin")
-    listens = app.extensions["console"].db.audit_entries(50, "recording.listen")
-    assert [e.actor for e in listens] == ["super", "super"]
-    assert listens[0].target == f"ticket:{ticket.display_number}"
     audit = visible(admin.get("/admin/audit").get_data(as_text=True))
-    assert audit.count("收听通话录音") == 2 and f"收听工单 {ticket.display_number} 的通话录音" in audit
+    assert audit.count("收听通话录音") == 3 and f"收听工单 {ticket.display_number} 的通话录音" in audit
+    assert "30 分钟内再次收听不另记" in audit
     assert_human(audit)
     assert not not_for_people(page_text(admin.get("/admin/audit").get_data(as_text=True)),
                               app.extensions["rules"].current())
@@ -189,8 +219,10 @@ def test_a_twilio_call_is_recorded_whole_kept_on_its_ticket_listened_to_under_au
     assert "录音已过保存期" in text and "<audio" not in supervisor.get(f"/admin/tickets/{ticket.id}").get_data(as_text=True)
     assert "录音文件已删除" in text
     assert_human(text)
-    gone = supervisor.get(src)
-    assert gone.status_code == 410 and "录音已过保存期" in gone.get_data(as_text=True)
+    for asked in ({}, {"Range": "bytes=0-99"}, {"Range": "bytes=16044-"}):
+        gone = supervisor.get(src, headers=asked)
+        assert gone.status_code == 410 and "录音已过保存期" in visible(gone.get_data(as_text=True))
+    assert len(consoles.audit_entries(50, "recording.listen")) == 3  # nothing heard, nothing audited
 
 
 def test_with_recording_off_the_conference_is_not_recorded(app):
@@ -211,3 +243,60 @@ def _supervisor_page(app, call_id: str) -> str:
     sign_in(client, "super")
     ticket = app.extensions["console"].tickets.by_call(call_id)
     return client.get(f"/admin/tickets/{ticket.id}").get_data(as_text=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def web_processes(request, tmp_path):
+    """The consoles' store of four web processes on one database (a SQLite file, or a fresh
+    PostgreSQL schema when one is reachable)."""
+    from consoles.db import ConsoleStore
+    from tests.ticket_db import fresh_schema, postgres_reachable, postgres_url
+
+    if request.param == "sqlite":
+        url, schema = f"sqlite:///{tmp_path / 'console.db'}", None
+    else:
+        why = postgres_reachable()
+        if why:
+            pytest.skip(why)
+        url, schema = postgres_url(), fresh_schema()
+    stores = [ConsoleStore(url, schema=schema) for _ in range(4)]
+    yield stores
+    if schema:
+        with stores[0].engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    for store in stores:
+        store.close()
+
+
+def test_a_players_requests_served_at_once_by_several_web_processes_are_one_listen_in_the_audit_log(web_processes):
+    """A player asks for several ranges at once and each may reach another web process: one entry
+    per person, also when their listening session is renewed at the same moment."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from consoles.admin import LISTEN_SESSION
+    from consoles.db import RecordingListen
+
+    def together(who: list[str]) -> list:
+        barrier, got = threading.Barrier(len(who)), []
+
+        def listen(i):
+            barrier.wait()
+            got.append(web_processes[i % len(web_processes)].audit_listen(
+                who[i], 7, "ticket:20261206-0001", "收听工单 20261206-0001 的通话录音", window=LISTEN_SESSION))
+
+        threads = [threading.Thread(target=listen, args=(i,)) for i in range(len(who))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return sorted(e.actor for e in got if e is not None)
+
+    assert together(["super"] * 6 + ["super2"] * 2) == ["super", "super2"]
+    assert together(["super"] * 4) == []  # the same session
+    with web_processes[0].engine.begin() as conn:  # 31 minutes on
+        conn.execute(update(RecordingListen).values(at=datetime.now(timezone.utc) - timedelta(minutes=31)))
+    assert together(["super"] * 6 + ["super2"] * 2) == ["super", "super2"]
+    entries = web_processes[1].audit_entries(50, "recording.listen")
+    assert sorted(e.actor for e in entries) == ["super", "super", "super2", "super2"]

@@ -44,7 +44,8 @@ def server(redis_server_url, tmp_path_factory):
     from werkzeug.serving import make_server
 
     redis.Redis.from_url(redis_server_url).flushdb()
-    app = make_console_app(tmp_path_factory.mktemp("e2e"), redis_server_url)
+    here = tmp_path_factory.mktemp("e2e")
+    app = make_console_app(here, redis_server_url, HOTLINE_RECORDINGS=str(here / "recordings"))
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -350,3 +351,50 @@ def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_
     assert "朝阳区幸福路12号院3号楼" in fields and "坐席修改" in fields
     assert "系统建单" in by_id(d, "ticket-events").text and "已确认" in by_id(d, "ticket-status").text
     shot(d, "19-ticket-page")
+
+    # 质检: the call's whole recording, stored on its ticket (as the worker does: test_call_recordings.py);
+    # the supervisor's player seeks into it, asking for byte ranges; the listen is audited once
+    from tests.test_call_recordings import tone_wav
+
+    recordings = Path(server.config["HOTLINE_RECORDINGS"])
+    recordings.mkdir(exist_ok=True)
+    (recordings / "CAlegal.wav").write_bytes(tone_wav(20.0))
+    rec = server.extensions["console"].tickets.add_call_recording("CAlegal", file="CAlegal.wav", ref="CAlegal.wav",
+                                                                  source="twilio", keep_days=30, seconds=20.0)
+    asked, inner = [], server.wsgi_app  # what Chromium asked of the recording, and the answers
+
+    def watched(environ, start_response):
+        if environ["PATH_INFO"].endswith(f"/recordings/{rec.id}.wav"):
+            def answered(status, headers, *rest):
+                asked.append((environ.get("HTTP_RANGE"), int(status.split()[0])))
+                return start_response(status, headers, *rest)
+            return inner(environ, answered)
+        return inner(environ, start_response)
+
+    server.wsgi_app = watched
+    try:
+        for second in (15, 5):  # listens, then listens again after reloading the page (a new player)
+            d.refresh()
+            player = css(d, "#ticket-recordings audio")
+            assert "30 分钟内重复收听只记一次" in by_id(d, "ticket-recordings").text
+            sought = d.execute_async_script("""
+                const a = arguments[0], second = arguments[1], done = arguments[2];
+                a.addEventListener('error', () => done({error: a.error && a.error.code}), {once: true});
+                a.addEventListener('loadedmetadata', () => {
+                  const seekable = [];
+                  for (let i = 0; i < a.seekable.length; i++) seekable.push([a.seekable.start(i), a.seekable.end(i)]);
+                  a.addEventListener('seeked', () => done({seekable, at: a.currentTime}), {once: true});
+                  a.currentTime = second;
+                }, {once: true});
+                a.load();""", player, second)
+            # without byte ranges Chromium finds nothing seekable ([[0, 0]]) and stays at 0
+            assert sought == {"seekable": [[0, 20]], "at": second}, (sought, asked)
+            wait_for(d, lambda d: d.execute_script("return arguments[0].readyState", player) >= 2,
+                     what=f"the audio at {second} s")
+    finally:
+        server.wsgi_app = inner
+    assert len(asked) >= 2 and all(r and r.startswith("bytes=") and status == 206 for r, status in asked), asked
+    shot(d, "20-ticket-recording-sought")
+    listens = [e for e in server.extensions["console"].db.audit_entries(50, "recording.listen")
+               if e.target == f"ticket:{ticket.display_number}"]
+    assert [e.actor for e in listens] == ["super"]
