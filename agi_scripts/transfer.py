@@ -11,7 +11,11 @@ callback, and one the ACD had booked meanwhile (the caller looked lost) is cance
 These two end-of-call reports keep trying for :data:`END_REPORT_RETRY_S` while Redis cannot be
 reached (restarting, a Sentinel failover): the caller is gone, so the wait costs nobody anything,
 and a report given up leaves them in the ACD's line until its lost-caller sweep
-(``queue.lost_after_s``) takes them.
+(``queue.lost_after_s``) takes them. They also have the ticket's row written if it is still only
+a draft in Redis; when Redis restarted empty and the flow no longer knows the call, from what the
+channel holds (:func:`channel_facts`: the ticket number, line and rules version ``route_call``
+set, and the caller), so that a Redis lost with its data never loses a ticket — also when the
+report is given up because Redis is still unreachable (:meth:`CallFlow.ended_unreachable`).
 ``...,recorded`` from the hangup handler of a call recorded for quality review stores the
 recording with the ticket (the worker waits for MixMonitor to finish it).
 ``...,threeway,subcenter|expert`` is the older spelling of ``threeway,<call>,start,<kind>``
@@ -42,9 +46,9 @@ def handler(session) -> None:
     what = session.arg(1).lower()
     flow = session.flow
     if what == "hangup":  # from the h extension: the caller left during a Dial or between AGIs
-        return _report_end(flow.hung_up, call_id)
+        return _report_end(flow.hung_up, call_id, session)
     if what == "fallback":  # the h extension of [hotline-fallback]
-        return _report_end(flow.fallback, call_id)
+        return _report_end(flow.fallback, call_id, session, "fallback")
     if what == "recorded":  # the hangup handler of a call recorded by MixMonitor ([hotline-record])
         from .queue_wait import call_recording_name
 
@@ -56,14 +60,28 @@ def handler(session) -> None:
     hand_back(session.agi, flow.transfer_ended(call_id, what or "unknown"))
 
 
-def _report_end(report, call_id: str) -> None:
-    """``report(call_id)``, tried again every half second while Redis cannot be reached."""
+def channel_facts(session) -> dict:
+    """What the caller's channel holds of its call and ticket: the contract variables
+    ``route_call`` set (read only when the flow lost the call: three GET VARIABLEs, which
+    Asterisk answers in the ``h`` extension too) and the caller's number."""
+    agi = session.agi
+    caller = agi.env.get("agi_callerid", "")
+    return {"ticket": agi.get_var("HOTLINE_TICKET"), "line": agi.get_var("HOTLINE_LINE"),
+            "rules_version": agi.get_var("HOTLINE_RULES_VERSION"),
+            "caller": None if caller.lower() in ("", "unknown", "anonymous") else caller}
+
+
+def _report_end(report, call_id: str, session, outcome: str | None = None) -> None:
+    """``report(call_id, known=...)``, tried again every half second while Redis cannot be reached;
+    ``outcome``: what the report says of the end (for the ticket, when the report is given up)."""
     deadline = time.monotonic() + END_REPORT_RETRY_S
     while True:
         try:
-            return report(call_id)
+            return report(call_id, known=lambda: channel_facts(session))
         except (RedisDown, RedisTimeout):
             if time.monotonic() >= deadline:
+                # given up: the ticket is written from the channel all the same (Redis may come back empty)
+                session.flow.ended_unreachable(call_id, lambda: channel_facts(session), outcome)
                 raise
             log.warning("call %s ended while Redis is unreachable: telling the call flow again in 0.5 s", call_id)
             time.sleep(0.5)

@@ -238,7 +238,11 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
     """What an event of a ticket's history changed, in one short sentence."""
     d = d or {}
     if kind == "opened":
-        return f"来电热线 {line_text(d.get('entry_line'), rules)}" if d.get("entry_line") else ""
+        out = f"来电热线 {line_text(d.get('entry_line'), rules)}" if d.get("entry_line") else ""
+        if d.get("from") == "call_end":  # the draft was lost with Redis: written from the call's end report
+            out += "（系统故障时建单草稿丢失，按通话结束时的信息补建" + \
+                ("；受理时间为通话结束时间，系近似值）" if d.get("time") == "approximate" else "）")
+        return out
     if kind == "prefilled":
         names = sorted(d.get("fields") or [], key=lambda n: list(FIELD_LABELS).index(n) if n in FIELD_LABELS else 99)
         return "填写了" + "、".join(FIELD_LABELS.get(n, n) for n in names) if names else ""

@@ -643,6 +643,21 @@ class CallTickets:
     def close(self, ticket: str, outcome: str) -> None:
         self._call_end(ticket, outcome, None)
 
+    def keep(self, ticket: str | None, *, call_id: str, line: str, caller: str | None, rules_version: str | None,
+             started: float | None = None) -> str:
+        """The caller is gone: the ticket's row is in the database when this returns — written
+        here if the ticket writer has not written it yet (from the draft; from these facts, which
+        the call's end report carries, when Redis restarted empty and lost the draft). Nobody
+        waits on the line any more, and usually it is one read of a row already written. A draft
+        and a job live in Redis only: this is what keeps the ticket of a call whose draft and
+        end-of-call job were both lost with it. ``started``: when the call arrived (epoch
+        seconds), None when no longer known. ``ticket`` None: the number was lost too (a new one).
+        Returns the ticket's id."""
+        at = datetime.fromtimestamp(started, CHINA_TZ) if started is not None else None
+        t = self.store.keep_ticket(int(ticket) if ticket else None, call_id=call_id, entry_line=line, caller=caller,
+                                   rules_version=rules_version, at=at)
+        return str(t.id)
+
     def _call_end(self, ticket: str, outcome: str, survey: str | None) -> None:
         """Through the worker when there is one (the webhook never waits for the database); if
         the job cannot be queued, written here — a rating is never dropped."""

@@ -54,13 +54,46 @@ class TicketOpening:
                              ticket_id=d["ticket_id"], from_draft=False)
         return t.id or True
 
+    def keep_ticket(self, ticket_id: int | None, *, call_id: str, entry_line: str, caller: str | None,
+                    rules_version: str | None, at: datetime | None = None) -> Ticket:
+        """The call is over: its ticket's row, written now if the ticket writer has not yet.
+
+        From the call's draft when Redis still has it; else — Redis restarted empty and lost the
+        draft — from what the call's end report carries (number, line, caller, rules version),
+        the history saying so. ``at`` None: the intake time is not known any more; the row takes
+        this moment's, marked approximate in its history. ``ticket_id`` None: the number was in
+        Redis only (a Twilio call) and the ticket gets a new one. A row that already exists for
+        the number or the call is returned as it is."""
+        found = self._row_of(ticket_id, call_id)
+        if found is not None:
+            return found
+        if (ticket_id is not None and self._create_from_draft(ticket_id=ticket_id)) or \
+                self._create_from_draft(call_id=call_id):
+            return self._row_of(ticket_id, call_id)
+        note = {"from": "call_end"} if at is not None else {"from": "call_end", "time": "approximate"}
+        log.warning("ticket %s of call %s: its draft was lost with Redis; written from the call's end report",
+                    ticket_id if ticket_id is not None else "(a new number)", call_id)
+        return self.open_ticket(call_id, entry_line, caller, rules_version=rules_version, at=at, ticket_id=ticket_id,
+                                from_draft=False, note=note)
+
+    def _row_of(self, ticket_id: int | None, call_id: str) -> Ticket | None:
+        """The row of ``ticket_id``, else the call's (a call registered again after Redis lost its
+        state has its row under the second number)."""
+        with self._session() as s:
+            row = s.get(TicketRow, ticket_id) if ticket_id is not None else None
+            if row is None:
+                row = s.scalar(select(TicketRow).where(TicketRow.call_id == call_id))
+            return _snapshot(row) if row is not None else None
+
     @_once_per_call
     def open_ticket(self, call_id: str, entry_line: str, caller: str | None = None, *,
                     rules_version: str | None = None, recording: str | None = None,
-                    at: datetime | None = None, ticket_id: int | None = None, from_draft: bool = True) -> Ticket:
+                    at: datetime | None = None, ticket_id: int | None = None, from_draft: bool = True,
+                    note: dict | None = None) -> Ticket:
         """The ticket for a call (idempotent per ``call_id``). When the call path left a draft
         (:class:`TicketDrafts`), the row is created from it — its number, line, caller and
-        intake time — whatever the arguments say: the first one to touch the ticket creates it."""
+        intake time — whatever the arguments say: the first one to touch the ticket creates it.
+        ``note``: added to the history's "opened" entry (how the row came to be written)."""
         if ticket_id is None:
             with self._session() as s:
                 found = s.scalar(select(TicketRow).where(TicketRow.call_id == call_id))
@@ -86,7 +119,7 @@ class TicketOpening:
                             extension_days=0, enterprise=False, supervision=False)
             s.add(row)
             s.flush()
-            self._event(s, row, "system", "opened", {"entry_line": entry_line})
+            self._event(s, row, "system", "opened", {"entry_line": entry_line, **(note or {})})
             log.info("ticket %s (%s) opened for call %s from %s on %s", row.number, row.id, call_id, mask(caller), entry_line)
             return _snapshot(row)
 

@@ -124,10 +124,10 @@ def churn(redis_url: str, seed: int, operations: int) -> None:
     acd.redis.close()
 
 
-def agi_world(store, redis_url, tmp_path, workers: int = 64):
+def agi_world(store, redis_url, tmp_path, workers: int = 64, tickets=None):
     """A FastAGI server (real sockets) over the real Redis ACD, a Redis call store and in-memory
-    tickets, on a test clock: ``w.clock, w.acd, w.flow, w.server, w.tickets``; a generator for
-    a pytest fixture (stops the server after the test)."""
+    tickets (or ``tickets``, e.g. the product's own), on a test clock: ``w.clock, w.acd, w.flow,
+    w.server, w.tickets``; a generator for a pytest fixture (stops the server after the test)."""
     from agi_scripts.fastagi_server import FastAGIServer
     from ivr import flow as F
     from ivr.services import AcdQueue, Services
@@ -135,7 +135,7 @@ def agi_world(store, redis_url, tmp_path, workers: int = 64):
     clock = Clock()
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     acd = ACD(client, store, clock=clock, dispatch_callback=False)
-    tickets = F.MemoryTickets()
+    tickets = tickets if tickets is not None else F.MemoryTickets()
     flow = F.CallFlow(store.current, AcdQueue(acd), tickets, F.RedisCalls(client), clock=clock)
     server = FastAGIServer(Services(flow, store, "/var/lib/asterisk/sounds/hotline", str(tmp_path / "rec")),
                            "127.0.0.1", 0, workers=workers).start()

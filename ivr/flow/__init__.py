@@ -23,7 +23,9 @@ commands in :mod:`ivr.asterisk.agi`, TwiML in the Twilio blueprint.
     turn = flow.three_way_ended(call_id, status)     # ... whose leg ended (no answer: back to the agent)
     turn = flow.three_way_cancel(call_id)            # agent cancels: caller stays with the agent
     turn = flow.three_way_agent_left(call_id)        # agent leaves: warm transfer, agent wraps up
-    flow.hung_up(call_id)                            # at any point
+    flow.hung_up(call_id, known)                     # at any point; the ticket's row is written by
+                                                     # then (from `known`, the front-end's facts,
+                                                     # when Redis lost the call and its draft)
 
 No menu ever stands between a caller and a human (GB/T 33358): the invitation to describe
 the matter and the callback offer happen only while the caller is already queued.

@@ -43,6 +43,10 @@ class TicketPort(Protocol):
     def call_recording(self, ticket: str, recording: str) -> None: ...  # whole call (质检): stored, transcribed (rq)
     def survey(self, ticket: str, score: str) -> None: ...
     def close(self, ticket: str, outcome: str) -> None: ...
+    # the caller is gone: the ticket's row is written (not only drafted) when this returns — from
+    # these facts when Redis lost the draft; ticket None: a new number. Returns the ticket id.
+    def keep(self, ticket: str | None, *, call_id: str, line: str, caller: str | None, rules_version: str | None,
+             started: float | None = None) -> str: ...
 
 
 class CallStore(Protocol):

@@ -180,3 +180,15 @@ class MemoryTickets:
 
     def close(self, ticket, outcome):
         self.tickets[ticket]["status"] = outcome
+
+    def keep(self, ticket, *, call_id, line, caller, rules_version, started=None):
+        """As the real port: the ticket of the number, else the call's, else one written from these facts."""
+        with self._lock:
+            if ticket in self.tickets:
+                return ticket
+            ticket = next((t for t, v in self.tickets.items() if v["call_id"] == call_id), None) or \
+                ticket or f"T{len(self.tickets) + 1:06d}"
+            self.tickets.setdefault(ticket, {"call_id": call_id, "line": line, "caller": caller, "mode": None,
+                                             "rules_version": rules_version, "transcript": [], "recordings": [],
+                                             "survey": None, "status": "open", "started": started})
+            return ticket

@@ -209,12 +209,14 @@ class Switchboard(AgentLegs, Transfers):
         return sid
 
     # -- the citizen hung up ----------------------------------------------------------------
-    def caller_gone(self, call_id: str) -> None:
-        """Caller's status callback: update flow/ACD/ticket once; stop an agent still ringing."""
+    def caller_gone(self, call_id: str, known: dict | None = None) -> None:
+        """Caller's status callback: update flow/ACD/ticket once; stop an agent still ringing.
+        ``known``: the number dialed and the caller's (``dialed``, ``caller``: the callback's
+        ``To`` and ``From``), from which the flow keeps the ticket of a call Redis lost."""
         if not self.legs.once(call_id, "caller-gone"):
             return
         leg = self.legs.get(call_id)
-        self.flow.hung_up(call_id)  # also releases or wraps up seats of a three-way still open
+        self.flow.hung_up(call_id, known)  # also releases or wraps up seats of a three-way still open
         if leg.get("agent_call") and leg.get("agent_in") != "1":
             try:
                 self.client.calls(leg["agent_call"]).update(status="canceled")

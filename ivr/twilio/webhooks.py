@@ -197,6 +197,21 @@ def _general_queue(call_id: str | None) -> str:
     return str(r)
 
 
+def _caller_gone(call_id: str) -> None:
+    """The citizen's call ended. What Twilio sends with it — the number dialed and the caller's —
+    lets the flow keep the ticket of a call whose state and draft Redis lost (restarted empty).
+    With Redis unreachable the report fails (Twilio does not send it again): the ticket is
+    written from those facts all the same, before the webhook answers as for any failure."""
+    from redis.exceptions import ConnectionError as RedisDown, TimeoutError as RedisTimeout
+
+    known = {"dialed": request.form.get("To", ""), "caller": request.form.get("From")}
+    try:
+        _tw()["board"].caller_gone(call_id, known)
+    except (RedisDown, RedisTimeout):
+        _tw()["flow"].ended_unreachable(call_id, known)
+        raise
+
+
 def _ensure_call(call_id: str, dialed: str | None = None) -> None:
     """Make the flow know a call that reached us only through a failure path."""
     flow = _tw()["flow"]
@@ -405,7 +420,7 @@ def queue_exit():
     if result == "leave":
         return _xml(_emergency_dial(call_id))
     if result == "hangup":
-        _tw()["board"].caller_gone(call_id)
+        _caller_gone(call_id)
         return _xml(twiml.empty())
     if result in ("queue-full", "system-error", "error"):
         log.error("call %s: Twilio holding queue said %s; holding in the next queue", call_id, result)
@@ -437,7 +452,7 @@ def dial_ended():
     """Emergency or sub-center <Dial> ended: answered → survey; failed → the fallback seats."""
     call_id = request.form["CallSid"]
     if request.form.get("CallStatus") in GONE:
-        _tw()["board"].caller_gone(call_id)
+        _caller_gone(call_id)
         return _xml(twiml.empty())
     turn = _tw()["flow"].transfer_ended(call_id, request.form.get("DialCallStatus", "failed"))
     return _xml(_render_turn(turn, call_id))
@@ -478,7 +493,7 @@ def call_recording():
 def status():
     """The number's status callback: the citizen's call ended (any reason). Idempotent."""
     if request.form.get("CallStatus") in GONE:
-        _tw()["board"].caller_gone(request.form["CallSid"])
+        _caller_gone(request.form["CallSid"])
     return Response(status=204)
 
 
@@ -556,7 +571,7 @@ def conference_ended():
     """The caller's <Dial><Conference> ended: the caller hung up, or the conference was ended."""
     call_id = request.form["CallSid"]
     if request.form.get("CallStatus") in GONE:
-        _tw()["board"].caller_gone(call_id)
+        _caller_gone(call_id)
         return _xml(twiml.empty())
     return survey_start()
 
