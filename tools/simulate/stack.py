@@ -149,6 +149,23 @@ class Servers:
             def _install_signal_handlers(self):  # not the main thread
                 pass
 
+            def work(self, *args, **kwargs):
+                # rq leaves the worker's pub/sub thread running when Redis fails under it (at start,
+                # once subscribed; at teardown, which registers the death before unsubscribing): in
+                # a fault run it then retried in this process for good, an ERROR line every 2 s in
+                # the log of every later test of the process
+                try:
+                    return super().work(*args, **kwargs)
+                finally:
+                    thread = getattr(self, "pubsub_thread", None)
+                    if thread is not None and thread.is_alive():  # as rq's unsubscribe, less its UNSUBSCRIBE
+                        thread.stop()
+                        thread.join(timeout=1)
+                        try:
+                            self.pubsub.close()
+                        except Exception:
+                            pass
+
         conn = redis_lib.Redis.from_url(self.redis_url)
         self.rq_queues = [Queue(name, connection=conn) for name in (jobs.SPEECH_QUEUE, RQ_QUEUE, jobs.HANDOFF_QUEUE)]
 
