@@ -104,10 +104,13 @@ def pbx(pbx_session):
     pbx_session.reset()
 
 
-# files that run the whole product at full tilt (its processes, a simulated load, a browser): one
-# after the other in one test process, so that they never starve each other of the CPU
+# files that run the whole product at full tilt (its processes, a simulated load, a browser) or
+# measure the product's reaction time (the 1-s speech paths): one after the other in one test
+# process, so that they never starve each other of the CPU; the other test processes meanwhile
+# run files that mostly wait on a real Asterisk, a browser or a timer
 WHOLE_PRODUCT = {"test_newcomer.py", "test_live_twilio.py", "test_fault_run.py", "test_two_instances.py",
-                 "test_faults.py", "test_simulate.py"}
+                 "test_faults.py", "test_simulate.py", "test_prefill_emergency.py", "test_twilio_media.py",
+                 "test_pbx_speech.py"}
 
 
 def pytest_collection_modifyitems(config, items):
