@@ -110,7 +110,14 @@ def test_python_app_py_runs_web_worker_and_embedded_redis_then_stops_them_all(tm
         while time.monotonic() < deadline and (web_worker[0] in children() or
                                                len([a for a in children().values() if a.rstrip().endswith("app.py")]) < 1):
             time.sleep(0.2)
-        assert _get(f"http://127.0.0.1:{port}/healthz")["status"] == "ok"  # a new web worker answers
+        deadline = time.monotonic() + 30  # a new web worker answers (once it has loaded: seconds when busy)
+        while True:
+            try:
+                assert _get(f"http://127.0.0.1:{port}/healthz", timeout=5)["status"] == "ok"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "no web worker answered after the recycle"
+                time.sleep(0.2)
         time.sleep(1.5)  # what a wrongly stopped process would show by now
         after = children()
         for marker in ("intake.worker", "call_routing.acd tick", "agi_scripts.fastagi_server"):
