@@ -2,8 +2,12 @@
 
 * ``/login`` (GET form, POST), ``/logout`` (POST), ``/account/password`` (change own password).
 * Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when ``SESSION_COOKIE_SECURE``),
-  12 hours; the user row is re-read at every request, so a disabled user or a changed password
-  ends existing sessions at once.
+  12 hours, renewed while in use; the user row is re-read at every request, so a disabled user or
+  a changed password ends existing sessions at once. The cookie is sent only when the session
+  changes (sign-in, password, the hourly renewal), not with every response: the browser keeps the
+  cookie that came last, so the answer to a request sent before 退出 (the dashboard asks every
+  5 s) would put the signed-out session back — and the next person's sign-in form, made for
+  another session, would fail its CSRF check.
 * Guessing is throttled, counted over the last ``LOGIN_WINDOW_MIN`` (15) minutes from the
   audit log's ``login.failed`` entries (shared by every process): sign-in is refused (429, the
   password not even checked) after ``LOGIN_MAX_FAILURES_PER_USER`` (5) failures for one user
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 from functools import wraps
 from urllib.parse import urlparse
@@ -33,6 +38,7 @@ from .db import ROLE_NAMES, ConsoleError
 
 bp = Blueprint("auth", __name__)
 SESSION_HOURS = 12
+SESSION_RENEW_S = 3600  # a signed-in session's cookie is sent again (its 12 hours renewed) at most this often
 LOGIN_MAX_FAILURES_PER_USER = 5
 LOGIN_MAX_FAILURES_PER_USER_ANYWHERE = 50
 LOGIN_MAX_FAILURES_PER_ADDRESS = 100
@@ -109,6 +115,9 @@ def load_user() -> None:
         session.clear()
         return
     g.user = user
+    now = int(time.time())
+    if now - int(session.get("renewed") or 0) >= SESSION_RENEW_S:
+        session["renewed"] = now  # changed: the cookie goes out again, valid 12 hours from now
 
 
 def _password_version(user) -> str:
@@ -175,6 +184,7 @@ def login():
             session.permanent = True
             session["uid"] = user.id
             session["pwv"] = _password_version(user)
+            session["renewed"] = int(time.time())
             csrf_token()
             console().db.audit(user.username, "login", user.username, f"{ROLE_NAMES[user.role]}登录",
                                address=request.remote_addr)
@@ -240,6 +250,8 @@ def password():
 
 def init_app(app) -> None:
     app.permanent_session_lifetime = timedelta(hours=SESSION_HOURS)
+    # the cookie only when the session changed (load_user renews it hourly), not on every response
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = False
     # Flask's defaults name these keys already (SameSite None): set them, unless configured
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     if not app.config.get("SESSION_COOKIE_SAMESITE"):

@@ -116,6 +116,37 @@ def test_a_disabled_user_loses_their_session_at_once(app):
     assert client.get("/admin/").status_code == 302
 
 
+def _session_cookie(response) -> str | None:
+    return next((h for h in response.headers.getlist("Set-Cookie") if h.startswith("session=")), None)
+
+
+def test_signing_out_sticks_though_the_dashboard_asked_before_it_and_is_answered_after_it(app):
+    """The dashboard asks for its figures every 5 s. The answer to a request sent before 退出 (or
+    before another person signs in on the same browser) must not put the old session back: the
+    browser keeps whatever cookie came last. So the cookie goes out only when the session
+    changes — and at most once an hour to renew its 12 hours."""
+    from consoles import auth
+
+    client = app.test_client()
+    assert _session_cookie(sign_in(client, "super"))
+    for path in ("/admin/", "/admin/api/dashboard", "/admin/tickets"):
+        r = client.get(path)
+        assert r.status_code == 200 and _session_cookie(r) is None, path
+    late = app.test_client()  # the poll in flight: the browser's cookie as it was when it was sent
+    late.set_cookie("session", client.get_cookie("session").value)
+    r = client.post("/logout", data={"csrf_token": csrf_of(client)})
+    assert r.status_code == 302 and "session=;" in _session_cookie(r)  # the browser forgets it
+    r = late.get("/admin/api/dashboard")
+    assert r.status_code == 200 and _session_cookie(r) is None, "the late answer signs nobody back in"
+    assert client.get("/admin/").status_code == 302
+    # in use all day (a wall screen's dashboard), the session is renewed once an hour
+    assert sign_in(client, "super").status_code == 302
+    with client.session_transaction() as session:
+        session["renewed"] -= auth.SESSION_RENEW_S
+    assert _session_cookie(client.get("/admin/api/dashboard"))
+    assert _session_cookie(client.get("/admin/api/dashboard")) is None
+
+
 def test_the_first_admin_gets_a_one_time_password_that_must_be_changed(tmp_path, redis_url, capsys):
     from consoles.db import ConsoleStore
 
