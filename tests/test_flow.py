@@ -104,6 +104,41 @@ def test_an_emergency_heard_by_another_process_during_a_wait_tick_is_not_overwri
     assert flow.wait("c9").reason == "emergency"  # the caller's next tick carries it out
 
 
+def test_words_heard_as_a_seat_is_offered_the_call_do_not_undo_the_offer(redis_client, redis_url, rules):
+    """Twilio: the caller's words are heard (slowly: the pre-fill still learning) while the ACD
+    offers the call to a seat and the agent answers. The offer and the answer must not be written
+    over by the words' older copy of the call, or the answered seat is never busy — the ACD would
+    time its ring out and offer the call again while the agent talks to the caller."""
+    import threading
+    import time
+
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    classifying = threading.Event()
+
+    def slow_classify(text):
+        classifying.set()
+        time.sleep(0.4)
+        return {}
+
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client), classify=slow_classify)
+    flow.start("h1", "12345", "13800138000")
+    assert flow.wait("h1").action == "queue"
+    acd.save_agent(Agent("a1", "张敏", {"general": 10}, ("client:a1",)))
+    words = threading.Thread(target=flow.heard, args=("h1", "我想问一下社保卡怎么补办"))
+    words.start()
+    assert classifying.wait(2)
+    acd.login("a1")  # ready: the ACD offers the call; the Twilio front-end rings the seat
+    assert flow.queue.status("h1").state == "offered"
+    flow.offered("h1", "a1", "client:a1")
+    words.join(3)
+    flow.agent_answered("h1")
+    assert acd.agent("a1")["state"] == "busy"
+    call = flow.state("h1")
+    assert (call.state, call.agent, call.heard) == ("talking", "a1", "我想问一下社保卡怎么补办")
+
+
 def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_client, redis_url, rules):
     """Redis restarted without its data while a request still held the caller's state and wrote it
     back afterwards: the flow says waiting, the ACD knows no such call — in line again."""

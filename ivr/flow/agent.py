@@ -14,20 +14,25 @@ class AgentPart:
 
     def offered(self, call_id: str, agent: str, endpoint: str | None = None) -> None:
         """Push-style front-ends (Twilio): the ACD offered the waiting call to ``agent``, whose
-        endpoint is being rung now (no :meth:`wait` tick needs to notice it first)."""
-        call = self._load(call_id)
-        if call.state == "waiting":
-            call.state, call.target, call.target_kind, call.agent = "transferring", endpoint, "agent", agent
-            self._save(call)
+        endpoint is being rung now (no :meth:`wait` tick needs to notice it first). One at a time
+        with words heard meanwhile (:meth:`heard` reads, classifies and writes the call back): the
+        offer is never written over by their older copy of the call."""
+        with self._one_at_a_time(call_id):
+            call = self._load(call_id)
+            if call.state == "waiting":
+                call.state, call.target, call.target_kind, call.agent = "transferring", endpoint, "agent", agent
+                self._save(call)
 
     def agent_answered(self, call_id: str, channel: str | None = None) -> None:
-        """The agent answered (``channel``: their leg on the PBX, for moves from outside)."""
-        call = self._load(call_id)
-        if call.target_kind == "agent":
-            self.queue.connected(call_id)
-            call.agent_channel = channel or call.agent_channel
-        call.state = "talking"
-        self._save(call)
+        """The agent answered (``channel``: their leg on the PBX, for moves from outside); one at
+        a time with words heard meanwhile, as :meth:`offered`."""
+        with self._one_at_a_time(call_id):
+            call = self._load(call_id)
+            if call.target_kind == "agent":
+                self.queue.connected(call_id)
+                call.agent_channel = channel or call.agent_channel
+            call.state = "talking"
+            self._save(call)
 
     def transfer_ended(self, call_id: str, status: str) -> Turn:
         """The front-end's dial ended (Asterisk DIALSTATUS / Twilio DialCallStatus).
