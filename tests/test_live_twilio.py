@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -83,6 +84,23 @@ def _api(product, path, body=None, token=None, method=None):
         return json.loads(resp.read())
 
 
+def _console_open(request, product, token) -> None:
+    """What the agent console does while it is open, until the test ends: a heartbeat every 10 s
+    (static/agent.js). Without it the ACD logs the seat out ``heartbeat_timeout_s`` (30 s) after
+    its login — on a loaded machine, before this test's call has ended."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(10):
+            try:
+                _api(product, "heartbeat", {}, token)
+            except OSError:
+                pass  # as the console: again 10 s later
+
+    threading.Thread(target=beat, name="console-heartbeat", daemon=True).start()
+    request.addfinalizer(stop.set)
+
+
 def test_a_twilio_caller_is_answered_by_a_simulated_seat(product):
     result = _finished(_simulate(product, "--calls", "1", "--agents", "1", "--patience", "30"), 45)
     assert (result["calls"], result["connected"], result["lost"], result["tickets_missing"]) == (1, 1, 0, 0), result
@@ -92,7 +110,7 @@ def test_a_twilio_caller_is_answered_by_a_simulated_seat(product):
     assert status != "pending", "the caller's recording was fetched from the simulated Twilio's API host"
 
 
-def test_a_twilio_caller_on_a_persons_demo_phone(product):
+def test_a_twilio_caller_on_a_persons_demo_phone(product, request):
     from call_routing.acd import ACD, Agent
     from call_routing.rules_store import RulesStore
     from runtime.redis_conn import redis_client
@@ -104,6 +122,7 @@ def test_a_twilio_caller_on_a_persons_demo_phone(product):
     acd.save_agent(Agent("xiaowang", "小王", skills, endpoints=("client:xiaowang",)), password="xiaowang-pw-1")
     token = _api(product, "login", {"agent_id": "xiaowang", "password": "xiaowang-pw-1", "state": "paused",
                                     "reason": "break"})["token"]
+    _console_open(request, product, token)
     before = set(_tickets(product))
     calls_before = set(redis.keys("acd:call:*"))
     sim = _simulate(product, "--calls", "1", "--agents", "0", "--patience", "40")
@@ -132,7 +151,7 @@ def test_a_twilio_caller_on_a_persons_demo_phone(product):
             time.sleep(0.2)
         assert call["state"] == "talking"
         assert any("工单" in s["text"] for s in call["said"] if s["who"] == "系统"), "the seat hears line and ticket"
-        deadline = time.monotonic() + 10  # busy once the product hears of the answer (a status callback)
+        deadline = time.monotonic() + 10  # busy from the answer on (the agent-answer webhook)
         while (me := _api(product, "me", token=token))["agent"]["state"] != "busy":
             assert time.monotonic() < deadline, me
             time.sleep(0.2)

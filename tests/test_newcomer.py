@@ -17,18 +17,29 @@ import urllib.request
 import pytest
 
 from tests.fresh_checkout import fresh_checkout, newcomer_env, stop_group
-from tests.test_consoles_e2e import _missing, browser, by_id, css, shot  # noqa: F401  (fixture)
+from tests.test_consoles_e2e import ARTIFACTS, _missing, browser, by_id, css, shot  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(bool(_missing), reason="the newcomer's browser test needs " + ", ".join(_missing))
 
 
 def wait_for(driver, condition, timeout=10, what="condition"):
-    """As the e2e tests', but a page re-rendering its rows under the condition is no failure."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """As the e2e tests', but a page re-rendering its rows under the condition is no failure; on a
+    time-out, a screenshot (newcomer-failed.png) and what the page said."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
-                         ).until(condition, message=f"waiting for {what}")
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+                             ).until(condition, message=f"waiting for {what}")
+    except TimeoutException:
+        try:
+            shot(driver, "newcomer-failed")
+            page = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:400]
+        except WebDriverException as exc:
+            page = f"(unreadable: {exc.msg})"
+        raise TimeoutException(f"waiting for {what} ({timeout} s): at {driver.current_url} the page says "
+                               f"{page!r}; screenshot {ARTIFACTS / 'newcomer-failed.png'}") from None
 
 
 def _free_port() -> int:
@@ -121,9 +132,11 @@ def test_a_newcomer_takes_a_first_call_from_the_live_simulator(product, browser)
     wait_for(d, lambda d: "小王" in d.page_source and "/new" not in d.current_url, what="the seat saved")
     # 3. the live simulator: three callers into the running product
     sim_log = open(product["home"].parent / "simulate.log", "w+")
+    # all on 12345: a caller of the default mix may dial a sub-center's number (12360), which is
+    # transferred at once and never waits on the dashboard
     sim = subprocess.Popen([".venv/bin/python", "-m", "tools.simulate", "--live", "--calls", "3", "--gap", "0.5",
-                            "--patience", "120", "--quiet"], cwd=product["home"], env=product["env"],
-                           stdout=sim_log, stderr=subprocess.STDOUT)
+                            "--patience", "120", "--quiet", "--line", "12345"], cwd=product["home"],
+                           env=product["env"], stdout=sim_log, stderr=subprocess.STDOUT)
     try:
         # 4. the calls appear on the dashboard, waiting (nobody is on duty yet)
         d.get(base + "/admin/")
