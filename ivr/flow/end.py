@@ -110,11 +110,10 @@ class CallEnd:
         """The caller is gone: have the ticket's row written now if the writer has not yet
         (``TicketPort.keep``; usually one read of a row already there). Returns the ticket id.
         ``time_known`` False: a call rebuilt after Redis lost it (its start time is not known)."""
-        keep = getattr(self.tickets, "keep", None)  # ports written before tickets were kept at the call's end
-        if keep is None or (not call.ticket and time_known):
+        if not call.ticket and time_known:
             return call.ticket
         try:
-            return keep(call.ticket, call_id=call.id, line=call.line, caller=call.caller or None,
+            return self.tickets.keep(call.ticket, call_id=call.id, line=call.line, caller=call.caller or None,
                         rules_version=call.rules_version or None, started=call.started if time_known else None)
         except Exception:  # the draft stays for the ticket writer
             log.exception("call %s: ticket %s not written at the call's end", call.id, call.ticket)
