@@ -353,6 +353,39 @@ def test_a_conference_event_after_redis_forgot_the_call_does_not_hide_that_the_c
     assert "感谢您的来电" in move["Twiml"] and "<Hangup" in move["Twiml"]  # not left alone in a silent conference
 
 
+def test_a_late_wait_request_after_redis_forgot_a_caller_already_talking_does_not_ring_a_second_agent(
+        hotline, redis_url):
+    import redis as redis_lib
+
+    hotline.seat("a1", {"general": 50})
+    agent_leg, _ = connect(hotline, "CAlate")  # the agent's answer moved the caller into the conference
+    rings = len(hotline.http.posts("/Calls.json"))
+    redis_lib.Redis.from_url(redis_url).flushall()  # Redis restarted empty while the two talked
+    hotline.seat("a2", {"general": 50})  # a second seat is free
+    # a wait request Twilio sent just before the move reaches the app only now
+    hold = wait(hotline, "CAlate")
+    assert "Hangup" not in verbs(hold)  # Twilio discards it; the caller stays with a1
+    assert hotline.acd.call("CAlate") is None  # not queued again...
+    hotline.acd.tick()
+    assert len(hotline.http.posts("/Calls.json")) == rings  # ...so no second agent is rung for them
+    # when a1 hangs up, the caller is not left alone in the conference
+    hotline.twilio.post("/twilio/agent-status?call=CAlate&agent=a1", {"CallSid": agent_leg, "CallStatus": "completed"})
+    assert "<Hangup" in hotline.http.posts("/Calls/CAlate.json")[-1][1]["Twiml"]
+
+
+def test_an_earlier_agent_legs_late_status_leaves_the_agent_now_ringing_alone(hotline):
+    hotline.seat("a1", {"general": 50})
+    start(hotline, "CAtwo")
+    wait(hotline, "CAtwo")
+    first = f"CAagentleg{len(hotline.http.requests)}"
+    legs = hotline.app.extensions["twilio"]["legs"]
+    legs.set("CAtwo", agent_call="CAagentleg-now", agent="a1")  # the call's agent is now on another leg
+    for status in ("no-answer", "completed"):  # the earlier leg's callbacks come late
+        hotline.twilio.post("/twilio/agent-status?call=CAtwo&agent=a1", {"CallSid": first, "CallStatus": status})
+    assert legs.get("CAtwo")["agent_call"] == "CAagentleg-now"  # the ringing agent is still the call's
+    assert hotline.http.posts("/Calls/CAtwo.json") == []  # and the caller was neither moved nor hung up
+
+
 def test_an_agent_whose_answer_could_not_be_recorded_still_talks_and_the_caller_then_gets_the_survey(
         hotline, monkeypatch):
     hotline.seat("a1", {"general": 50})

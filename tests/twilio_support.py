@@ -22,8 +22,10 @@ class RecordingHttpClient(HttpClient):
         super().__init__(None, False)
         self.requests: list[tuple[str, str, dict]] = []
         self._ids = itertools.count(1)
-        # what GET Conferences answers: one running conference unless a test says none runs
-        self.running_conferences = [{"sid": "CF" + "9" * 32}]
+        # what GET Conferences answers: a test's own list, else (None) as Twilio would, the
+        # conferences a caller was moved into by REST (the agent's answer), by friendly name
+        self.running_conferences: list[dict] | None = None
+        self.moved_into: dict[str, str] = {}  # caller leg -> the conference its last REST move put it in
         self.call_status: dict[str, str] = {}  # what GET Calls/<sid> answers: in-progress unless a test says
 
     def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
@@ -33,7 +35,18 @@ class RecordingHttpClient(HttpClient):
         if method == "DELETE":
             return Response(204, "")
         if method == "GET" and path.endswith("/Conferences.json"):
-            return Response(200, json.dumps({"conferences": self.running_conferences, "meta": {"key": "conferences"}}))
+            running = self.running_conferences
+            if running is None:
+                name = (params or {}).get("FriendlyName")
+                running = [{"sid": "CF" + "9" * 32, "friendly_name": name}] if name in self.moved_into.values() else []
+            return Response(200, json.dumps({"conferences": running, "meta": {"key": "conferences"}}))
+        if method == "POST" and "/Calls/" in path:  # a caller moved: into a conference, or out of it
+            sid = path.rsplit("/", 1)[-1].split(".")[0]
+            conference = ET.fromstring(data["Twiml"]).findtext(".//Conference") if "Twiml" in (data or {}) else None
+            if conference:
+                self.moved_into[sid] = conference
+            else:
+                self.moved_into.pop(sid, None)
         if method == "GET" and "/Calls/" in path:
             sid = path.rsplit("/", 1)[-1].split(".")[0]
             return Response(200, json.dumps({"sid": sid, "account_sid": ACCOUNT,

@@ -73,12 +73,18 @@ class AgentLegs:
         greeting = [{"do": "say", "text": f"{state.line}来电，工单{state.ticket}。" if state.ticket else f"{state.line}来电。"}]
         return twiml.conference(call_id, caller=False, greeting=greeting)
 
-    def agent_leg_ended(self, call_id: str, status: str) -> None:
-        """Status callback of the agent's leg (retried by Twilio: idempotent)."""
+    def agent_leg_ended(self, call_id: str, status: str, leg_sid: str | None = None) -> None:
+        """Status callback of an agent's leg ``leg_sid`` (retried by Twilio: idempotent)."""
         try:
             leg = self.legs.get(call_id)
         except RedisError:  # Redis down: Twilio will not call again, so act on what is known
             leg = {}
+        if leg_sid and leg.get("agent_call") and leg_sid != leg["agent_call"]:
+            # an earlier agent's leg (a late no-answer, or one rung before Redis lost the call's
+            # facts): the call has another agent now, whose own leg says when they leave
+            log.info("call %s: earlier agent leg %s %s; the call's agent is now on %s", call_id, leg_sid, status,
+                     leg["agent_call"])
+            return
         if status == "completed" and not leg.get("agent_call"):
             # the call's Twilio facts are gone (Redis down, or restarted empty; a webhook since,
             # e.g. the conference's participant-join, may have written a field or two back) but the
@@ -86,7 +92,7 @@ class AgentLegs:
             # a caller Twilio says is in the call's conference is moved on: one still holding in
             # <Enqueue> (the agent answered after the wipe and was told "来电已结束") keeps
             # polling the wait URL, which registers the call again — a goodbye would lose them.
-            if self._in_conference(call_id):
+            if self.in_conference(call_id):
                 self._release_alone_caller(call_id)
             else:
                 log.info("call %s: agent leg ended with the call's facts gone; the caller is not in its "
@@ -105,7 +111,7 @@ class AgentLegs:
                     self._clear_transfer(call_id)
                 self._release_alone_caller(call_id)  # Redis gone meanwhile: a goodbye, never silence
             return
-        if status == "completed" and leg.get("agent_call") and self._in_conference(call_id):
+        if status == "completed" and leg.get("agent_call") and self.in_conference(call_id):
             # the agent talked in the conference but their answer was never recorded (the call
             # state could not be written then): they have hung up, the caller is alone in it
             if self.legs.once(call_id, f"agent-left:{leg['agent_call']}"):

@@ -191,7 +191,7 @@ class Switchboard(AgentLegs, Transfers):
                                              limit=1)
         return found[0].sid if found else None
 
-    def _in_conference(self, call_id: str) -> bool:
+    def in_conference(self, call_id: str) -> bool:
         """:meth:`_running_conference` as a yes/no. When Twilio cannot say, answer False: leaving
         a holding caller queued is recoverable, a goodbye is not."""
         try:

@@ -378,11 +378,18 @@ def fallback():
 def wait():
     call_id = request.form["CallSid"]
     flow, tw = _tw()["flow"], _tw()
-    if not tw["legs"].known(call_id):  # reached the queue through a failure path, or Redis restarted
-        _ensure_call(call_id)           # empty under it: register the call (and its leg) now
     try:
+        if not tw["legs"].known(call_id):  # reached the queue through a failure path, or Redis restarted
+            raise CallNotFound(call_id)     # empty under it: register the call (and its leg) now
         turn = flow.wait(call_id)
     except CallNotFound:
+        if tw["board"].in_conference(call_id):
+            # a wait request sent before an agent's answer moved the caller into their conference,
+            # answered after Redis lost the call's facts: Twilio discards this answer, and queueing
+            # the call again would ring a second agent for a caller already talking to one
+            log.warning("call %s: a late wait request for a caller already in their conference; not queued again",
+                        call_id)
+            return _xml(twiml.wait([], None, hold_music=tw["hold_music"], tick_s=tw["tick_s"]))
         _ensure_call(call_id)
         turn = flow.wait(call_id)
     if turn.action == "hangup":
@@ -508,7 +515,8 @@ def agent_answer():
 @bp.post("/agent-status")
 @call_webhook("event")
 def agent_status():
-    _tw()["board"].agent_leg_ended(request.args["call"], request.form.get("CallStatus", ""))
+    f = request.form
+    _tw()["board"].agent_leg_ended(request.args["call"], f.get("CallStatus", ""), f.get("CallSid"))
     return Response(status=204)
 
 

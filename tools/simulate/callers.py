@@ -26,6 +26,8 @@ class CallRecord:
     agent: str | None = None
     transferred: bool = False
     silence: bool = False  # heard silence (alone in a conference, nothing said) before giving up
+    alone_s: float = 0.0  # the longest a caller stayed alone in a conference before the app moved them
+    moves: list = field(default_factory=list)  # what Twilio was told to do with the caller, in order (reports)
     max_silence_s: float = 0.0  # the longest silence heard before a person answered (Twilio TwiML)
     silence_run: float = 0.0
     started: float = field(default_factory=time.monotonic)

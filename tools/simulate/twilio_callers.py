@@ -145,6 +145,9 @@ class CallerLeg:
     def _follow_moves(self, rec, box, base, kind, payload, deadline, joined):
         alone_since = None
         while True:
+            rec.moves.append(kind)
+            if alone_since is not None and kind != "agent-left":
+                rec.alone_s = max(rec.alone_s, time.monotonic() - alone_since)
             if kind == "twiml" and "<Conference" in (payload or ""):
                 rec.outcome = rec.outcome or "connected"
                 name = ET.fromstring(payload).findtext(".//Conference") or ""
@@ -170,7 +173,8 @@ class CallerLeg:
 
     def _silence(self, rec, base):
         rec.silence = True
-        rec.detail = "left alone in the conference (silence) after the agent hung up"
+        rec.detail = ("left alone in the conference (silence) after the agent hung up; moves: "
+                      + " > ".join(rec.moves[-8:]) + f"; last webhook {self.last_path.get(rec.id)}")
         self.sim.stats.error(f"{rec.id}: {rec.detail}")
         return ET.fromstring("<Response><Hangup/></Response>")
 
