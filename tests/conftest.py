@@ -125,6 +125,12 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "whole-product" if path.rsplit("/", 1)[-1] in WHOLE_PRODUCT else path
 
+        def _assign_work_unit(self, node):
+            # the longest unit first, so that the other processes share the rest beside it
+            if "whole-product" in self.workqueue:
+                self.workqueue.move_to_end("whole-product", last=False)
+            super()._assign_work_unit(node)
+
     return FileGroups(config, log)
 
 

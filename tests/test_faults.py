@@ -11,6 +11,7 @@ ticket writer killed mid-write — ``tests/test_tickets_deferred.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -58,9 +59,33 @@ def assert_nobody_lost(sim: Simulation, result: dict) -> None:
         == result["calls"]
 
 
+@contextlib.contextmanager
+def product_log(tmp_path):
+    """What the product logs meanwhile, kept in a file: ``said(call_id, ...)`` gives its lines
+    about those calls (for a failure's message: what the product did with the call)."""
+    path = tmp_path / "product.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s"))
+    product = logging.getLogger("hotline")
+    level = product.level
+    product.setLevel(logging.INFO)
+    product.addHandler(handler)
+
+    def said(*call_ids):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return "\n".join(line[:300] for line in lines if any(c in line for c in (*call_ids, "[fault]")))
+
+    try:
+        yield said
+    finally:
+        product.removeHandler(handler)
+        product.setLevel(level)
+        handler.close()
+
+
 # -- Redis killed and restarted mid-queue -------------------------------------------------------
 
-def test_redis_killed_and_restarted_mid_queue_loses_no_caller_and_no_ticket():
+def test_redis_killed_and_restarted_mid_queue_loses_no_caller_and_no_ticket(tmp_path):
     marks = {}
 
     def kill_and_restart(sim):
@@ -69,14 +94,17 @@ def test_redis_killed_and_restarted_mid_queue_loses_no_caller_and_no_ticket():
         server.process.kill()
         server.process.wait(5)
         marks["killed"] = time.monotonic()
+        logging.getLogger("hotline.test").warning("[fault] Redis killed")
         time.sleep(2)
         server.start()  # same port, empty (no persistence): state must rebuild itself
         marks["restarted"] = time.monotonic()
+        logging.getLogger("hotline.test").warning("[fault] Redis restarted empty")
 
-    sim, result = simulate(30, "both", 3, seed=3, hooks=[kill_and_restart])
+    with product_log(tmp_path) as said:
+        sim, result = simulate(30, "both", 3, seed=3, hooks=[kill_and_restart])
     # no Twilio caller is left alone in the conference by an agent who hung up during the outage
     silent = [(r.id, r.detail) for r in sim.records.values() if r.silence]
-    assert not silent, silent
+    assert not silent, (silent, said(*(call_id for call_id, _ in silent)))
     lost = [(r.id, r.front, r.detail) for r in sim.records.values() if r.outcome is None]
     assert not lost, lost
     assert result["tickets_missing"] == 0, sim.missing_tickets

@@ -139,6 +139,38 @@ def test_words_heard_as_a_seat_is_offered_the_call_do_not_undo_the_offer(redis_c
     assert (call.state, call.agent, call.heard) == ("talking", "a1", "我想问一下社保卡怎么补办")
 
 
+def test_words_heard_as_the_caller_hangs_up_do_not_bring_the_call_back_into_the_queue(redis_client, redis_url, rules):
+    """The caller's last words are still being classified when they hang up (or the agent's dial
+    ends): the end must not be written over by the words' older copy of the call, or the ACD
+    would keep a caller who is gone waiting in line and offer them to a seat."""
+    import threading
+    import time
+
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    classifying = threading.Event()
+
+    def slow_classify(text):
+        classifying.set()
+        time.sleep(0.4)
+        return {"skill": "labor_social_security", "line": "12333"}
+
+    flow = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client), classify=slow_classify)
+    for call_id, end in (("e1", lambda c: flow.hung_up(c)), ("e2", lambda c: flow.fallback(c))):
+        flow.start(call_id, "12345", "13800138000")
+        assert flow.wait(call_id).action == "queue"
+        classifying.clear()
+        words = threading.Thread(target=flow.heard, args=(call_id, "我想问一下社保卡怎么补办"))
+        words.start()
+        assert classifying.wait(2)
+        end(call_id)
+        words.join(3)
+        assert flow.state(call_id).state == "ended", call_id
+        assert acd.call(call_id)["state"] in ("abandoned", "left"), call_id  # out of the line, not waiting
+        assert flow.wait(call_id).action == "hangup"  # a late tick of the front-end hangs up, never queues
+
+
 def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_client, redis_url, rules):
     """Redis restarted without its data while a request still held the caller's state and wrote it
     back afterwards: the flow says waiting, the ACD knows no such call — in line again."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from ivr.flow.start import one_at_a_time
 from ivr.flow.state import Turn
 
 log = logging.getLogger("hotline.flow")
@@ -34,6 +35,7 @@ class AgentPart:
             call.state = "talking"
             self._save(call)
 
+    @one_at_a_time
     def transfer_ended(self, call_id: str, status: str) -> Turn:
         """The front-end's dial ended (Asterisk DIALSTATUS / Twilio DialCallStatus).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from call_routing.router import decide
+from ivr.flow.start import one_at_a_time
 from ivr.flow.state import CallNotFound, CallState, Turn
 from ivr.flow.words import SURVEY, SURVEY_SCORES, SURVEY_THANKS, _say
 
@@ -21,6 +22,7 @@ class CallEnd:
         """The satisfaction question (keys 1-3) asked after the agent hung up."""
         return self._survey_turn(self._load(call_id))
 
+    @one_at_a_time
     def fallback(self, call_id: str, known=None) -> None:
         """The front-end failed and sends the caller to its own safe fallback: leave our queue.
         ``known``: as for :meth:`hung_up` (the ``h`` extension of the dialplan's fallback)."""
@@ -35,6 +37,7 @@ class CallEnd:
         if known is not None:  # the report of a call that is over (not the AGI giving the caller up)
             self._keep_ticket(call)
 
+    @one_at_a_time
     def survey(self, call_id: str, digit: str) -> Turn:
         call = self._load(call_id)
         score = SURVEY_SCORES.get(digit)
@@ -54,6 +57,7 @@ class CallEnd:
         self._finish(call, "completed")
         return self._turn(call, "hangup", [_say(SURVEY_THANKS)] if score else [], reason="survey")
 
+    @one_at_a_time
     def hung_up(self, call_id: str, known=None) -> None:
         """The caller is gone, wherever the call was. Idempotent.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 from dataclasses import asdict
 
@@ -14,6 +15,18 @@ from call_routing.router import decide
 from ivr.flow.state import CallNotFound, CallState, CallStore, QueuePort, TicketPort, Turn
 
 log = logging.getLogger("hotline.flow")
+
+
+def one_at_a_time(method):
+    """A flow step that reads, changes and writes one call's state, run under the call's lock
+    (:meth:`CallStart._one_at_a_time`): words still being classified must not write their older
+    copy of the call over the caller's hang-up, a key press or the end of a dial."""
+    @functools.wraps(method)
+    def step(self, call_id, *args, **kwargs):
+        with self._one_at_a_time(call_id):
+            return method(self, call_id, *args, **kwargs)
+    return step
+
 
 
 class CallStart:

@@ -6,6 +6,7 @@ import logging
 from call_routing.numbers import mask
 from call_routing.router import decide, emergency_heard
 from ivr.flow.agent import EMERGENCY_PRIORITY
+from ivr.flow.start import one_at_a_time
 from ivr.flow.state import CallState, Turn
 from ivr.flow.words import CALLBACK_BOOKED, CALLBACK_OFFER, INVITE, _say, position_announcement
 
@@ -129,6 +130,7 @@ class Waiting:
         if call.ticket:
             self.tickets.recording(call.ticket, path)
 
+    @one_at_a_time
     def pressed(self, call_id: str, digit: str) -> Turn:
         """A key pressed while waiting: 1 after the offer books a callback that keeps the place."""
         call = self._load(call_id)
