@@ -35,13 +35,24 @@ def _secret_key(app) -> str:
         return key
     path = Path(app.config.get("SECRET_KEY_FILE") or ROOT / "var" / "secret_key")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    if not path.exists():
+        # the web workers start together: each writes a whole key aside and links it in place;
+        # the first link wins and nobody ever reads a file still being written (an empty key
+        # would refuse every session another worker signed: "CSRF 校验失败" at sign-in)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} holds no key: delete it (a new one is made at start; everyone signs in again)")
+    return key
 
 
 def bootstrap_admin(db, password: str | None = None) -> str | None:

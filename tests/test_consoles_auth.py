@@ -348,3 +348,27 @@ def test_the_seat_command_finds_the_redis_run_sh_started_or_says_what_to_do(tmp_
         r = redis_lib.Redis.from_url(server.url, decode_responses=True)
         assert r.hget("acd:agent:a9", "name") == "王九" and r.hgetall("acd:agent:a9:skills") == {"general": "50"}
     assert not (tmp_path / "redis" / "url").exists()  # gone with the server
+
+
+def _key_of_a_worker(path: str) -> str:
+    from types import SimpleNamespace
+
+    from consoles import _secret_key
+
+    return _secret_key(SimpleNamespace(config={"SECRET_KEY_FILE": path}))
+
+
+def test_web_workers_starting_together_sign_sessions_with_one_key(tmp_path, monkeypatch):
+    """gunicorn starts its workers at once, and the first start makes the key: a worker that read
+    it half-written signed with another key, and a sign-in page served by one worker was refused
+    by the next (CSRF 校验失败)."""
+    import multiprocessing
+
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with multiprocessing.get_context("fork").Pool(8) as workers:
+        for start in range(40):
+            path = str(tmp_path / f"start{start}" / "secret_key")
+            keys = workers.map(_key_of_a_worker, [path] * 8, chunksize=1)
+            assert len(set(keys)) == 1 and len(keys[0]) == 64, (start, keys)
+            assert os.stat(path).st_mode & 0o777 == 0o600
+    assert not list(tmp_path.rglob("*.tmp"))  # no key left lying about

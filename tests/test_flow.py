@@ -171,6 +171,39 @@ def test_words_heard_as_the_caller_hangs_up_do_not_bring_the_call_back_into_the_
         assert flow.wait(call_id).action == "hangup"  # a late tick of the front-end hangs up, never queues
 
 
+def test_a_late_wait_tick_after_the_agent_answered_leaves_the_call_talking(redis_client, redis_url, rules):
+    """Twilio sends the wait URL while the caller holds in <Enqueue>; one sent just before the
+    agent's answer can arrive after it. The call stays a conversation: when the caller hangs up,
+    the ticket says completed, not abandoned, and the agent's seat is freed."""
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    tickets = F.MemoryTickets()
+    flow = F.CallFlow(rules, AcdQueue(acd), tickets, F.RedisCalls(redis_client))
+    turn = flow.start("t1", "12345", "13800138000")
+    assert flow.wait("t1").action == "queue"
+    acd.save_agent(Agent("a1", "张敏", {"general": 10}, ("client:a1",)))
+    acd.login("a1")
+    flow.offered("t1", "a1", "client:a1")
+    flow.agent_answered("t1")
+    flow.wait("t1")  # the late tick
+    assert flow.state("t1").state == "talking"
+    flow.hung_up("t1")
+    assert tickets.tickets[turn.ticket]["status"] == "completed"
+    assert acd.call("t1")["state"] == "completed" and acd.agent("a1")["state"] != "busy"
+
+
+def test_a_fallback_reported_after_the_call_ended_does_not_change_how_it_ended(mem):
+    flow, queue, tickets, _ = mem
+    turn = flow.start("f1", "12345", "13800138000")
+    flow.wait("f1")
+    flow.hung_up("f1")
+    assert tickets.tickets[turn.ticket]["status"] == "abandoned"
+    flow.fallback("f1", known={})  # the dialplan's h extension reports the end once more
+    assert tickets.tickets[turn.ticket]["status"] == "abandoned"
+    assert flow.state("f1").state == "ended"
+
+
 def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_client, redis_url, rules):
     """Redis restarted without its data while a request still held the caller's state and wrote it
     back afterwards: the flow says waiting, the ACD knows no such call — in line again."""

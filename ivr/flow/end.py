@@ -31,6 +31,10 @@ class CallEnd:
         except CallNotFound:
             self._lost_call_ended(call_id, known, "fallback")
             return
+        if call.state == "ended":  # reported again (the dialplan's h extension after our own end)
+            if known is not None:
+                self._keep_ticket(call)
+            return
         if call.state == "waiting" and call.enqueued_at is not None:
             self.queue.leave(call_id, "fallback")
         self._finish(call, "fallback")

@@ -33,6 +33,10 @@ class Waiting:
         now = self.clock()
         if call.state == "ended":
             return self._turn(call, "hangup")
+        if call.state == "talking":
+            # a late tick (Twilio's wait request sent just before the agent's answer): the
+            # conversation goes on; Twilio discards this answer
+            return self._turn(call, "queue")
         if call.state == "transferring" and call.target_kind == "emergency" and call.target:
             # an emergency heard by another process (the caller's speech while waiting): go now
             return self._turn(call, "transfer", self._emergency_notice(call, call.heard, rules),
