@@ -193,7 +193,6 @@ def main() -> int:
     from runtime.redis_server import DataDirError, redis_url_or_embedded
     from runtime.redis_conn import SettingError, sentinel_summary
     from runtime.proxy import nginx_binary, nginx_command, nginx_config
-    from runtime.redis_server import free_port
     from runtime.supervisor import Supervisor
     from call_routing.rules import RulesError
 
@@ -246,7 +245,7 @@ def main() -> int:
     if os.environ.get("WEB_PROXY", "nginx") != "off" and nginx_binary():
         # nginx reads each request whole before a gunicorn worker sees it: slow clients hold nothing
         proxy_dir = tempfile.mkdtemp(prefix="hotline-nginx-")
-        public, bind = bind, f"127.0.0.1:{free_port()}"
+        public, bind = bind, f"unix:{proxy_dir}/web.sock"  # gunicorn behind it: no port to race for
         children["proxy"] = nginx_command(nginx_config(public, bind, proxy_dir, media=live.get("media")))
         os.environ.setdefault("PROXY_HOPS", "1")  # the client's address, as nginx says, for audit and throttling
         log.info("serving on http://%s through nginx (buffering proxy; WEB_PROXY=off to serve gunicorn directly)",

@@ -22,7 +22,8 @@ def nginx_binary() -> str | None:
 def nginx_config(listen: str, upstream: str, workdir: str | os.PathLike, max_body: str = "2m",
                  media: str | None = None) -> Path:
     """Write an nginx configuration that listens on ``listen`` (``host:port``) and passes every
-    request, read whole, to ``upstream`` (``host:port``); its pid, logs and buffers in ``workdir``.
+    request, read whole, to ``upstream`` (``host:port``, or ``unix:/path`` of gunicorn's socket);
+    its pid, logs and buffers in ``workdir``.
     With ``media`` (``host:port``), WebSockets to ``/twilio/media`` go there (Twilio Media Streams,
     ``ivr.twilio.media``), held as long as a caller waits."""
     d = Path(workdir)
@@ -49,10 +50,11 @@ http {{
   keepalive_timeout 15s;
   client_max_body_size {max_body};
   server_tokens off;
+  upstream hotline_web {{ server {upstream}; }}
   server {{
     listen {listen};{_media_location(media)}
     location / {{
-      proxy_pass http://{upstream};
+      proxy_pass http://hotline_web;
       proxy_request_buffering on;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
