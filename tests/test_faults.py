@@ -358,7 +358,7 @@ def test_an_invalid_rules_file_written_mid_load_never_replaces_the_rules_in_serv
         seen["problems"] = sim.app.extensions["rules"].problems if hasattr(sim.app.extensions["rules"], "problems") \
             else None
 
-    sim, result = simulate(24, "both", 6, seed=9, hooks=[break_rules])
+    sim, result = simulate(24, "both", 6, seed=9, hooks=[break_rules], callback_share=0)  # callbacks: their own tests
     assert_nobody_lost(sim, result)
     assert seen["web"] == seen["before"] and seen["agi"] == seen["before"]
     assert result["fallback"] == 0  # nobody needed the degraded route: the old rules kept serving
