@@ -45,6 +45,7 @@ MAX_PAD_S = 1.0  # silence fed to the recogniser per gap: enough to end any utte
 CHECK_EVERY_S = 1.0  # is the call still waiting?
 PENDING_S = 30  # an issued id not claimed by then is void; a live stream keeps its call's mark this fresh
 PREFIX = "hotline:audiosocket:"
+LIVE = "live"  # the value of a call's mark while its stream is connected
 
 
 class ProtocolError(Exception):
@@ -94,6 +95,15 @@ class Ids:
         pipe.delete(PREFIX + uid)
         call_id = pipe.execute()[0]
         return call_id.decode() if isinstance(call_id, bytes) else call_id
+
+    def streaming(self, call_id: str) -> None:
+        """The call's stream is connected and heard (claimed): :meth:`live` says so."""
+        self.r.set(PREFIX + "call:" + call_id, LIVE, ex=PENDING_S)
+
+    def live(self, call_id: str) -> bool:
+        """Whether the caller is heard right now (``queue_wait`` then listens without recording)."""
+        value = self.r.get(PREFIX + "call:" + call_id)
+        return (value.decode() if isinstance(value, bytes) else value) == LIVE
 
     def alive(self, call_id: str) -> None:
         self.r.expire(PREFIX + "call:" + call_id, PENDING_S)
@@ -178,6 +188,7 @@ class AudioSocketServer:
             conn.sendall(frame(KIND_HANGUP))
             raise ProtocolError(f"id {uid} was not issued for a waiting call (or is used up)")
         self.stats["streams"] += 1
+        self.ids.streaming(call_id)
         log.info("call %s: streaming (id %s)", call_id, uid)
         listener = LiveListener(self.services, call_id, "audiosocket")
         conn.settimeout(5.0)  # once a frame starts, the rest of it follows at once

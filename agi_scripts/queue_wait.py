@@ -4,7 +4,8 @@
 agent assigned -> ``HOTLINE_ACTION=transfer`` with the agent's endpoint in
 ``HOTLINE_TARGET``; position/wait announcements; the invitation to describe the matter
 (EAGI: audio from fd 3 streamed to the recognizer, or kept as a WAV for the rq job;
-FastAGI: RECORD FILE + job); the callback offer (key 1). A session lasts at most
+FastAGI: heard live by the AudioSocket server while the loop goes on ticking, with MixMonitor
+keeping a WAV, else RECORD FILE + job); the callback offer (key 1). A session lasts at most
 ``HOTLINE_WAIT_SESSION_S`` seconds and then hands back ``queue``: the dialplan loops, so no
 AGI session (or FastAGI thread) is held for a whole long wait.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import wave
 
 from ivr.asterisk.agi import EAGI_RATE, Hangup, hand_back, play_steps
@@ -55,6 +57,50 @@ def listen_live(session, address: str) -> None:
     if uid is not None:
         channel = session.agi.env.get("agi_channel", "")
         session.agi.execute("EXEC", "Originate", session.agi._quote(dial_string(address, uid, channel)))
+
+
+def heard_live(session) -> bool:
+    """FastAGI: whether the AudioSocket server hears this caller right now."""
+    from .audiosocket import Ids
+
+    client = getattr(session.flow.calls, "client", None)
+    try:
+        return client is not None and Ids(client).live(session.call_id)
+    except Exception:  # Redis unreachable: record the matter as without live speech
+        return False
+
+
+def listen_to_matter(session) -> None:
+    """The caller describes the matter while the AudioSocket server hears them: no RECORD FILE
+    holding the channel for up to 15 s, so a seat freed or an emergency heard meanwhile is
+    acted on at the next tick. The hold music stays off until the words end (the live
+    recogniser's utterance on the flow), ``#``, or ``RECORD_MAX_S``; MixMonitor keeps what was
+    said for the ticket (the agent can listen to it), as RECORD FILE did."""
+    agi, flow, call_id = session.agi, session.flow, session.call_id
+    os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
+    path = os.path.join(session.services.recordings_dir, file_name(call_id))
+    agi.music(False)
+    agi.execute("EXEC", "MixMonitor", agi._quote(f"{path}.part.wav,i(HOTLINE_MATTER),mv {path}.part.wav {path}.wav"))
+    heard_before = flow.state(call_id).heard
+    end = flow.clock() + RECORD_MAX_S
+    try:
+        while flow.clock() < end:
+            call = flow.state(call_id)
+            if call.state != "waiting" or call.heard != heard_before:
+                break  # moved (an emergency heard, the caller gone), or the matter said
+            if flow.queue.status(call_id).state != "waiting":
+                break  # a seat is offered (or the call left the queue): the loop carries it out now
+            if agi.wait_digit(int(TICK_S * 1000)) == "#":
+                break
+    finally:
+        if not agi.hung_up:
+            agi.execute("EXEC", "StopMixMonitor", agi._quote(agi.get_var("HOTLINE_MATTER")))
+    for _ in range(20):  # MixMonitor renames the file once it has closed it
+        if os.path.exists(path + ".wav"):
+            flow.recorded(call_id, path + ".wav")
+            break
+        time.sleep(0.1)
+    agi.music(True)
 
 
 def _leave(session, turn) -> None:
@@ -145,6 +191,8 @@ def wait(session, max_s: float | None = None) -> None:
             if listen.get("purpose") == "matter":
                 if session.audio is not None:
                     listener = _Listener(session)
+                elif heard_live(session):
+                    listen_to_matter(session)
                 else:
                     agi.music(False)
                     os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,40 @@ def test_an_emergency_heard_over_audiosocket_is_transferred_while_the_hold_music
         call.bridged_with("Local/119@lab-pstn", timeout=15)
         assert world.acd.call(call.call_id())["state"] not in ("waiting", "ringing")
         wait_until(lambda: call.hung_up(spy), 10, 0.1, "the AudioSocket channel to close")
+
+
+def test_an_emergency_said_while_describing_the_matter_is_transferred_before_the_caller_stops(pbx):
+    """After the invitation the caller is heard live, not recorded with RECORD FILE (which held
+    the channel until 2 s after the words, up to 15 s): the loop goes on ticking, so the fire
+    said in the description is acted on while the caller still speaks."""
+    world = pbx
+    with audiosocket_server(world, HOTLINE_RECOGNIZER="tests.fake_recognizer:Recognizer", FAKE_SPEECH_ONLY="1"):
+        call = world.call("12345")
+        call_id = call.call_id()
+        wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
+        audiosocket_channel(world, call)
+        # the invitation, then the product listens: MixMonitor keeps the words for the ticket
+        wait_until(lambda: any(e.get("Event") == "AGIExecStart" and "MixMonitor" in e.get("Command", "")
+                               for e in call.events()), 40, 0.05, "listening to the matter")
+        world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
+        world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
+        call.bridged_with("Local/119@lab-pstn", timeout=20)
+        events = world.events_since(call.mark)
+        transfer = next(float(e["Timestamp"]) for e in events if e.get("Event") == "VarSet"
+                        and e.get("Variable") == "HOTLINE_TARGET" and e.get("Value") == "119")
+        spoken = next((float(e["Timestamp"]) for e in events if e.get("Event") == "Newexten"
+                       and e.get("AppData") == "spoken"), None)
+        # the 3.3-s clip: the words (a second of voice) heard, the transfer at the next tick —
+        # before the clip ends, or at worst just after (RECORD FILE returned ≥ 2 s after it)
+        assert spoken is None or transfer < spoken + 1.5, (transfer, spoken)
+        assert not any(e.get("Event") == "AGIExecStart" and e.get("Command", "").startswith("RECORD FILE")
+                       for e in events)
+        assert world.acd.call(call_id)["state"] not in ("waiting", "ringing")
+        # what the caller said is kept for the ticket all the same (MixMonitor, not RECORD FILE)
+        kept = Path(world.product.env["HOTLINE_RECORDINGS"]) / f"{call_id}.wav"
+        wait_until(kept.exists, 10, 0.1, "the description's recording")
+        with wave.open(str(kept)) as w:
+            assert w.getnframes() / w.getframerate() >= 1.0  # the second of voice heard, at least
 
 
 def closed(sock) -> bool:
