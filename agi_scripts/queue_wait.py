@@ -22,6 +22,7 @@ MAX_SESSION_S = float(os.environ.get("HOTLINE_WAIT_SESSION_S", "60"))
 TICK_S = 1.0
 LISTEN_MAX_S = 20
 RECORD_MAX_S = 15
+QUIET_S = 2  # live listening to the matter ends this long after the caller's last words
 HEARD_MAX_CHARS = 500
 
 
@@ -73,21 +74,25 @@ def heard_live(session) -> bool:
 def listen_to_matter(session) -> None:
     """The caller describes the matter while the AudioSocket server hears them: no RECORD FILE
     holding the channel for up to 15 s, so a seat freed or an emergency heard meanwhile is
-    acted on at the next tick. The hold music stays off until the words end (the live
-    recogniser's utterance on the flow), ``#``, or ``RECORD_MAX_S``; MixMonitor keeps what was
-    said for the ticket (the agent can listen to it), as RECORD FILE did."""
+    acted on at the next tick. The hold music stays off until ``QUIET_S`` after the caller's
+    last words (the live recogniser's utterances on the flow), ``#``, or ``RECORD_MAX_S``;
+    MixMonitor keeps what was said for the ticket (the agent can listen to it), as RECORD FILE did."""
     agi, flow, call_id = session.agi, session.flow, session.call_id
     os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
     path = os.path.join(session.services.recordings_dir, file_name(call_id))
     agi.music(False)
     agi.execute("EXEC", "MixMonitor", agi._quote(f"{path}.part.wav,i(HOTLINE_MATTER),mv {path}.part.wav {path}.wav"))
-    heard_before = flow.state(call_id).heard
+    heard, said_at = flow.state(call_id).heard, None
     end = flow.clock() + RECORD_MAX_S
     try:
         while flow.clock() < end:
             call = flow.state(call_id)
-            if call.state != "waiting" or call.heard != heard_before:
-                break  # moved (an emergency heard, the caller gone), or the matter said
+            if call.state != "waiting":
+                break  # moved (an emergency heard), or the caller gone
+            if call.heard != heard:  # an utterance ended: the caller may go on after a pause
+                heard, said_at = call.heard, flow.clock()
+            elif said_at is not None and flow.clock() - said_at >= QUIET_S:
+                break  # the matter said, then quiet (as RECORD FILE's silence)
             if flow.queue.status(call_id).state != "waiting":
                 break  # a seat is offered (or the call left the queue): the loop carries it out now
             if agi.wait_digit(int(TICK_S * 1000)) == "#":

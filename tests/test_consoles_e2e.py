@@ -46,6 +46,8 @@ def server(redis_server_url, tmp_path_factory):
     redis.Redis.from_url(redis_server_url).flushdb()
     here = tmp_path_factory.mktemp("e2e")
     app = make_console_app(here, redis_server_url, HOTLINE_RECORDINGS=str(here / "recordings"))
+    for warm in app.extensions.get("warm_up", ()):  # as gunicorn's workers do once started
+        warm()                                     # (runtime/serving.py): the pre-fill loaded
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

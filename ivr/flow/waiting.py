@@ -24,8 +24,21 @@ class Waiting:
     def heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
         """Words the caller said while waiting: emergency -> transfer now; a possible emergency ->
         ahead of the queue with a supervisor alert; a clear domain -> requeue."""
+        text = (text or "").strip()
+        fields = None
+        if text and self.classify is not None and emergency_heard(self._rules(), text) is None:
+            # the pre-fill (slow under load) outside the call's lock: a tick, an offer or the
+            # caller's hang-up meanwhile never waits for it; its answer is applied under the lock
+            fields = self._classify(call_id, text)
         with self._one_at_a_time(call_id):
-            return self._heard(call_id, text, source)
+            return self._heard(call_id, text, source, fields)
+
+    def _classify(self, call_id: str, text: str) -> dict:
+        try:
+            return self.classify(text) or {}
+        except Exception:  # a pre-fill failure must never touch the call
+            log.exception("call %s: classifying what was heard failed", call_id)
+            return {}
 
     def _wait(self, call_id: str) -> Turn:
         call = self._load(call_id)
@@ -81,10 +94,9 @@ class Waiting:
             return self._turn(call, "queue", [position_announcement(status.position, status.estimated_wait_s)])
         return self._turn(call, "queue")
 
-    def _heard(self, call_id: str, text: str, source: str = "speech") -> Turn:
+    def _heard(self, call_id: str, text: str, source: str = "speech", fields: dict | None = None) -> Turn:
         call = self._load(call_id)
         rules = self._rules()
-        text = (text or "").strip()
         if not text:
             return self._turn(call, "queue" if call.state == "waiting" else "hangup")
         call.heard = ((call.heard + " ") if call.heard else "") + text
@@ -102,11 +114,8 @@ class Waiting:
             log.warning("call %s: emergency %s heard while waiting, transferring", call_id, emergency.number)
             return self._turn(call, "transfer", self._emergency_notice(call, text, rules), reason="emergency")
         if self.classify is not None:
-            try:
-                fields = self.classify(text) or {}
-            except Exception:  # a pre-fill failure must never touch the call
-                log.exception("call %s: classifying what was heard failed", call_id)
-                fields = {}
+            if fields is None:
+                fields = self._classify(call_id, text)
             skill = fields.get("skill")
             if fields.get("emergency_possible"):
                 # 可能紧急: a seat hears the caller first — next free seat, supervisor alerted
