@@ -11,13 +11,14 @@ AGI session (or FastAGI thread) is held for a whole long wait.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-import time
 import wave
 
 from ivr.asterisk.agi import EAGI_RATE, Hangup, hand_back, play_steps
 
+log = logging.getLogger("hotline.agi")
 MAX_SESSION_S = float(os.environ.get("HOTLINE_WAIT_SESSION_S", "60"))
 TICK_S = 1.0
 LISTEN_MAX_S = 20
@@ -100,12 +101,23 @@ def listen_to_matter(session) -> None:
     finally:
         if not agi.hung_up:
             agi.execute("EXEC", "StopMixMonitor", agi._quote(agi.get_var("HOTLINE_MATTER")))
-    for _ in range(20):  # MixMonitor renames the file once it has closed it
-        if os.path.exists(path + ".wav"):
-            flow.recorded(call_id, path + ".wav")
-            break
-        time.sleep(0.1)
+        _keep_matter(flow, call_id, path + ".wav")  # also when the caller hung up while speaking
     agi.music(True)
+
+
+def _keep_matter(flow, call_id: str, wav: str) -> None:
+    """The description MixMonitor keeps, to the ticket (its job transcribes it): never a
+    recording without its ticket. MixMonitor writes ``NAME.part.wav`` and renames it once closed:
+    at StopMixMonitor, or only when the channel is gone after a hang-up (after this session
+    ends), so the job waits for the rename (``intake.jobs``)."""
+    partial = wav[: -len(".wav")] + ".part.wav"
+    if not (os.path.exists(wav) or os.path.exists(partial)):
+        log.warning("call %s: MixMonitor kept no recording of the description (%s)", call_id, partial)
+        return
+    try:
+        flow.recorded(call_id, wav)
+    except Exception:  # e.g. Redis unreachable: the file stays in the recordings folder
+        log.exception("call %s: the description's recording %s could not be given to its ticket", call_id, wav)
 
 
 def _leave(session, turn) -> None:

@@ -191,6 +191,8 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
             recording = fetch_recording(call_id, recording)
         except RecordingGone as exc:
             problem = str(exc)
+    if not problem:
+        _wait_for_rename(recording)
     problem = problem or recording_problem(recording)
     if problem:
         t = store.attach_transcript(call_id, text=None, status="unreadable", recording=recording, reason=problem,
@@ -211,6 +213,16 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
                                 entry_line=entry_line, rules_version=version)
     log.info("call %s: recording transcribed (%s), ticket %s %s", call_id, status, t.id, t.status)
     return {"ticket": t.id, "status": t.status, "transcript_status": t.transcript_status}
+
+
+def _wait_for_rename(recording: str, wait_s: float = 20.0) -> None:
+    """A description MixMonitor still writes (``NAME.part.wav``, renamed ``NAME.wav`` once the
+    channel lets it go, after the caller's hang-up): wait for it, a while at most."""
+    path = Path(recording)
+    partial = path.with_name(path.stem + ".part.wav")
+    deadline = time.monotonic() + wait_s
+    while not path.exists() and partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 class RecordingNotReady(OSError):

@@ -151,6 +151,33 @@ def test_an_emergency_said_while_describing_the_matter_is_transferred_before_the
             assert w.getnframes() / w.getframerate() >= 1.0  # the second of voice heard, at least
 
 
+def test_a_caller_who_hangs_up_while_describing_the_matter_leaves_what_they_said_on_the_ticket(pbx):
+    world = pbx
+    with audiosocket_server(world, HOTLINE_RECOGNIZER="tests.fake_recognizer:Recognizer", FAKE_HEARD=""):
+        call = world.call("12345")
+        call_id = call.call_id()
+        wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
+        audiosocket_channel(world, call)
+        wait_until(lambda: any(e.get("Event") == "AGIExecStart" and "MixMonitor" in e.get("Command", "")
+                               for e in call.events()), 40, 0.05, "listening to the matter")
+        world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
+        world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
+        wait_until(lambda: any(e.get("Event") == "Newexten" and e.get("AppData") == "spoken"
+                               for e in world.events_since(call.mark)), 20, 0.05, "the caller to finish speaking")
+        call.hangup()  # gone before the description's listening ended
+        kept = str(Path(world.product.env["HOTLINE_RECORDINGS"]) / f"{call_id}.wav")
+
+        def on_ticket():
+            with contextlib.closing(sqlite3.connect(world.tmp / "tickets.db")) as db:
+                row = db.execute("select recording from tickets where call_id = ?", (call_id,)).fetchone()
+            return row and row[0]
+
+        wait_until(on_ticket, 30, 0.2, "the description's recording on the ticket")
+        assert on_ticket() == kept
+        with wave.open(kept) as w:
+            assert w.getnframes() / w.getframerate() >= 3.0  # the 3.3-s clip, said before hanging up
+
+
 def closed(sock) -> bool:
     try:
         return sock.recv(16) == b""
