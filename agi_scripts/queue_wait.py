@@ -214,7 +214,12 @@ def wait(session, max_s: float | None = None) -> None:
                     agi.music(False)
                     os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
                     path = os.path.join(session.services.recordings_dir, file_name(call_id))
-                    recorded = agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True)
+                    try:
+                        recorded = agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True)
+                    except Hangup:  # gone while describing it: what was said goes to the ticket all the same
+                        if os.path.exists(path + ".wav"):
+                            _keep_matter(flow, call_id, path + ".wav")
+                        raise
                     # words already as text: the live simulator's callers (a PBX with its own
                     # recogniser may set it too); acted on now, like speech heard over EAGI, and
                     # before the recording's job, which then never flags a heard ticket for manual entry

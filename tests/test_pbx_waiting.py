@@ -185,3 +185,34 @@ def test_redis_unresponsive_the_caller_reaches_the_fallback_seats(pbx):
         fallback_answered(call)
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+# -- what was said, kept ------------------------------------------------------------------------
+def test_a_caller_who_hangs_up_while_recording_the_matter_leaves_what_they_said_on_the_ticket(pbx):
+    import contextlib
+    import sqlite3
+    import wave
+    from pathlib import Path
+
+    from tests.test_pbx_speech import speech_clip
+
+    world = pbx
+    call = world.call("12345")
+    call_id = call.call_id()
+    wait_until(lambda: any(e.get("Event") == "AGIExecStart" and e.get("Command", "").startswith("RECORD FILE")
+                           for e in call.events()), 40, 0.05, "the recording of the matter")
+    world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
+    world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
+    wait_until(lambda: any(e.get("Event") == "Newexten" and e.get("AppData") == "spoken"
+                           for e in world.events_since(call.mark)), 20, 0.05, "the caller to finish speaking")
+    call.hangup()  # before RECORD FILE's 2 s of silence ended it
+    kept = str(Path(world.product.env["HOTLINE_RECORDINGS"]) / f"{call_id}.wav")
+
+    def on_ticket():
+        with contextlib.closing(sqlite3.connect(world.tmp / "tickets.db")) as db:
+            row = db.execute("select recording from tickets where call_id = ?", (call_id,)).fetchone()
+        return row and row[0]
+
+    assert wait_until(on_ticket, 30, 0.2, "the recording on the ticket") == kept
+    with wave.open(kept) as w:
+        assert w.getnframes() / w.getframerate() >= 2.5  # most of the 3.3-s clip (after the beep)
