@@ -117,21 +117,27 @@ def test_an_emergency_heard_over_audiosocket_is_transferred_while_the_hold_music
         wait_until(lambda: call.hung_up(spy), 10, 0.1, "the AudioSocket channel to close")
 
 
+def describes_the_matter(world):
+    """A caller on 12345 heard over AudioSocket, who speaks the 3.3-s clip once the product
+    listens to their description (after the invitation: MixMonitor, not RECORD FILE)."""
+    call = world.call("12345")
+    wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
+    audiosocket_channel(world, call)
+    wait_until(lambda: any(e.get("Event") == "AGIExecStart" and "MixMonitor" in e.get("Command", "")
+                           for e in call.events()), 40, 0.05, "listening to the matter")
+    world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
+    world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
+    return call
+
+
 def test_an_emergency_said_while_describing_the_matter_is_transferred_before_the_caller_stops(pbx):
     """After the invitation the caller is heard live, not recorded with RECORD FILE (which held
     the channel until 2 s after the words, up to 15 s): the loop goes on ticking, so the fire
     said in the description is acted on while the caller still speaks."""
     world = pbx
     with audiosocket_server(world, HOTLINE_RECOGNIZER="tests.fake_recognizer:Recognizer", FAKE_SPEECH_ONLY="1"):
-        call = world.call("12345")
+        call = describes_the_matter(world)
         call_id = call.call_id()
-        wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
-        audiosocket_channel(world, call)
-        # the invitation, then the product listens: MixMonitor keeps the words for the ticket
-        wait_until(lambda: any(e.get("Event") == "AGIExecStart" and "MixMonitor" in e.get("Command", "")
-                               for e in call.events()), 40, 0.05, "listening to the matter")
-        world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
-        world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
         call.bridged_with("Local/119@lab-pstn", timeout=20)
         events = world.events_since(call.mark)
         transfer = next(float(e["Timestamp"]) for e in events if e.get("Event") == "VarSet"
@@ -154,14 +160,8 @@ def test_an_emergency_said_while_describing_the_matter_is_transferred_before_the
 def test_a_caller_who_hangs_up_while_describing_the_matter_leaves_what_they_said_on_the_ticket(pbx):
     world = pbx
     with audiosocket_server(world, HOTLINE_RECOGNIZER="tests.fake_recognizer:Recognizer", FAKE_HEARD=""):
-        call = world.call("12345")
+        call = describes_the_matter(world)
         call_id = call.call_id()
-        wait_until(lambda: "hotline" in call.hold_music(), 15, 0.1, "hold music")
-        audiosocket_channel(world, call)
-        wait_until(lambda: any(e.get("Event") == "AGIExecStart" and "MixMonitor" in e.get("Command", "")
-                               for e in call.events()), 40, 0.05, "listening to the matter")
-        world.ami.action("DBPut", Family="lab", Key="speech", Val=speech_clip(world))
-        world.ami.action("Redirect", Channel=call.citizen(), Context="lab-speaker", Exten="s", Priority=1)
         wait_until(lambda: any(e.get("Event") == "Newexten" and e.get("AppData") == "spoken"
                                for e in world.events_since(call.mark)), 20, 0.05, "the caller to finish speaking")
         call.hangup()  # gone before the description's listening ended
