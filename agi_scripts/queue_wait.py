@@ -106,13 +106,13 @@ def listen_to_matter(session) -> None:
 
 
 def _keep_matter(flow, call_id: str, wav: str) -> None:
-    """The description MixMonitor keeps, to the ticket (its job transcribes it): never a
-    recording without its ticket. MixMonitor writes ``NAME.part.wav`` and renames it once closed:
-    at StopMixMonitor, or only when the channel is gone after a hang-up (after this session
-    ends), so the job waits for the rename (``intake.jobs``)."""
+    """The description RECORD FILE or MixMonitor kept, to the ticket (its job transcribes it):
+    never a recording without its ticket. MixMonitor writes ``NAME.part.wav`` and renames it
+    once closed: at StopMixMonitor, or only when the channel is gone after a hang-up (after
+    this session ends), so the job waits for the rename (``intake.jobs``)."""
     partial = wav[: -len(".wav")] + ".part.wav"
     if not (os.path.exists(wav) or os.path.exists(partial)):
-        log.warning("call %s: MixMonitor kept no recording of the description (%s)", call_id, partial)
+        log.warning("call %s: no recording of the description was kept (%s)", call_id, wav)
         return
     try:
         flow.recorded(call_id, wav)
@@ -217,8 +217,7 @@ def wait(session, max_s: float | None = None) -> None:
                     try:
                         recorded = agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True)
                     except Hangup:  # gone while describing it: what was said goes to the ticket all the same
-                        if os.path.exists(path + ".wav"):
-                            _keep_matter(flow, call_id, path + ".wav")
+                        _keep_matter(flow, call_id, path + ".wav")
                         raise
                     # words already as text: the live simulator's callers (a PBX with its own
                     # recogniser may set it too); acted on now, like speech heard over EAGI, and

@@ -23,14 +23,8 @@ recording with the ticket (the worker waits for MixMonitor to finish it).
 """
 from __future__ import annotations
 
-import logging
-import time
-
-from redis.exceptions import ConnectionError as RedisDown, TimeoutError as RedisTimeout
-
 from ivr.asterisk.agi import hand_back
-
-log = logging.getLogger("hotline.agi")
+from ivr.services import report_end
 
 #: how long the ``h`` extension's report of a call's end keeps trying while Redis is down
 END_REPORT_RETRY_S = 8.0
@@ -72,16 +66,5 @@ def channel_facts(session) -> dict:
 
 
 def _report_end(report, call_id: str, session, outcome: str | None = None) -> None:
-    """``report(call_id, known=...)``, tried again every half second while Redis cannot be reached;
-    ``outcome``: what the report says of the end (for the ticket, when the report is given up)."""
-    deadline = time.monotonic() + END_REPORT_RETRY_S
-    while True:
-        try:
-            return report(call_id, known=lambda: channel_facts(session))
-        except (RedisDown, RedisTimeout):
-            if time.monotonic() >= deadline:
-                # given up: the ticket is written from the channel all the same (Redis may come back empty)
-                session.flow.ended_unreachable(call_id, lambda: channel_facts(session), outcome)
-                raise
-            log.warning("call %s ended while Redis is unreachable: telling the call flow again in 0.5 s", call_id)
-            time.sleep(0.5)
+    """``report`` with what the channel holds, retried while Redis is unreachable (:func:`report_end`)."""
+    report_end(session.flow, report, call_id, lambda: channel_facts(session), outcome, END_REPORT_RETRY_S)

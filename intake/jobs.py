@@ -16,6 +16,7 @@ Failure handling:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -191,8 +192,11 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
             recording = fetch_recording(call_id, recording)
         except RecordingGone as exc:
             problem = str(exc)
-    if not problem:
-        _wait_for_rename(recording)
+    if not problem and _part_of(Path(recording)).exists():
+        # the description MixMonitor still writes: the caller hung up while saying it, and the
+        # file is renamed only once the channel is gone; by then at the latest, else flagged below
+        with contextlib.suppress(RecordingNotReady):
+            _finished_recording(Path(recording), CALL_RECORDING_WAIT_S)
     problem = problem or recording_problem(recording)
     if problem:
         t = store.attach_transcript(call_id, text=None, status="unreadable", recording=recording, reason=problem,
@@ -215,16 +219,6 @@ def transcribe_recording(call_id: str, recording: str, entry_line: str | None = 
     return {"ticket": t.id, "status": t.status, "transcript_status": t.transcript_status}
 
 
-def _wait_for_rename(recording: str, wait_s: float = 20.0) -> None:
-    """A description MixMonitor still writes (``NAME.part.wav``, renamed ``NAME.wav`` once the
-    channel lets it go, after the caller's hang-up): wait for it, a while at most."""
-    path = Path(recording)
-    partial = path.with_name(path.stem + ".part.wav")
-    deadline = time.monotonic() + wait_s
-    while not path.exists() and partial.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
 class RecordingNotReady(OSError):
     """The PBX is still writing the recording: rq tries again later."""
 
@@ -237,13 +231,15 @@ CALL_RECORDING_MAX_S = 4 * 3600.0
 MIN_CALL_RECORDING_S = 0.5
 
 
-def _finished_recording(name: str, wait_s: float) -> Path | None:
-    """The PBX's full-call recording ``name`` once complete (MixMonitor writes ``NAME.part.wav``
-    and renames it ``NAME.wav`` when the call is over); None when nothing was recorded."""
-    from intake.ticket_recordings import recording_file
+def _part_of(path: Path) -> Path:
+    """Where MixMonitor writes ``NAME.wav`` until it is complete (then renamed)."""
+    return path.with_name(path.stem + ".part.wav")
 
-    path = recording_file(recordings_dir(), name)
-    partial = path.with_name(path.stem + ".part.wav")
+
+def _finished_recording(path: Path, wait_s: float) -> Path | None:
+    """The PBX's recording ``path`` once complete (MixMonitor writes ``NAME.part.wav`` and
+    renames it ``NAME.wav`` when the call is over); None when nothing was recorded."""
+    partial = _part_of(path)
     deadline = time.monotonic() + wait_s
     while not path.exists():
         if time.monotonic() >= deadline:
@@ -277,7 +273,8 @@ def store_call_recording(call_id: str, recording: str, wait_s: float | None = No
     if recording.lower().startswith(("http://", "https://")):
         path, source = Path(fetch_recording(call_id, recording)), "twilio"
     else:
-        path = _finished_recording(recording, CALL_RECORDING_WAIT_S if wait_s is None else wait_s)
+        path = _finished_recording(recording_file(recordings_dir(), recording),
+                                   CALL_RECORDING_WAIT_S if wait_s is None else wait_s)
         source = "asterisk"
         if path is None:
             log.info("call %s: no full-call recording was written (never bridged to an agent)", call_id)

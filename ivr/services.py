@@ -23,6 +23,30 @@ from .flow import CallFlow, MemoryCalls, MemoryQueue, MemoryTickets, QueueStatus
 log = logging.getLogger("hotline.services")
 
 
+def report_end(flow, report, call_id: str, known, outcome: str | None = None, retry_s: float = 0.0) -> None:
+    """A front-end's report that the caller is gone, ``report(call_id, known)`` (the flow's
+    ``hung_up`` or ``fallback``, or the Twilio switchboard's ``caller_gone``), for both
+    front-ends. While Redis cannot be reached it is tried again every half second for
+    ``retry_s``; given up, the ticket is written all the same from what the front-end holds
+    (``known``: :meth:`~ivr.flow.CallFlow.ended_unreachable` — Redis may come back empty) and the
+    error raised, for the front-end to answer as for any failure. ``outcome``: what the report
+    says of the end (``fallback``), for that ticket."""
+    import time
+
+    from redis.exceptions import ConnectionError as RedisDown, TimeoutError as RedisTimeout
+
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return report(call_id, known)
+        except (RedisDown, RedisTimeout):
+            if time.monotonic() >= deadline:
+                flow.ended_unreachable(call_id, known, outcome)
+                raise
+            log.warning("call %s ended while Redis is unreachable: telling the call flow again in 0.5 s", call_id)
+            time.sleep(0.5)
+
+
 class AcdQueue:
     """:class:`~ivr.flow.QueuePort` over the Redis ACD."""
 

@@ -202,14 +202,10 @@ def _caller_gone(call_id: str) -> None:
     lets the flow keep the ticket of a call whose state and draft Redis lost (restarted empty).
     With Redis unreachable the report fails (Twilio does not send it again): the ticket is
     written from those facts all the same, before the webhook answers as for any failure."""
-    from redis.exceptions import ConnectionError as RedisDown, TimeoutError as RedisTimeout
+    from ivr.services import report_end
 
     known = {"dialed": request.form.get("To", ""), "caller": request.form.get("From")}
-    try:
-        _tw()["board"].caller_gone(call_id, known)
-    except (RedisDown, RedisTimeout):
-        _tw()["flow"].ended_unreachable(call_id, known)
-        raise
+    report_end(_tw()["flow"], _tw()["board"].caller_gone, call_id, known)
 
 
 def _ensure_call(call_id: str, dialed: str | None = None) -> None:
