@@ -5,6 +5,7 @@ one; every Twilio REST request is captured by an injected HTTP client (no networ
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import pytest
@@ -66,10 +67,12 @@ def connect(h, sid, agent="a1", to="12345"):
     start(h, sid, to)
     wait(h, sid)
     ring = h.http.posts("/Calls.json")[-1]
-    agent_leg = f"CAagentleg{len(h.http.requests)}"
+    agent_leg = h.app.extensions["twilio"]["legs"].get(sid)["agent_call"]  # the SID Twilio gave the ringing leg
     assert query(ring[1]["Url"])["agent"] == agent
     agent_twiml = h.twilio.twiml(f"/twilio/agent-answer?call={sid}&agent={agent}",
                                  {"CallSid": agent_leg, "CallStatus": "in-progress"})
+    if agent_twiml.find("Dial/Conference") is not None:
+        h.http.joined.setdefault(f"hotline-{sid}", set()).add(agent_leg)
     h.twilio.post("/twilio/conference-events", {"FriendlyName": f"hotline-{sid}", "ConferenceSid": "CF" + "1" * 32,
                                                 "StatusCallbackEvent": "conference-start"})
     return agent_leg, agent_twiml
@@ -419,7 +422,9 @@ def test_an_agent_hang_up_the_app_never_acted_on_is_found_by_asking_twilio_and_t
     listeners = [OfferListener(hotline.acd, tw["board"]) for _ in range(2)]  # two web processes
     sent = len(hotline.http.requests)
     assert listeners[0].check_hang_ups() == 0  # the agent still talks: Twilio says so, nothing moves
-    assert hotline.http.requests[sent:] == [("GET", f"{API}/Calls/{agent_leg}.json", {})]
+    running = ("GET", f"{API}/Conferences.json", {"Status": "in-progress", "PageSize": 200})
+    # the agent's leg, and the running conferences (none whose agent the app does not know)
+    assert hotline.http.requests[sent:] == [("GET", f"{API}/Calls/{agent_leg}.json", {}), running]
     hotline.acd.redis.delete("twilio:hang-up-check")  # the next period
 
     # the agent hangs up; the status callback is never acted on (Redis unreachable, the web
@@ -429,7 +434,8 @@ def test_an_agent_hang_up_the_app_never_acted_on_is_found_by_asking_twilio_and_t
     assert [listener.check_hang_ups() for listener in listeners] == [1, 0]  # one process asks Twilio
     assert hotline.http.requests[sent:] == [
         ("GET", f"{API}/Calls/{agent_leg}.json", {}),
-        ("POST", f"{API}/Calls/CAunheard.json", {"Url": "http://localhost/twilio/survey-start", "Method": "POST"})]
+        ("POST", f"{API}/Calls/CAunheard.json", {"Url": "http://localhost/twilio/survey-start", "Method": "POST"}),
+        running]
     hotline.twilio.post("/twilio/agent-status?call=CAunheard&agent=a1", {"CallSid": agent_leg,
                                                                           "CallStatus": "completed"})  # a late one
     hotline.acd.redis.delete("twilio:hang-up-check")
@@ -440,6 +446,55 @@ def test_an_agent_hang_up_the_app_never_acted_on_is_found_by_asking_twilio_and_t
     hotline.twilio.twiml("/twilio/survey", call_params("CAunheard", Digits="2"))
     assert hotline.tickets.tickets[hotline.flow.state("CAunheard").ticket]["survey"] == "basically_satisfied"
     assert hotline.acd.agent("a1")["state"] != "busy"
+
+def test_a_caller_alone_after_redis_forgot_the_call_and_the_agents_hang_up_went_unheard_hears_goodbye(
+        hotline, redis_url):
+    import redis as redis_lib
+
+    from ivr.twilio.calls import OfferListener
+
+    hotline.seat("a1", {"general": 50})
+    hotline.seat("a2", {"general": 50})
+    agent_leg, _ = connect(hotline, "CAlost", agent="a1")
+    connect(hotline, "CAtalks", agent="a2")
+    redis_lib.Redis.from_url(redis_url).flushall()  # Redis restarted empty while both talked
+    # the first agent hangs up; the status callback never reaches the app (its web process was down)
+    hotline.http.joined["hotline-CAlost"].discard(agent_leg)
+    board = hotline.app.extensions["twilio"]["board"]
+    board.ALONE_AFTER_S = 0.2
+    listener = OfferListener(hotline.acd, board)
+    moves = len(hotline.http.posts("/Calls/CAlost.json"))
+    assert listener.check_hang_ups() == 0  # seen alone once: it may be an agent joining this very moment
+    hotline.acd.redis.delete("twilio:hang-up-check")  # the next period
+    time.sleep(0.25)
+    assert listener.check_hang_ups() == 1
+    (_, move), = hotline.http.posts("/Calls/CAlost.json")[moves:]
+    assert "感谢您的来电" in move["Twiml"] and "<Hangup" in move["Twiml"]  # not left in a silent conference
+    assert len(hotline.http.posts("/Calls/CAtalks.json")) == 1  # the caller still talking was only moved in
+
+
+def test_a_caller_seen_alone_just_before_the_agent_joins_stays_with_the_agent(hotline, redis_url):
+    import redis as redis_lib
+
+    from ivr.twilio.calls import OfferListener
+
+    hotline.seat("a1", {"general": 50})
+    agent_leg, _ = connect(hotline, "CAjoin")
+    redis_lib.Redis.from_url(redis_url).flushall()
+    joined = hotline.http.joined.pop("hotline-CAjoin")  # the caller moved in, the agent a moment away
+    board = hotline.app.extensions["twilio"]["board"]
+    board.ALONE_AFTER_S = 0.2
+    listener = OfferListener(hotline.acd, board)
+    assert listener.check_hang_ups() == 0
+    hotline.http.joined["hotline-CAjoin"] = joined  # the agent is in
+    time.sleep(0.25)
+    hotline.acd.redis.delete("twilio:hang-up-check")
+    assert listener.check_hang_ups() == 0
+    hotline.http.joined["hotline-CAjoin"] = set()  # gone later: a first sighting again, not the old one
+    hotline.acd.redis.delete("twilio:hang-up-check")
+    assert listener.check_hang_ups() == 0
+    assert len(hotline.http.posts("/Calls/CAjoin.json")) == 1
+
 
 def test_the_hold_music_twilio_plays_is_the_project_s_own_clip_served_without_a_signature(hotline):
     import io

@@ -10,6 +10,8 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.request_validator import RequestValidator
 
+from tools.simulate.twilio_rest import conference_sid
+
 TOKEN = "test-auth-token-0123456789abcdef"
 ACCOUNT = "AC" + "0" * 32
 API = f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT}"
@@ -27,6 +29,7 @@ class RecordingHttpClient(HttpClient):
         self.running_conferences: list[dict] | None = None
         self.moved_into: dict[str, str] = {}  # caller leg -> the conference its last REST move put it in
         self.call_status: dict[str, str] = {}  # what GET Calls/<sid> answers: in-progress unless a test says
+        self.joined: dict[str, set[str]] = {}  # conference -> agent legs in it (their answer's TwiML joined them)
 
     def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
                 allow_redirects=False):
@@ -38,8 +41,16 @@ class RecordingHttpClient(HttpClient):
             running = self.running_conferences
             if running is None:
                 name = (params or {}).get("FriendlyName")
-                running = [{"sid": "CF" + "9" * 32, "friendly_name": name}] if name in self.moved_into.values() else []
+                running = [{"sid": conference_sid(n), "friendly_name": n, "status": "in-progress"}
+                           for n in sorted(set(self.moved_into.values())) if name in (None, n)]
             return Response(200, json.dumps({"conferences": running, "meta": {"key": "conferences"}}))
+        if method == "GET" and path.endswith("/Participants.json"):  # who is in it: the callers moved in, the agents
+            name = next((n for n in set(self.moved_into.values()) | set(self.joined) if conference_sid(n) in path), "")
+            members = [c for c, n in self.moved_into.items() if n == name] + sorted(self.joined.get(name, ()))
+            return Response(200, json.dumps({"participants": [{"call_sid": c, "account_sid": ACCOUNT,
+                                                               "conference_sid": conference_sid(name)}
+                                                              for c in members],
+                                             "meta": {"key": "participants"}}))
         if method == "POST" and "/Calls/" in path:  # a caller moved: into a conference, or out of it
             sid = path.rsplit("/", 1)[-1].split(".")[0]
             conference = ET.fromstring(data["Twiml"]).findtext(".//Conference") if "Twiml" in (data or {}) else None

@@ -3,6 +3,7 @@ the call's conference), ended (the caller goes on to the survey, or back to the 
 from __future__ import annotations
 
 import logging
+import time
 
 from redis.exceptions import RedisError
 from twilio.base.exceptions import TwilioRestException
@@ -157,6 +158,58 @@ class AgentLegs:
                 self.agent_leg_ended(call_id, status)
                 found += 1
         return found
+
+    ALONE_AFTER_S = 8.0  # a caller seen alone twice this far apart has been forgotten
+    ALONE_CHECKS_AT_MOST = 50  # participant lists asked for in one check (REST requests)
+
+    def lone_callers(self) -> int:
+        """Callers alone in their conference whom nothing else would move on. The agent's
+        hang-up reaches the app as the leg's status callback, and :meth:`missed_hang_ups` asks
+        Twilio about every agent the ACD has busy; but when Redis restarted empty *and* the
+        callback was not acted on (the web process down at that moment), neither knows the call
+        any more, and the caller would sit in a silent conference until they hang up. So Twilio
+        is asked for its running hotline conferences (``GET Conferences?Status=in-progress``,
+        one request a page); each one whose call the app does not know to have an agent in it
+        is asked for its participants, and a caller found alone there twice, at least
+        ``ALONE_AFTER_S`` apart (an agent who just answered joins a moment after the caller is
+        moved in), goes on: the survey when the call is known, else a spoken goodbye. Returns
+        how many were released."""
+        r, prefix = self.legs.r, f"{self.legs.prefix}alone:"
+        asked = released = 0
+        for conference in self.client.conferences.list(status="in-progress", page_size=200):
+            name = conference.friendly_name or ""
+            call_id = name[len("hotline-"):] if name.startswith("hotline-") else ""
+            if not call_id or "-" in call_id:  # not a citizen call's (a callback's is hotline-<call>-cb<n>)
+                continue
+            if self.legs.get(call_id).get("agent_in") == "1":
+                continue  # an agent the app knows is talking: their leg is watched (missed_hang_ups)
+            if asked >= self.ALONE_CHECKS_AT_MOST:
+                break
+            asked += 1
+            try:
+                others = [p for p in conference.participants.list(limit=20) if p.call_sid != call_id]
+            except TwilioRestException as exc:  # ended meanwhile
+                log.info("call %s: could not ask Twilio who is in its conference (%s)", call_id, exc.code)
+                continue
+            if others:
+                r.delete(prefix + call_id)
+                continue
+            now = time.time()
+            if r.set(prefix + call_id, now, nx=True, ex=600):
+                continue  # first seen alone: look again next time
+            since = float(r.get(prefix + call_id) or now)
+            if now - since < self.ALONE_AFTER_S:
+                continue
+            r.delete(prefix + call_id)
+            log.warning("call %s: the caller has been alone in the conference for %.0f s with nothing to move "
+                        "them on (an agent's hang-up not acted on); taking them on", call_id, now - since)
+            state = self._flow_state(call_id)
+            if state is None or state.state == "ended":
+                self._say_goodbye(call_id)
+            else:
+                self._release_alone_caller(call_id)
+            released += 1
+        return released
 
     def _release_alone_caller(self, call_id: str) -> None:
         """The agent has gone and the caller is alone in the conference: the survey when the

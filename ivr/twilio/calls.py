@@ -247,7 +247,8 @@ class OfferListener:
     * a sweep of the ACD's ringing set every ``sweep_s``: pub/sub is at-most-once (a message
       published while this process was reconnecting is lost), so an offer to a Twilio call that
       no process has rung yet is rung from there. The same thread looks for agents' hang-ups the
-      app never acted on (:meth:`Switchboard.missed_hang_ups`) every ``hang_up_check_s``, in one
+      app never acted on (:meth:`Switchboard.missed_hang_ups`, and callers left alone in their
+      conference: :meth:`Switchboard.lone_callers`) every ``hang_up_check_s``, in one
       process at a time (``SET twilio:hang-up-check NX PX``).
 
     Every web process hears every offer; :meth:`Switchboard.on_offer` claims
@@ -341,7 +342,7 @@ class OfferListener:
         legs = self.board.legs
         if not legs.r.set(f"{legs.prefix}hang-up-check", 1, nx=True, px=max(1, int(self.hang_up_check_s * 1000))):
             return 0
-        return self.board.missed_hang_ups()
+        return self.board.missed_hang_ups() + self.board.lone_callers()
 
     def sweep(self) -> int:
         """Ring offers to Twilio calls that no process has rung (a lost pub/sub message)."""

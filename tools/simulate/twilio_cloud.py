@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 from tools.simulate.agents import SimAgent
 from tools.simulate.twilio_callers import CallerLeg
-from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, LIVE_LEGS, REST_EVENTS, TOKEN
+from tools.simulate.twilio_rest import ACCOUNT, CONFERENCES, LIVE_LEGS, MEMBERS, REST_EVENTS, TOKEN, conference_sid
 
 
 class AgentLegs:
@@ -56,13 +56,15 @@ class AgentLegs:
             rec = self.sim.records.get(call_id)
             if rec is not None:
                 rec.agent = agent.id
-            self.post("/twilio/conference-events", {"FriendlyName": conf.text, "ConferenceSid": "CF" + "9" * 32,
+            self._member(conf.text, sid, True)
+            self.post("/twilio/conference-events", {"FriendlyName": conf.text, "ConferenceSid": conference_sid(conf.text),
                                                     "StatusCallbackEvent": "participant-join", "CallSid": sid})
             talk = agent.talk_s()
             if rec is not None and rec.behaviour == "patient" and self.sim.wants_transfer(call_id):
                 if self._transfer(agent, call_id, talk):
                     return  # the agent left the caller with the sub-center (warm transfer)
             cancelled.wait(talk)
+            self._member(conf.text, sid, False)
             self.post(status_path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": self.account,
                                     "CallDuration": str(int(talk))})
             with self.lock:
@@ -101,9 +103,12 @@ class AgentLegs:
         expert = self.sim.agent_by_endpoint(data.get("To", ""))
         if expert is not None:
             expert.calls += 1
+        conference = self.conference_by_sid(data.get("_Conference", ""))
         time.sleep(0.1)
+        self._member(conference, sid, True)
         self.post(path, {"CallSid": sid, "CallStatus": "in-progress", "AccountSid": self.account})
         time.sleep(random.uniform(0.3, 1.0))
+        self._member(conference, sid, False)
         self.post(path, {"CallSid": sid, "CallStatus": "completed", "AccountSid": self.account})
 
     def participant_deleted(self, sid: str) -> None:
@@ -126,6 +131,7 @@ class SimTwilio(CallerLeg, AgentLegs):
         self.inbox: dict[str, queue_mod.Queue] = {}  # caller leg -> REST moves for it
         self.legs: dict[str, threading.Event] = {}  # agent/party leg -> cancelled
         self.conferences: set[str] = set()  # running conferences: those a caller is in
+        self.members: dict[str, set[str]] = {}  # conference -> agent and party legs in it
         self.last_path: dict[str, str] = {}  # leg -> the last webhook posted for it (for reports)
         self.lock = threading.Lock()
         self._redis = None
@@ -139,6 +145,29 @@ class SimTwilio(CallerLeg, AgentLegs):
         ``in-progress``, else ``completed``."""
         with self.lock:
             return sid in self.legs or sid in self.inbox
+
+    def running_conferences(self) -> list[str]:
+        with self.lock:
+            return sorted(self.conferences)
+
+    def conference_members(self, name: str) -> list[str]:
+        """The agent and party legs in a conference (its caller aside)."""
+        with self.lock:
+            return sorted(self.members.get(name, ()))
+
+    def conference_by_sid(self, sid: str) -> str:
+        with self.lock:
+            return next((n for n in self.conferences if conference_sid(n) == sid), "")
+
+    def _member(self, name: str, sid: str, present: bool) -> None:
+        if not name:
+            return
+        with self.lock:
+            members = self.members.setdefault(name, set())
+            (members.add if present else members.discard)(sid)
+            if not members:
+                self.members.pop(name, None)
+        self._share(MEMBERS + name, sid, present)
 
     def _conference(self, name: str, running: bool) -> None:
         """Twilio's conference list, answered truthfully to ``GET Conferences``."""

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 from consoles.demo_phone import DemoPhone
 from tools.simulate.live import CONVERSATION, LiveError
 from tools.simulate.twilio_cloud import SimTwilio
-from tools.simulate.twilio_rest import SimHttpClient
+from tools.simulate.twilio_rest import SimHttpClient, conference_sid
 
 SETTINGS = ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_API_BASE")
 OFFERED_WITHOUT_REST_S = 5.0  # a call offered to a seat this long with no REST request: the product is not pointed here
@@ -221,7 +221,8 @@ def demo_leg(cloud: SimTwilio, sid: str, data: dict, cancelled: threading.Event)
     if conf is None:  # "来电已结束": the caller left meanwhile
         phone.hang_up()
         return status("completed")
-    cloud.post("/twilio/conference-events", {"FriendlyName": conf.text, "ConferenceSid": "CF" + "9" * 32,
+    cloud._member(conf.text, sid, True)
+    cloud.post("/twilio/conference-events", {"FriendlyName": conf.text, "ConferenceSid": conference_sid(conf.text),
                                              "StatusCallbackEvent": "participant-join", "CallSid": sid})
     if rec is not None:
         rec.agent = seat
@@ -264,6 +265,7 @@ def demo_leg(cloud: SimTwilio, sid: str, data: dict, cancelled: threading.Event)
                 phone.say("来电人", "喂？还在吗？")
     finally:
         phone.hang_up()
+        cloud._member(conf.text, sid, False)
         status("completed", CallDuration=str(int(time.monotonic() - started)))
         if seat_hung_up or not cancelled.is_set():
             with cloud.lock:

@@ -12,6 +12,14 @@ ACCOUNT = "AC" + "5" * 32
 REST_EVENTS = "sim:twilio:rest"
 CONFERENCES = "sim:twilio:conferences"  # running conferences, for app processes asking Twilio (--processes)
 LIVE_LEGS = "sim:twilio:legs"  # calls in progress (callers, agent legs), likewise
+MEMBERS = "sim:twilio:members:"  # + conference name: the agent and party legs in it, likewise
+
+
+def conference_sid(name: str) -> str:
+    """A conference's SID, one per friendly name (as Twilio gives each conference its own)."""
+    import hashlib
+
+    return "CF" + hashlib.md5(name.encode()).hexdigest()
 
 
 class SimHttpClient:
@@ -52,14 +60,20 @@ class SimHttpClient:
                 self._tell("left", m.group(1), {})
             return Response(204, "")
         if method == "GET" and path.endswith("/Conferences.json"):
-            name = dict(params or {}).get("FriendlyName", "")
-            running = self.cloud.conference_running(name) if self.cloud is not None \
-                else bool(self._redis.sismember(CONFERENCES, name))
-            found = [{"sid": "CF" + "9" * 32, "friendly_name": name, "status": "in-progress"}] if running else []
+            name = dict(params or {}).get("FriendlyName")
+            found = [{"sid": conference_sid(n), "friendly_name": n, "status": "in-progress"}
+                     for n in self._running() if name in (None, n)]
             return Response(200, json.dumps({"conferences": found, "meta": {"key": "conferences"}}))
+        m = re.search(r"/Conferences/([^/]+)/Participants\.json$", path)
+        if m and method == "GET":  # who is in it: the caller while it runs, and the legs that joined
+            name = next((n for n in self._running() if conference_sid(n) == m.group(1)), None)
+            legs = [] if name is None else [name[len("hotline-"):]] + self._members(name)
+            return Response(200, json.dumps({"participants": [{"call_sid": leg, "account_sid": ACCOUNT,
+                                                               "conference_sid": m.group(1)} for leg in legs],
+                                             "meta": {"key": "participants"}}))
         if path.endswith("/Participants.json"):
             sid = f"CAparty{self._prefix}{next(self._ids)}"
-            self._tell("participant", sid, data)
+            self._tell("participant", sid, {**data, "_Conference": path.split("/")[-2]})  # the sim's own note
             return Response(201, json.dumps({"call_sid": sid, "conference_sid": path.split("/")[-2],
                                              "account_sid": ACCOUNT}))
         if path.endswith("/Calls.json"):
@@ -77,6 +91,17 @@ class SimHttpClient:
                 return Response(404, json.dumps({"code": 20404, "message": "not found", "status": 404}))
         return Response(200, json.dumps({"sid": path.rsplit("/", 1)[-1].split(".")[0], "account_sid": ACCOUNT}))
 
+
+    def _running(self) -> list[str]:
+        """The running conferences (a caller is in each), by name."""
+        if self.cloud is not None:
+            return self.cloud.running_conferences()
+        return sorted(v.decode() for v in self._redis.smembers(CONFERENCES))
+
+    def _members(self, name: str) -> list[str]:
+        if self.cloud is not None:
+            return self.cloud.conference_members(name)
+        return sorted(v.decode() for v in self._redis.smembers(MEMBERS + name))
 
 
 def web_app():
