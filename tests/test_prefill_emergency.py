@@ -81,6 +81,9 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
     assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 3 s), not a test
+    # what "right" means here: a second labeller, reading the same sentences blind, agreed this often
+    second = report["second_labeller"]
+    assert second["sentences"] >= 3165 and 0.9 < second["type"] < 1 and 0.9 < second["line"] < 1, second
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -237,3 +240,20 @@ def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_fo
     monkeypatch.setenv("HOTLINE_CACHE_DIR", str(shared))
     Prefiller(rules)
     assert len(learned) == 2 and not list(shared.iterdir())
+
+
+def test_the_second_labellers_agreement_counts_each_field_on_the_sentences_both_read(tmp_path):
+    from ivr.prefill.evaluate import second_labeller
+    from ivr.prefill.model import Labelled
+
+    shipped = [Labelled("停水两天了", "help", "12345", None, False, "a:1"),
+               Labelled("店家不给退", "complaint", "12315", None, False, "a:2"),
+               Labelled("楼上冒黑烟了", "help", "12345", "119", False, "a:3")]
+    second = tmp_path / "second.jsonl"
+    second.write_text("\n".join(json.dumps(o, ensure_ascii=False) for o in [
+        {"text": "停水两天了", "type": "complaint", "line": "12345", "emergency": None, "enterprise": False},
+        {"text": "店家不给退", "type": "complaint", "line": "12315", "emergency": None, "enterprise": True}]),
+        encoding="utf-8")  # the third sentence was not read again
+    assert second_labeller(shipped, second) == {"sentences": 2, "type": 0.5, "line": 1.0, "emergency": 1.0,
+                                                "enterprise": 0.5}
+    assert second_labeller(shipped, tmp_path / "none.jsonl") is None
