@@ -126,7 +126,9 @@ def _plans_for(rules: Rules) -> _Plans:
 # (没着火, 不是要报警): nothing to do. Hypothetical: it may happen, or the caller only feels like
 # it (怕着火, 真要着火了, 我都想报警了): never an automatic transfer, a seat hears it first.
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未)[^，。,.!?！？；;]{0,2}$")
-_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为)[^，。,.!?！？；;]{0,3}$")
+_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为|哪天)[^，。,.!?！？；;]{0,3}$")
+# 真着火了怎么办 / 真着火了消防车都进不来: "if it really…", told by what would follow
+_IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么办|咋办|咋整|都|就)")
 _CONTEXT_CHARS = 6
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.
@@ -153,6 +155,8 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
             for m in pattern.finditer(probe) if pattern is not None else ():
                 before = probe[max(0, m.start() - _CONTEXT_CHARS):m.start()]
                 if _NEGATED.search(before) or _HYPOTHETICAL.search(before):
+                    continue
+                if before.endswith("真") and _IF_REALLY.search(probe[m.end():m.end() + 12]):
                     continue
                 if any(start - UNLESS_REACH <= m.end() and m.start() <= end + UNLESS_REACH for start, end in unless):
                     continue

@@ -66,12 +66,12 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 3165 and dev["sentences"] == 50
+    assert cv["sentences"] >= 5965 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.85 and cv["line"] >= 0.89, cv
+    assert cv["type"] >= 0.87 and cv["line"] >= 0.86, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    assert dev["type"] >= 0.88 and dev["line"] >= 0.94, dev
+    assert dev["type"] >= 0.88 and dev["line"] >= 0.92, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # every set read by a pre-fill that learned from the other sets only; the 200 sentences
     # written outside the project are the fairest of them
