@@ -83,7 +83,7 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 3 s), not a test
     # what "right" means here: a second labeller, reading the same sentences blind, agreed this often
     second = report["second_labeller"]
-    assert second["sentences"] >= 3165 and 0.9 < second["type"] < 1 and 0.9 < second["line"] < 1, second
+    assert second["sentences"] >= 5965 and 0.9 < second["type"] < 1 and 0.9 < second["line"] < 1, second
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
