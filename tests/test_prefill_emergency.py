@@ -71,19 +71,19 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert cv["type"] >= 0.87 and cv["line"] >= 0.86, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    assert dev["type"] >= 0.88 and dev["line"] >= 0.92, dev
+    assert dev["type"] >= 0.9 and dev["line"] >= 0.9, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # every set read by a pre-fill that learned from the other sets only; the 200 sentences
     # written outside the project are the fairest of them
     assert set(by_file) == {"dev.jsonl", "more.jsonl"} and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.89 and by_file["more.jsonl"]["line"] >= 0.93, by_file["more.jsonl"]
+    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.93, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
     assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 3 s), not a test
-    # what "right" means here: a second labeller, reading the same sentences blind, agreed this often
-    second = report["second_labeller"]
-    assert second["sentences"] >= 5965 and 0.9 < second["type"] < 1 and 0.9 < second["line"] < 1, second
+    # what "right" means here: two labellers, reading the same sentences blind, agreed this often
+    two = report["labellers"]["writers/second_labeller"]
+    assert two["sentences"] >= 5965 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -242,18 +242,18 @@ def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_fo
     assert len(learned) == 2 and not list(shared.iterdir())
 
 
-def test_the_second_labellers_agreement_counts_each_field_on_the_sentences_both_read(tmp_path):
-    from ivr.prefill.evaluate import second_labeller
-    from ivr.prefill.model import Labelled
+def test_the_labellers_agreement_counts_each_field_on_the_sentences_both_read(tmp_path):
+    from ivr.prefill.evaluate import labellers
 
-    shipped = [Labelled("停水两天了", "help", "12345", None, False, "a:1"),
-               Labelled("店家不给退", "complaint", "12315", None, False, "a:2"),
-               Labelled("楼上冒黑烟了", "help", "12345", "119", False, "a:3")]
-    second = tmp_path / "second.jsonl"
-    second.write_text("\n".join(json.dumps(o, ensure_ascii=False) for o in [
-        {"text": "停水两天了", "type": "complaint", "line": "12345", "emergency": None, "enterprise": False},
-        {"text": "店家不给退", "type": "complaint", "line": "12315", "emergency": None, "enterprise": True}]),
-        encoding="utf-8")  # the third sentence was not read again
-    assert second_labeller(shipped, second) == {"sentences": 2, "type": 0.5, "line": 1.0, "emergency": 1.0,
-                                                "enterprise": 0.5}
-    assert second_labeller(shipped, tmp_path / "none.jsonl") is None
+    def reading(name, rows):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(
+            {"text": t, "type": k, "line": n, "emergency": e, "enterprise": b}, ensure_ascii=False)
+            for t, k, n, e, b in rows), encoding="utf-8")
+
+    reading("writers", [("停水两天了", "help", "12345", None, False), ("店家不给退", "complaint", "12315", None, False),
+                        ("楼上冒黑烟了", "help", "12345", "119", False)])
+    reading("second_labeller", [("停水两天了", "complaint", "12345", None, False),
+                                ("店家不给退", "complaint", "12315", None, True)])  # the third was not read again
+    assert labellers(tmp_path) == {"writers/second_labeller": {
+        "sentences": 2, "type": 0.5, "line": 1.0, "emergency": 1.0, "enterprise": 0.5}}
+    assert labellers(tmp_path / "none") == {}

@@ -5,8 +5,8 @@
 a pre-fill that learned from the other folds only. It prints type and line accuracy, how sure
 the model was when right and when wrong, emergency recall (any level, and certain), false
 alarms (a possible emergency on a sentence that is none) and automatic transfers on sentences
-that are no emergency; and how often a second labeller agreed with the labels (the same
-sentences labelled again blind, ``data/labelling/``). Then the fixed report: the original 50 development sentences
+that are no emergency; and how often independent readings of the same sentences agreed
+(``data/labelling/``: the writers and a second labeller, blind). Then the fixed report: the original 50 development sentences
 (``dev.jsonl``), read by a pre-fill that learned from everything else; and the same for every
 set (each file was written apart from the others: the honest view of unseen speech). ``--json`` prints the
 figures as one JSON object (the tests read it).
@@ -27,17 +27,15 @@ from . import LABELLED_DIR, REQUEST_TYPES, Prefiller, load_catalogue, load_cues
 from .model import load_labelled
 
 FIXED_SET = "dev.jsonl"
-# the same sentences labelled again by a second labeller who saw only the labelling guide
-SECOND_LABELLER = LABELLED_DIR.parent / "labelling" / "second_labeller.jsonl"
+# independent readings of the same sentences, never learned from (data/labelling/README.md)
+LABELLINGS = LABELLED_DIR.parent / "labelling"
+READINGS = ("writers", "second_labeller", "third_labeller")
 
 
-def second_labeller(rows: list, path=SECOND_LABELLER) -> dict | None:
-    """How often a second labeller, reading the shipped sentences blind, wrote the same values:
-    what "right" can mean on these sentences (matched by text; None without the file)."""
-    if not path.exists():
-        return None
-    second = {r.text: r for r in load_labelled([path], REQUEST_TYPES)}
-    both = [(r, second[r.text]) for r in rows if r.text in second]
+def agreement(first: list, second: list) -> dict | None:
+    """How often two readings of the same sentences (matched by text) gave the same values."""
+    by_text = {r.text: r for r in second}
+    both = [(a, by_text[a.text]) for a in first if a.text in by_text]
     if not both:
         return None
 
@@ -48,6 +46,15 @@ def second_labeller(rows: list, path=SECOND_LABELLER) -> dict | None:
             "line": agree(lambda a, b: a.line == b.line),
             "emergency": agree(lambda a, b: a.emergency == b.emergency),
             "enterprise": agree(lambda a, b: a.enterprise == b.enterprise)}
+
+
+def labellers(folder=LABELLINGS) -> dict:
+    """Each pair of readings in ``folder`` (``writers/second_labeller``: two people, blind, the
+    same guide — what "right" can mean on these labels), as :func:`agreement`."""
+    read = {name: load_labelled([folder / f"{name}.jsonl"], REQUEST_TYPES)
+            for name in READINGS if (folder / f"{name}.jsonl").exists()}
+    names = list(read)
+    return {f"{a}/{b}": agreement(read[a], read[b]) for i, a in enumerate(names) for b in names[i + 1:]}
 
 
 def score(prefiller_for, train: list, test: list) -> dict:
@@ -128,7 +135,7 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
         by_file[f.name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
     return {"files": [f.name for f in files], "folds": folds, "seed": seed, "training_s": round(train_s, 2),
             "cross_validated": figures(total), "fixed_dev50": by_file[FIXED_SET], "by_file": by_file,
-            "second_labeller": second_labeller(rows)}
+            "labellers": labellers()}
 
 
 def _print(report: dict, out) -> None:
@@ -147,10 +154,14 @@ def _print(report: dict, out) -> None:
     print(f"labelled sentences: {', '.join(report['files'])}; training on all takes {report['training_s']} s", file=out)
     block(f"cross-validated ({report['folds']} stratified folds, seed {report['seed']})", report["cross_validated"])
     block("fixed report: the original 50 (dev.jsonl), learned from the others", report["fixed_dev50"])
-    second = report.get("second_labeller")
-    if second:
-        print(f"a second labeller, reading {second['sentences']} of these sentences blind, agrees on type "
-              f"{second['type']:.3f}, line {second['line']:.3f}, emergency {second['emergency']:.3f}", file=out)
+    pairs = report.get("labellers") or {}
+    two = pairs.get("writers/second_labeller")
+    if two:
+        print(f"two labellers reading blind (the writers, a second labeller) agree on type {two['type']:.3f}, "
+              f"line {two['line']:.3f}, emergency {two['emergency']:.3f} ({two['sentences']} sentences)", file=out)
+    for pair, f in pairs.items():
+        if f and pair != "writers/second_labeller":
+            print(f"  {pair.replace('/', ' and ')}: type {f['type']:.3f}, line {f['line']:.3f}", file=out)
     print("each set written apart, read by a pre-fill learned from the other sets only:", file=out)
     print(f"  {'set':<28}{'n':>5}{'type':>7}{'line':>7}  emergencies caught  false alarms  auto transfers", file=out)
     for name, f in report["by_file"].items():
