@@ -116,9 +116,6 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
     def prefiller_for(train):
         return Prefiller(rules, catalogue, cues, training=train)
 
-    started = time.monotonic()
-    prefiller_for(rows)
-    train_s = time.monotonic() - started
     total: dict = {}
     with warnings.catch_warnings():  # lines with fewer sentences than folds: sklearn warns, the split is fine
         warnings.simplefilter("ignore")
@@ -132,7 +129,10 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
     for f in [f for f in files if not sets or f.name in sets or f.name == FIXED_SET]:
         # each set read by a pre-fill that learned from the other sets only
         held = [r for r in rows if r.where.rsplit(":", 1)[0] == str(f)]
+        started = time.monotonic()
         by_file[f.name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
+        if f.name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
+            train_s = time.monotonic() - started
     return {"files": [f.name for f in files], "folds": folds, "seed": seed, "training_s": round(train_s, 2),
             "cross_validated": figures(total), "fixed_dev50": by_file[FIXED_SET], "by_file": by_file,
             "labellers": labellers()}
@@ -151,7 +151,8 @@ def _print(report: dict, out) -> None:
         for p in f["problems"]:
             print(f"  ! {p}", file=out)
 
-    print(f"labelled sentences: {', '.join(report['files'])}; training on all takes {report['training_s']} s", file=out)
+    print(f"labelled sentences: {', '.join(report['files'])}; learning from all but the 50 of dev.jsonl took "
+          f"{report['training_s']} s", file=out)
     block(f"cross-validated ({report['folds']} stratified folds, seed {report['seed']})", report["cross_validated"])
     block("fixed report: the original 50 (dev.jsonl), learned from the others", report["fixed_dev50"])
     pairs = report.get("labellers") or {}
