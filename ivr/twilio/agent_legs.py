@@ -174,9 +174,16 @@ class AgentLegs:
         ``ALONE_AFTER_S`` apart (an agent who just answered joins a moment after the caller is
         moved in), goes on: the survey when the call is known, else a spoken goodbye. Returns
         how many were released."""
+        if not (self.account_sid and self.auth_token):
+            return 0  # no Twilio account configured: no conference of ours can exist
         r, prefix = self.legs.r, f"{self.legs.prefix}alone:"
         asked = released = 0
-        for conference in self.client.conferences.list(status="in-progress", page_size=200):
+        try:
+            running = self.client.conferences.list(status="in-progress", page_size=200)
+        except (TwilioRestException, OSError) as exc:  # asked again at the next check
+            log.warning("could not ask Twilio for its running conferences (%s)", exc)
+            return 0
+        for conference in running:
             name = conference.friendly_name or ""
             call_id = name[len("hotline-"):] if name.startswith("hotline-") else ""
             if not call_id or "-" in call_id:  # not a citizen call's (a callback's is hotline-<call>-cb<n>)
