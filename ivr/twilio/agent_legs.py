@@ -186,8 +186,8 @@ class AgentLegs:
         for conference in running:
             name = conference.friendly_name or ""
             call_id = name[len("hotline-"):] if name.startswith("hotline-") else ""
-            if not call_id or "-" in call_id:  # not a citizen call's (a callback's is hotline-<call>-cb<n>)
-                continue
+            if not call_id or "-" in call_id:  # not a citizen call's: a callback's (hotline-<call>-cb<n>)
+                continue  # ends when either of its two legs leaves (twiml.callback_bridge)
             if self.legs.get(call_id).get("agent_in") == "1":
                 continue  # an agent the app knows is talking: their leg is watched (missed_hang_ups)
             if asked >= self.ALONE_CHECKS_AT_MOST:
