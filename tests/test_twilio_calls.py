@@ -496,6 +496,30 @@ def test_a_caller_seen_alone_just_before_the_agent_joins_stays_with_the_agent(ho
     assert len(hotline.http.posts("/Calls/CAjoin.json")) == 1
 
 
+def test_when_twilio_cannot_list_its_conferences_the_check_moves_nobody_and_asks_again_later(hotline, redis_url):
+    import redis as redis_lib
+
+    from ivr.twilio.calls import OfferListener
+
+    hotline.seat("a1", {"general": 50})
+    agent_leg, _ = connect(hotline, "CAlater")
+    redis_lib.Redis.from_url(redis_url).flushall()
+    hotline.http.joined["hotline-CAlater"].discard(agent_leg)  # alone, and nothing knows the call
+    board = hotline.app.extensions["twilio"]["board"]
+    board.ALONE_AFTER_S = 0.0
+    listener = OfferListener(hotline.acd, board)
+    hotline.http.conferences_fail = True  # Twilio's API is in trouble: a warning, nobody moved
+    assert listener.check_hang_ups() == 0
+    assert hotline.http.posts("/Calls/CAlater.json")[-1][1]["Twiml"].count("<Conference") == 1
+    assert not board.in_conference("CAlater")  # and a caller it cannot place is not moved on either
+    hotline.http.conferences_fail = False  # Twilio answers again
+    hotline.acd.redis.delete("twilio:hang-up-check")
+    assert listener.check_hang_ups() == 0  # first sighting
+    hotline.acd.redis.delete("twilio:hang-up-check")
+    assert listener.check_hang_ups() == 1
+    assert "感谢您的来电" in hotline.http.posts("/Calls/CAlater.json")[-1][1]["Twiml"]
+
+
 def test_the_hold_music_twilio_plays_is_the_project_s_own_clip_served_without_a_signature(hotline):
     import io
     import wave

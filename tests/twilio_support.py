@@ -29,6 +29,7 @@ class RecordingHttpClient(HttpClient):
         self.running_conferences: list[dict] | None = None
         self.moved_into: dict[str, str] = {}  # caller leg -> the conference its last REST move put it in
         self.call_status: dict[str, str] = {}  # what GET Calls/<sid> answers: in-progress unless a test says
+        self.conferences_fail = False  # GET Conferences answers 503 while a test says so
         self.joined: dict[str, set[str]] = {}  # conference -> agent legs in it (their answer's TwiML joined them)
 
     def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
@@ -38,6 +39,8 @@ class RecordingHttpClient(HttpClient):
         if method == "DELETE":
             return Response(204, "")
         if method == "GET" and path.endswith("/Conferences.json"):
+            if self.conferences_fail:  # Twilio in trouble: a 503, as its API answers then
+                return Response(503, json.dumps({"code": 20503, "message": "Service unavailable", "status": 503}))
             running = self.running_conferences
             if running is None:
                 name = (params or {}).get("FriendlyName")

@@ -6,7 +6,7 @@ import logging
 import time
 
 from redis.exceptions import RedisError
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from ivr.twilio import twiml
 from ivr.twilio.transfers import GONE
@@ -180,7 +180,7 @@ class AgentLegs:
         asked = released = 0
         try:
             running = self.client.conferences.list(status="in-progress", page_size=200)
-        except (TwilioRestException, OSError) as exc:  # asked again at the next check
+        except (TwilioException, OSError) as exc:  # a page Twilio would not give: asked again next time
             log.warning("could not ask Twilio for its running conferences (%s)", exc)
             return 0
         for conference in running:
@@ -195,8 +195,8 @@ class AgentLegs:
             asked += 1
             try:
                 others = [p for p in conference.participants.list(limit=20) if p.call_sid != call_id]
-            except TwilioRestException as exc:  # ended meanwhile
-                log.info("call %s: could not ask Twilio who is in its conference (%s)", call_id, exc.code)
+            except (TwilioException, OSError) as exc:  # ended meanwhile, or Twilio in trouble
+                log.info("call %s: could not ask Twilio who is in its conference (%s)", call_id, exc)
                 continue
             if others:
                 r.delete(prefix + call_id)

@@ -21,7 +21,7 @@ import time
 from urllib.parse import urlencode
 
 import redis
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from call_routing.acd.callbacks import AGENT_NO_ANSWER, CONNECTED, NO_ANSWER, report_callback_outcome
@@ -196,7 +196,7 @@ class Switchboard(AgentLegs, Transfers):
         a holding caller queued is recoverable, a goodbye is not."""
         try:
             return self._running_conference(call_id) is not None
-        except (TwilioRestException, RuntimeError, OSError) as exc:
+        except (TwilioException, RuntimeError, OSError) as exc:  # TwilioException: a page it would not give
             log.warning("call %s: could not ask Twilio for the call's conference (%s)", call_id, exc)
             return False
 
