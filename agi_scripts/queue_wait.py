@@ -50,26 +50,39 @@ def listen_live(session, address: str) -> None:
     ``address`` is the dialplan's ``HOTLINE_AUDIOSOCKET`` (host:port, passed as the second
     argument; empty: off). Once per call (a new one if the stream died), Asterisk originates an
     AudioSocket channel that spies on this one (``[hotline-listen]``): agi_scripts/audiosocket.py."""
-    from .audiosocket import Ids, dial_string
+    from .audiosocket import dial_string
 
-    client = getattr(session.flow.calls, "client", None)
-    if not address or session.audio is not None or client is None:
+    ids = _stream_ids(session)
+    if not address or session.audio is not None or ids is None:
         return  # off, EAGI (heard on fd 3 instead), or no shared Redis for the stream's id
-    uid = Ids(client).issue(session.call_id)
+    uid = ids.issue(session.call_id)
     if uid is not None:
         channel = session.agi.env.get("agi_channel", "")
         session.agi.execute("EXEC", "Originate", session.agi._quote(dial_string(address, uid, channel)))
 
 
-def heard_live(session) -> bool:
-    """FastAGI: whether the AudioSocket server hears this caller right now."""
+def _stream_ids(session):
+    """The AudioSocket stream ids (:class:`~agi_scripts.audiosocket.Ids`) on the call flow's
+    Redis; None when the flow keeps its calls elsewhere (no stream can find them)."""
     from .audiosocket import Ids
 
     client = getattr(session.flow.calls, "client", None)
+    return None if client is None else Ids(client)
+
+
+def heard_live(session) -> bool:
+    """FastAGI: whether the AudioSocket server hears this caller right now."""
+    ids = _stream_ids(session)
     try:
-        return client is not None and Ids(client).live(session.call_id)
+        return ids is not None and ids.live(session.call_id)
     except Exception:  # Redis unreachable: record the matter as without live speech
         return False
+
+
+def _matter_path(session) -> str:
+    """Where the caller's description is kept, without ``.wav`` (the folder made: Asterisk makes none)."""
+    os.makedirs(session.services.recordings_dir, exist_ok=True)
+    return os.path.join(session.services.recordings_dir, file_name(session.call_id))
 
 
 def listen_to_matter(session) -> None:
@@ -79,8 +92,7 @@ def listen_to_matter(session) -> None:
     last words (the live recogniser's utterances on the flow), ``#``, or ``RECORD_MAX_S``;
     MixMonitor keeps what was said for the ticket (the agent can listen to it), as RECORD FILE did."""
     agi, flow, call_id = session.agi, session.flow, session.call_id
-    os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
-    path = os.path.join(session.services.recordings_dir, file_name(call_id))
+    path = _matter_path(session)
     agi.music(False)
     agi.execute("EXEC", "MixMonitor", agi._quote(f"{path}.part.wav,i(HOTLINE_MATTER),mv {path}.part.wav {path}.wav"))
     heard, said_at = flow.state(call_id).heard, None
@@ -212,8 +224,7 @@ def wait(session, max_s: float | None = None) -> None:
                     listen_to_matter(session)
                 else:
                     agi.music(False)
-                    os.makedirs(session.services.recordings_dir, exist_ok=True)  # Asterisk makes no folder
-                    path = os.path.join(session.services.recordings_dir, file_name(call_id))
+                    path = _matter_path(session)
                     try:
                         recorded = agi.record(path, RECORD_MAX_S * 1000, silence_s=2, beep=True)
                     except Hangup:  # gone while describing it: what was said goes to the ticket all the same

@@ -130,6 +130,15 @@ _HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|�
 # 真着火了怎么办 / 真着火了消防车都进不来: "if it really…", told by what would follow
 _IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么办|咋办|咋整|都|就)")
 _CONTEXT_CHARS = 6
+
+
+def _taken_back(text: str, start: int, end: int) -> bool:
+    """Whether the words around ``text[start:end]`` take it back: negated, hypothetical, or
+    "if it really…" (真着火了怎么办)."""
+    before = text[max(0, start - _CONTEXT_CHARS):start]
+    return bool(_NEGATED.search(before) or _HYPOTHETICAL.search(before)
+                or (before.endswith("真") and _IF_REALLY.search(text[end:end + 12])))
+
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.
 UNLESS_REACH = 24
@@ -153,10 +162,7 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
         probe = line.mask_pattern.sub(lambda m: "□" * len(m.group(0)), text) if line.mask_pattern else text
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():
-                before = probe[max(0, m.start() - _CONTEXT_CHARS):m.start()]
-                if _NEGATED.search(before) or _HYPOTHETICAL.search(before):
-                    continue
-                if before.endswith("真") and _IF_REALLY.search(probe[m.end():m.end() + 12]):
+                if _taken_back(probe, m.start(), m.end()):
                     continue
                 if any(start - UNLESS_REACH <= m.end() and m.start() <= end + UNLESS_REACH for start, end in unless):
                     continue

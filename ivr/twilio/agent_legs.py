@@ -176,7 +176,6 @@ class AgentLegs:
         how many were released."""
         if not (self.account_sid and self.auth_token):
             return 0  # no Twilio account configured: no conference of ours can exist
-        r, prefix = self.legs.r, f"{self.legs.prefix}alone:"
         asked = released = 0
         try:
             running = self.client.conferences.list(status="in-progress", page_size=200)
@@ -198,18 +197,11 @@ class AgentLegs:
             except (TwilioException, OSError) as exc:  # ended meanwhile, or Twilio in trouble
                 log.info("call %s: could not ask Twilio who is in its conference (%s)", call_id, exc)
                 continue
-            if others:
-                r.delete(prefix + call_id)
+            alone_s = self._alone_for(call_id, alone=not others)
+            if alone_s is None:
                 continue
-            now = time.time()
-            if r.set(prefix + call_id, now, nx=True, ex=600):
-                continue  # first seen alone: look again next time
-            since = float(r.get(prefix + call_id) or now)
-            if now - since < self.ALONE_AFTER_S:
-                continue
-            r.delete(prefix + call_id)
             log.warning("call %s: the caller has been alone in the conference for %.0f s with nothing to move "
-                        "them on (an agent's hang-up not acted on); taking them on", call_id, now - since)
+                        "them on (an agent's hang-up not acted on); taking them on", call_id, alone_s)
             state = self._flow_state(call_id)
             if state is None or state.state == "ended":
                 self._say_goodbye(call_id)
@@ -217,6 +209,23 @@ class AgentLegs:
                 self._release_alone_caller(call_id)
             released += 1
         return released
+
+    def _alone_for(self, call_id: str, alone: bool) -> float | None:
+        """How long the caller has been seen alone, once that is ``ALONE_AFTER_S`` or more (the
+        sighting is then forgotten); None before, or when they are not alone (``twilio:alone:``
+        keeps the first sighting, in Redis: the check runs in any web process)."""
+        key = f"{self.legs.prefix}alone:{call_id}"
+        if not alone:
+            self.legs.r.delete(key)
+            return None
+        now = time.time()
+        if self.legs.r.set(key, now, nx=True, ex=600):
+            return None  # first seen alone: look again next time
+        alone_s = now - float(self.legs.r.get(key) or now)
+        if alone_s < self.ALONE_AFTER_S:
+            return None
+        self.legs.r.delete(key)
+        return alone_s
 
     def _release_alone_caller(self, call_id: str) -> None:
         """The agent has gone and the caller is alone in the conference: the survey when the
