@@ -246,6 +246,9 @@ def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dia
     "上个月出了交通事故，保险公司一直不理赔",
     "饭店门口油烟直排，整个小区都是油烟味",
     "我想问一下急救培训在哪里报名",
+    "楼下那家店天天放喇叭 跳楼价大甩卖 吵死了",
+    "十字路口老有人抢道 建议装个红绿灯",
+    "天然气突然点不着火了 表里还有钱",
     "",
 ])
 def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, text):
@@ -262,8 +265,13 @@ def test_a_phrase_with_a_gap_matches_words_between_within_one_clause(rules):
 
 
 def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
-    for text in ("楼道里堆满纸箱子，怕着火", "真要着火了消防车都进不来", "气死我了，我都想报警了", "没着火，就是灭火器过期了"):
-        assert emergency_assessment(rules, text) == (None, None), text
+    for text in ("楼道里堆满纸箱子，怕着火", "真要着火了消防车都进不来", "气死我了，我都想报警了", "没着火，就是灭火器过期了",
+                 "我没事 不用叫救护车 就是想问问药吃多了要不要紧",  # 不用 takes it back
+                 "我老是怕家里燃气泄露着火 想问问报警器找谁装",  # the fear reaches over its clause
+                 "老小区能不能装烟感 独居老人家里着火了都不知道"):  # what would happen
+        assert emergency_assessment(rules, text)[0] is None, text
+    # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
+    assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
 
 
 def test_past_or_administrative_words_silence_only_the_danger_words_near_them(rules):
@@ -273,6 +281,16 @@ def test_past_or_administrative_words_silence_only_the_danger_words_near_them(ru
     # the aftermath of a crash: 住院 and 医保 stand right by 撞
     c, p = emergency_assessment(rules, "我被车撞了住院花了两万多，对方跑了，这个医药费医保能报不")
     assert c is None
+
+
+@pytest.mark.parametrize("text,number", [
+    ("步行街上有个人抢了一个女的手机 正往南边跑", "110"),
+    ("公交车上有人打司机 在抢方向盘 快来人啊", "110"),
+    ("电梯突然往下掉了一截停住了 里头关着五六个人", "119"),
+    ("一辆大货车把人压底下了 在国道上 快点啊", "122"),
+])
+def test_danger_told_in_the_callers_own_words_is_transferred(rules, text, number):
+    assert emergency_heard(rules, text).number == number
 
 
 def test_life_comes_first_when_several_emergencies_are_heard(rules):
