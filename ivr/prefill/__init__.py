@@ -80,20 +80,34 @@ class CatalogueError(Exception):
 class PhraseMatcher:
     """Finds listed phrases in a text, longest first, without overlaps, and scores labels."""
 
+    # sentences already matched: learning reads each once per model and the evaluation builds
+    # a model per fold (the one regex of a few thousand phrases is most of its time); a long
+    # live transcript is not kept
+    REMEMBERED, REMEMBERED_CHARS = 16384, 200
+
     def __init__(self, phrases: dict[str, list[tuple[str, int]]]):
         self.phrases = {p.lower(): hits for p, hits in phrases.items()}
         ordered = sorted(self.phrases, key=len, reverse=True)
         self.pattern = re.compile("|".join(re.escape(p) for p in ordered), re.IGNORECASE) if ordered else None
+        self._seen: dict[str, tuple[tuple[str, int, str], ...]] = {}
 
     def score(self, text: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+        """The labels' summed weights, and the phrases found for each (new objects every call)."""
         scores: dict[str, int] = {}
         evidence: dict[str, list[str]] = {}
         if self.pattern is None or not text:
             return scores, evidence
-        for m in self.pattern.finditer(text):
-            for label, weight in self.phrases[m.group(0).lower()]:
-                scores[label] = scores.get(label, 0) + weight
-                evidence.setdefault(label, []).append(m.group(0))
+        found = self._seen.get(text)
+        if found is None:
+            found = tuple((label, weight, m.group(0)) for m in self.pattern.finditer(text)
+                          for label, weight in self.phrases[m.group(0).lower()])
+            if len(text) <= self.REMEMBERED_CHARS:
+                if len(self._seen) >= self.REMEMBERED:
+                    self._seen.clear()
+                self._seen[text] = found
+        for label, weight, phrase in found:
+            scores[label] = scores.get(label, 0) + weight
+            evidence.setdefault(label, []).append(phrase)
         return scores, evidence
 
 
