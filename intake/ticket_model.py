@@ -54,7 +54,8 @@ class TicketPolicy:
 _PHONE_OR_ID = re.compile(r"(?<![0-9])(1[3-9][0-9]{9}|[1-9][0-9]{16}[0-9Xx]|0[1-9][0-9]{1,2}-?[2-9][0-9]{6,7})(?![0-9])")
 
 
-def _mask_said(value: str) -> str:
+def mask_said(value: str) -> str:
+    """Phone and ID-card numbers said in ``value``, masked (138****5678, 1101**********1234)."""
     return _PHONE_OR_ID.sub(lambda m: mask(m.group(0)) if len(m.group(0)) < 18 else m.group(0)[:4] + "*" * 10
                             + m.group(0)[-4:], value)
 
@@ -113,14 +114,14 @@ class Ticket:
         if not full and "numbers" in fields and isinstance(fields["numbers"].get("value"), dict):
             nums = dict(fields["numbers"]["value"])
             nums["phones"] = [mask(p) for p in nums.get("phones", [])]
-            nums["id_cards"] = [_mask_said(i) for i in nums.get("id_cards", [])]
+            nums["id_cards"] = [mask_said(i) for i in nums.get("id_cards", [])]
             fields["numbers"]["value"] = nums
         iso = lambda d: d.astimezone(CHINA_TZ).isoformat(timespec="seconds") if d else None  # noqa: E731
         return {
             "id": self.id, "number": self.display_number, "call_id": self.call_id, "entry_line": self.entry_line,
             "caller": self.caller if full else mask(self.caller),
             "status": self.status, "manual_reason": self.manual_reason,
-            "transcript": (self.transcript if full or not self.transcript else _mask_said(self.transcript)),
+            "transcript": (self.transcript if full or not self.transcript else mask_said(self.transcript)),
             "transcript_confidence": self.transcript_confidence, "transcript_status": self.transcript_status,
             "recording": self.recording, "fields": fields, "unconfirmed": self.unconfirmed,
             "linked_to": self.linked_to, "supervision": self.supervision, "rules_version": self.rules_version,

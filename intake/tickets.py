@@ -183,6 +183,17 @@ class TicketStore(TicketIds, TicketOpening, TicketAgent, TicketSupervision, Tick
                              .offset((page - 1) * per_page).limit(per_page))
             return [_snapshot(r) for r in rows], int(total)
 
+    def confirmed_by_agents(self, limit: int = 20000) -> list[Ticket]:
+        """Tickets an agent confirmed (confirmed, finished, handed off) whose transcript was
+        heard, newest first, at most ``limit``: what the pre-fill may learn from
+        (``python -m intake.harvest``)."""
+        with self._session() as s:
+            rows = s.scalars(select(TicketRow).where(
+                TicketRow.status.in_(("confirmed", "finished", "handed_off")), TicketRow.transcript_status == "ok",
+                TicketRow.transcript.is_not(None)).order_by(TicketRow.created_at.desc(), TicketRow.id.desc())
+                .limit(max(0, int(limit))))
+            return [_snapshot(r) for r in rows]
+
     def overdue_contact(self, at: datetime | None = None) -> list[Ticket]:
         """Tickets whose caller has not been contacted within the contact limit (1 h)."""
         at = at or self.clock()

@@ -21,6 +21,8 @@ os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_TMP, "hypoth
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{_TMP}/default.db")
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("HOTLINE_RECORDINGS", os.path.join(_TMP, "recordings"))
+# the centre's own labelled sentences (var/utterances by default) never sway what the tests learn
+os.environ.setdefault("HOTLINE_LOCAL_UTTERANCES", "off")
 
 from runtime.redis_server import EmbeddedRedis  # noqa: E402
 from call_routing.rules import load_rules  # noqa: E402

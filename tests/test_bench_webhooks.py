@@ -66,7 +66,7 @@ def test_a_started_worker_builds_the_pre_fill_classifier_in_the_background(redis
     app = create_app({"REDIS_URL": redis_url, "RULES_PATH": str(rules_path), "TWILIO_AUTH_TOKEN": "t",
                       "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "SECRET_KEY": "s", "TWILIO_OFFER_LISTENER": "0"})
     classify = app.extensions["twilio"]["flow"].classify
-    assert classify._cache[1] is None  # nothing built while the app was made (tests make hundreds)
+    assert classify._cache[2] is None  # nothing built while the app was made (tests make hundreds)
 
     def broken():
         raise RuntimeError("warm-up failed")
@@ -77,7 +77,7 @@ def test_a_started_worker_builds_the_pre_fill_classifier_in_the_background(redis
     finally:
         gc.unfreeze()
     deadline = time.monotonic() + 30
-    while classify._cache[1] is None and time.monotonic() < deadline:
+    while classify._cache[2] is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert classify._cache[1] is not None  # built before the first words are heard
+    assert classify._cache[2] is not None  # built before the first words are heard
     assert "warm-up" in caplog.text and "failed" in caplog.text  # a failing one is logged, the rest still run

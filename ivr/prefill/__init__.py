@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,9 @@ DATA_DIR = Path(__file__).resolve().parent.parent.parent / "data"
 SUBJECTS_PATH = DATA_DIR / "subjects.yaml"
 CUES_PATH = DATA_DIR / "request_cues.yaml"
 LABELLED_DIR = DATA_DIR / "utterances"  # labelled sentences the model learns from (JSON lines)
+# the centre's own labelled sentences, learned from beside the shipped ones: the tickets its
+# agents confirmed (python -m intake.harvest). Unset: var/utterances; "off": none
+LOCAL_SETTING = "HOTLINE_LOCAL_UTTERANCES"
 # a learned field less sure than this is shown to the agent as 待核实 (on sets written apart, fields
 # above it were right about 0.92 of the time, those below about 0.55: docs/tickets.md)
 LOW_CONFIDENCE = 0.8
@@ -63,6 +67,33 @@ DAYS_ENTERPRISE = 15
 _NOT_IN_NAME = "\\s\\d，。,.!?！？、；;：:“”\"'（）()《》我你他她它们的了在是有和与及把被给让向到从往去来住就都也还很太这那哪个些么呢吗吧啊呀说想要请问对于"
 _NAME = f"[^{_NOT_IN_NAME}]"
 _DETERMINERS = re.compile(r"^(?:一家|这家|那家|一个|这个|那个|某|一)")
+
+
+def local_dir() -> Path | None:
+    """The folder of the centre's own labelled sentences (``HOTLINE_LOCAL_UTTERANCES``)."""
+    where = os.environ.get(LOCAL_SETTING, "")
+    if where == "off":
+        return None
+    return Path(where) if where else DATA_DIR.parent / "var" / "utterances"
+
+
+def labelled_files() -> list[Path]:
+    """Every labelled file the model learns from: the shipped ones, then the centre's own."""
+    local = local_dir()
+    return sorted(LABELLED_DIR.glob("*.jsonl")) + (sorted(local.glob("*.jsonl")) if local and local.is_dir() else [])
+
+
+def local_signature() -> tuple:
+    """The centre's own files as they are now (name, size, time written): a change is learned."""
+    local = local_dir()
+    seen = []
+    for path in sorted(local.glob("*.jsonl")) if local and local.is_dir() else ():
+        try:
+            info = path.stat()
+        except OSError:  # replaced while we looked: the next look sees the new one
+            continue
+        seen.append((path.name, info.st_size, info.st_mtime_ns))
+    return tuple(seen)
 
 
 class CatalogueError(Exception):
@@ -395,7 +426,8 @@ class Prefiller:
     def __init__(self, rules: Rules, catalogue: Catalogue | None = None, cues: Cues | None = None,
                  calendar: WorkdayCalendar | None = None, training: list | None = None, model=None):
         """``training``: labelled sentences (:func:`ivr.prefill.model.load_labelled`) to learn
-        from; default: every file of ``data/utterances/``. ``model``: one already learned with
+        from; default: every file of ``data/utterances/`` and of the centre's own folder
+        (:func:`labelled_files`). ``model``: one already learned with
         the same catalogue, cues and emergency words (see :func:`learned_from`), used as it is."""
         from .model import TextModel, learned_once, load_labelled
 
@@ -411,7 +443,7 @@ class Prefiller:
         if training is not None:
             self.model = TextModel(training, **scorers)
             return
-        files = sorted(LABELLED_DIR.glob("*.jsonl"))
+        files = labelled_files()
         self.model = learned_once(self._digest(files), lambda: TextModel(
             load_labelled(files, REQUEST_TYPES), **scorers)).bind(**scorers)
 
@@ -587,13 +619,15 @@ class PrefillClassifier:
     the emergency words and the lines alone keeps the learned model."""
 
     FIRST_WAIT_S = 1.0
+    LOCAL_CHECK_S = 60.0  # how often the centre's own labelled files are looked at for a change
 
     def __init__(self, rules_source):
         self._source = rules_source
-        self._cache = (None, None)
-        self._learning = None  # the rules a background thread is learning for
+        self._cache = (None, None, None)  # the rules and the centre's own files it was built for, the pre-fill
+        self._learning = None  # (rules, own files) a background thread is learning for
         self._lock = threading.Lock()
         self._ready = threading.Event()  # the first pre-fill is there
+        self._local, self._local_at = local_signature(), time.monotonic()
 
     def __call__(self, text: str) -> dict | None:
         rules = self._source()
@@ -604,44 +638,56 @@ class PrefillClassifier:
         fields = filler.fill(text).to_dict()
         return fields if fields["line"] != rules.hotline.number or fields["emergency_possible"] else None
 
+    def _local_now(self) -> tuple:
+        """:func:`local_signature`, looked at no more than once every ``LOCAL_CHECK_S``."""
+        if time.monotonic() - self._local_at >= self.LOCAL_CHECK_S:
+            self._local, self._local_at = local_signature(), time.monotonic()
+        return self._local
+
     def filler(self, rules=None, wait_s: float | None = None):
         """The :class:`Prefiller` for ``rules`` (default: the current ones). ``wait_s``: how long
-        to wait for the first one (None: learn it here and now, errors and all); then None."""
+        to wait for the first one (None: learn it here and now, errors and all); then None.
+        New files of the centre's own (:func:`local_dir`) are learned like a rules edit."""
         rules = rules if rules is not None else self._source()
+        local = self._local_now()
         with self._lock:  # never held while learning: a caller's words wait at most wait_s
-            built_for, built = self._cache
-            if built_for is rules:
+            built_for, built_local, built = self._cache
+            if built_for is rules and built_local == local:
                 return built
-            if built is not None and learned_from(built.rules) == learned_from(rules):
-                self._cache = (rules, Prefiller(rules, built.catalogue, built.cues, built.calendar, model=built.model))
-                return self._cache[1]
+            if built is not None and built_local == local and learned_from(built.rules) == learned_from(rules):
+                self._cache = (rules, local, Prefiller(rules, built.catalogue, built.cues, built.calendar,
+                                                       model=built.model))
+                return self._cache[2]
             learn_here = built is None and wait_s is None
-            if not learn_here and self._learning is not rules:
-                self._learning = rules
-                threading.Thread(target=self._learn, args=(rules,), name="prefill-learn", daemon=True).start()
+            if not learn_here and not self._learning_for(rules, local):
+                self._learning = (rules, local)
+                threading.Thread(target=self._learn, args=(rules, local), name="prefill-learn", daemon=True).start()
             if built is not None:
                 return built
         if learn_here:  # the first, here and now: its errors are the caller's (start-up, workers)
-            return self._learn(rules, raise_errors=True)
+            return self._learn(rules, local, raise_errors=True)
         self._ready.wait(wait_s)
         with self._lock:
-            return self._cache[1]
+            return self._cache[2]
 
-    def _learn(self, rules, raise_errors: bool = False):
+    def _learning_for(self, rules, local) -> bool:
+        return self._learning is not None and self._learning[0] is rules and self._learning[1] == local
+
+    def _learn(self, rules, local, raise_errors: bool = False):
         try:
             filler = Prefiller(rules)
         except Exception:  # the data files changed under us: keep the last pre-fill, try at the next call
             with self._lock:
-                if self._learning is rules:
+                if self._learning_for(rules, local):
                     self._learning = None
             if raise_errors:
                 raise
             log.exception("the pre-fill could not learn for rules version %s", getattr(rules, "version", "?"))
             return None
         with self._lock:
-            if self._cache[1] is None or self._learning is rules:
-                self._cache = (rules, filler)
-            if self._learning is rules:
+            if self._cache[2] is None or self._learning_for(rules, local):
+                self._cache = (rules, local, filler)
+            if self._learning_for(rules, local):
                 self._learning = None
         self._ready.set()
         return filler

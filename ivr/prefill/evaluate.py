@@ -8,8 +8,11 @@ alarms (a possible emergency on a sentence that is none) and automatic transfers
 that are no emergency; and how often independent readings of the same sentences agreed
 (``data/labelling/``: the writers and a second labeller, blind). Then the fixed report: the original 50 development sentences
 (``dev.jsonl``), read by a pre-fill that learned from everything else; and the same for every
-set (each file was written apart from the others: the honest view of unseen speech). ``--json`` prints the
-figures as one JSON object (the tests read it).
+set (each file was written apart from the others: the honest view of unseen speech). The
+centre's own labelled files (``HOTLINE_LOCAL_UTTERANCES``, default ``var/utterances``: the
+tickets its agents confirmed, ``python -m intake.harvest``) are read too, as ``local/…``: how
+the pre-fill reads this centre's real calls. ``--json`` prints the figures as one JSON object
+(the tests read it).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from call_routing.rules import load_rules
 
-from . import LABELLED_DIR, REQUEST_TYPES, Prefiller, load_catalogue, load_cues
+from . import LABELLED_DIR, REQUEST_TYPES, Prefiller, labelled_files, load_catalogue, load_cues, local_dir
 from .model import load_labelled
 
 FIXED_SET = "dev.jsonl"
@@ -110,7 +113,7 @@ def figures(t: dict) -> dict:
 def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets: list[str] | None = None) -> dict:
     rules = load_rules(rules_path)
     catalogue, cues = load_catalogue(rules=rules), load_cues()
-    files = sorted(LABELLED_DIR.glob("*.jsonl"))
+    files = labelled_files()
     rows = load_labelled(files, REQUEST_TYPES)
 
     def prefiller_for(train):
@@ -123,19 +126,29 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
     for train_idx, test_idx in splits:
         _add(total, score(prefiller_for, [rows[i] for i in train_idx], [rows[i] for i in test_idx]))
     by_file = {}
-    unknown = set(sets or ()) - {f.name for f in files}
+    names = {_name(f): f for f in files}
+    unknown = set(sets or ()) - set(names)
     if unknown:
-        raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}")
-    for f in [f for f in files if not sets or f.name in sets or f.name == FIXED_SET]:
+        raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}"
+                         f" or the centre's own folder (local/…)")
+    for name, f in names.items():
+        if sets and name not in sets and name != FIXED_SET:
+            continue
         # each set read by a pre-fill that learned from the other sets only
         held = [r for r in rows if r.where.rsplit(":", 1)[0] == str(f)]
         started = time.monotonic()
-        by_file[f.name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
-        if f.name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
+        by_file[name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
+        if name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
             train_s = time.monotonic() - started
-    return {"files": [f.name for f in files], "folds": folds, "seed": seed, "training_s": round(train_s, 2),
+    return {"files": list(names), "folds": folds, "seed": seed, "training_s": round(train_s, 2),
             "cross_validated": figures(total), "fixed_dev50": by_file[FIXED_SET], "by_file": by_file,
             "labellers": labellers()}
+
+
+def _name(path) -> str:
+    """A labelled file's name in the report: the centre's own are ``local/…``."""
+    local = local_dir()
+    return f"local/{path.name}" if local is not None and path.parent == local else path.name
 
 
 def _print(report: dict, out) -> None:
@@ -178,7 +191,8 @@ def main(argv: list[str] | None = None, stdout=None) -> int:
     parser.add_argument("--rules", help="transfer_rules.yaml (default: $RULES_PATH, else the shipped file)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--sets", nargs="+", metavar="FILE",
-                        help="read only these files learned from the others (default: every file; dev.jsonl always)")
+                        help="read only these files learned from the others (default: every file; dev.jsonl always;"
+                             " the centre's own as local/NAME)")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
