@@ -127,14 +127,14 @@ def _plans_for(rules: Rules) -> _Plans:
 # it (怕着火, 真要着火了, 我都想报警了): never an automatic transfer, a seat hears it first.
 # In a recogniser's text a space is where the caller paused: a clause ends there (我好怕 着火了
 # is a fire now).
-_NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不着)[^，。,.!?！？；;]{0,2}$")
+_NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不着|唔系|唔使|冇)[^，。,.!?！？；;]{0,2}$")
 _HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为|哪天)[^，。,.!?！？；;\s]{0,3}$")
 # a fear or a condition reaches over its whole clause (怕家里燃气泄露着火)
-_FEAR_CLAUSE = re.compile(r"(?:怕|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,8}$")
+_FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,8}$")
 # 真着火了怎么办 / 真着火了消防车都进不来: "if it really…", told by what would follow
 _IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么办|咋办|咋整|都|就)")
-# 着火了都不知道: what would happen, not what happens
-_UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道")
+# 着火了都不知道, 着火消防车都进不来: what would happen, not what happens
+_UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到)")
 _CONTEXT_CHARS = 6
 
 
@@ -145,7 +145,7 @@ def _taken_back(text: str, start: int, end: int) -> bool:
     return bool(_NEGATED.search(before) or _HYPOTHETICAL.search(before)
                 or _FEAR_CLAUSE.search(text[max(0, start - 10):start])
                 or (before.endswith("真") and _IF_REALLY.search(text[end:end + 12]))
-                or _UNNOTICED.search(text[end:end + 6]))
+                or _UNNOTICED.search(text[end:end + 12]))
 
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.

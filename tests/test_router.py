@@ -268,7 +268,9 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
     for text in ("楼道里堆满纸箱子，怕着火", "真要着火了消防车都进不来", "气死我了，我都想报警了", "没着火，就是灭火器过期了",
                  "我没事 不用叫救护车 就是想问问药吃多了要不要紧",  # 不用 takes it back
                  "我老是怕家里燃气泄露着火 想问问报警器找谁装",  # the fear reaches over its clause
-                 "老小区能不能装烟感 独居老人家里着火了都不知道"):  # what would happen
+                 "老小区能不能装烟感 独居老人家里着火了都不知道",  # what would happen
+                 "建议城中村巷口都装消防栓 现在着火消防车都进不来",
+                 "唔系着火啊 系楼下烧烤档嘅油烟"):  # a southern caller's negation
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -288,6 +290,8 @@ def test_past_or_administrative_words_silence_only_the_danger_words_near_them(ru
     ("公交车上有人打司机 在抢方向盘 快来人啊", "110"),
     ("电梯突然往下掉了一截停住了 里头关着五六个人", "119"),
     ("一辆大货车把人压底下了 在国道上 快点啊", "122"),
+    ("我屋企煤气漏 我老公晕咗喺厨房 叫极都唔醒", "120"),  # in Cantonese words
+    ("我妈刚电话里说胸口疼 喘不上气 我在上班路上回不去", "120"),  # 路上回 is no 上回 (last time)
 ])
 def test_danger_told_in_the_callers_own_words_is_transferred(rules, text, number):
     assert emergency_heard(rules, text).number == number
