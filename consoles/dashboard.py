@@ -3,7 +3,8 @@
 * Live queue per seat group: callers waiting, the longest wait, seats by state (Redis, read-only,
   keys from :mod:`call_routing.acd.keys`).
 * Today's KPIs per line from the ACD queue log (:func:`call_routing.acd.kpi.kpis`, the one
-  definition of 接通率 / 15-s answer rate / 呼损率), satisfaction from the tickets' survey keys.
+  definition of 接通率 / 15-s answer rate / 呼损率), satisfaction from the tickets' survey keys,
+  and how often agents kept what the pre-fill filled (智能填单准确率) from their confirmations.
 * Calls offered and answer rate per hour of today (the same KPI function over each hour).
 
 The queue log holds days of events (up to ``log_max``, ≈ 5 M): each process keeps today's
@@ -90,6 +91,7 @@ class Dashboard(LiveRoom):
             hourly.append({"hour": h, "offered": t["offered"], "answered": t["answered"],
                            "answer_rate": t["connection_rate"], "answer_rate_15s": t["answer_rate_15s"]})
         satisfaction = self.satisfaction(since)
+        prefill = self.prefill_kept(since)
         lines = {}
         rules = self.acd.rules
         for number in sorted(set(figures["lines"]) | set(satisfaction["lines"])):
@@ -98,7 +100,32 @@ class Dashboard(LiveRoom):
                              **figures["lines"].get(number, compute_kpis([])["total"]),
                              **satisfaction["lines"].get(number, _no_survey())}
         return {"day": datetime.fromtimestamp(since, CHINA_TZ).strftime("%Y-%m-%d"),
-                "total": {**figures["total"], **satisfaction["total"]}, "lines": lines, "hourly": hourly}
+                "total": {**figures["total"], **satisfaction["total"], **prefill}, "lines": lines, "hourly": hourly}
+
+    def prefill_kept(self, since: float) -> dict:
+        """智能填单准确率: of today's tickets an agent confirmed whose transcript was heard, the
+        share whose type (line) the agent left as the pre-fill had filled it."""
+        empty = {"prefill_confirmed": 0, "prefill_type_rate": None, "prefill_line_rate": None}
+        if self.tickets is None:
+            return empty
+        from intake.tickets import TicketEvent, TicketRow
+
+        start = datetime.fromtimestamp(since, CHINA_TZ)
+        with self.tickets.engine.connect() as conn:
+            confirmed = (TicketRow.created_at >= start, TicketRow.transcript_status == "ok",
+                         TicketRow.status.in_(("confirmed", "finished", "handed_off")))
+            n = conn.scalar(select(func.count()).select_from(TicketRow).where(*confirmed)) or 0
+            changes = conn.execute(select(TicketEvent.ticket_id, TicketEvent.detail)
+                                   .join(TicketRow, TicketRow.id == TicketEvent.ticket_id)
+                                   .where(TicketEvent.kind == "confirmed", *confirmed)).all()
+        if not n:
+            return empty
+        changed = {"type": set(), "line": set()}
+        for ticket_id, detail in changes:
+            for name in set((detail or {}).get("changed") or ()) & set(changed):
+                changed[name].add(ticket_id)
+        return {"prefill_confirmed": n, "prefill_type_rate": round(1 - len(changed["type"]) / n, 4),
+                "prefill_line_rate": round(1 - len(changed["line"]) / n, 4)}
 
     def satisfaction(self, since: float) -> dict:
         """满意率 = (满意 + 基本满意) ÷ callers who answered the survey, per entry line."""
@@ -279,6 +306,10 @@ class HotlineCollector:
             "answer_rate_15s": ("hotline_answer_rate_15s_today", "answered within 15 s / offered since midnight"),
             "abandon_rate": ("hotline_abandon_rate_today", "呼损率: abandoned / offered since midnight"),
             "satisfaction_rate": ("hotline_satisfaction_rate_today", "satisfied / surveyed since midnight"),
+            "prefill_type_rate": ("hotline_prefill_type_kept_today", "智能填单: confirmed tickets whose type the agent "
+                                                                     "left as pre-filled, since midnight"),
+            "prefill_line_rate": ("hotline_prefill_line_kept_today", "智能填单: confirmed tickets whose line the agent "
+                                                                     "left as pre-filled, since midnight"),
         }
         for key, (name, doc) in gauges.items():
             fam = GaugeMetricFamily(name, doc, labels=["line"])

@@ -162,6 +162,26 @@ def test_the_dashboard_shows_queues_agents_kpis_supervision_and_the_hourly_chart
     assert acd.agent("a1")["state"] == "ringing"
 
 
+def test_the_dashboard_shows_how_often_agents_kept_what_the_pre_fill_filled(app):
+    store = app.extensions["console"].tickets
+    rules = app.extensions["rules"].current()
+    filled = {"type": "consultation", "line": "12348", "emergency": None, "enterprise": False}
+    for i, edits in enumerate(({}, {}, {"line": "12333"}, {"type": "help"})):  # two corrected by the agent
+        t = store.attach_transcript(f"CAkept{i}", text="法律援助怎么申请", entry_line="12348", prefill=filled)
+        store.confirm_fields(t.id, "a1", edits, rules=rules)
+    store.attach_transcript("CAopen", text="法律援助怎么申请", entry_line="12348", prefill=filled)  # not yet confirmed
+    failed = store.attach_transcript("CAdeaf", text=None, status="failed", entry_line="12348")  # nothing heard
+    store.confirm_fields(failed.id, "a1", {"type": "help", "line": "12348"}, rules=rules)
+    sup = app.test_client()
+    sign_in(sup, "super")
+    total = sup.get("/admin/api/dashboard").get_json()["today"]["total"]
+    assert (total["prefill_confirmed"], total["prefill_type_rate"], total["prefill_line_rate"]) == (4, 0.75, 0.75)
+    html = sup.get("/admin/").get_data(as_text=True)
+    assert re.search(r"智能填单·热线准确率</span><strong[^>]*>75(\.0)?%<", html), html
+    metrics = sup.get("/metrics").get_data(as_text=True)
+    assert 'hotline_prefill_line_kept_today{line="total"} 0.75' in metrics
+
+
 def test_supervision_flags_reach_the_dashboard(app):
     store = app.extensions["console"].tickets
     for i in range(10):  # ten callers about the same matter (督办)
