@@ -131,11 +131,21 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
     if unknown:
         raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}"
                          f" or the centre's own folder (local/…)")
-    for name, f in names.items():
-        if sets and name not in sets and name != FIXED_SET:
-            continue
+
+    def of(name):
+        return [r for r in rows if r.where.rsplit(":", 1)[0] == str(names[name])]
+
+    if sets:  # the sets chosen and dev.jsonl, read by one pre-fill that learned from all the others
+        chosen = [FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET]
+        held = {name: of(name) for name in chosen}
+        started = time.monotonic()
+        out = {id(r) for h in held.values() for r in h}
+        filler = prefiller_for([r for r in rows if id(r) not in out])
+        train_s = time.monotonic() - started
+        by_file = {name: figures(score(lambda _: filler, [], held[name])) for name in chosen}
+    for name in names if not sets else ():
         # each set read by a pre-fill that learned from the other sets only
-        held = [r for r in rows if r.where.rsplit(":", 1)[0] == str(f)]
+        held = of(name)
         started = time.monotonic()
         by_file[name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
         if name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
@@ -191,8 +201,8 @@ def main(argv: list[str] | None = None, stdout=None) -> int:
     parser.add_argument("--rules", help="transfer_rules.yaml (default: $RULES_PATH, else the shipped file)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--sets", nargs="+", metavar="FILE",
-                        help="read only these files learned from the others (default: every file; dev.jsonl always;"
-                             " the centre's own as local/NAME)")
+                        help="read only these files, with dev.jsonl, by one pre-fill learned from all the other files"
+                             " (default: every file, each learned from the others; the centre's own as local/NAME)")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
