@@ -131,8 +131,8 @@ _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不
 _HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为|哪天)[^，。,.!?！？；;\s]{0,3}$")
 # a fear or a condition reaches over its whole clause (怕家里燃气泄露着火)
 _FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,8}$")
-# 真着火了怎么办 / 真着火了消防车都进不来: "if it really…", told by what would follow
-_IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么办|咋办|咋整|都|就)")
+# 真着火了怎么办 / 真着火了我咋下去 / 真着火了消防车都进不来: "if it really…", told by what would follow
+_IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就)")
 # 着火了都不知道, 着火消防车都进不来: what would happen, not what happens
 _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到)")
 _CONTEXT_CHARS = 6

@@ -78,17 +78,17 @@ def prefiller(rules):
 
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # every file learned from the others, and five folds, are in docs/tickets.md; here three folds
-    # (0.894 / 0.873 on 2026-12-06, 9,165 sentences) and the outside set: less CPU
-    done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "3",
+    # every file learned from the others, and five folds, are in docs/tickets.md; here two folds
+    # (0.898 / 0.877 on 2026-12-07, 12,365 sentences) and the outside set: less CPU
+    done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "2",
                            "--sets", "more.jsonl"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=280)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 9165 and dev["sentences"] == 50
+    assert cv["sentences"] >= 12365 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.88 and cv["line"] >= 0.86, cv
+    assert cv["type"] >= 0.89 and cv["line"] >= 0.87, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with: three of its lines are not the labelling guide's
@@ -102,10 +102,10 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 12 s), not a test
+    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 15 s), not a test
     # what "right" means here: two labellers, reading the same sentences blind, agreed this often
     two = report["labellers"]["writers/second_labeller"]
-    assert two["sentences"] >= 9165 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
+    assert two["sentences"] >= 12365 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
