@@ -118,6 +118,25 @@ def test_the_prefill_learns_the_centres_own_sentences_and_the_servers_pick_them_
     assert "local/confirmed.jsonl" in report["files"] and report["cross_validated"]["sentences"] > 384
 
 
+def test_a_broken_file_of_the_centres_own_is_left_out_and_never_stops_the_pre_fill(tmp_path, monkeypatch, caplog):
+    import ivr.prefill as prefill_module
+    from call_routing.rules import load_rules
+
+    shipped = tmp_path / "utterances"
+    shipped.mkdir()
+    shutil.copy(prefill_module.LABELLED_DIR / "dev.jsonl", shipped / "dev.jsonl")
+    monkeypatch.setattr(prefill_module, "LABELLED_DIR", shipped)
+    monkeypatch.setenv("HOTLINE_CACHE_DIR", "off")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "by_hand.jsonl").write_text('{"text": "惠民卡补办", "type": "求助", "line": "12349"}\n', encoding="utf-8")
+    monkeypatch.setenv("HOTLINE_LOCAL_UTTERANCES", str(own))
+    filler = prefill_module.Prefiller(load_rules(None))
+    assert filler.model.size == 50  # dev.jsonl only
+    assert f"not learning from {own / 'by_hand.jsonl'}: {own / 'by_hand.jsonl'}:1: `type` '求助' is not one of" \
+        in caplog.text
+
+
 def test_the_harvest_says_what_is_wrong_without_a_place_to_write(tmp_path):
     env = {**os.environ, "HOTLINE_LOCAL_UTTERANCES": "off", "DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"}
     done = subprocess.run([sys.executable, "-m", "intake.harvest"], capture_output=True, text=True, cwd=ROOT,

@@ -83,6 +83,24 @@ def labelled_files() -> list[Path]:
     return sorted(LABELLED_DIR.glob("*.jsonl")) + (sorted(local.glob("*.jsonl")) if local and local.is_dir() else [])
 
 
+def _learnable(files) -> list:
+    """The sentences of ``files``. A shipped file that cannot be read stops the start (the
+    checkout is broken); one of the centre's own is left out with its problem in the log, so an
+    edit of it by hand never keeps the servers from starting."""
+    from .model import LabelledDataError, load_labelled
+
+    local = local_dir()
+    rows = []
+    for path in files:
+        try:
+            rows += load_labelled([path], REQUEST_TYPES)
+        except LabelledDataError as exc:
+            if local is None or path.parent != local:
+                raise
+            log.error("not learning from %s: %s", path, exc)
+    return rows
+
+
 def local_signature() -> tuple:
     """The centre's own files as they are now (name, size, time written): a change is learned."""
     local = local_dir()
@@ -445,7 +463,7 @@ class Prefiller:
             return
         files = labelled_files()
         self.model = learned_once(self._digest(files), lambda: TextModel(
-            load_labelled(files, REQUEST_TYPES), **scorers)).bind(**scorers)
+            _learnable(files), **scorers)).bind(**scorers)
 
     def _digest(self, files) -> str:
         """Everything the model is learned from: the labelled files, the catalogue, the cues, the
