@@ -447,7 +447,7 @@ class Prefiller:
         from; default: every file of ``data/utterances/`` and of the centre's own folder
         (:func:`labelled_files`). ``model``: one already learned with
         the same catalogue, cues and emergency words (see :func:`learned_from`), used as it is."""
-        from .model import TextModel, learned_once, load_labelled
+        from .model import TextModel, learned_once
 
         self.rules = rules
         self.catalogue = catalogue or load_catalogue(SUBJECTS_PATH, rules)
