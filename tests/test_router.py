@@ -270,7 +270,9 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "我老是怕家里燃气泄露着火 想问问报警器找谁装",  # the fear reaches over its clause
                  "老小区能不能装烟感 独居老人家里着火了都不知道",  # what would happen
                  "建议城中村巷口都装消防栓 现在着火消防车都进不来",
-                 "唔系着火啊 系楼下烧烤档嘅油烟"):  # a southern caller's negation
+                 "唔系着火啊 系楼下烧烤档嘅油烟",  # a southern caller's negation
+                 "我好怕哪天楼下那个小饭馆要着火 煤气罐就堆在过道",  # a fear over a long clause
+                 "老街的茶馆电线乱牵又是木头房子随时要起火"):
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -292,6 +294,7 @@ def test_past_or_administrative_words_silence_only_the_danger_words_near_them(ru
     ("一辆大货车把人压底下了 在国道上 快点啊", "122"),
     ("我屋企煤气漏 我老公晕咗喺厨房 叫极都唔醒", "120"),  # in Cantonese words
     ("我妈刚电话里说胸口疼 喘不上气 我在上班路上回不去", "120"),  # 路上回 is no 上回 (last time)
+    ("俺家炕洞子着了 烟囱那块儿往外蹿火 房梁都冒烟了", "119"),  # a chimney's smoke is not fire, flames are
 ])
 def test_danger_told_in_the_callers_own_words_is_transferred(rules, text, number):
     assert emergency_heard(rules, text).number == number
