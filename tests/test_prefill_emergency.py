@@ -79,16 +79,16 @@ def prefiller(rules):
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # every file learned from the others, and five folds, are in docs/tickets.md; here two folds
-    # (0.898 / 0.877 on 2026-12-07, 12,365 sentences) and the outside set: less CPU
+    # (0.903 / 0.882 on 2026-12-07, 15,565 sentences) and the outside set: less CPU
     done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "2",
                            "--sets", "more.jsonl"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=280)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 12365 and dev["sentences"] == 50
+    assert cv["sentences"] >= 15565 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.89 and cv["line"] >= 0.87, cv
+    assert cv["type"] >= 0.895 and cv["line"] >= 0.875, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with: three of its lines are not the labelling guide's
@@ -105,7 +105,7 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 15 s), not a test
     # what "right" means here: two labellers, reading the same sentences blind, agreed this often
     two = report["labellers"]["writers/second_labeller"]
-    assert two["sentences"] >= 12365 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
+    assert two["sentences"] >= 15565 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
