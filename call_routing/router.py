@@ -128,8 +128,8 @@ def _plans_for(rules: Rules) -> _Plans:
 # In a recogniser's text a space is where the caller paused: a clause ends there (我好怕 着火了
 # is a fire now).
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不着|唔系|唔使|冇)[^，。,.!?！？；;]{0,2}$")
-_HYPOTHETICAL = re.compile(r"(?:怕|担心|万一|如果|要是|假如|真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|一旦|以为|哪天|随时)[^，。,.!?！？；;\s]{0,3}$")
-# a fear or a condition reaches over its whole clause (怕家里燃气泄露着火)
+_HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|以为|哪天|随时)[^，。,.!?！？；;\s]{0,3}$")
+# a fear or a condition reaches over its whole clause (怕着火, 怕家里燃气泄露着火, 万一着火)
 _FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,14}$")
 # 真着火了怎么办 / 真着火了我咋下去 / 真着火了消防车都进不来: "if it really…", told by what would follow
 _IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就)")

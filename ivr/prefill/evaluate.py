@@ -60,9 +60,8 @@ def labellers(folder=LABELLINGS) -> dict:
     return {f"{a}/{b}": agreement(read[a], read[b]) for i, a in enumerate(names) for b in names[i + 1:]}
 
 
-def score(prefiller_for, train: list, test: list) -> dict:
-    """Fill every sentence of ``test`` with a pre-fill learned from ``train``; tally the figures."""
-    filler = prefiller_for(train)
+def score(filler, test: list) -> dict:
+    """Fill every sentence of ``test`` with ``filler``; tally the figures."""
     t = {"n": 0, "type": 0, "line": 0, "emergencies": 0, "caught": 0, "caught_certain": 0,
          "right_number": 0, "negatives": 0, "false_alarms": 0, "auto_transfers": 0,
          "sure": 0, "sure_right": 0, "unsure": 0, "unsure_right": 0, "misses": []}
@@ -115,6 +114,11 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
     catalogue, cues = load_catalogue(rules=rules), load_cues()
     files = labelled_files()
     rows = load_labelled(files, REQUEST_TYPES)
+    names = {_name(f): f for f in files}
+    unknown = set(sets or ()) - set(names)
+    if unknown:
+        raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}"
+                         f" or the centre's own folder (local/…)")
 
     def prefiller_for(train):
         return Prefiller(rules, catalogue, cues, training=train)
@@ -124,32 +128,26 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
         warnings.simplefilter("ignore")
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, [r.line for r in rows]))
     for train_idx, test_idx in splits:
-        _add(total, score(prefiller_for, [rows[i] for i in train_idx], [rows[i] for i in test_idx]))
-    by_file = {}
-    names = {_name(f): f for f in files}
-    unknown = set(sets or ()) - set(names)
-    if unknown:
-        raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}"
-                         f" or the centre's own folder (local/…)")
+        _add(total, score(prefiller_for([rows[i] for i in train_idx]), [rows[i] for i in test_idx]))
 
-    def of(name):
-        return [r for r in rows if r.where.rsplit(":", 1)[0] == str(names[name])]
-
-    if sets:  # the sets chosen and dev.jsonl, read by one pre-fill that learned from all the others
-        chosen = [FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET]
-        held = {name: of(name) for name in chosen}
-        started = time.monotonic()
+    def read_apart(chosen: list[str]) -> tuple[float, dict]:
+        """The files ``chosen``, read by one pre-fill learned from all the other files; how long
+        it took to learn."""
+        held = {name: [r for r in rows if r.where.rsplit(":", 1)[0] == str(names[name])] for name in chosen}
         out = {id(r) for h in held.values() for r in h}
-        filler = prefiller_for([r for r in rows if id(r) not in out])
-        train_s = time.monotonic() - started
-        by_file = {name: figures(score(lambda _: filler, [], held[name])) for name in chosen}
-    for name in names if not sets else ():
-        # each set read by a pre-fill that learned from the other sets only
-        held = of(name)
         started = time.monotonic()
-        by_file[name] = figures(score(prefiller_for, [r for r in rows if r not in held], held))
-        if name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
-            train_s = time.monotonic() - started
+        filler = prefiller_for([r for r in rows if id(r) not in out])
+        return time.monotonic() - started, {name: figures(score(filler, held[name])) for name in chosen}
+
+    if sets:  # the sets chosen and dev.jsonl, held out together
+        train_s, by_file = read_apart([FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET])
+    else:  # each set read by a pre-fill that learned from the other sets only
+        by_file = {}
+        for name in names:
+            took, read = read_apart([name])
+            by_file.update(read)
+            if name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
+                train_s = took
     return {"files": list(names), "folds": folds, "seed": seed, "training_s": round(train_s, 2),
             "cross_validated": figures(total), "fixed_dev50": by_file[FIXED_SET], "by_file": by_file,
             "labellers": labellers()}
