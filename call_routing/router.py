@@ -150,6 +150,10 @@ def _taken_back(text: str, start: int, end: int) -> bool:
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.
 UNLESS_REACH = 24
+# A time word whose matter goes on now (昨天下午出去到现在还没回来), or a condition had before
+# (以前就有冠心病), does not say the matter is over.
+_TIME_WORD = re.compile(r"(?:天|日|年|月|周|礼拜|星期|前|次|回|晚上?|早上|午|夜里?)$")
+_GOES_ON = re.compile(r"^[^，。,.!?！？；;\s]{0,8}?(?:到现在|至今|到今天)|^就有")
 
 
 def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine | None, EmergencyLine | None]:
@@ -166,7 +170,9 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     if not text:
         return None, None
     for line in rules.emergency:
-        unless = [m.span() for m in line.unless_pattern.finditer(text)] if line.unless_pattern else []
+        unless = [m.span() for m in line.unless_pattern.finditer(text)
+                  if not (_TIME_WORD.search(m.group(0)) and _GOES_ON.search(text[m.end():m.end() + 14]))
+                  ] if line.unless_pattern else []
         probe = line.mask_pattern.sub(lambda m: "□" * len(m.group(0)), text) if line.mask_pattern else text
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():

@@ -288,6 +288,17 @@ def test_past_or_administrative_words_silence_only_the_danger_words_near_them(ru
 
 
 @pytest.mark.parametrize("text,number", [
+    ("我女儿是智力残疾 昨天下午出去到现在还没回来 我们到处找都没找到", "110"),  # since then, until now
+    ("老太太胸口疼得厉害 一脑门子汗 以前就有冠心病 药吃了不管用", "120"),  # a condition had before
+])
+def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, number):
+    c, p = emergency_assessment(rules, text)
+    assert (c or p).number == number
+    # the same time word, of a matter that is over, still silences it
+    assert emergency_assessment(rules, "昨天下午孩子出去没回来 后来找到了 想问问学校门口能不能装监控") == (None, None)
+
+
+@pytest.mark.parametrize("text,number", [
     ("步行街上有个人抢了一个女的手机 正往南边跑", "110"),
     ("公交车上有人打司机 在抢方向盘 快来人啊", "110"),
     ("电梯突然往下掉了一截停住了 里头关着五六个人", "119"),
