@@ -133,8 +133,9 @@ _HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防
 _FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,14}$")
 # 真着火了怎么办 / 真着火了我咋下去 / 真着火了消防车都进不来: "if it really…", told by what would follow
 _IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就)")
-# 着火了都不知道, 着火消防车都进不来: what would happen, not what happens
-_UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到)")
+# 着火了都不知道, 着火消防车都进不来, 着火了都没法跑: what would happen, not what happens
+_UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到"
+                        r"|没法跑(?!了))")  # 都出不去了, 都没法跑了: trapped now
 _CONTEXT_CHARS = 6
 
 

@@ -227,7 +227,6 @@ def test_caller_numbers_are_masked_for_logs():
     ("老人突然昏迷了", "120"),
     ("路口发生交通事故，有人受伤", "122"),
     ("有人在街上抢劫", "110"),
-    ("对方让我把钱转到安全账户", "110"),
 ])
 @pytest.mark.parametrize("dialed", ["12345", "12301", "12348", "12366", "95566"])
 def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dialed):
@@ -249,11 +248,20 @@ def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dia
     "楼下那家店天天放喇叭 跳楼价大甩卖 吵死了",
     "十字路口老有人抢道 建议装个红绿灯",
     "天然气突然点不着火了 表里还有钱",
+    "网上银行被盗刷了 先找银行还是先报警",  # asks whether to call the police
+    "我们楼道里这两天老有股煤气味 也不知道是哪家的",  # a smell that comes and goes
+    "房东把门锁换了 我被关在外面 身份证都在屋里",  # locked out, not locked in
     "",
 ])
 def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, text):
     d = decide("12345", None, IN_WINDOW, text, rules)
     assert d.mode == "main" and d.emergency is None
+
+
+def test_a_fraud_under_way_goes_to_the_next_seat_first_who_can_hand_it_to_110(rules):
+    # the caller may only be asking whether it is a fraud: a seat hears them before any transfer
+    for text in ("对方让我把钱转到安全账户", "说是公安局的 让我把钱转到安全账户 这是不是骗子啊"):
+        assert [line and line.number for line in emergency_assessment(rules, text)] == [None, "110"], text
 
 
 def test_a_phrase_with_a_gap_matches_words_between_within_one_clause(rules):
@@ -272,7 +280,8 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "建议城中村巷口都装消防栓 现在着火消防车都进不来",
                  "唔系着火啊 系楼下烧烤档嘅油烟",  # a southern caller's negation
                  "我好怕哪天楼下那个小饭馆要着火 煤气罐就堆在过道",  # a fear over a long clause
-                 "老街的茶馆电线乱牵又是木头房子随时要起火"):
+                 "老街的茶馆电线乱牵又是木头房子随时要起火",
+                 "楼道里堆了好多泡沫箱子 着火了都没法跑"):  # what would happen
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -296,6 +305,8 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
     assert (c or p).number == number
     # the same time word, of a matter that is over, still silences it
     assert emergency_assessment(rules, "昨天下午孩子出去没回来 后来找到了 想问问学校门口能不能装监控") == (None, None)
+    # trapped now, not what would happen
+    assert emergency_heard(rules, "着火了我们都出不去了").number == "119"
 
 
 @pytest.mark.parametrize("text,number", [
