@@ -128,7 +128,8 @@ def _plans_for(rules: Rules) -> _Plans:
 # In a recogniser's text a space is where the caller paused: a clause ends there (我好怕 着火了
 # is a fire now).
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不着|唔系|唔使|冇)[^，。,.!?！？；;]{0,2}$")
-_HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|以为|哪天|随时)[^，。,.!?！？；;\s]{0,3}$")
+_HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|以为|哪天|随时|会)"
+                           r"[^，。,.!?！？；;\s]{0,3}$")
 # a fear or a condition reaches over its whole clause (怕着火, 怕家里燃气泄露着火, 万一着火)
 _FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,14}$")
 # 真着火了怎么办 / 真着火了我咋下去 / 真着火了消防车都进不来: "if it really…", told by what would follow
@@ -136,17 +137,21 @@ _IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就)")
 # 着火了都不知道, 着火消防车都进不来, 着火了都没法跑: what would happen, not what happens
 _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到"
                         r"|没法跑(?!了))")  # 都出不去了, 都没法跑了: trapped now
+# 烧起来咋整, 着火怎么办: what to do if it happens (着火了怎么办 is a fire now)
+_WHAT_IF = re.compile(r"^(?:的话)?(?:咋整|咋办|怎么办|怎么弄)")
 _CONTEXT_CHARS = 6
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:
     """Whether the words around ``text[start:end]`` take it back: negated, hypothetical, or
-    "if it really…" (真着火了怎么办) and "…nobody would know" (着火了都不知道)."""
+    "if it really…" (真着火了怎么办), "…nobody would know" (着火了都不知道) and "what if…"
+    (烧起来咋整)."""
     before = text[max(0, start - _CONTEXT_CHARS):start]
     return bool(_NEGATED.search(before) or _HYPOTHETICAL.search(before)
                 or _FEAR_CLAUSE.search(text[max(0, start - 16):start])
                 or (before.endswith("真") and _IF_REALLY.search(text[end:end + 12]))
-                or _UNNOTICED.search(text[end:end + 12]))
+                or _UNNOTICED.search(text[end:end + 12])
+                or (not text[start:end].endswith("了") and _WHAT_IF.search(text[end:end + 5])))
 
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.

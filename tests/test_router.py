@@ -251,6 +251,7 @@ def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dia
     "网上银行被盗刷了 先找银行还是先报警",  # asks whether to call the police
     "我们楼道里这两天老有股煤气味 也不知道是哪家的",  # a smell that comes and goes
     "房东把门锁换了 我被关在外面 身份证都在屋里",  # locked out, not locked in
+    "小区门口的洗车店 水枪声吸尘器声 从早上七点吵到晚上十点",  # 枪声 inside 水枪声
     "",
 ])
 def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, text):
@@ -281,7 +282,9 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "唔系着火啊 系楼下烧烤档嘅油烟",  # a southern caller's negation
                  "我好怕哪天楼下那个小饭馆要着火 煤气罐就堆在过道",  # a fear over a long clause
                  "老街的茶馆电线乱牵又是木头房子随时要起火",
-                 "楼道里堆了好多泡沫箱子 着火了都没法跑"):  # what would happen
+                 "楼道里堆了好多泡沫箱子 着火了都没法跑",  # what would happen
+                 "邻居把电动车停在楼道充电 讲了也不听 烧起来咋整",  # what to do if it happens
+                 "那个仓库堆了好多鞭炮 迟早会爆炸"):
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -307,6 +310,7 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
     assert emergency_assessment(rules, "昨天下午孩子出去没回来 后来找到了 想问问学校门口能不能装监控") == (None, None)
     # trapped now, not what would happen
     assert emergency_heard(rules, "着火了我们都出不去了").number == "119"
+    assert emergency_heard(rules, "楼下着火了怎么办啊 烟都上来了").number == "119"  # 了: it is burning
 
 
 @pytest.mark.parametrize("text,number", [
@@ -317,6 +321,7 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
     ("我屋企煤气漏 我老公晕咗喺厨房 叫极都唔醒", "120"),  # in Cantonese words
     ("我妈刚电话里说胸口疼 喘不上气 我在上班路上回不去", "120"),  # 路上回 is no 上回 (last time)
     ("俺家炕洞子着了 烟囱那块儿往外蹿火 房梁都冒烟了", "119"),  # a chimney's smoke is not fire, flames are
+    ("着火了 三楼的舞蹈培训教室着火了 还有小孩没下来", "119"),  # a training school is a place, not 消防培训
 ])
 def test_danger_told_in_the_callers_own_words_is_transferred(rules, text, number):
     assert emergency_heard(rules, text).number == number
