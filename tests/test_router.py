@@ -227,6 +227,7 @@ def test_caller_numbers_are_masked_for_logs():
     ("老人突然昏迷了", "120"),
     ("路口发生交通事故，有人受伤", "122"),
     ("有人在街上抢劫", "110"),
+    ("对方让我把钱转到安全账户", "110"),
 ])
 @pytest.mark.parametrize("dialed", ["12345", "12301", "12348", "12366", "95566"])
 def test_emergency_words_transfer_at_once_from_any_line(rules, text, number, dialed):
@@ -259,10 +260,9 @@ def test_everyday_matters_that_mention_danger_words_stay_with_the_seats(rules, t
     assert d.mode == "main" and d.emergency is None
 
 
-def test_a_fraud_under_way_goes_to_the_next_seat_first_who_can_hand_it_to_110(rules):
-    # the caller may only be asking whether it is a fraud: a seat hears them before any transfer
-    for text in ("对方让我把钱转到安全账户", "说是公安局的 让我把钱转到安全账户 这是不是骗子啊"):
-        assert [line and line.number for line in emergency_assessment(rules, text)] == [None, "110"], text
+def test_a_caller_asking_whether_it_is_a_fraud_is_heard_by_a_seat_first(rules):
+    c, p = emergency_assessment(rules, "说是公安局的 让我把钱转到安全账户 这是不是骗子啊")
+    assert c is None
 
 
 def test_a_phrase_with_a_gap_matches_words_between_within_one_clause(rules):
