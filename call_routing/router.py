@@ -133,12 +133,12 @@ _HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防
 # a fear or a condition reaches over its whole clause (怕着火, 怕家里燃气泄露着火, 万一着火)
 _FEAR_CLAUSE = re.compile(r"(?:怕|惊|担心|万一|如果|要是|假如|一旦)[^，。,.!?！？；;\s]{0,14}$")
 # 真着火了怎么办 / 真着火了我咋下去 / 真着火了消防车都进不来: "if it really…", told by what would follow
-_IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就)")
+_IF_REALLY = re.compile(r"^[^，。,.!?！？；;]{0,8}?(?:怎么|咋|都|就|是不是)")
 # 着火了都不知道, 着火消防车都进不来, 着火了都没法跑: what would happen, not what happens
 _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！？；;\s]{0,6}(?:都|也)(?:进不来|进不去|过不去|开不进|入唔到"
                         r"|没法跑(?!了))")  # 都出不去了, 都没法跑了: trapped now
-# 烧起来咋整, 着火怎么办: what to do if it happens (着火了怎么办 is a fire now)
-_WHAT_IF = re.compile(r"^(?:的话)?(?:咋整|咋办|怎么办|怎么弄)")
+# 烧起来咋整, 着火怎么办, 燃气泄漏的话: what to do if it happens (着火了怎么办 is a fire now)
+_WHAT_IF = re.compile(r"^(?:的话|咋整|咋办|怎么办|怎么弄)")
 _CONTEXT_CHARS = 6
 
 

@@ -284,7 +284,10 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "老街的茶馆电线乱牵又是木头房子随时要起火",
                  "楼道里堆了好多泡沫箱子 着火了都没法跑",  # what would happen
                  "邻居把电动车停在楼道充电 讲了也不听 烧起来咋整",  # what to do if it happens
-                 "那个仓库堆了好多鞭炮 迟早会爆炸"):
+                 "那个仓库堆了好多鞭炮 迟早会爆炸",
+                 "燃气泄漏的话该打哪个电话",  # 的话: if it happens
+                 "家里装了封死的防盗窗 真着火了是不是跑不出去",
+                 "废品站的纸壳子堆到二楼了 一着火全楼都完了"):  # 一…: once it does
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
