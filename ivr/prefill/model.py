@@ -125,8 +125,9 @@ class _Field:
         self.features, self.weight, self.reads = features, weight, reads
         # balanced: a line or an emergency with few sentences weighs as much as a crowded one
         # dual: far more features than sentences, where liblinear's dual solver is the fast one
+        # tol 0.01: the same answers to three decimals on held-out rounds as 1e-4, a quarter less time
         self.model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=1000,
-                                                            class_weight="balanced"))
+                                                            tol=0.01, class_weight="balanced"))
 
     def __getstate__(self):  # kept on disk without the catalogue's scorer (bound to a Prefiller)
         return {k: v for k, v in self.__dict__.items() if k != "features"}
