@@ -79,16 +79,16 @@ def prefiller(rules):
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # every file learned from the others, and five folds, are in docs/tickets.md; here two folds
-    # (0.903 / 0.882 on 2026-12-07, 15,565 sentences) and the outside set: less CPU
+    # (0.921 / 0.891 on 2026-12-07, 28,355 sentences) and the outside set: less CPU
     done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "2",
                            "--sets", "more.jsonl"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=280)
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
-    assert cv["sentences"] >= 15565 and dev["sentences"] == 50
+    assert cv["sentences"] >= 28355 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.895 and cv["line"] >= 0.875, cv
+    assert cv["type"] >= 0.915 and cv["line"] >= 0.885, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with: three of its lines are not the labelling guide's
@@ -98,14 +98,14 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     # the sets asked for, read with dev.jsonl by a pre-fill that learned from all the other sets;
     # the 200 sentences written outside the project are the fairest of them
     assert set(by_file) == {"dev.jsonl", "more.jsonl"} and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.93, by_file["more.jsonl"]
+    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 15 s), not a test
+    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 35 s), not a test
     # what "right" means here: two labellers, reading the same sentences blind, agreed this often
     two = report["labellers"]["writers/second_labeller"]
-    assert two["sentences"] >= 15565 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
+    assert two["sentences"] >= 28355 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
 
 
 def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_never_a_transfer(prefiller, rules):
