@@ -36,6 +36,19 @@ def pytest_configure(config):
         config.option.numprocesses, config.option.dist = 0, "no"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """Learn the shipped pre-fill once, in the main process, before the test processes start (as
+    a machine's first start of the product does): otherwise the first server a test starts on a
+    fresh machine learns it (half a minute) while other tests load the CPU, and its readiness
+    wait runs out. Later processes load it from the per-user cache (``ivr.prefill.model``)."""
+    if hasattr(session.config, "workerinput"):  # an xdist test process: the main one has done it
+        return
+    from ivr.prefill import Prefiller
+
+    Prefiller(load_rules())
+
+
 @pytest.fixture(scope="session")
 def redis_server_url():
     """``REDIS_URL`` if set (its database is flushed between tests!), else a private server."""
