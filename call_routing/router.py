@@ -162,6 +162,12 @@ _TIME_WORD = re.compile(r"(?:天|日|年|月|周|礼拜|星期|前|次|回|晚�
 _GOES_ON = re.compile(r"^[^，。,.!?！？；;\s]{0,8}?(?:到现在|至今|到今天)|^就有")
 
 
+def _says_over(text: str, found: re.Match) -> bool:
+    """Whether the ``unless`` word ``found`` in ``text`` says the matter is over: a time word
+    followed by 到现在 or 就有 does not."""
+    return not (_TIME_WORD.search(found.group(0)) and _GOES_ON.search(text[found.end():found.end() + 14]))
+
+
 def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine | None, EmergencyLine | None]:
     """``(certain, possible)``: the emergency line the caller's words call for now (transfer at
     once), else one they may be describing (a seat should hear the caller first).
@@ -176,9 +182,8 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     if not text:
         return None, None
     for line in rules.emergency:
-        unless = [m.span() for m in line.unless_pattern.finditer(text)
-                  if not (_TIME_WORD.search(m.group(0)) and _GOES_ON.search(text[m.end():m.end() + 14]))
-                  ] if line.unless_pattern else []
+        unless = ([m.span() for m in line.unless_pattern.finditer(text) if _says_over(text, m)]
+                  if line.unless_pattern else [])
         probe = line.mask_pattern.sub(lambda m: "□" * len(m.group(0)), text) if line.mask_pattern else text
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():
