@@ -287,7 +287,9 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "那个仓库堆了好多鞭炮 迟早会爆炸",
                  "燃气泄漏的话该打哪个电话",  # 的话: if it happens
                  "家里装了封死的防盗窗 真着火了是不是跑不出去",
-                 "废品站的纸壳子堆到二楼了 一着火全楼都完了"):  # 一…: once it does
+                 "废品站的纸壳子堆到二楼了 一着火全楼都完了",  # 一…: once it does
+                 "我家一头牛口吐白沫倒地不起 咋整",  # livestock: a vet, not an ambulance
+                 "村里两头牛被车撞了 倒在路边"):
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -325,6 +327,7 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
     ("我妈刚电话里说胸口疼 喘不上气 我在上班路上回不去", "120"),  # 路上回 is no 上回 (last time)
     ("俺家炕洞子着了 烟囱那块儿往外蹿火 房梁都冒烟了", "119"),  # a chimney's smoke is not fire, flames are
     ("着火了 三楼的舞蹈培训教室着火了 还有小孩没下来", "119"),  # a training school is a place, not 消防培训
+    ("牛市上一头牛发疯把人顶了 肚子上一个大口子 血止不住 快叫救护车", "120"),  # a cow at the scene is no sick cow
 ])
 def test_danger_told_in_the_callers_own_words_is_transferred(rules, text, number):
     assert emergency_heard(rules, text).number == number
