@@ -73,6 +73,13 @@ def test_an_emergency_ticket_stays_with_the_general_seats_as_a_call_for_help(pre
     assert (f.emergency, f.line, f.skill, f.type) == ("120", "12345", "general", "help")
 
 
+def test_a_witness_to_a_crime_under_way_reports_it_while_its_victim_asks_for_help(prefiller):
+    witness = prefiller.fill("有两个人正在撬对面那家店的卷帘门")
+    assert (witness.emergency, witness.line, witness.type) == ("110", "12345", "report")
+    victim = prefiller.fill("有人拿着刀在砸我家门 说要砍死我 我躲在卧室里")
+    assert (victim.emergency, victim.type) == ("110", "help")
+
+
 def test_a_fire_hazard_report_goes_to_96119_without_calling_the_fire_brigade(prefiller):
     f = prefiller.fill("楼道里堆满了易燃物，有火灾隐患")
     assert (f.line, f.emergency, f.type, f.skill) == ("96119", None, "report", "fire_hazard")

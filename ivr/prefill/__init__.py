@@ -60,6 +60,9 @@ POSSIBLE_WITHOUT_WORD = 0.2
 # a possible emergency the learned model gives at least this probability: its ticket goes on
 # the 12345 line (the line of every emergency); below it, the line the model read
 POSSIBLE_ON_GENERAL_LINE = 0.7
+# a certain emergency's ticket is of the cues' `emergency` type, but a crime under way told by
+# a witness (the 110 line) keeps the model's `report`
+POLICE, WITNESS_TYPE = "110", "report"
 REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
 GENERAL_LINE = "12345"
 GENERAL_DEPARTMENT = "12345政务服务便民热线"
@@ -527,7 +530,9 @@ class Prefiller:
         # an emergency likely (held-out rounds: type +1.4, line +0.8 points against forcing both)
         if certain or (possible and any_p >= POSSIBLE_ON_GENERAL_LINE):
             line, line_p = GENERAL_LINE, 1.0
-        if certain:
+        # a caller in danger asks for help; a witness telling of a crime under way (someone
+        # waving a knife, a fight) reports it, when the model reads it so
+        if certain and not (certain.number == POLICE and kind == WITNESS_TYPE):
             kind, type_p[self.cues.emergency_type] = self.cues.emergency_type, 1.0
         enterprise = self.is_enterprise(text)
         info = self.rules.line(line) or self.rules.hotline
