@@ -275,14 +275,14 @@ def keep_prompts(services, stop: threading.Event, every_s: float = 1.0) -> None:
     """Render the prompts of each new rules version into the prompts folder (only new or changed
     texts, as ``python -m ivr.prompts render``): a text edited in the rules editor, or on disk,
     is heard by the next caller instead of a silent gap until someone runs install.sh. Only
-    where the folder exists (install.sh made it: this host is the Asterisk host)."""
+    where install.sh has rendered the folder (its manifest): this host is the Asterisk host."""
     from ivr.prompts import all_prompts, render
 
     done = None
     while not stop.wait(every_s):
         try:
             rules = services.rules.current()
-            if rules.version == done or not os.path.isdir(services.prompt_dir):
+            if rules.version == done or not os.path.isfile(os.path.join(services.prompt_dir, "manifest.json")):
                 continue
             counts = render(all_prompts(rules), services.prompt_dir, progress=None, jobs=1)
             done = rules.version
