@@ -278,23 +278,25 @@ def keep_prompts(services, stop: threading.Event, every_s: float = 1.0) -> None:
     where install.sh has rendered the folder (its manifest): this host is the Asterisk host."""
     from ivr.prompts import all_prompts, render
 
-    done = None
+    done, failed = None, None
     while not stop.wait(every_s):
+        version = None
         try:
             rules = services.rules.current()
-            if rules.version == done or not os.path.isfile(os.path.join(services.prompt_dir, "manifest.json")):
+            version = rules.version
+            if version == done or not os.path.isfile(os.path.join(services.prompt_dir, "manifest.json")):
                 continue
             counts = render(all_prompts(rules), services.prompt_dir, progress=None, jobs=1)
-            done = rules.version
+            done = version
             if counts["synthesized"] or counts["recorded"]:
-                log.info("rules %s: %d new prompt(s) rendered into %s", rules.version,
+                log.info("rules %s: %d new prompt(s) rendered into %s", version,
                          counts["synthesized"] + counts["recorded"], services.prompt_dir)
         except Exception as exc:  # noqa: BLE001 — never stop for this; tell the admin once per version
-            if done != ("failed", services.rules.current().version):
-                log.warning("cannot render the prompts of the new rules into %s (%s): run "
-                            "agi_scripts/install.sh (or python -m ivr.prompts render) on the Asterisk host",
+            if failed != version:
+                log.warning("cannot render the prompts of rules %s into %s (%s): run agi_scripts/install.sh "
+                            "(or python -m ivr.prompts render) on the Asterisk host", version,
                             services.prompt_dir, exc)
-            done = ("failed", services.rules.current().version)
+            failed = version
 
 
 def main(argv=None) -> int:
