@@ -82,6 +82,9 @@ class CallFileDialer:
         text = self.call_file(request)
         os.makedirs(self.spool, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".hotline-", dir=os.path.dirname(self.spool.rstrip("/")) or ".")
+        # mkstemp makes it 0600: Asterisk, running as its own user, could not open it and pbx_spool
+        # deletes a call file it cannot open — the callback "placed", never dialed
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, os.path.join(self.spool, f"hotline-{request.call_id}-{request.offer}.call"))

@@ -271,6 +271,34 @@ class FastAGIServer:
             self._slots.release()
 
 
+def keep_prompts(services, stop: threading.Event, every_s: float = 1.0) -> None:
+    """Render the prompts of each new rules version into the prompts folder (only new or changed
+    texts, as ``python -m ivr.prompts render``): a text edited in the rules editor, or on disk,
+    is heard by the next caller instead of a silent gap until someone runs install.sh. Only
+    where install.sh has rendered the folder (its manifest): this host is the Asterisk host."""
+    from ivr.prompts import all_prompts, render
+
+    done, failed = None, None
+    while not stop.wait(every_s):
+        version = None
+        try:
+            rules = services.rules.current()
+            version = rules.version
+            if version == done or not os.path.isfile(os.path.join(services.prompt_dir, "manifest.json")):
+                continue
+            counts = render(all_prompts(rules), services.prompt_dir, progress=None, jobs=1)
+            done = version
+            if counts["synthesized"] or counts["recorded"]:
+                log.info("rules %s: %d new prompt(s) rendered into %s", version,
+                         counts["synthesized"] + counts["recorded"], services.prompt_dir)
+        except Exception as exc:  # noqa: BLE001 — never stop for this; tell the admin once per version
+            if failed != version:
+                log.warning("cannot render the prompts of rules %s into %s (%s): run agi_scripts/install.sh "
+                            "(or python -m ivr.prompts render) on the Asterisk host", version,
+                            services.prompt_dir, exc)
+            failed = version
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agi_scripts.fastagi_server", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -332,6 +360,8 @@ def main(argv=None) -> int:
         from ivr.asterisk.pbx import run_in_background
 
         run_in_background(acd)
+    if children is not None:  # one process keeps the prompts of new rules rendered
+        threading.Thread(target=keep_prompts, args=(services, stop), name="prompts", daemon=True).start()
     log.info("FastAGI on %s:%d, handlers %s, rules %s", *server.address[:2], ", ".join(sorted(server.handlers)),
              services.rules.current().version)
     if children is not None:

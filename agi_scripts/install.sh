@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --ami-secret) ami_secret=$2; shift 2 ;;
     --audiosocket) audiosocket=$2; shift 2 ;;
     --no-reload) reload=0; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     seat.add_argument("agent_id")
     seat.add_argument("--skills", required=True, help="skill:level,... e.g. general:50,tourism:30")
     seat.add_argument("--name", default="")
-    seat.add_argument("--endpoint", action="append", default=[], help="client:ID, sip:…, or +86… (repeatable)")
+    seat.add_argument("--endpoint", action="append", default=[], help="a Dial string for Asterisk (PJSIP/agent1001, IAX2/…, Local/…); client:ID, sip:… or +86… for Twilio (repeatable)")
     args = parser.parse_args(argv)
     try:
         if args.command == "seat":

@@ -252,6 +252,14 @@ class LiveListener:
             close()
 
 
+def _default_recordings() -> str:
+    """The same folder the rq worker and the web app use without ``HOTLINE_RECORDINGS``: Asterisk
+    must record where they look for the files."""
+    from intake.jobs import recordings_dir
+
+    return str(recordings_dir())
+
+
 def build(config: dict | None = None) -> Services:
     cfg = {k: os.environ.get(k) for k in ("REDIS_URL", "RULES_PATH", "HOTLINE_PROMPTS", "HOTLINE_RECORDINGS",
                                           "HOTLINE_RECOGNIZER")}
@@ -280,5 +288,5 @@ def build(config: dict | None = None) -> Services:
     flow = CallFlow(store.current, queue, tickets, cfg.get("calls") or calls, classify=classify,
                     invite_after_s=float(cfg.get("invite_after_s", 3.0)))
     return Services(flow, store, cfg.get("HOTLINE_PROMPTS") or "/var/lib/asterisk/sounds/hotline",
-                    cfg.get("HOTLINE_RECORDINGS") or "/var/spool/asterisk/hotline",
+                    cfg.get("HOTLINE_RECORDINGS") or _default_recordings(),
                     cfg.get("recognizer", _recognizer(cfg.get("HOTLINE_RECOGNIZER"))))

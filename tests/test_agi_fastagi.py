@@ -455,3 +455,16 @@ def test_a_header_that_never_ends_or_grows_past_its_cap_is_closed_within_seconds
         assert srv.stats["sessions"] == 0  # neither ever took a worker
         assert fastagi_session(srv.address, agi_env("12345", uniqueid="after", network=True),
                                Peer()).variables["HOTLINE_ACTION"] == "queue"
+
+
+def test_the_fastagi_server_and_the_worker_agree_on_the_recordings_folder_by_default(monkeypatch, rules_path):
+    """Without HOTLINE_RECORDINGS the FastAGI server told Asterisk to record into
+    /var/spool/asterisk/hotline while the rq worker (and the web app) looked in the checkout's
+    var/recordings: every 质检 recording was dropped as "never bridged to an agent"."""
+    from intake.jobs import recordings_dir
+    from ivr.services import build
+
+    monkeypatch.delenv("HOTLINE_RECORDINGS", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    services = build({"tickets": object(), "RULES_PATH": str(rules_path)})
+    assert services.recordings_dir == str(recordings_dir())

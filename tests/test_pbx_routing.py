@@ -66,3 +66,25 @@ def test_every_number_is_routed_as_its_own_line_by_the_real_pbx_with_and_without
     first = [f for f, _ in before.streamed()][:1]  # the greeting, the line's only prompt
     assert first == [sound_path(world.prompt_dir, world.rules.hotline.greeting)]
     assert before.first_var("HOTLINE_ACTION") == "queue"
+
+
+def test_a_prompt_edited_in_the_rules_is_rendered_by_the_fastagi_server_and_played(pbx):
+    """An admin changes a transition prompt (the rules editor publishes it, or an edit on disk):
+    the FastAGI server picks the rules up within a second and renders the new text into the
+    prompts folder, so the next caller hears it — not silence until someone runs install.sh."""
+    world = pbx
+    path = world.rules_path
+    shipped = path.read_text("utf-8")
+    old = "prompt: 您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
+    new = "prompt: 您拨打的12301旅游服务热线已并入12345政务服务便民热线，现在为您转接人工坐席。"
+    assert old in shipped
+    wav = sound_path(world.prompt_dir, new.split(": ", 1)[1]) + ".wav"
+    try:
+        path.write_text(shipped.replace(old, new), "utf-8")
+        wait_until(lambda: __import__("os").path.exists(wav), 20, 0.1, "the new prompt to be rendered")
+        world.seat("4101", {"tourism": 50, "general": 50})
+        call = world.call("12301")
+        call.bridged_with("Local/4101@lab-agent", timeout=30)
+        assert wav[:-4] in call.played()
+    finally:
+        path.write_text(shipped, "utf-8")

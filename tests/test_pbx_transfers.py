@@ -199,3 +199,34 @@ def test_the_caller_hanging_up_during_the_survey_leaves_the_call_completed_not_a
     ended = [e for e in world.acd.events() if e.get("call") == call_id]
     assert [e.get("by") for e in ended if e["e"] == "complete"] == ["agent"]
     assert not [e for e in ended if e["e"] in ("abandon", "abandoned")]
+
+
+def test_the_caller_hanging_up_in_a_three_way_ends_the_agent_and_party_legs(pbx):
+    """The citizen hangs up while agent and expert are in the conference, then (warm transfer)
+    while only the expert is: nobody is left on a line the ACD already counts as over — an
+    expert's phone (or a sub-center's trunk leg) must not stay in an empty conference."""
+    world = pbx
+    world.seat("2104", {"legal_expert": 50})
+    world.seat("2105", {"legal_expert": 50})
+    # 1. all three in the conference
+    call, leg = connect(world, "12348", "2009", {"legal": 50})
+    caller = call.channel()
+    call.dtmf(agent_phone(leg), "*4")
+    party = party_leg(call)
+    in_conference(call, caller, leg, party)
+    expert = wait_until(lambda: call.bridged("Local/210"), 15, 0.05, "the expert to answer")
+    call.hangup()
+    wait_until(lambda: call.hung_up(leg), 10, 0.05, "the agent's leg to end with the caller")
+    wait_until(lambda: call.hung_up(party) and call.hung_up(expert), 10, 0.05, "the expert's leg to end")
+    # 2. warm transfer: the agent left (*0), the caller talks with the expert, then hangs up
+    call, leg = connect(world, "12348", "2010", {"legal": 50})
+    caller = call.channel()
+    call.dtmf(agent_phone(leg), "*4")
+    party = party_leg(call)
+    in_conference(call, caller, leg, party)
+    expert = wait_until(lambda: call.bridged("Local/210"), 15, 0.05, "the expert to answer")
+    call.dtmf(agent_phone(leg), "*0")
+    in_conference(call, caller, party)
+    call.hangup()
+    wait_until(lambda: call.hung_up(party) and call.hung_up(expert), 10, 0.05, "the expert's leg to end")
+    assert not world.lab.rx("core show channels concise").strip()

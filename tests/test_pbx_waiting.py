@@ -61,6 +61,26 @@ def test_an_emergency_heard_while_waiting_is_transferred_and_falls_back_when_the
     medical.bridged_with("Local/3002@lab-agent", timeout=30)
 
 
+def test_an_emergency_heard_while_waiting_takes_the_backup_route_when_the_trunk_fails(pbx):
+    """globals.conf's HOTLINE_EMERGENCY_BACKUP_* and _RING_S hold for every emergency leg, not
+    only for 110/119/120/122 dialed directly: a fire heard while waiting whose trunk is down is
+    put through the backup route (here Local/<number>@lab-agent), not sent back to the seats."""
+    world = pbx
+    world.phone_mode("pstn-119", "down")
+    world.lab.edit_globals({"HOTLINE_EMERGENCY_BACKUP_PREFIX": "Local/", "HOTLINE_EMERGENCY_BACKUP_SUFFIX": "@lab-agent"})
+    try:
+        fire = world.call("12345")
+        wait_until(lambda: "hotline" in fire.hold_music(), 15, 0.1, "hold music")
+        world.flow_heard(fire.call_id(), "楼道里全是烟，邻居家着火了")
+        assert fire.wait_var("HOTLINE_TARGET", "119", timeout=20)
+        fire.bridged_with("Local/119@lab-agent", timeout=30)
+        assert fire.ran("Dial", None)
+        assert any(e.get("Event") == "Newexten" and e.get("Application") == "Dial"
+                   and e.get("AppData", "").startswith("Local/119@lab-pstn,10,") for e in fire.events())
+    finally:
+        world.lab.edit_globals({"HOTLINE_EMERGENCY_BACKUP_PREFIX": "", "HOTLINE_EMERGENCY_BACKUP_SUFFIX": ""})
+
+
 # -- waiting ------------------------------------------------------------------------------------
 def test_waiting_hold_music_invitation_position_and_a_booked_callback_placed_agent_first(pbx):
     world = pbx
