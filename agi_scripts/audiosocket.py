@@ -16,7 +16,9 @@ its next tick (≤ 1 s), a matter goes to the ticket. Once the call is answered,
 over, the server sends the hang-up and Asterisk closes the channel.
 
 What is refused: a connection whose first frame is not an id this product issued (ids live
-in the shared Redis for 30 s until claimed, once), a frame longer than ``MAX_PAYLOAD``, a
+in the shared Redis for 30 s until claimed, once) or is not whole within ``ID_WITHIN_S`` of
+connecting (bytes trickled in one at a time do not hold a stream slot), a frame longer than
+``MAX_PAYLOAD`` or not whole within ``FRAME_WITHIN_S``, a
 stream without any frame for ``SILENT_S``, more than ``--max-streams`` streams at once. ChanSpy
 sends only the frames the caller's channel carries, so a gap in them is silence: it is fed to
 the recogniser as such (up to ``MAX_PAD_S``), which then ends the utterance on time.
@@ -38,7 +40,8 @@ log = logging.getLogger("hotline.audiosocket")
 
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_AUDIO, KIND_ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
 MAX_PAYLOAD = 8192  # Asterisk sends 320 bytes (20 ms); the protocol allows 65535
-ID_WITHIN_S = 3.0  # from connect to the id frame
+ID_WITHIN_S = 3.0  # from connect to the end of the id frame, however the bytes trickle in
+FRAME_WITHIN_S = 5.0  # once a frame is ready to read, the whole of it (Asterisk sends each at once)
 SILENT_S = 600.0  # no frame at all for this long: the stream is dead
 GAP_S = 0.1  # no frame for this long is silence on the line (ChanSpy sends only frames the channel carries)
 MAX_PAD_S = 1.0  # silence fed to the recogniser per gap: enough to end any utterance
@@ -56,21 +59,32 @@ def frame(kind: int, payload: bytes = b"") -> bytes:
     return struct.pack(">BH", kind, len(payload)) + payload
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def _read_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
+    """``n`` bytes, all of them by ``deadline`` (a peer trickling a byte at a time is cut off)."""
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProtocolError(f"{what} not complete in time ({len(data)} of {n} bytes)")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(n - len(data))
+        except socket.timeout:
+            raise ProtocolError(f"{what} not complete in time ({len(data)} of {n} bytes)") from None
         if not chunk:
             raise EOFError("connection closed")
         data += chunk
     return data
 
 
-def read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    kind, length = struct.unpack(">BH", _read_exact(sock, 3))
+def read_frame(sock: socket.socket, within_s: float = FRAME_WITHIN_S, deadline: float | None = None
+               ) -> tuple[int, bytes]:
+    """One frame, whole within ``within_s`` of its first byte being awaited (or by ``deadline``)."""
+    deadline = time.monotonic() + within_s if deadline is None else deadline
+    kind, length = struct.unpack(">BH", _read_exact(sock, 3, deadline, "frame header"))
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"frame of kind 0x{kind:02x} with {length} bytes (at most {MAX_PAYLOAD})")
-    return kind, _read_exact(sock, length) if length else b""
+    return kind, _read_exact(sock, length, deadline, f"frame of kind 0x{kind:02x}") if length else b""
 
 
 class Ids:
@@ -166,7 +180,6 @@ class AudioSocketServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(ID_WITHIN_S)
             self._stream(conn)
         except (ProtocolError, EOFError, OSError) as exc:
             log.warning("AudioSocket stream closed: %s", exc or type(exc).__name__)
@@ -179,7 +192,7 @@ class AudioSocketServer:
     def _stream(self, conn: socket.socket) -> None:
         from ivr.services import LiveListener
 
-        kind, payload = read_frame(conn)
+        kind, payload = read_frame(conn, deadline=time.monotonic() + ID_WITHIN_S)
         if kind != KIND_UUID or len(payload) != 16:
             raise ProtocolError(f"first frame is kind 0x{kind:02x} with {len(payload)} bytes, not an id")
         uid = str(uuid.UUID(bytes=payload))
@@ -191,7 +204,6 @@ class AudioSocketServer:
         self.ids.streaming(call_id)
         log.info("call %s: streaming (id %s)", call_id, uid)
         listener = LiveListener(self.services, call_id, "audiosocket")
-        conn.settimeout(5.0)  # once a frame starts, the rest of it follows at once
         check_at = time.monotonic() + CHECK_EVERY_S
         heard_at = time.monotonic()  # of the last frame
         padded = 0.0  # silence fed since then
