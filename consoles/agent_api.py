@@ -57,6 +57,23 @@ def _error(status: int, message: str):
     return jsonify(error=message), status
 
 
+def json_body() -> dict:
+    """The request's JSON object: ``{}`` without a JSON body (as before); a JSON body that is not
+    an object, or nests past what the parser takes, is a 400 saying so (was a 500 traceback)."""
+    from flask import abort, make_response
+
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        abort(make_response(_error(400, "请求体的 JSON 嵌套过深（request body: JSON nested too deep）")))
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        abort(make_response(_error(400, f"请求体必须是 JSON 对象 {{…}}，收到的是 {type(body).__name__}"
+                                        f"（request body must be a JSON object）")))
+    return body
+
+
 def agent_required(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
@@ -99,7 +116,7 @@ def _fail_keys(agent_id: str) -> tuple[str, str, str]:
 
 @bp.post("/login")
 def login():
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     agent_id, password = str(body.get("agent_id", ""))[:64], str(body.get("password", ""))
     acd = _acd()
     from consoles.auth import login_window_s, too_many_failures
@@ -146,7 +163,7 @@ def me():
 @bp.post("/state")
 @agent_required
 def state():
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     acd = _acd()
     wanted = body.get("state")
     try:
@@ -187,7 +204,7 @@ def decline():
 @agent_required
 def transfer():
     acd = _acd()
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     agent = acd.agent(g.agent_id)
     if agent["state"] != "busy" or not agent["call"]:
         return _error(409, "当前没有可转接的通话")
