@@ -122,8 +122,8 @@ class MediaStreamServer:
                 message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
             except TimeoutError:
                 raise Refused(f"no start within {START_WITHIN_S:.0f} s") from None
-            except ValueError:
-                raise Refused("a message that is not JSON") from None
+            except (ValueError, RecursionError):
+                raise Refused("a message that is not JSON (or nests too deep)") from None
             if not isinstance(message, dict):
                 raise Refused("a message that is not a JSON object")
             if message.get("event") == "start":
@@ -142,12 +142,15 @@ class MediaStreamServer:
 
         start = self._start(ws)
         call_id = start.get("callSid")
-        params = start.get("customParameters") or {}
-        if not isinstance(call_id, str) or not token_valid(self.auth_token, call_id, params.get("token")):
+        params = start.get("customParameters")
+        token = params.get("token") if isinstance(params, dict) else None
+        if not isinstance(call_id, str) or not token_valid(self.auth_token, call_id, token):
             raise Refused(f"no valid token for call {str(call_id)[:64]}")
-        fmt = start.get("mediaFormat") or {}
-        if fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate") or 0) != 8000:
-            raise Refused(f"audio {fmt.get('encoding')} at {fmt.get('sampleRate')} Hz (expected audio/x-mulaw, 8000)")
+        fmt = start.get("mediaFormat")
+        fmt = fmt if isinstance(fmt, dict) else {"encoding": str(fmt)[:40]}
+        if fmt.get("encoding") != "audio/x-mulaw" or str(fmt.get("sampleRate")) != "8000":
+            raise Refused(f"audio {str(fmt.get('encoding'))[:40]} at {str(fmt.get('sampleRate'))[:20]} Hz "
+                          f"(expected audio/x-mulaw, 8000)")
         try:
             self.services.flow.state(call_id)
         except CallNotFound:
@@ -169,12 +172,14 @@ class MediaStreamServer:
                 try:
                     message = json.loads(raw)
                     event = message.get("event")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     raise Refused("a message that is not a JSON object") from None
                 if event == "stop":
                     return
                 if event == "media":
-                    media = message.get("media") or {}
+                    media = message.get("media")
+                    if not isinstance(media, dict):
+                        raise Refused("media without its media object")
                     if media.get("track", "inbound") != "inbound":
                         continue
                     try:

@@ -1,0 +1,55 @@
+"""The media-stream server (ivr/twilio/media.py) against malformed messages over a real WebSocket,
+with the real Redis of the fixtures: each is closed with 1008 and a reason, never a 1011 and a
+traceback. The bounds a real call's stream runs into are in tests/test_twilio_media.py."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.test_twilio_media import TOKEN, Deaf, media_server
+
+
+def _start(sid, params, fmt):
+    return json.dumps({"event": "start", "start": {"callSid": sid, "customParameters": params, "mediaFormat": fmt}})
+
+
+@pytest.fixture
+def server(redis_url, rules_path, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("RULES_PATH", str(rules_path))
+    with media_server(Deaf) as (srv, url):
+        yield srv, url
+
+
+def cases():
+    from ivr.twilio.media import stream_token
+
+    good = {"token": stream_token(TOKEN, "CAx")}
+    fmt = {"encoding": "audio/x-mulaw", "sampleRate": 8000}
+    return {
+        "deep-json-first": ["[" * 4000 + "]" * 4000],
+        "params-not-object": [_start("CAx", "token", fmt)],
+        "format-not-object": [_start("CAx", good, "audio/x-mulaw")],
+        "rate-not-number": [_start("CAx", good, {"encoding": "audio/x-mulaw", "sampleRate": "8k"})],
+        "media-not-object": [_start("CAx", good, fmt), json.dumps({"event": "media", "media": [1]})],
+        "deep-json-later": [_start("CAx", good, fmt), "[" * 4000 + "]" * 4000],
+    }
+
+
+@pytest.mark.parametrize("case", ["deep-json-first", "params-not-object", "format-not-object", "rate-not-number",
+                                  "media-not-object", "deep-json-later"])
+def test_a_malformed_message_closes_the_stream_with_1008_and_no_traceback(server, case, caplog):
+    srv, url = server
+    srv.services.flow.start("CAx", "12345", None)  # a call in the product, its stream's token valid
+    caplog.set_level(logging.WARNING, "hotline.twilio.media")
+    with connect(url) as ws:
+        for message in cases()[case]:
+            ws.send(message)
+        with pytest.raises(ConnectionClosed) as exc:
+            ws.recv(timeout=5)
+    assert exc.value.rcvd.code == 1008
+    assert not [r for r in caplog.records if r.exc_info] and srv.stats["refused"] == 1
