@@ -89,6 +89,20 @@ def agent_required(view):
     return wrapper
 
 
+MAX_REASON_CHARS = 32  # a pause reason (小休, 培训, …) as the seat board and every dashboard show it
+
+
+def _pause_reason(body: dict, default: str) -> str:
+    """The pause reason sent, or a 400 naming the limit: it is kept on the seat and sent to every
+    supervisor's dashboard every few seconds."""
+    from flask import abort, make_response
+
+    reason = str(body.get("reason") or default)
+    if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        abort(make_response(_error(400, f"小休原因最多 {MAX_REASON_CHARS} 个字，且不含控制字符")))
+    return reason
+
+
 def _result(result, **extra):
     if not result.ok:
         from .labels import ACD_REFUSALS
@@ -137,7 +151,7 @@ def login():
     state = body.get("state", "ready")
     if state not in ("ready", "paused"):
         return _error(400, "state must be ready or paused")
-    result = acd.login(agent_id, state, str(body.get("reason", "")))
+    result = acd.login(agent_id, state, _pause_reason(body, ""))
     if result.status not in ("ok", "already"):
         return _error(409, f"cannot log in ({result.status})")
     token = secrets.token_urlsafe(32)
@@ -170,7 +184,7 @@ def state():
         if wanted == "ready":
             return _result(acd.ready(g.agent_id), **_me())
         if wanted == "paused":
-            return _result(acd.pause(g.agent_id, str(body.get("reason") or "break")), **_me())
+            return _result(acd.pause(g.agent_id, _pause_reason(body, "break")), **_me())
     except ACDError as exc:
         return _error(400, str(exc))
     return _error(400, "状态只能是就绪（ready）或小休（paused）；下岗请用 POST /agent/api/logout")
