@@ -18,7 +18,8 @@ over, the server sends the hang-up and Asterisk closes the channel.
 What is refused: a connection whose first frame is not an id this product issued (ids live
 in the shared Redis for 30 s until claimed, once) or is not whole within ``ID_WITHIN_S`` of
 connecting (bytes trickled in one at a time do not hold a stream slot), a frame longer than
-``MAX_PAYLOAD`` or not whole within ``FRAME_WITHIN_S``, a
+``MAX_PAYLOAD`` or not whole within ``FRAME_WITHIN_S``, connections still waiting for their id
+beyond ``MAX_PENDING`` (the oldest is closed; a stream takes a slot only once its id is claimed), a
 stream without any frame for ``SILENT_S``, more than ``--max-streams`` streams at once. ChanSpy
 sends only the frames the caller's channel carries, so a gap in them is silence: it is fed to
 the recogniser as such (up to ``MAX_PAD_S``), which then ends the utterance on time.
@@ -46,6 +47,7 @@ SILENT_S = 600.0  # no frame at all for this long: the stream is dead
 GAP_S = 0.1  # no frame for this long is silence on the line (ChanSpy sends only frames the channel carries)
 MAX_PAD_S = 1.0  # silence fed to the recogniser per gap: enough to end any utterance
 CHECK_EVERY_S = 1.0  # is the call still waiting?
+MAX_PENDING = 256  # connections not yet past their id frame (no stream slot yet); beyond it the oldest is closed
 PENDING_S = 30  # an issued id not claimed by then is void; a live stream keeps its call's mark this fresh
 PREFIX = "hotline:audiosocket:"
 LIVE = "live"  # the value of a call's mark while its stream is connected
@@ -142,12 +144,16 @@ class AudioSocketServer:
             raise RuntimeError("the AudioSocket server needs a speech model (set VOSK_MODEL_PATH)")
         self.ids = Ids(client)
         self._slots = threading.BoundedSemaphore(max_streams)
+        self.max_streams = max_streams
         self._sock = sock or socket.create_server((host, port), backlog=256)
         self._sock.settimeout(0.5)
         self.address = self._sock.getsockname()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"streams": 0, "refused": 0, "heard": 0}
+        self._pending: dict = {}  # connections awaiting their id, oldest first
+        self._pending_lock = threading.Lock()
+        self.evicted = 0  # of them, closed to make room
 
     def start(self) -> "AudioSocketServer":
         self._thread = threading.Thread(target=self.serve_forever, name="audiosocket-accept", daemon=True)
@@ -164,12 +170,24 @@ class AudioSocketServer:
                 if self._stopping.is_set():
                     return
                 raise
-            if not self._slots.acquire(blocking=False):
-                self.stats["refused"] += 1
-                log.warning("all stream slots busy: AudioSocket connection refused")
-                conn.close()
-                continue
+            self._add_pending(conn)
             threading.Thread(target=self._serve, args=(conn,), name="audiosocket", daemon=True).start()
+
+    def _add_pending(self, conn: socket.socket) -> None:
+        """``conn`` waits for its id; beyond ``MAX_PENDING`` such connections the oldest is cut off
+        (Asterisk sends the id at once, so only connections that send nothing grow old here)."""
+        with self._pending_lock:
+            oldest = next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
+            if oldest is not None:
+                del self._pending[oldest]
+            self._pending[conn] = None
+        if oldest is not None:
+            self.evicted += 1
+            log.warning("%d AudioSocket connections without an id: the oldest closed", MAX_PENDING)
+            try:
+                oldest.shutdown(socket.SHUT_RDWR)  # its recv ends at once
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -186,13 +204,16 @@ class AudioSocketServer:
         except Exception:
             log.exception("AudioSocket stream failed")
         finally:
+            with self._pending_lock:
+                self._pending.pop(conn, None)
             conn.close()
-            self._slots.release()
 
     def _stream(self, conn: socket.socket) -> None:
-        from ivr.services import LiveListener
-
-        kind, payload = read_frame(conn, deadline=time.monotonic() + ID_WITHIN_S)
+        try:
+            kind, payload = read_frame(conn, deadline=time.monotonic() + ID_WITHIN_S)
+        finally:
+            with self._pending_lock:
+                self._pending.pop(conn, None)
         if kind != KIND_UUID or len(payload) != 16:
             raise ProtocolError(f"first frame is kind 0x{kind:02x} with {len(payload)} bytes, not an id")
         uid = str(uuid.UUID(bytes=payload))
@@ -200,6 +221,18 @@ class AudioSocketServer:
         if not call_id:
             conn.sendall(frame(KIND_HANGUP))
             raise ProtocolError(f"id {uid} was not issued for a waiting call (or is used up)")
+        if not self._slots.acquire(blocking=False):  # only a stream with an issued id takes a slot
+            self.stats["refused"] += 1
+            conn.sendall(frame(KIND_HANGUP))
+            raise ProtocolError(f"all {self.max_streams} stream slots busy: call {call_id} not heard")
+        try:
+            self._listen(conn, call_id, uid)
+        finally:
+            self._slots.release()
+
+    def _listen(self, conn: socket.socket, call_id: str, uid: str) -> None:
+        from ivr.services import LiveListener
+
         self.stats["streams"] += 1
         self.ids.streaming(call_id)
         log.info("call %s: streaming (id %s)", call_id, uid)

@@ -61,3 +61,22 @@ def test_peers_trickling_their_id_a_byte_at_a_time_lose_their_slot_within_the_id
             t.join(5)
     assert len(closed_after) == 2 and max(closed_after) < ID_WITHIN_S + 1.5
     assert server.stats["streams"] == 1 and server.stats["refused"] == 0
+
+
+def test_connections_that_send_nothing_take_no_stream_slot_and_at_most_max_pending_wait(server, monkeypatch):
+    """Five strangers that connect and send nothing, against 2 stream slots and MAX_PENDING 4: the
+    oldest is closed at once, and a stream with an issued id is still served."""
+    from agi_scripts import audiosocket
+
+    monkeypatch.setattr(audiosocket, "MAX_PENDING", 4, raising=False)
+    strangers = [socket.create_connection(server.address, timeout=2) for _ in range(5)]
+    try:
+        assert strangers[0].recv(1) == b""  # closed well before ID_WITHIN_S
+        uid = server.ids.issue("CAreal")
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.sendall(frame(KIND_UUID, uuid.UUID(uid).bytes))
+            s.recv(3)
+        assert server.stats["streams"] == 1 and server.stats["refused"] == 0 and server.evicted == 2
+    finally:
+        for s in strangers:
+            s.close()
