@@ -140,6 +140,32 @@ def test_a_json_body_that_is_not_an_object_or_nests_too_deep_gets_a_400_saying_s
     assert not [rec for rec in caplog.records if rec.exc_info]
 
 
+def test_digits_from_other_scripts_in_a_page_number_or_seat_level_are_a_clear_refusal_not_a_500(app):
+    """Over a real socket: ``²`` passes str.isdigit() but not int() — the ticket list's page and a
+    seat's group level answered 500; now the form's own problem message."""
+    import requests
+
+    from tests.console_support import form_csrf
+
+    with served(app) as base:
+        def signed_in(user):
+            s = requests.Session()
+            s.post(base + "/login", timeout=10, data={"username": user, "password": PASSWORDS[user],
+                                                      "csrf_token": form_csrf(s.get(base + "/login", timeout=10).text)})
+            return s
+
+        sup = signed_in("super")
+        for query in ("page=²", "caller=١٢٣٤"):
+            r = sup.get(base + "/admin/tickets?" + query, timeout=10)
+            assert r.status_code == 400 and ("页码" in r.text or "来电号码" in r.text), query
+        admin = signed_in("admin")
+        skill = next(iter(app.extensions["rules"].current().skills))
+        r = admin.post(base + "/admin/seats/new", timeout=10, data={
+            "csrf_token": form_csrf(admin.get(base + "/admin/seats/new", timeout=10).text), "id": "s9", "name": "x",
+            f"on-{skill}": "1", f"level-{skill}": "²"})
+        assert r.status_code == 422 and "级别须为1到99的整数" in r.text
+
+
 def test_metrics_need_their_token_and_admin_pages_need_an_admin(app):
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
