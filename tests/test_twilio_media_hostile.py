@@ -39,11 +39,12 @@ def cases():
         "rate-not-number": [_start("CAx", good, {"encoding": "audio/x-mulaw", "sampleRate": "8k"})],
         "media-not-object": [_start("CAx", good, fmt), json.dumps({"event": "media", "media": [1]})],
         "deep-json-later": [_start("CAx", good, fmt), "[" * 4000 + "]" * 4000],
+        "forged-log-line": [_start("CA1\n2026-12-07 hotline.acd INFO agent a1 paid", {"token": "x"}, fmt)],
     }
 
 
 @pytest.mark.parametrize("case", ["deep-json-first", "params-not-object", "format-not-object", "rate-not-number",
-                                  "media-not-object", "deep-json-later"])
+                                  "media-not-object", "deep-json-later", "forged-log-line"])
 def test_a_malformed_message_closes_the_stream_with_1008_and_no_traceback(server, case, caplog):
     srv, url = server
     srv.services.flow.start("CAx", "12345", None)  # a call in the product, its stream's token valid
@@ -55,6 +56,7 @@ def test_a_malformed_message_closes_the_stream_with_1008_and_no_traceback(server
             ws.recv(timeout=5)
     assert exc.value.rcvd.code == 1008
     assert not [r for r in caplog.records if r.exc_info] and srv.stats["refused"] == 1
+    assert not [r for r in caplog.records if "\n" in r.getMessage()]
 
 
 def test_connections_that_never_send_a_start_take_no_stream_slot_and_at_most_max_pending_wait(redis_url, rules_path,

@@ -175,11 +175,11 @@ class MediaStreamServer:
         params = start.get("customParameters")
         token = params.get("token") if isinstance(params, dict) else None
         if not isinstance(call_id, str) or not token_valid(self.auth_token, call_id, token):
-            raise Refused(f"no valid token for call {str(call_id)[:64]}")
+            raise Refused(f"no valid token for call {str(call_id)[:64]!r}")  # a stranger's text: quoted
         fmt = start.get("mediaFormat")
         fmt = fmt if isinstance(fmt, dict) else {"encoding": str(fmt)[:40]}
         if fmt.get("encoding") != "audio/x-mulaw" or str(fmt.get("sampleRate")) != "8000":
-            raise Refused(f"audio {str(fmt.get('encoding'))[:40]} at {str(fmt.get('sampleRate'))[:20]} Hz "
+            raise Refused(f"audio {str(fmt.get('encoding'))[:40]!r} at {str(fmt.get('sampleRate'))[:20]!r} Hz "
                           f"(expected audio/x-mulaw, 8000)")
         try:
             self.services.flow.state(call_id)
