@@ -166,10 +166,13 @@ class AudioSocketServer:
                 conn, _ = self._sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                raise
+                # out of descriptors (EMFILE) or memory for a moment: the next accept may succeed
+                log.warning("AudioSocket accept failed: %s; accepting again shortly", exc)
+                self._stopping.wait(0.1)
+                continue
             self._add_pending(conn)
             threading.Thread(target=self._serve, args=(conn,), name="audiosocket", daemon=True).start()
 

@@ -80,3 +80,34 @@ def test_connections_that_send_nothing_take_no_stream_slot_and_at_most_max_pendi
     finally:
         for s in strangers:
             s.close()
+
+
+def test_running_out_of_file_descriptors_for_a_moment_does_not_stop_the_server_accepting(server):
+    """Connections beyond the process's open-file limit make accept() fail (EMFILE): the server
+    logs it and goes on accepting once descriptors are free again (its accept thread used to die)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    clients = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 6, hard))
+    try:
+        for _ in range(12):  # each takes one descriptor here and one in the server, until none is left
+            try:
+                clients.append(socket.create_connection(server.address, timeout=1))
+            except OSError:
+                break
+        time.sleep(1.0)  # the server meets EMFILE on accept meanwhile
+    finally:
+        for c in clients:
+            c.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    time.sleep(ID_WITHIN_S + 0.5)  # the connections it did accept are let go
+    uid = server.ids.issue("CAafter")
+    with socket.create_connection(server.address, timeout=5) as s:
+        s.sendall(frame(KIND_UUID, uuid.UUID(uid).bytes))
+        s.recv(3)
+    deadline = time.monotonic() + 3
+    while server.stats["streams"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.stats["streams"] == 1
