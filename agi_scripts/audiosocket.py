@@ -16,7 +16,10 @@ its next tick (≤ 1 s), a matter goes to the ticket. Once the call is answered,
 over, the server sends the hang-up and Asterisk closes the channel.
 
 What is refused: a connection whose first frame is not an id this product issued (ids live
-in the shared Redis for 30 s until claimed, once), a frame longer than ``MAX_PAYLOAD``, a
+in the shared Redis for 30 s until claimed, once) or is not whole within ``ID_WITHIN_S`` of
+connecting (bytes trickled in one at a time do not hold a stream slot), a frame longer than
+``MAX_PAYLOAD`` or not whole within ``FRAME_WITHIN_S``, connections still waiting for their id
+beyond ``MAX_PENDING`` (the oldest is closed; a stream takes a slot only once its id is claimed), a
 stream without any frame for ``SILENT_S``, more than ``--max-streams`` streams at once. ChanSpy
 sends only the frames the caller's channel carries, so a gap in them is silence: it is fed to
 the recogniser as such (up to ``MAX_PAD_S``), which then ends the utterance on time.
@@ -38,11 +41,13 @@ log = logging.getLogger("hotline.audiosocket")
 
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_AUDIO, KIND_ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
 MAX_PAYLOAD = 8192  # Asterisk sends 320 bytes (20 ms); the protocol allows 65535
-ID_WITHIN_S = 3.0  # from connect to the id frame
+ID_WITHIN_S = 3.0  # from connect to the end of the id frame, however the bytes trickle in
+FRAME_WITHIN_S = 5.0  # once a frame is ready to read, the whole of it (Asterisk sends each at once)
 SILENT_S = 600.0  # no frame at all for this long: the stream is dead
 GAP_S = 0.1  # no frame for this long is silence on the line (ChanSpy sends only frames the channel carries)
 MAX_PAD_S = 1.0  # silence fed to the recogniser per gap: enough to end any utterance
 CHECK_EVERY_S = 1.0  # is the call still waiting?
+MAX_PENDING = 256  # connections not yet past their id frame (no stream slot yet); beyond it the oldest is closed
 PENDING_S = 30  # an issued id not claimed by then is void; a live stream keeps its call's mark this fresh
 PREFIX = "hotline:audiosocket:"
 LIVE = "live"  # the value of a call's mark while its stream is connected
@@ -56,21 +61,32 @@ def frame(kind: int, payload: bytes = b"") -> bytes:
     return struct.pack(">BH", kind, len(payload)) + payload
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def _read_exact(sock: socket.socket, n: int, deadline: float, what: str) -> bytes:
+    """``n`` bytes, all of them by ``deadline`` (a peer trickling a byte at a time is cut off)."""
     data = b""
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProtocolError(f"{what} not complete in time ({len(data)} of {n} bytes)")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(n - len(data))
+        except socket.timeout:
+            raise ProtocolError(f"{what} not complete in time ({len(data)} of {n} bytes)") from None
         if not chunk:
             raise EOFError("connection closed")
         data += chunk
     return data
 
 
-def read_frame(sock: socket.socket) -> tuple[int, bytes]:
-    kind, length = struct.unpack(">BH", _read_exact(sock, 3))
+def read_frame(sock: socket.socket, within_s: float = FRAME_WITHIN_S, deadline: float | None = None
+               ) -> tuple[int, bytes]:
+    """One frame, whole within ``within_s`` of its first byte being awaited (or by ``deadline``)."""
+    deadline = time.monotonic() + within_s if deadline is None else deadline
+    kind, length = struct.unpack(">BH", _read_exact(sock, 3, deadline, "frame header"))
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"frame of kind 0x{kind:02x} with {length} bytes (at most {MAX_PAYLOAD})")
-    return kind, _read_exact(sock, length) if length else b""
+    return kind, _read_exact(sock, length, deadline, f"frame of kind 0x{kind:02x}") if length else b""
 
 
 class Ids:
@@ -128,12 +144,16 @@ class AudioSocketServer:
             raise RuntimeError("the AudioSocket server needs a speech model (set VOSK_MODEL_PATH)")
         self.ids = Ids(client)
         self._slots = threading.BoundedSemaphore(max_streams)
+        self.max_streams = max_streams
         self._sock = sock or socket.create_server((host, port), backlog=256)
         self._sock.settimeout(0.5)
         self.address = self._sock.getsockname()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"streams": 0, "refused": 0, "heard": 0}
+        self._pending: dict = {}  # connections awaiting their id, oldest first
+        self._pending_lock = threading.Lock()
+        self.evicted = 0  # of them, closed to make room
 
     def start(self) -> "AudioSocketServer":
         self._thread = threading.Thread(target=self.serve_forever, name="audiosocket-accept", daemon=True)
@@ -146,16 +166,31 @@ class AudioSocketServer:
                 conn, _ = self._sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                raise
-            if not self._slots.acquire(blocking=False):
-                self.stats["refused"] += 1
-                log.warning("all stream slots busy: AudioSocket connection refused")
-                conn.close()
+                # out of descriptors (EMFILE) or memory for a moment: the next accept may succeed
+                log.warning("AudioSocket accept failed: %s; accepting again shortly", exc)
+                self._stopping.wait(0.1)
                 continue
+            self._add_pending(conn)
             threading.Thread(target=self._serve, args=(conn,), name="audiosocket", daemon=True).start()
+
+    def _add_pending(self, conn: socket.socket) -> None:
+        """``conn`` waits for its id; beyond ``MAX_PENDING`` such connections the oldest is cut off
+        (Asterisk sends the id at once, so only connections that send nothing grow old here)."""
+        with self._pending_lock:
+            oldest = next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
+            if oldest is not None:
+                del self._pending[oldest]
+            self._pending[conn] = None
+        if oldest is not None:
+            self.evicted += 1
+            log.warning("%d AudioSocket connections without an id: the oldest closed", MAX_PENDING)
+            try:
+                oldest.shutdown(socket.SHUT_RDWR)  # its recv ends at once
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -166,20 +201,22 @@ class AudioSocketServer:
     def _serve(self, conn: socket.socket) -> None:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(ID_WITHIN_S)
             self._stream(conn)
         except (ProtocolError, EOFError, OSError) as exc:
             log.warning("AudioSocket stream closed: %s", exc or type(exc).__name__)
         except Exception:
             log.exception("AudioSocket stream failed")
         finally:
+            with self._pending_lock:
+                self._pending.pop(conn, None)
             conn.close()
-            self._slots.release()
 
     def _stream(self, conn: socket.socket) -> None:
-        from ivr.services import LiveListener
-
-        kind, payload = read_frame(conn)
+        try:
+            kind, payload = read_frame(conn, deadline=time.monotonic() + ID_WITHIN_S)
+        finally:
+            with self._pending_lock:
+                self._pending.pop(conn, None)
         if kind != KIND_UUID or len(payload) != 16:
             raise ProtocolError(f"first frame is kind 0x{kind:02x} with {len(payload)} bytes, not an id")
         uid = str(uuid.UUID(bytes=payload))
@@ -187,11 +224,22 @@ class AudioSocketServer:
         if not call_id:
             conn.sendall(frame(KIND_HANGUP))
             raise ProtocolError(f"id {uid} was not issued for a waiting call (or is used up)")
+        if not self._slots.acquire(blocking=False):  # only a stream with an issued id takes a slot
+            self.stats["refused"] += 1
+            conn.sendall(frame(KIND_HANGUP))
+            raise ProtocolError(f"all {self.max_streams} stream slots busy: call {call_id} not heard")
+        try:
+            self._listen(conn, call_id, uid)
+        finally:
+            self._slots.release()
+
+    def _listen(self, conn: socket.socket, call_id: str, uid: str) -> None:
+        from ivr.services import LiveListener
+
         self.stats["streams"] += 1
         self.ids.streaming(call_id)
         log.info("call %s: streaming (id %s)", call_id, uid)
         listener = LiveListener(self.services, call_id, "audiosocket")
-        conn.settimeout(5.0)  # once a frame starts, the rest of it follows at once
         check_at = time.monotonic() + CHECK_EVERY_S
         heard_at = time.monotonic()  # of the last frame
         padded = 0.0  # silence fed since then

@@ -201,16 +201,16 @@ def _ticket_query(args, rules, role):
     if form["caller"]:
         digits = "".join(ch for ch in form["caller"] if ch not in " -")
         if role in CALLER_ROLES:
-            if not digits.isdigit() or not 4 <= len(digits) <= 15:
+            if not (digits.isascii() and digits.isdigit()) or not 4 <= len(digits) <= 15:
                 problems.append("来电号码请填写后4位或完整号码（只填数字）。")
             else:
                 q["caller_digits"] = digits
-        elif not digits.isdigit() or len(digits) != 4:
+        elif not (digits.isascii() and digits.isdigit()) or len(digits) != 4:
             problems.append("来电号码只能按后4位查询，请填写4位数字。")
         else:
             q["caller_digits"] = digits
     if form["page"]:
-        if not form["page"].isdigit() or not 0 < int(form["page"]) <= MAX_TICKET_PAGE:
+        if not (form["page"].isascii() and form["page"].isdigit()) or not 0 < int(form["page"]) <= MAX_TICKET_PAGE:
             problems.append(f"页码“{form['page']}”无效。")
         else:
             q["page"] = int(form["page"])

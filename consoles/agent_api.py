@@ -57,6 +57,23 @@ def _error(status: int, message: str):
     return jsonify(error=message), status
 
 
+def json_body() -> dict:
+    """The request's JSON object: ``{}`` without a JSON body (as before); a JSON body that is not
+    an object, or nests past what the parser takes, is a 400 saying so (was a 500 traceback)."""
+    from flask import abort, make_response
+
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        abort(make_response(_error(400, "请求体的 JSON 嵌套过深（request body: JSON nested too deep）")))
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        abort(make_response(_error(400, f"请求体必须是 JSON 对象 {{…}}，收到的是 {type(body).__name__}"
+                                        f"（request body must be a JSON object）")))
+    return body
+
+
 def agent_required(view):
     @wraps(view)
     def wrapper(*args, **kwargs):
@@ -70,6 +87,20 @@ def agent_required(view):
         g.token = header[7:].strip()
         return view(*args, **kwargs)
     return wrapper
+
+
+MAX_REASON_CHARS = 32  # a pause reason (小休, 培训, …) as the seat board and every dashboard show it
+
+
+def _pause_reason(body: dict, default: str) -> str:
+    """The pause reason sent, or a 400 naming the limit: it is kept on the seat and sent to every
+    supervisor's dashboard every few seconds."""
+    from flask import abort, make_response
+
+    reason = str(body.get("reason") or default)
+    if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        abort(make_response(_error(400, f"小休原因最多 {MAX_REASON_CHARS} 个字，且不含控制字符")))
+    return reason
 
 
 def _result(result, **extra):
@@ -99,7 +130,7 @@ def _fail_keys(agent_id: str) -> tuple[str, str, str]:
 
 @bp.post("/login")
 def login():
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     agent_id, password = str(body.get("agent_id", ""))[:64], str(body.get("password", ""))
     acd = _acd()
     from consoles.auth import login_window_s, too_many_failures
@@ -120,7 +151,7 @@ def login():
     state = body.get("state", "ready")
     if state not in ("ready", "paused"):
         return _error(400, "state must be ready or paused")
-    result = acd.login(agent_id, state, str(body.get("reason", "")))
+    result = acd.login(agent_id, state, _pause_reason(body, ""))
     if result.status not in ("ok", "already"):
         return _error(409, f"cannot log in ({result.status})")
     token = secrets.token_urlsafe(32)
@@ -146,14 +177,14 @@ def me():
 @bp.post("/state")
 @agent_required
 def state():
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     acd = _acd()
     wanted = body.get("state")
     try:
         if wanted == "ready":
             return _result(acd.ready(g.agent_id), **_me())
         if wanted == "paused":
-            return _result(acd.pause(g.agent_id, str(body.get("reason") or "break")), **_me())
+            return _result(acd.pause(g.agent_id, _pause_reason(body, "break")), **_me())
     except ACDError as exc:
         return _error(400, str(exc))
     return _error(400, "状态只能是就绪（ready）或小休（paused）；下岗请用 POST /agent/api/logout")
@@ -187,7 +218,7 @@ def decline():
 @agent_required
 def transfer():
     acd = _acd()
-    body = request.get_json(silent=True) or {}
+    body = json_body()
     agent = acd.agent(g.agent_id)
     if agent["state"] != "busy" or not agent["call"]:
         return _error(409, "当前没有可转接的通话")

@@ -18,7 +18,7 @@ import secrets
 from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 
 from call_routing.router import conference_options
-from consoles.agent_api import TOKEN_TTL_S, agent_required
+from consoles.agent_api import TOKEN_TTL_S, agent_required, json_body
 
 from . import labels, softphone
 from .auth import actor, check_csrf, roles_required
@@ -30,6 +30,7 @@ api = Blueprint("agent_ticket", __name__, url_prefix="/agent/api/ticket")
 TYPES = labels.TYPES
 FIELD_LABELS = labels.FIELD_LABELS
 EDITABLE = ("type", "line", "location", "enterprise", "unit", "subject", "summary")
+MAX_FIELD_CHARS = 2000  # one ticket field as the agent corrects it (a summary is a few sentences)
 LAST_TICKET_TTL_S = 2 * 3600
 LOGOUT_WORDS = {"ok": "已离线", "after_call": "当前通话结束后离线", "already": "原已离线"}
 
@@ -170,8 +171,14 @@ def confirm():
     call = _my_call()
     if call is None or not call.get("ticket"):
         return jsonify(error="当前没有可确认的工单"), 409
-    body = request.get_json(silent=True) or {}
-    edits = {k: v for k, v in (body.get("edits") or {}).items() if k in EDITABLE}
+    edits = json_body().get("edits") or {}
+    if not isinstance(edits, dict):
+        return jsonify(error="edits 必须是 {字段: 值} 形式的对象"), 400
+    edits = {k: v for k, v in edits.items() if k in EDITABLE}
+    bad = sorted(k for k, v in edits.items() if not isinstance(v, (str, bool, int, float))
+                 or (isinstance(v, str) and len(v) > MAX_FIELD_CHARS))
+    if bad:
+        return jsonify(error=f"字段 {', '.join(bad)} 的值须为不超过 {MAX_FIELD_CHARS} 字的文字"), 400
     if "enterprise" in edits:
         edits["enterprise"] = edits["enterprise"] in (True, "true", "1", 1, "on")
     store = current_app.extensions["console"].tickets
@@ -233,7 +240,7 @@ def finish_ticket():
     from intake.tickets import TicketError
 
     wants_json = request.is_json or request.accept_mimetypes.best == "application/json"
-    body = request.get_json(silent=True) if request.is_json else request.form
+    body = json_body() if request.is_json else request.form
     result = str((body or {}).get("result") or "").strip()
 
     def refuse(text, code):

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import time
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify
 
-from consoles.agent_api import agent_required
+from consoles.agent_api import agent_required, json_body
 
 ACTIONS = ("answer", "hold", "resume", "hangup", "transfer")
 TRANSFER_KINDS = ("subcenter", "expert")
@@ -104,7 +104,7 @@ def act(action: str):
         return jsonify(error="演示电话上没有来电"), 409
     args = {}
     if action == "transfer":
-        kind = (request.get_json(silent=True) or {}).get("kind")
+        kind = json_body().get("kind")
         if kind not in TRANSFER_KINDS:
             return jsonify(error="请选择转接对象：分中心或专家坐席"), 400
         args["kind"] = kind

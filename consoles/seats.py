@@ -82,7 +82,7 @@ def _read_form(agent_id, rules) -> tuple[dict, list[str]]:
     for sid in rules.skills:
         if f.get(f"on-{sid}"):
             raw = f.get(f"level-{sid}", "50").strip() or "50"
-            if not (raw.isdigit() and 1 <= int(raw) <= 99):
+            if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 99):
                 problems.append(f"{labels.skill_text(sid, rules)}：级别须为1到99的整数（数字越大越先接到来电）。")
                 continue
             skills[sid] = int(raw)

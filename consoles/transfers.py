@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify
 
-from consoles.agent_api import agent_required
+from consoles.agent_api import agent_required, json_body
 from ivr.asterisk.pbx import AsteriskSwitchboard, SwitchboardError
 from ivr.flow import CallNotFound
 from ivr.flow.three_way import REFUSALS
@@ -34,7 +34,7 @@ def _action(board_of, knows, not_here: str):
             if not call_id or not knows(call_id):
                 return jsonify(error=not_here), 409
             try:
-                return jsonify(fn(board, call_id, request.get_json(silent=True) or {}))
+                return jsonify(fn(board, call_id, json_body()))
             except SwitchboardError as exc:
                 return jsonify(error=str(exc)), 502
             except CallNotFound:

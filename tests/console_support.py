@@ -65,3 +65,23 @@ def sign_in(client, username: str, password: str | None = None):
 
 def form_csrf(html: str) -> str:
     return _CSRF.search(html).group(1)
+
+
+class served:
+    """``with served(app) as base:`` the app on a real socket (werkzeug, threaded); ``base`` is its URL."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+
+    def __enter__(self) -> str:
+        import threading
+
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.thread.join(5)

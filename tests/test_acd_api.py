@@ -129,3 +129,28 @@ def test_the_app_factory_serves_the_agent_api_on_its_own_redis_and_rules(redis_u
     call = acd.enqueue("general", "12345", "13812345678", ticket="T-1").call_id
     me = client.get("/agent/api/me", headers=auth(body["token"])).get_json()
     assert me["call"]["id"] == call and me["call"]["ticket"] == "T-1"
+
+
+def test_a_pause_reason_is_short_text_not_a_megabyte_every_dashboard_repeats(client, acd):
+    """Over a real socket: a 1.5 MB (or multi-line) pause reason is a 400 naming the limit and
+    the seat keeps its state; it was stored on the seat and sent in every dashboard poll."""
+    import requests
+
+    from consoles.agent_api import MAX_REASON_CHARS
+    from tests.console_support import served
+
+    with served(client.application) as base:
+        r = requests.post(base + "/agent/api/login", timeout=10, json={
+            "agent_id": "7001", "password": "s3cret-7001", "state": "paused", "reason": "x" * 1_500_000})
+        assert r.status_code == 400 and str(MAX_REASON_CHARS) in r.json()["error"]
+        assert acd.agent("7001")["state"] == "offline"
+        token = requests.post(base + "/agent/api/login", json={"agent_id": "7001", "password": "s3cret-7001"},
+                              timeout=10).json()["token"]
+        for reason in ("x" * 1_500_000, "小休\n2026-12-07 坐席 7002 已签出"):
+            r = requests.post(base + "/agent/api/state", json={"state": "paused", "reason": reason},
+                              headers=auth(token), timeout=10)
+            assert r.status_code == 400 and str(MAX_REASON_CHARS) in r.json()["error"]
+        assert acd.agent("7001")["state"] == "ready"
+        r = requests.post(base + "/agent/api/state", json={"state": "paused", "reason": "培训"}, headers=auth(token),
+                          timeout=10)
+        assert r.status_code == 200 and acd.agent("7001")["reason"] == "培训"

@@ -468,3 +468,29 @@ def test_the_fastagi_server_and_the_worker_agree_on_the_recordings_folder_by_def
     monkeypatch.delenv("REDIS_URL", raising=False)
     services = build({"tickets": object(), "RULES_PATH": str(rules_path)})
     assert services.recordings_dir == str(recordings_dir())
+
+
+@pytest.mark.parametrize("reply", [b"200 result=1 (" + b"x" * (2 * 1024 * 1024),  # one line that never ends
+                                   b"520-Invalid command syntax.\n" + b"usage\n" * 50_000],  # usage without end
+                         ids=["endless-line", "endless-usage"])
+def test_a_reply_that_never_ends_is_cut_off_at_its_cap_not_buffered_until_the_timeout(store, tmp_path, reply):
+    """A peer on the FastAGI port answering the first command with megabytes: the session is
+    dropped at MAX_REPLY_LINE / MAX_USAGE_LINES, before the (here 8 s) command timeout."""
+    flow = F.CallFlow(store.current, F.MemoryQueue(), F.MemoryTickets(), F.MemoryCalls())
+    with FastAGIServer(Services(flow, store, PROMPTS, str(tmp_path)), "127.0.0.1", 0, workers=2,
+                       command_timeout=8) as srv:
+        with socket.create_connection(srv.address, timeout=10) as s:
+            s.sendall(b"".join(_env_lines("flood")) + b"\n")
+            assert s.recv(4096).startswith(b"SET VARIABLE")
+            t0 = time.monotonic()
+            try:
+                s.sendall(reply)
+                while s.recv(65536):  # whatever else it says, until it closes
+                    pass
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert time.monotonic() - t0 < 5
+        deadline = time.monotonic() + 5
+        while srv.stats["timeout"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.stats["timeout"] == 1 and srv.stats["ok"] == 0

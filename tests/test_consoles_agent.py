@@ -228,3 +228,32 @@ def test_the_dashboard_says_in_words_when_a_group_is_unstaffed_and_when_a_caller
     assert acd.call("CAghost")["kind"] == "callback"  # and the citizen will be called back
     metrics = sup.get("/metrics").get_data(as_text=True)
     assert 'hotline_calls_lost_today{line="12348"} 1.0' in metrics  # for the operators' alerting
+
+
+def test_ticket_edits_that_are_not_short_text_are_refused_naming_the_field_and_change_nothing(app):
+    """Over a real socket: ``edits`` must be an object of short values — a list was a 500, a
+    1.5 MB summary or a nested object was stored in the ticket as it came."""
+    import requests
+
+    from tests.console_support import served
+
+    client = app.test_client()
+    auth = seat_token(app, client)
+    tw = call_waiting(app)
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw)
+    before = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]["fields"]
+    with served(app) as base:
+        def confirm(edits):
+            return requests.post(base + "/agent/api/ticket/confirm", json={"edits": edits}, headers=auth, timeout=10)
+
+        r = confirm(["summary", "x"])
+        assert r.status_code == 400 and "edits" in r.json()["error"]
+        r = confirm({"summary": "x" * 1_500_000, "location": "朝阳区"})
+        assert r.status_code == 400 and "summary" in r.json()["error"] and "location" not in r.json()["error"]
+        r = confirm({"subject": {"a": [1, 2, {"b": None}]}})
+        assert r.status_code == 400 and "subject" in r.json()["error"]
+        assert confirm({"summary": "咨询法律援助申请"}).status_code == 200
+    after = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]["fields"]
+    assert after["summary"]["value"] == "咨询法律援助申请"
+    assert [after[k]["value"] for k in ("subject", "location")] == [before[k]["value"] for k in ("subject", "location")]

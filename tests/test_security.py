@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.console_support import PASSWORDS, make_console_app, sign_in
+from tests.console_support import PASSWORDS, make_console_app, served, sign_in
 from tests.twilio_support import SignedTwilio, call_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +115,55 @@ def test_every_endpoint_refuses_a_stranger_without_credentials(app):
             if r.status_code in (302, 303):
                 assert "/login" in r.headers["Location"], (method, url, r.headers["Location"])
     assert checked > 30
+
+
+@pytest.mark.parametrize("body", ["[1]", '"agent"', "[" * 100_000 + "]" * 100_000, '{"a":' * 50_000 + "1" + "}" * 50_000],
+                         ids=["list", "string", "deep-list", "deep-object"])
+def test_a_json_body_that_is_not_an_object_or_nests_too_deep_gets_a_400_saying_so(app, body, caplog):
+    """Over a real socket, to the agent API's sign-in (no credentials needed to reach it) and to
+    a signed-in seat's state: a 400 naming the problem, no traceback (each was a 500)."""
+    import requests
+
+    from call_routing.acd import Agent
+    from consoles.agent_api import _token_key
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("a1", "张坐席", {"general": 10}))
+    with app.app_context():
+        acd.redis.set(_token_key("seat-token"), "a1", ex=60)  # a seat's token, as /agent/api/login keeps it
+    with served(app) as base:
+        r = requests.post(base + "/agent/api/login", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 400 and "JSON" in r.json()["error"]
+        r = requests.post(base + "/agent/api/state", data=body, timeout=10,
+                          headers={"Content-Type": "application/json", "Authorization": "Bearer seat-token"})
+        assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_digits_from_other_scripts_in_a_page_number_or_seat_level_are_a_clear_refusal_not_a_500(app):
+    """Over a real socket: ``²`` passes str.isdigit() but not int() — the ticket list's page and a
+    seat's group level answered 500; now the form's own problem message."""
+    import requests
+
+    from tests.console_support import form_csrf
+
+    with served(app) as base:
+        def signed_in(user):
+            s = requests.Session()
+            s.post(base + "/login", timeout=10, data={"username": user, "password": PASSWORDS[user],
+                                                      "csrf_token": form_csrf(s.get(base + "/login", timeout=10).text)})
+            return s
+
+        sup = signed_in("super")
+        for query in ("page=²", "caller=١٢٣٤"):
+            r = sup.get(base + "/admin/tickets?" + query, timeout=10)
+            assert r.status_code == 400 and ("页码" in r.text or "来电号码" in r.text), query
+        admin = signed_in("admin")
+        skill = next(iter(app.extensions["rules"].current().skills))
+        r = admin.post(base + "/admin/seats/new", timeout=10, data={
+            "csrf_token": form_csrf(admin.get(base + "/admin/seats/new", timeout=10).text), "id": "s9", "name": "x",
+            f"on-{skill}": "1", f"level-{skill}": "²"})
+        assert r.status_code == 422 and "级别须为1到99的整数" in r.text
 
 
 def test_metrics_need_their_token_and_admin_pages_need_an_admin(app):

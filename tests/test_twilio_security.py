@@ -173,3 +173,23 @@ def test_a_recording_is_fetched_only_from_twilio_s_media_host(redis_url, rules_p
     assert twilio.post("/twilio/recording", params).status_code == 204
     ticket = app.extensions["twilio"]["flow"].state("CArecurl").ticket
     assert tickets.tickets[ticket].get("recordings", []) == ([url] if fetched else [])
+
+
+def test_an_unsigned_request_cannot_forge_log_lines_or_flood_the_log(redis_url, rules_path, caplog):
+    """Over a real socket, without a signature: a CallSid with a newline, a 1 MB CallSid and a
+    long query string are refused (403) in one short, quoted log line each."""
+    import requests
+
+    from tests.console_support import served
+
+    caplog.set_level("INFO")
+    with served(make(redis_url, rules_path)) as base:
+        for sid, query in (("CA1\n2026-12-06 hotline.acd INFO agent a1 paid", ""), ("CA" + "x" * 1_000_000, ""),
+                           ("CA1", "?call=" + "y" * 6000)):
+            r = requests.post(base + "/twilio/voice" + query, data={"CallSid": sid, "From": "+8613812345678"},
+                              timeout=10)
+            assert r.status_code == 403
+    refused = [rec.getMessage() for rec in caplog.records if "refused unsigned" in rec.getMessage()]
+    assert len(refused) == 3
+    assert all("\n" not in m and len(m) < 500 for m in refused), [m[:300] for m in refused]
+    assert "13812345678" not in caplog.text

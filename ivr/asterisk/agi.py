@@ -47,6 +47,18 @@ class CommandTimeout(AGIAppError):
     """Asterisk did not answer a command in time; the session is abandoned."""
 
 
+class ReplyTooLong(CommandTimeout):
+    """Asterisk's answer runs past :data:`MAX_REPLY_LINE` bytes or :data:`MAX_USAGE_LINES`
+    lines: no Asterisk answers so; the session is abandoned as for a timeout."""
+
+
+#: Longest reply line accepted (Asterisk's are short: ``200 result=1 (value)``; a variable's
+#: value is at most a few KB). Beyond it the peer is not Asterisk, or is broken.
+MAX_REPLY_LINE = 64 * 1024
+#: Most lines of a ``520-`` usage answer (Asterisk's longest usage text is about 40 lines).
+MAX_USAGE_LINES = 200
+
+
 class _Null:
     def write(self, _):
         return 0
@@ -71,6 +83,9 @@ class LineIO:
     def readline(self) -> str:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_REPLY_LINE:
+                self._buffer = b""
+                raise ReplyTooLong(f"a line from Asterisk longer than {MAX_REPLY_LINE} bytes")
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self.read_fd], [], [], left)[0]:
@@ -201,6 +216,8 @@ class AGIChannel(AGI):
                 usage.append(more.strip())
                 if more.startswith("520"):
                     break
+                if len(usage) > MAX_USAGE_LINES:
+                    raise ReplyTooLong(f"a usage answer from Asterisk longer than {MAX_USAGE_LINES} lines")
             raise AGIUsageError("\n".join(usage))
         raise AGIUnknownError(code, "Unhandled code or undefined response")
 

@@ -17,11 +17,13 @@ call is answered, transferred or over, the server closes the stream.
 What is refused (close code 1008): a stream whose ``start`` does not come within
 ``START_WITHIN_S`` or carries no valid token — HMAC-SHA256 of the CallSid under
 ``TWILIO_AUTH_TOKEN``, so only the TwiML this product wrote opens a stream, and only for its
-own call — a call the flow does not know, audio that is not 8 kHz mu-law, more than
+own call — a call the flow does not know, audio that is not 8 kHz mu-law,
 more messages than ``MAX_RATE`` a second since the start plus ``MAX_BURST`` (Twilio sends 50 a second;
 the burst absorbs a network or server stall, whose backlog arrives at once), a stream longer than ``MAX_STREAM_S``;
 messages over ``MAX_MESSAGE`` bytes close it with 1009, more than ``--max-streams`` streams
-at once are refused at the handshake (503).
+at once are refused (1013). A stream takes its slot only once its start is checked: of the
+connections still waiting for theirs, at most ``MAX_PENDING``, the oldest closed beyond it —
+strangers who connect and send nothing never take a caller's place.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -48,6 +51,7 @@ SILENT_S = 10.0  # Twilio sends a frame every 20 ms, silence included
 MAX_RATE = 100  # messages per second over the stream (twice Twilio's 50) ...
 MAX_BURST = 500  # ... plus 10 s of audio at once: a stall's backlog, not a flood
 MAX_STREAM_S = 4 * 3600
+MAX_PENDING = 256  # connections not yet past a valid start (no stream slot yet); beyond it the oldest is closed
 CHECK_EVERY_S = 1.0
 
 
@@ -77,7 +81,10 @@ class MediaStreamServer:
         self.server = serve(self._handle, host, port, max_size=MAX_MESSAGE, max_queue=None, close_timeout=2,
                             process_request=self._admit, compression=None)
         self.address = self.server.socket.getsockname()
+        self._pending: dict = {}  # connections awaiting their start, oldest first
+        self._pending_lock = threading.Lock()
         self.stats = {"streams": 0, "refused": 0, "heard": 0}
+        self.evicted = 0  # pending connections closed to make room
 
     def start(self) -> "MediaStreamServer":
         threading.Thread(target=self.server.serve_forever, name="media-accept", daemon=True).start()
@@ -92,12 +99,16 @@ class MediaStreamServer:
         return None
 
     def _handle(self, ws) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.stats["refused"] += 1
-            ws.close(1013, "too many streams")
-            return
         try:
-            self._stream(ws)
+            call_id = self._pending_start(ws)
+            if not self._slots.acquire(blocking=False):  # only a stream with a valid token takes a slot
+                self.stats["refused"] += 1
+                ws.close(1013, "too many streams")
+                return
+            try:
+                self._stream(ws, call_id)
+            finally:
+                self._slots.release()
         except Refused as exc:
             self.stats["refused"] += 1
             log.warning("media stream refused: %s", exc)
@@ -111,8 +122,28 @@ class MediaStreamServer:
             if not isinstance(exc, ConnectionClosed):
                 log.exception("media stream failed")
                 ws.close(1011, "error")
+
+    def _pending_start(self, ws) -> str:
+        """The call of a checked ``start``. Until then the connection is pending: at most
+        ``MAX_PENDING`` at once, the oldest cut off (Twilio sends its start at once, so only
+        connections that send nothing grow old here)."""
+        with self._pending_lock:
+            oldest = next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
+            if oldest is not None:
+                del self._pending[oldest]
+            self._pending[ws] = None
+        if oldest is not None:
+            self.evicted += 1
+            log.warning("%d media connections without a start: the oldest closed", MAX_PENDING)
+            try:
+                oldest.socket.shutdown(socket.SHUT_RDWR)  # its recv ends at once
+            except OSError:
+                pass
+        try:
+            return self._checked_start(ws)
         finally:
-            self._slots.release()
+            with self._pending_lock:
+                self._pending.pop(ws, None)
 
     def _start(self, ws) -> dict:
         """The ``start`` message, checked (a ``connected`` may come first)."""
@@ -122,8 +153,8 @@ class MediaStreamServer:
                 message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
             except TimeoutError:
                 raise Refused(f"no start within {START_WITHIN_S:.0f} s") from None
-            except ValueError:
-                raise Refused("a message that is not JSON") from None
+            except (ValueError, RecursionError):
+                raise Refused("a message that is not JSON (or nests too deep)") from None
             if not isinstance(message, dict):
                 raise Refused("a message that is not a JSON object")
             if message.get("event") == "start":
@@ -135,23 +166,31 @@ class MediaStreamServer:
                 raise Refused(f"{str(message.get('event'))[:20]!r} before start")
         raise Refused("no start")
 
-    def _stream(self, ws) -> None:
+    def _checked_start(self, ws) -> str:
+        """The call whose stream this is: a valid token for it, mu-law at 8 kHz, a call the flow knows."""
         from ivr.flow import CallNotFound
-        from ivr.services import LiveListener
-        from intake.speech import decode_ulaw
 
         start = self._start(ws)
         call_id = start.get("callSid")
-        params = start.get("customParameters") or {}
-        if not isinstance(call_id, str) or not token_valid(self.auth_token, call_id, params.get("token")):
-            raise Refused(f"no valid token for call {str(call_id)[:64]}")
-        fmt = start.get("mediaFormat") or {}
-        if fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate") or 0) != 8000:
-            raise Refused(f"audio {fmt.get('encoding')} at {fmt.get('sampleRate')} Hz (expected audio/x-mulaw, 8000)")
+        params = start.get("customParameters")
+        token = params.get("token") if isinstance(params, dict) else None
+        if not isinstance(call_id, str) or not token_valid(self.auth_token, call_id, token):
+            raise Refused(f"no valid token for call {str(call_id)[:64]!r}")  # a stranger's text: quoted
+        fmt = start.get("mediaFormat")
+        fmt = fmt if isinstance(fmt, dict) else {"encoding": str(fmt)[:40]}
+        if fmt.get("encoding") != "audio/x-mulaw" or str(fmt.get("sampleRate")) != "8000":
+            raise Refused(f"audio {str(fmt.get('encoding'))[:40]!r} at {str(fmt.get('sampleRate'))[:20]!r} Hz "
+                          f"(expected audio/x-mulaw, 8000)")
         try:
             self.services.flow.state(call_id)
         except CallNotFound:
             raise Refused(f"call {call_id} is not known") from None
+        return call_id
+
+    def _stream(self, ws, call_id: str) -> None:
+        from ivr.services import LiveListener
+        from intake.speech import decode_ulaw
+
         self.stats["streams"] += 1
         log.info("call %s: streaming", call_id)
         listener = LiveListener(self.services, call_id, "twilio-stream")
@@ -169,12 +208,14 @@ class MediaStreamServer:
                 try:
                     message = json.loads(raw)
                     event = message.get("event")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     raise Refused("a message that is not a JSON object") from None
                 if event == "stop":
                     return
                 if event == "media":
-                    media = message.get("media") or {}
+                    media = message.get("media")
+                    if not isinstance(media, dict):
+                        raise Refused("media without its media object")
                     if media.get("track", "inbound") != "inbound":
                         continue
                     try:

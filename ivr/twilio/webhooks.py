@@ -172,7 +172,8 @@ def _check_signature():
     url = _called_url()
     params = request.form if request.method == "POST" else {}
     if not signature or not tw["validator"].validate(url, params, signature):
-        log.warning("refused unsigned or forged Twilio request to %s from %s (call %s)", url,
+        # what a stranger sent, quoted and cut short: no forged log lines, no megabyte of log per request
+        log.warning("refused unsigned or forged Twilio request to %.200r from %s (call %.70r)", url,
                     request.remote_addr, request.form.get("CallSid", "-"))
         return Response("invalid Twilio signature\n", 403)
     return None
