@@ -47,6 +47,7 @@
     body.innerHTML = "";
     items.forEach(function (item) {
       var tr = document.createElement("tr");
+      if (item.urgent && selector === "#waiting tbody") tr.className = "urgent";
       columns(item).forEach(function (v) { cell(tr, v); });
       body.appendChild(tr);
     });
@@ -64,11 +65,18 @@
       call = document.createElement("span");
       call.appendChild(document.createTextNode(a.line_text));
       if (a.ticket) { call.appendChild(document.createTextNode(" · ")); call.appendChild(ticketLink(a.ticket, "工单 " + (a.ticket_number || "建单中"))); }
+      if (a.urgent) { call.appendChild(document.createTextNode(" ")); call.appendChild(urgentTag(a.urgent_text)); }
     }
     return [a.name, state, a.in_state_text, call, a.answered_today];
   }
+  function urgentTag(text) {  // 可能紧急（119）: what the pre-fill heard may need an emergency line
+    var tag = document.createElement("span");
+    tag.className = "tag urgent"; tag.textContent = text;
+    return tag;
+  }
   function waitingRow(w) {
-    return [w.line_text, w.skill_name, w.waited_text, "第 " + w.position + " 位", w.caller, w.callback_text];
+    return [w.urgent ? urgentTag(w.urgent_text) : "", w.line_text, w.skill_name, w.waited_text,
+      "第 " + w.position + " 位", w.caller, w.callback_text];
   }
   function render(d) {
     var t = d.today.total;
@@ -87,7 +95,7 @@
       body.appendChild(tr);
     });
     rows("#agents tbody", d.agents || [], agentRow, "暂无坐席在岗。", 5);
-    rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 6);
+    rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 7);
     chart(d.today.hourly);
     var procs = document.querySelector("#processes tbody");
     if (procs && d.processes && d.processes.length) {

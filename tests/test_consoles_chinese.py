@@ -228,6 +228,28 @@ def test_the_dashboard_boards_the_seats_and_lists_the_callers_waiting(app):
     assert f'href="/admin/tickets/{seat["ticket"]}"' in page
 
 
+def test_a_possible_emergency_waiting_is_on_top_of_the_callers_waiting_and_marked_on_the_seat_board(app):
+    client = app.test_client()
+    auth = seat_token(app, client)  # the seat is paused: every caller waits
+    for sid in ("CAfirst", "CAsecond", "CAsmoke"):
+        call_waiting(app, sid, said=None)
+    app.extensions["acd"].prioritise("CAsmoke", "119")  # what the flow does when the pre-fill hears 冒黑烟
+    sup = staff(app)
+    waiting = sup.get("/admin/api/dashboard").get_json()["waiting"]
+    smoke = app.extensions["console"].tickets.by_call("CAsmoke")
+    assert [w["ticket"] for w in waiting][0] == str(smoke.id)
+    assert [w["urgent_text"] for w in waiting] == ["可能紧急（119）", "", ""]
+    page = sup.get("/admin/").get_data(as_text=True)
+    table = page.split('id="waiting"', 1)[1].split("</table>", 1)[0]
+    rows = [visible("<main>" + r + "</main>") for r in re.findall(r"<tr\b.*?</tr>", table, re.S)]
+    assert "紧急" in rows[0] and "可能紧急（119）" in rows[1] and "可能紧急" not in rows[2] + rows[3]
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)  # the seat hears it first
+    (seat,) = sup.get("/admin/api/dashboard").get_json()["agents"]
+    assert seat["state_text"] == "来电振铃" and seat["urgent_text"] == "可能紧急（119）"
+    board = page_text(sup.get("/admin/").get_data(as_text=True).split('id="agents"', 1)[1].split("</table>", 1)[0])
+    assert "可能紧急（119）" in board
+
+
 def test_a_seat_that_missed_a_call_is_shown_paused_in_words(app):
     acd = app.extensions["acd"]
     acd.login("a1")
