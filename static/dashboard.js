@@ -78,7 +78,37 @@
     return [w.urgent ? urgentTag(w.urgent_text) : "", w.line_text, w.skill_name, w.waited_text,
       "第 " + w.position + " 位", w.caller, w.callback_text];
   }
+  function supervision(list) {  // 督办, as the page draws it (templates/admin/dashboard.html)
+    var box = document.getElementById("supervision");
+    if (!box) return;
+    box.innerHTML = "";
+    list.forEach(function (s) {
+      var div = document.createElement("div"), head = document.createElement("strong"), ul = document.createElement("ul");
+      div.className = "sup";
+      head.textContent = s.kind_text + "：" + s.key_text;
+      div.appendChild(head);
+      div.appendChild(document.createTextNode(" · " + s.callers + " 位来电人 · " + s.raised_text));
+      s.tickets.forEach(function (t) {
+        var li = document.createElement("li");
+        li.appendChild(ticketLink(t.id, "工单 " + t.number));
+        li.appendChild(document.createTextNode(" " + t.line_text + " " + t.type_text + " " + (t.location || "") +
+          " · 办结时限 " + t.due_text + " · " + t.status_text));
+        ul.appendChild(li);
+      });
+      div.appendChild(ul);
+      box.appendChild(div);
+    });
+    if (!list.length) { var p = document.createElement("p"); p.className = "muted"; p.textContent = "暂无督办。"; box.appendChild(p); }
+  }
+  // figures that could not be refreshed must not pass for the room as it is now
+  function stale(why) {
+    var e = document.getElementById("stale");
+    if (!e) return;
+    e.hidden = !why;
+    e.textContent = why ? "数据未能更新：" + why + "（以下为 " + document.getElementById("updated-at").textContent + " 的数据）" : "";
+  }
   function render(d) {
+    stale(null);
     var t = d.today.total;
     document.querySelectorAll("#kpi-total [data-k]").forEach(function (e) {
       var k = e.dataset.k, v = t[k];
@@ -97,6 +127,12 @@
     rows("#agents tbody", d.agents || [], agentRow, "暂无坐席在岗。", 5);
     rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 7);
     chart(d.today.hourly);
+    rows("#line-kpis tbody", Object.keys(d.today.lines || {}).sort(), function (number) {
+      var l = d.today.lines[number];
+      return [number + " " + l.name, l.offered, l.answered, pct(l.connection_rate), pct(l.answer_rate_15s),
+        pct(l.abandon_rate), pct(l.satisfaction_rate) + "（" + l.surveyed + "）"];
+    }, "今日暂无来电。", 7);
+    supervision(d.supervision || []);
     var procs = document.querySelector("#processes tbody");
     if (procs && d.processes && d.processes.length) {
       procs.innerHTML = "";
@@ -122,7 +158,13 @@
   var first = document.getElementById("dashboard-data");
   if (first) chart(JSON.parse(first.textContent).today.hourly);
   if (url) setInterval(function () {
-    fetch(url, {headers: {"Accept": "application/json"}}).then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (d) { if (d) render(d); }).catch(function () {});
+    fetch(url, {headers: {"Accept": "application/json"}, credentials: "same-origin"}).then(function (r) {
+      if (r.status === 401) throw new Error("登录已失效，请刷新页面重新登录");
+      if (r.status === 403) throw new Error("当前账号无权查看监控大屏");
+      if (!r.ok) throw new Error("服务器暂时无法提供数据，正在重试");
+      return r.json();
+    }).then(render).catch(function (e) {
+      stale(e && /[\u4e00-\u9fff]/.test(e.message) ? e.message : "与服务器的连接中断，正在重试");
+    });
   }, 5000);
 })();

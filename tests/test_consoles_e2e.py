@@ -400,3 +400,33 @@ def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_
     listens = [e for e in server.extensions["console"].db.audit_entries(50, "recording.listen")
                if e.target == f"ticket:{ticket.display_number}"]
     assert [e.actor for e in listens] == ["super"]
+
+
+# -- the supervisor's room at a glance ---------------------------------------------------------------
+def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_when_its_figures_are_stale(
+        server, browser):
+    base, d = server.base_url, browser
+    twilio = Twilio(base)
+    sign_in(d, base, "super")
+    d.get(base + "/admin/")
+    assert "12319" not in by_id(d, "line-kpis").text
+    served = by_id(d, "updated-at").text
+    # a caller rings 12319 after the page was drawn, and the pre-fill hears a possible 119
+    twilio.post("/twilio/voice", call("CAsmoke", "12319"))
+    twilio.post("/twilio/wait", call("CAsmoke", "12319", CallStatus="in-progress"))
+    server.extensions["acd"].prioritise("CAsmoke", "119")
+    wait_for(d, lambda d: by_id(d, "updated-at").text != served and "12319" in by_id(d, "line-kpis").text,
+             timeout=15, what="the per-line figures redrawn by the 5-second refresh")
+    row = next(r.text for r in d.find_elements("css selector", "#line-kpis tbody tr") if r.text.startswith("12319"))
+    assert row.split()[2] == "1", row  # 呼入 1
+    first = css(d, "#waiting tbody tr")
+    assert "可能紧急（119）" in first.text and "urgent" in first.get_attribute("class")
+    shot(d, "21-dashboard-possible-emergency")
+    # the session ends (expired, signed out elsewhere): the figures on screen are old, and the page says so
+    assert not by_id(d, "stale").is_displayed()
+    d.delete_all_cookies()
+    wait_for(d, lambda d: by_id(d, "stale").is_displayed(), timeout=15, what="the stale-figures warning")
+    assert "数据未能更新" in by_id(d, "stale").text and "登录已失效" in by_id(d, "stale").text
+    assert by_id(d, "updated-at").text in by_id(d, "stale").text
+    shot(d, "22-dashboard-stale")
+    twilio.post("/twilio/status", call("CAsmoke", "12319", CallStatus="completed"))
