@@ -263,7 +263,7 @@ def finish_ticket():
         address=request.remote_addr)
     if wants_json:
         return jsonify(_ticket_payload(call))
-    flash(f"工单 {ticket.id} 已办结，已排队派发", "ok")
+    flash(f"工单 {ticket.display_number} 已办结，已排队派发", "ok")
     return redirect(url_for("agent_console.console"))
 
 
