@@ -451,7 +451,7 @@ def rollback(version_id):
 @roles_required("admin")
 def users():
     db = _c().db
-    status = 200
+    status, typed = 200, {}
     if request.method == "POST":
         f = request.form
         try:
@@ -460,13 +460,15 @@ def users():
                                must_change_password=True)
         except ConsoleError as exc:
             flash(str(exc), "error")
-            status = 422
+            status, typed = 422, {k: f.get(k, "") for k in ("username", "display_name", "role", "agent_id")}
         else:
             _audit("user.create", user.username, f"创建用户 {user.username}（{ROLE_NAMES[user.role]}）", before=None,
                    after=user.public())
             flash(f"已创建用户 {user.username}，首次登录时须修改密码。", "ok")
             return redirect(url_for("admin.users"))
-    return render_template("admin/users.html", users=db.users(), roles=ROLES), status
+    # a refused form comes back as typed (the password aside); a new one starts with the least role
+    return render_template("admin/users.html", users=db.users(), roles=ROLES, typed=typed,
+                           new_role=typed.get("role") if typed.get("role") in ROLES else "agent"), status
 
 
 @bp.post("/users/<username>")

@@ -372,3 +372,24 @@ def test_web_workers_starting_together_sign_sessions_with_one_key(tmp_path, monk
             assert len(set(keys)) == 1 and len(keys[0]) == 64, (start, keys)
             assert os.stat(path).st_mode & 0o777 == 0o600
     assert not list(tmp_path.rglob("*.tmp"))  # no key left lying about
+
+
+def test_a_refused_new_user_comes_back_as_typed_and_a_new_form_starts_with_the_least_role(app):
+    import re
+
+    client = app.test_client()
+    sign_in(client, "admin")
+    page = client.get("/admin/users").get_data(as_text=True)
+    new = page.split("新建用户", 1)[1]
+    assert re.search(r'<option value="agent" selected>坐席</option>', new)  # never 管理员 by default
+    assert not re.search(r'<option value="admin" selected>', new)
+    r = client.post("/admin/users", data={"csrf_token": csrf_of(client), "username": "agent1",  # already exists
+                                          "password": "zhao-pass-123", "role": "supervisor",
+                                          "display_name": "赵质检", "agent_id": "q7"})
+    assert r.status_code == 422
+    page = r.get_data(as_text=True)
+    assert "用户 agent1 已存在" in page
+    new = page.split("新建用户", 1)[1]
+    assert 'name="username" required value="agent1"' in new and 'value="赵质检"' in new and 'value="q7"' in new
+    assert re.search(r'<option value="supervisor" selected>班长/质检</option>', new)
+    assert "zhao-pass-123" not in page  # the password is never sent back
