@@ -15,6 +15,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 from call_routing import schema
 from call_routing.rules import CHINA_TZ
+from intake.ticket_model import CALLER_ROLES
 
 from . import labels
 from .auth import actor, check_csrf, roles_required
@@ -89,10 +90,12 @@ def ticket(ticket_id):
     events = _c().tickets.events(ticket_id)
     named = [t.linked_to] + [e["detail"].get("to") for e in events if e["kind"] == "linked"]
     numbers = _c().tickets.numbers(n for n in named if n)
-    return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
-                           events=[labels.event_view(e, rules, numbers) for e in events],
-                           recordings=[labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)],
-                           listen_minutes=int(LISTEN_SESSION.total_seconds() // 60))
+    shown = {"t": labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
+             "events": [labels.event_view(e, rules, numbers) for e in events],
+             "recordings": [labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)]}
+    if g.user.role not in CALLER_ROLES:  # numbers said, typed in the summary or result, heard in the recording
+        shown = labels.masked_said(shown)
+    return render_template("admin/ticket.html", **shown, listen_minutes=int(LISTEN_SESSION.total_seconds() // 60))
 
 
 def _recordings_folder():

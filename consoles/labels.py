@@ -290,6 +290,20 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
     return ""
 
 
+def masked_said(value):
+    """``value`` (a ticket page's view, events, recordings: dicts, lists, tuples of words) with every
+    phone and ID-card number in its text masked — for the roles that never read callers' numbers."""
+    from intake.ticket_model import mask_said
+
+    if isinstance(value, str):
+        return mask_said(value)
+    if isinstance(value, dict):
+        return {k: masked_said(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(masked_said(v) for v in value)
+    return value
+
+
 def recording_view(rec) -> dict:
     """A full-call recording (intake.ticket_recordings.CallRecording) as the ticket page shows it."""
     return {"id": rec.id, "expired": rec.expired, "length": duration(rec.seconds),

@@ -87,6 +87,26 @@ def test_the_ticket_page_reads_in_chinese_with_words_for_values_and_china_times(
     assert staff(app).get("/admin/tickets/99999999999999999999999").status_code == 404  # no 500
 
 
+def test_numbers_said_are_masked_everywhere_on_the_ticket_page_for_admins(app, tmp_path):
+    """Admins never read a caller's number — nor one said in the call, typed in the summary or the
+    result, or heard in the whole call's recording (its transcript and the history's entry)."""
+    store = app.extensions["console"].tickets
+    rules = app.extensions["rules"].current()
+    t = store.attach_transcript("CAsaid", text="我的电话13900001111，路灯坏了", entry_line="12345", caller=CALLER,
+                                prefill=prefill(line="12345", skill="general"))
+    store.confirm_fields(t.id, "a1", {"summary": "路灯坏了，回电13900001111"}, rules=rules)
+    store.finish(t.id, "a1", "已电话13900001111告知维修时间")
+    rec = store.add_call_recording("CAsaid", file="CAsaid.wav", ref="CAsaid.wav", source="twilio", keep_days=30,
+                                   seconds=40.0)
+    store.call_recording_transcribed(rec.id, "您好12345，我的电话是13900001111，身份证110101199003078515", "ok")
+    admin = visible(staff(app, "admin").get(f"/admin/tickets/{t.id}").get_data(as_text=True))
+    assert "13900001111" not in admin and "110101199003078515" not in admin and CALLER[3:] not in admin
+    assert "回电139****1111" in admin and "已电话139****1111告知维修时间" in admin  # the words stay, masked
+    assert "我的电话是139****1111，身份证1101**********8515" in admin
+    supervisor = visible(staff(app, "super").get(f"/admin/tickets/{t.id}").get_data(as_text=True))
+    assert "回电13900001111" in supervisor and "我的电话是13900001111" in supervisor  # they call back
+
+
 # -- the ticket list -------------------------------------------------------------------------------
 @pytest.fixture
 def tickets(app):
