@@ -59,6 +59,11 @@ def _session_token() -> str | None:
 @roles_required("agent")
 def console():
     agent = _acd().agent(g.user.agent_id) if g.user.agent_id else None
+    if agent and agent["state"] == "offline" and _session_token():
+        # signed out behind the page's back (heartbeat lapse, 下岗 elsewhere): back to 上岗, saying why
+        _acd().redis.delete(_token_key(session.pop("agent_token")))
+        why = labels.OFFLINE_REASONS.get(agent.get("reason") or "", "坐席已离线")
+        flash(f"{why}。请重新上岗。", "error")
     rules = current_app.extensions["rules"].current()
     lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
     skills = [labels.skill_text(s, rules) for s in sorted((agent or {}).get("skills", {}),

@@ -45,8 +45,15 @@
       .catch(function (e) { msg(e.message, true); });
   }
 
+  var gone = false;
   function renderSeat(me) {
     var a = me.agent;
+    if (a.state === "offline" && !gone) {  // signed out behind the page's back: the page offers 上岗 again, saying why
+      gone = true;
+      msg("坐席已离线，正在返回上岗页面…", true);
+      window.location.reload();
+      return;
+    }
     var threeWay = a.state === "paused" && a.reason === "three-way";  // out of rotation while in a three-way call
     $("seat-state").textContent = threeWay ? "三方通话" : (STATE[a.state] || a.state);
     $("seat-state").className = "state s-" + (threeWay ? "busy" : a.state);

@@ -308,6 +308,20 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     assert refused.startswith("现在不能这样操作") and "bad_state" not in refused
 
 
+def test_a_seat_signed_out_by_the_system_is_offered_seat_login_again_with_the_reason(app):
+    client = app.test_client()
+    auth = seat_token(app, client)
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    app.extensions["acd"].logout("a1", "heartbeat")  # what the ACD timers do when the heartbeats stop
+    page = client.get("/agent/").get_data(as_text=True)
+    assert 'id="seat-login"' in page and 'id="agent-app"' not in page  # not a console stuck at 离线
+    assert "系统已自动将坐席签出。请重新上岗。" in visible(page)
+    assert client.get("/agent/api/me", headers=auth).status_code == 401  # the page's old token is gone
+    assert "系统已自动将坐席签出" not in visible(client.get("/agent/").get_data(as_text=True))  # said once
+    seat_token(app, client)  # 上岗 works at once
+    assert app.extensions["acd"].agent("a1")["state"] == "paused"
+
+
 # -- every console page, as every role, with real data ----------------------------------------------
 _HIDDEN = re.compile(r"<(script|style|pre|textarea)\b.*?</\1>", re.S | re.I)  # pre/textarea: the rules file itself
 _REPR = re.compile(r"(?<![A-Za-z])(None|False|True)(?![A-Za-z])|\{'|\[\]")

@@ -430,3 +430,28 @@ def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_
     assert by_id(d, "updated-at").text in by_id(d, "stale").text
     shot(d, "22-dashboard-stale")
     twilio.post("/twilio/status", call("CAsmoke", "12319", CallStatus="completed"))
+
+
+def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login_with_the_reason(server, browser):
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a7", "周坐席", {"general": 50}, endpoints=("client:a7",)))
+    server.extensions["console"].db.add_user("agent7", "agent7-pass-123", "agent", agent_id="a7", display_name="周坐席")
+    d.delete_all_cookies()
+    d.get(base + "/login")
+    by_id(d, "username").send_keys("agent7")
+    by_id(d, "password").send_keys("agent7-pass-123")
+    by_id(d, "login-button").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
+    by_id(d, "seat-login-ready").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
+             what="seat ready")
+    acd.logout("a7", "heartbeat")  # the heartbeats stopped (network, a sleeping laptop): the ACD signs the seat out
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), timeout=10, what="back to 上岗")
+    assert "系统已自动将坐席签出。请重新上岗。" in d.find_element("css selector", "main").text
+    shot(d, "23-agent-signed-out-by-the-system")
+    by_id(d, "seat-login-ready").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
+             what="seat ready again")
+    assert acd.agent("a7")["state"] == "ready"
+    acd.logout("a7")
