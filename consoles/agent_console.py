@@ -62,8 +62,11 @@ def console():
     if agent and agent["state"] == "offline" and _session_token():
         # signed out behind the page's back (heartbeat lapse, 下岗 elsewhere): back to 上岗, saying why
         _acd().redis.delete(_token_key(session.pop("agent_token")))
-        why = labels.OFFLINE_REASONS.get(agent.get("reason") or "", "坐席已离线")
-        flash(f"{why}。请重新上岗。", "error")
+        if session.pop("leaving_after_call", None):
+            flash("通话已结束，坐席已按您的要求下岗。", "ok")
+        else:
+            why = labels.OFFLINE_REASONS.get(agent.get("reason") or "", "坐席已离线")
+            flash(f"{why}。请重新上岗。", "error")
     rules = current_app.extensions["rules"].current()
     lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
     skills = [labels.skill_text(s, rules) for s in sorted((agent or {}).get("skills", {}),
@@ -90,6 +93,7 @@ def seat_login():
     token = secrets.token_urlsafe(32)
     acd.redis.set(_token_key(token), agent_id, ex=TOKEN_TTL_S)
     session["agent_token"] = token
+    session.pop("leaving_after_call", None)
     current_app.extensions["console"].db.audit(actor(), "seat.login", agent_id,
                                                f"坐席 {agent_id} 上岗（{labels.AGENT_STATES[state]}）",
                                                address=request.remote_addr)
@@ -101,13 +105,20 @@ def seat_login():
 def seat_logout():
     acd = _acd()
     token = session.pop("agent_token", None)
-    if token:
-        acd.redis.delete(_token_key(token))
+    result = None
     if g.user.agent_id and acd.agent(g.user.agent_id):
         result = acd.logout(g.user.agent_id)
         current_app.extensions["console"].db.audit(actor(), "seat.logout", g.user.agent_id,
                                                    f"坐席 {g.user.agent_id} 下岗（{LOGOUT_WORDS.get(result.status, '未完成')}）",
                                                    address=request.remote_addr)
+    if result is not None and result.status == "after_call" and token:
+        # still talking: the console stays with the call and its ticket until the call ends
+        session["agent_token"], session["leaving_after_call"] = token, True
+        flash("本通来电结束后自动下岗。请继续处理当前来电和工单。", "info")
+        return redirect(url_for("agent_console.console"))
+    if token:
+        acd.redis.delete(_token_key(token))
+    flash("已下岗。", "ok")
     return redirect(url_for("agent_console.console"))
 
 

@@ -322,6 +322,28 @@ def test_a_seat_signed_out_by_the_system_is_offered_seat_login_again_with_the_re
     assert app.extensions["acd"].agent("a1")["state"] == "paused"
 
 
+def test_an_agent_who_clicks_seat_logout_during_a_call_keeps_the_call_and_its_ticket_until_it_ends(app):
+    from tests.console_support import form_csrf
+    from tests.twilio_support import call_params
+
+    client = app.test_client()
+    auth = seat_token(app, client)
+    tw = call_waiting(app, "CAlast")
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw, "CAlast")
+    csrf = form_csrf(client.get("/agent/").get_data(as_text=True))
+    page = client.post("/agent/seat/logout", data={"csrf_token": csrf}, follow_redirects=True).get_data(as_text=True)
+    assert 'id="agent-app"' in page and "本通来电结束后自动下岗。请继续处理当前来电和工单。" in visible(page)
+    ticket = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]
+    assert ticket and ticket["number"] == app.extensions["console"].tickets.by_call("CAlast").number
+    tw.post("/twilio/status", call_params("CAlast", CallStatus="completed", CallDuration="60"))
+    assert app.extensions["acd"].agent("a1")["state"] == "offline"
+    page = client.get("/agent/").get_data(as_text=True)
+    assert 'id="seat-login"' in page and "通话已结束，坐席已按您的要求下岗。" in visible(page)
+    page = client.post("/agent/seat/logout", data={"csrf_token": csrf}, follow_redirects=True).get_data(as_text=True)
+    assert "已下岗。" in visible(page)
+
+
 # -- every console page, as every role, with real data ----------------------------------------------
 _HIDDEN = re.compile(r"<(script|style|pre|textarea)\b.*?</\1>", re.S | re.I)  # pre/textarea: the rules file itself
 _REPR = re.compile(r"(?<![A-Za-z])(None|False|True)(?![A-Za-z])|\{'|\[\]")
