@@ -356,7 +356,7 @@ def ticket_view(view: dict, rules=None, now: datetime | None = None, numbers: di
              ("语音识别", TRANSCRIPT_STATUSES.get(view.get("transcript_status"), "—")
               + (f"（置信度 {view['transcript_confidence'] * 100:.0f}%）"
                  if isinstance(view.get("transcript_confidence"), (int, float)) else "")),
-             ("录音", "已保存" if view.get("recording") else "无"),
+             ("诉求录音", "已保存" if view.get("recording") else "无"),  # what the caller said while waiting, not 通话录音
              ("通话结果", CALL_OUTCOMES.get(view.get("call_outcome"), view.get("call_outcome") or "—")),
              ("满意度", SURVEYS.get(view.get("survey"), view.get("survey") or "未评价")),
              ("办结时间", when(view.get("finished_at"), now=now)),

@@ -103,6 +103,8 @@ def test_numbers_said_are_masked_everywhere_on_the_ticket_page_for_admins(app, t
     assert "13900001111" not in admin and "110101199003078515" not in admin and CALLER[3:] not in admin
     assert "回电139****1111" in admin and "已电话139****1111告知维修时间" in admin  # the words stay, masked
     assert "我的电话是139****1111，身份证1101**********8515" in admin
+    # the recording of the matter said while waiting is not the whole call's: no "录音 无" above a recording
+    assert re.search(r"诉求录音\s+无", admin) and not re.search(r"(?<!诉求)录音\s+无", admin)
     supervisor = visible(staff(app, "super").get(f"/admin/tickets/{t.id}").get_data(as_text=True))
     assert "回电13900001111" in supervisor and "我的电话是13900001111" in supervisor  # they call back
 
