@@ -83,7 +83,9 @@ def test_the_ticket_page_reads_in_chinese_with_words_for_values_and_china_times(
             assert event in text, event
         assert "地点：朝阳区幸福路12号 → 朝阳区幸福路12号院" in text
         assert len(CN_TIME.findall(text)) >= 5
-    assert staff(app).get("/admin/tickets/99999999").status_code == 404
+    missing = staff(app).get("/admin/tickets/99999999")
+    assert missing.status_code == 404
+    assert "返回我的工作台" in visible(missing.get_data(as_text=True)) and "返回登录" not in missing.get_data(as_text=True)
     assert staff(app).get("/admin/tickets/99999999999999999999999").status_code == 404  # no 500
 
 
