@@ -138,7 +138,23 @@ class LiveRoom:
         return seats
 
     def waiting(self, limit: int = 100) -> list[dict]:
-        """The callers waiting, possible emergencies (可能紧急) first, then longest first: line,
+        return self.all_waiting(limit)[:limit]
+
+    @staticmethod
+    def room_summary(waiting: list[dict], queues: list[dict], limit: int = 100) -> dict:
+        """The room in three figures for the top of the dashboard: callers waiting (each once, in
+        whatever groups they wait; ``100+`` when a group holds more than ``all_waiting`` read),
+        the longest wait, possible emergencies waiting."""
+        longest = max([w["waited_s"] for w in waiting] + [q["longest_wait_s"] for q in queues if q["waiting"]],
+                      default=0.0)
+        more = any(q["waiting"] > limit for q in queues)
+        return {"waiting": len(waiting), "waiting_text": f"{len(waiting)}{'+' if more else ''}",
+                "longest_wait_s": longest, "longest_wait_text": labels.duration(longest) if waiting else "—",
+                "urgent": sum(1 for w in waiting if w["urgent"])}
+
+    def all_waiting(self, limit: int = 100) -> list[dict]:
+        """The callers waiting (up to ``limit`` per group; the ticket numbers filled in for the first
+        ``limit``), possible emergencies (可能紧急) first, then longest first: line,
         wait, place in line, whether a callback is booked (the caller hung up and keeps the
         place), the masked number, the ticket and the emergency line the call may need."""
         acd, k = self.acd, self.acd.keys
@@ -175,7 +191,7 @@ class LiveRoom:
         numbers = self.ticket_numbers(w["ticket"] for w in out[:limit])
         for w in out[:limit]:
             w["ticket_number"] = numbers.get(w["ticket"]) if w["ticket"] else None
-        return out[:limit]
+        return out
 
     # -- today -----------------------------------------------------------------------------
     def processes(self) -> list[dict]:

@@ -115,6 +115,9 @@
       e.textContent = k === "offered" ? v : pct(v);
     });
     document.getElementById("updated-at").textContent = d.at_text;
+    document.querySelectorAll("#room-now [data-k]").forEach(function (e) { e.textContent = d.room[e.dataset.k]; });
+    var urgent = document.getElementById("room-urgent");
+    if (urgent) urgent.className = "kpi" + (d.room.urgent ? " urgent" : "");
     var body = document.querySelector("#queues tbody");
     body.innerHTML = "";
     d.queues.forEach(function (q) {

@@ -263,7 +263,11 @@ def test_a_possible_emergency_waiting_is_on_top_of_the_callers_waiting_and_marke
     smoke = app.extensions["console"].tickets.by_call("CAsmoke")
     assert [w["ticket"] for w in waiting][0] == str(smoke.id)
     assert [w["urgent_text"] for w in waiting] == ["可能紧急（119）", "", ""]
+    room = sup.get("/admin/api/dashboard").get_json()["room"]  # the room at a glance, on top of the page
+    assert (room["waiting_text"], room["urgent"]) == ("3", 1) and re.fullmatch(r"\d+秒", room["longest_wait_text"])
     page = sup.get("/admin/").get_data(as_text=True)
+    top = visible("<main>" + page.split('id="room-now"', 1)[1].split('id="kpi-total"', 1)[0] + "</main>")
+    assert re.search(r"当前排队\s+3\s+最长等待\s+\d+秒\s+可能紧急（排队中）\s+1", top), top
     table = page.split('id="waiting"', 1)[1].split("</table>", 1)[0]
     rows = [visible("<main>" + r + "</main>") for r in re.findall(r"<tr\b.*?</tr>", table, re.S)]
     assert "紧急" in rows[0] and "可能紧急（119）" in rows[1] and "可能紧急" not in rows[2] + rows[3]

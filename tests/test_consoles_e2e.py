@@ -421,6 +421,7 @@ def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_
     assert row.split()[2] == "1", row  # 呼入 1
     first = css(d, "#waiting tbody tr")
     assert "可能紧急（119）" in first.text and "urgent" in first.get_attribute("class")
+    assert by_id(d, "room-urgent").text.split()[-1] == "1" and "urgent" in by_id(d, "room-urgent").get_attribute("class")
     shot(d, "21-dashboard-possible-emergency")
     # the session ends (expired, signed out elsewhere): the figures on screen are old, and the page says so
     assert not by_id(d, "stale").is_displayed()
