@@ -497,8 +497,15 @@ def update_user(username):
         flash(str(exc), "error")
         return redirect(url_for("admin.users"))
     what = "重置密码" if "password" in changes else "修改用户"
-    _audit("user.update", username, f"{what} {username}", before=before, after=after)
-    flash(f"已更新用户 {username}。", "ok")
+    seat, note = before.get("agent_id") if before.get("role") == "agent" else None, ""
+    if seat and (not after.get("active") or after.get("role") != "agent" or after.get("agent_id") != seat
+                 or "password" in changes):  # the person may no longer hold the seat: it stops taking calls
+        from .agent_console import sign_out_seat
+
+        out = sign_out_seat(seat, "account")
+        note = {"after_call": f"，坐席 {seat} 将在当前通话结束后签出", None: ""}.get(out, f"，坐席 {seat} 已签出")
+    _audit("user.update", username, f"{what} {username}{note}", before=before, after=after)
+    flash(f"已更新用户 {username}{note}。", "ok")
     return redirect(url_for("admin.users"))
 
 

@@ -55,6 +55,23 @@ def _session_token() -> str | None:
     return token
 
 
+def sign_out_seat(agent_id: str, reason: str) -> str | None:
+    """End every agent-API token of the seat (the console's and the seat-password API's) and sign
+    the seat out of the ACD (after its current call), when its person may no longer take calls:
+    user disabled, role or seat changed, password reset. Returns the ACD's answer, None without a seat."""
+    acd = _acd()
+    def owner(key):
+        value = acd.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    doomed = [key for key in acd.redis.scan_iter(match=acd.keys.token("*"), count=1000) if owner(key) == agent_id]
+    if doomed:
+        acd.redis.delete(*doomed)
+    if acd.agent(agent_id) is None:
+        return None
+    return acd.logout(agent_id, reason).status
+
+
 @bp.get("/")
 @roles_required("agent")
 def console():

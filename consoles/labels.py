@@ -41,7 +41,7 @@ PAUSE_REASONS = {"no-answer": "未接听自动小休", "phone-offline": "话机�
                  "three-way": "三方通话", "break": "小休", "not-rung": "来电未振铃"}
 #: why a seat went offline without its agent clicking 下岗 here (the ACD's logout reasons)
 OFFLINE_REASONS = {"heartbeat": "工作台长时间未与排队系统联系（网络中断、电脑休眠或网页被关闭），系统已自动将坐席签出",
-                   "logout": "坐席已在其他地方下岗"}
+                   "logout": "坐席已在其他地方下岗", "account": "管理员修改了您的账号，坐席已签出"}
 #: what an agent may choose when pausing
 AGENT_PAUSE_CHOICES = ("小休", "培训", "会议", "用餐")
 CALL_STATES = {"waiting": "排队中", "ringing": "振铃中", "connected": "通话中", "completed": "已结束",

@@ -393,3 +393,32 @@ def test_a_refused_new_user_comes_back_as_typed_and_a_new_form_starts_with_the_l
     assert 'name="username" required value="agent1"' in new and 'value="赵质检"' in new and 'value="q7"' in new
     assert re.search(r'<option value="supervisor" selected>班长/质检</option>', new)
     assert "zhao-pass-123" not in page  # the password is never sent back
+
+
+@pytest.mark.parametrize("change", [{"active": "0"}, {"role": "supervisor", "active": "1"},
+                                    {"role": "agent", "active": "1", "password": "new-agent-pass-1"}])
+def test_an_agent_whose_account_is_disabled_changed_or_reset_loses_the_seat_and_its_api_token_at_once(app, change):
+    """A console page already open holds an agent-API token: disabling the user must end it too,
+    or a dismissed agent keeps taking calls and reading callers' numbers."""
+    from call_routing.acd import Agent
+    from tests.test_consoles_agent import seat_token
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("a1", "张坐席", {"legal": 50}, endpoints=("client:a1",)))
+    acd.save_agent(Agent("e2", "专家2", {"legal_expert": 50}), password="expert-pw")
+    other = app.test_client().post("/agent/api/login", json={"agent_id": "e2", "password": "expert-pw"}).get_json()
+    agent = app.test_client()
+    auth = seat_token(app, agent)
+    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    admin = app.test_client()
+    sign_in(admin, "admin")
+    page = admin.post("/admin/users/agent1", data={"csrf_token": csrf_of(admin), **change}, follow_redirects=True)
+    assert "坐席 a1 已签出" in page.get_data(as_text=True)
+    assert acd.agent("a1")["state"] == "offline"  # no more calls offered to the seat
+    for path in ("/agent/api/me", "/agent/api/ticket"):
+        assert agent.get(path, headers=auth).status_code == 401, path
+    assert agent.post("/agent/api/state", json={"state": "ready"}, headers=auth).status_code == 401
+    entry = app.extensions["console"].db.audit_entries(action="user.update")[0]
+    assert "坐席 a1 已签出" in entry.summary
+    # another seat's token is untouched
+    assert app.test_client().get("/agent/api/me", headers={"Authorization": f"Bearer {other['token']}"}).status_code == 200
