@@ -382,9 +382,12 @@ def draft(draft_id):
                 error, status = str(exc), 422
     if not form["at"]:
         form["at"] = parse_moment(None).strftime("%Y-%m-%dT%H:%M")
+    # seat groups the draft removes while callers wait in them or seats are signed in with them
+    removed = [q for q in _c().dashboard.queues() if checked.ok and q["skill"] not in checked.rules.skills
+               and (q["waiting"] or q["logged_in"])]
     return render_template("admin/draft.html", d=d, checked=checked, diff=text_diff(current, d.content, "transfer_rules.yaml"),
                            stale=sha256_text(current) != d.base_sha256, form=form, result=result, error=error,
-                           running=editor.running()), status
+                           running=editor.running(), removed=removed), status
 
 
 @bp.post("/rules/drafts/<int:draft_id>/publish")

@@ -269,3 +269,26 @@ def test_the_rules_schema_for_the_yaml_editor_is_the_models_and_is_served_to_adm
         client = app.test_client()
         sign_in(client, user)
         assert client.get("/admin/rules/schema.json").status_code == 403, user
+
+
+def test_a_draft_removing_a_seat_group_with_callers_waiting_and_seats_in_it_says_so_before_publishing(admin, app):
+    from call_routing.acd import Agent
+    from tests.console_support import form_csrf
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("t1", "赵坐席", {"tourism": 50}, endpoints=("client:t1",)))
+    acd.login("t1", "paused")
+    acd.enqueue("tourism", "12301", "+8613812345678", call_id="CAtour")  # a caller waits for tourism
+    text = editor_text = app.extensions["console"].editor.disk_text()
+    text = text.replace("  tourism:\n    name: 旅游服务坐席\n    hours: always\n    overflow: {to: general, after_s: 30}\n", "")
+    text = text.replace("    skill: tourism\n", "    skill: general\n")
+    assert text != editor_text
+    page = admin.get("/admin/rules/yaml").get_data(as_text=True)
+    r = admin.post("/admin/rules/yaml", data={"csrf_token": form_csrf(page), "content": text, "action": "draft",
+                                              "base_sha": re.search(r'name="base_sha" value="([^"]+)"', page).group(1)})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    html = admin.get(r.location).get_data(as_text=True)
+    warning = re.search(r'class="flash error removed-skill"[^>]*>(.*?)</div>', html, re.S).group(1)
+    assert "删除了坐席组「旅游服务坐席」" in warning and "1 位来电人在该组排队、1 个坐席" in warning
+    # a draft that keeps every group says nothing of the kind
+    assert "removed-skill" not in admin.get(make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})).get_data(as_text=True)
