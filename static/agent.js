@@ -133,7 +133,12 @@
     $("no-ticket").hidden = !!t;
     $("ticket").hidden = !t;
     if (!t) { $("ticket-id").textContent = ""; $("ticket-status").textContent = ""; return; }
-    if (lastTicket !== t.id) { dirty = {}; lastTicket = t.id; }
+    if (lastTicket !== t.id) {
+      if (Object.keys(dirty).length && lastTicket !== null) {  // a new call's ticket: say what was left unsaved
+        msg("上一张工单" + ($("ticket-id").textContent ? " " + $("ticket-id").textContent : "") + " 的修改未确认，已被新来电的工单替换", true);
+      }
+      dirty = {}; lastTicket = t.id;
+    }
     $("ticket-id").textContent = t.number || "";
     $("ticket-status").textContent = (t.status_text || STATUS[t.status] || t.status) +
       (t.manual_reason_text ? "：" + t.manual_reason_text : "");
@@ -215,7 +220,8 @@
     api("GET", "me").then(function (me) {
       renderSeat(me);
       renderQueues(me);
-      if (me.call || me.agent.state === "wrapup") {
+      // the ticket stays while the agent has unsaved edits on it, even when 话后整理 ended by itself
+      if (me.call || me.agent.state === "wrapup" || Object.keys(dirty).length) {
         return api("GET", "ticket").then(function (t) {
           renderCall(me, t.call ? t : null);
           renderTicket(t);

@@ -456,3 +456,38 @@ def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login
              what="seat ready again")
     assert acd.agent("a7")["state"] == "ready"
     acd.logout("a7")
+
+
+def test_an_agent_typing_in_the_ticket_when_wrap_up_ends_by_itself_keeps_the_edits_and_confirms_them(server, browser):
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a8", "吴坐席", {"housing_construction": 50}, endpoints=("client:a8",)))
+    server.extensions["console"].db.add_user("agent8", "agent8-pass-123", "agent", agent_id="a8", display_name="吴坐席")
+    twilio = Twilio(base)
+    d.delete_all_cookies()
+    d.get(base + "/login")
+    by_id(d, "username").send_keys("agent8")
+    by_id(d, "password").send_keys("agent8-pass-123")
+    by_id(d, "login-button").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
+    by_id(d, "seat-login-ready").click()
+    twilio.post("/twilio/voice", call("CAhouse", "12319"))
+    twilio.post("/twilio/wait", call("CAhouse", "12319", CallStatus="in-progress"))
+    twilio.post("/twilio/heard", call("CAhouse", "12319", CallStatus="in-progress", SpeechResult="我家楼上漏水，物业不管"))
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "来电振铃", what="the call ringing")
+    leg = server.extensions["twilio"]["legs"].get("CAhouse")["agent_call"]
+    twilio.post("/twilio/agent-answer?call=CAhouse&agent=a8", {"CallSid": leg, "CallStatus": "in-progress"})
+    twilio.post("/twilio/status", call("CAhouse", "12319", CallStatus="completed", CallDuration="80"))
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "话后整理", what="wrap-up")
+    summary = by_id(d, "t-summary")
+    summary.send_keys("楼上住户漏水，物业不予处理")  # the agent writes the summary…
+    acd.wrapup_done("a8")  # …while 话后整理 runs out (the ACD's wrapup_max_s)
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "就绪", what="ready again")
+    time.sleep(2)  # a few polls later the ticket and what was typed are still there
+    assert by_id(d, "ticket").is_displayed() and by_id(d, "t-summary").get_attribute("value") == "楼上住户漏水，物业不予处理"
+    shot(d, "24-agent-edits-kept-after-wrap-up")
+    by_id(d, "btn-confirm").click()
+    wait_for(d, lambda d: "工单已确认" in by_id(d, "agent-msg").text, what="confirmed")
+    ticket = server.extensions["console"].tickets.by_call("CAhouse")
+    assert ticket.status == "confirmed" and ticket.fields["summary"]["value"] == "楼上住户漏水，物业不予处理"
+    acd.logout("a8")
