@@ -436,7 +436,7 @@ def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_
 def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login_with_the_reason(server, browser):
     base, d = server.base_url, browser
     acd = server.extensions["acd"]
-    acd.save_agent(Agent("a7", "周坐席", {"general": 50}, endpoints=("client:a7",)))
+    acd.save_agent(Agent("a7", "周坐席", {"customs": 50}, endpoints=("client:a7",)))  # no call for it here
     server.extensions["console"].db.add_user("agent7", "agent7-pass-123", "agent", agent_id="a7", display_name="周坐席")
     d.delete_all_cookies()
     d.get(base + "/login")
