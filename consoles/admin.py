@@ -18,12 +18,13 @@ from call_routing.rules import CHINA_TZ
 from intake.ticket_model import CALLER_ROLES
 
 from . import labels
-from .auth import actor, check_csrf, roles_required
+from .auth import actor, check_csrf, register_trouble, roles_required
 from .db import ROLE_NAMES, ROLES, ConsoleError, sha256_text, text_diff
 from .rules_admin import LINE_FIELDS, MODE_NAMES, PublishConflict, parse_moment
 
 log = logging.getLogger("hotline.consoles.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+register_trouble(bp)  # Redis unreachable or a fault: a page in Chinese, not Werkzeug's
 bp.before_request(check_csrf)
 
 STAFF = ("admin", "supervisor")

@@ -21,11 +21,13 @@ from call_routing.router import conference_options
 from consoles.agent_api import TOKEN_TTL_S, agent_required
 
 from . import labels, softphone
-from .auth import actor, check_csrf, roles_required
+from .auth import actor, check_csrf, register_trouble, roles_required
 
 bp = Blueprint("agent_console", __name__, url_prefix="/agent")
 bp.before_request(check_csrf)
 api = Blueprint("agent_ticket", __name__, url_prefix="/agent/api/ticket")
+register_trouble(bp)  # Redis unreachable or a fault: a page (or JSON) in Chinese, not Werkzeug's
+register_trouble(api)
 
 TYPES = labels.TYPES
 FIELD_LABELS = labels.FIELD_LABELS

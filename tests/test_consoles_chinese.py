@@ -352,6 +352,26 @@ def test_an_agent_who_clicks_seat_logout_during_a_call_keeps_the_call_and_its_ti
     assert "已下岗。" in visible(page)
 
 
+def test_with_the_queue_redis_down_the_consoles_say_so_in_chinese_and_the_ticket_list_still_works(tmp_path):
+    from runtime.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis()
+    server.__enter__()
+    try:
+        app = make_console_app(tmp_path, server.url)
+        sup, agent = staff(app), staff(app, "agent1")
+    finally:
+        server.__exit__(None, None, None)  # the ACD's Redis goes away under the running consoles
+    for client, path in ((sup, "/admin/"), (agent, "/agent/")):
+        r = client.get(path)
+        text = visible(r.get_data(as_text=True))
+        assert r.status_code == 503 and "排队系统（Redis）暂时无法连接" in text, (path, text)
+        assert "Internal Server Error" not in r.get_data(as_text=True)
+    r = sup.get("/admin/api/dashboard")  # what the dashboard's refresh reads: JSON, in words
+    assert r.status_code == 503 and "排队系统（Redis）暂时无法连接" in r.get_json()["error"]
+    assert sup.get("/admin/tickets").status_code == 200  # tickets live in the database
+
+
 # -- every console page, as every role, with real data ----------------------------------------------
 _HIDDEN = re.compile(r"<(script|style|pre|textarea)\b.*?</\1>", re.S | re.I)  # pre/textarea: the rules file itself
 _REPR = re.compile(r"(?<![A-Za-z])(None|False|True)(?![A-Za-z])|\{'|\[\]")
