@@ -62,6 +62,7 @@ def sign_out_seat(agent_id: str, reason: str) -> str | None:
     the seat out of the ACD (after its current call), when its person may no longer take calls:
     user disabled, role or seat changed, password reset. Returns the ACD's answer, None without a seat."""
     acd = _acd()
+
     def owner(key):
         value = acd.redis.get(key)
         return value.decode() if isinstance(value, bytes) else value
