@@ -374,9 +374,12 @@ def draft(draft_id):
             error, status = "请填写被叫号码（例如 12301）。", 422
         else:
             try:
-                result = {"draft": editor.dry_run(checked.rules, form["to"], form["caller"], form["at"], form["heard"]),
-                          "running": editor.dry_run(editor.running(), form["to"], form["caller"], form["at"],
-                                                    form["heard"])}
+                result = {"draft": labels.decision_view(editor.dry_run(checked.rules, form["to"], form["caller"],
+                                                                       form["at"], form["heard"]),
+                                                        checked.rules, MODE_NAMES),
+                          "running": labels.decision_view(editor.dry_run(editor.running(), form["to"], form["caller"],
+                                                                         form["at"], form["heard"]),
+                                                          editor.running(), MODE_NAMES)}
                 _c().db.count_dry_run(d.id)
                 d = _c().db.draft(d.id)
             except ConsoleError as exc:

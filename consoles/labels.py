@@ -293,6 +293,24 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
     return ""
 
 
+#: what a routing step does (call_routing.router's ``do``), for the rules dry-run
+STEP_WORDS = {"say": "播放提示语", "play": "播放提示录音", "enqueue": "进入排队", "transfer": "转接",
+              "conference": "三方转接", "hangup": "挂机"}
+
+
+def decision_view(decision: dict, rules, mode_names: dict) -> dict:
+    """A dry-run decision (``Decision.to_dict()`` with ``at``) in words: the mode, the seat group by
+    its name (with the id the YAML uses, for the admin who edits it), the time in China time, each
+    step's action."""
+    def group(skill_id):
+        return f"{skill_text(skill_id, rules)}（{skill_id}）" if skill_id else ""
+
+    return {**decision, "mode_text": mode_names.get(decision.get("mode"), decision.get("mode") or "—"),
+            "skill_text": group(decision.get("skill")), "at_text": when(decision.get("at")),
+            "steps": [{**s, "do_text": STEP_WORDS.get(s.get("do"), s.get("do")), "skill_text": group(s.get("skill"))}
+                      for s in decision.get("steps", ())]}
+
+
 def masked_said(value):
     """``value`` (a ticket page's view, events, recordings: dicts, lists, tuples of words) with every
     phone and ID-card number in its text masked — for the roles that never read callers' numbers."""

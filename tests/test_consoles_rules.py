@@ -125,6 +125,10 @@ def test_dry_run_shows_the_drafts_decision_beside_the_running_one_and_is_require
     draft_part, running_part = html.split('id="result-draft"')[1].split('id="result-running"')
     assert NEW_PROMPT in draft_part and "tourism" in draft_part and OLD_PROMPT not in draft_part
     assert OLD_PROMPT in running_part.split("</div>")[0]
+    # in words: the mode, the group by name (with its id for the YAML), the steps, the time in China time
+    shown = re.sub(r"<[^>]+>", " ", draft_part.split("</div>")[0])
+    assert "方式  整体并入" in shown and "旅游服务坐席（tourism）" in shown and "进入排队" in shown
+    assert "播放提示语" in shown and "07月01日 09:00" in shown and "T09:00" not in shown and "merge" not in shown
     # an emergency heard is routed by the draft the same way the router does
     r = dry_run(admin, url, heard="家里着火了")
     assert "119" in r.get_data(as_text=True).split('id="result-draft"')[1]
