@@ -372,6 +372,8 @@ def draft(draft_id):
             error, status = "草稿未通过校验，不能试运行。", 422
         elif not form["to"].strip():
             error, status = "请填写被叫号码（例如 12301）。", 422
+        elif not re.fullmatch(r"\+?\d{3,20}", form["to"].strip()):
+            error, status = f"被叫号码“{form['to'].strip()[:40]}”无效：请只填数字（例如 12301）。", 422
         else:
             try:
                 result = {"draft": labels.decision_view(editor.dry_run(checked.rules, form["to"], form["caller"],

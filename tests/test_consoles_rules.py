@@ -129,6 +129,12 @@ def test_dry_run_shows_the_drafts_decision_beside_the_running_one_and_is_require
     shown = re.sub(r"<[^>]+>", " ", draft_part.split("</div>")[0])
     assert "方式  整体并入" in shown and "旅游服务坐席（tourism）" in shown and "进入排队" in shown
     assert "播放提示语" in shown and "07月01日 09:00" in shown and "T09:00" not in shown and "merge" not in shown
+    # a number that is not a line says so (the router takes it as the 12345 main number); letters are refused
+    html = dry_run(admin, url, to="12399").get_data(as_text=True)
+    assert "号码 12399 不在规则中，来电按 12345 处理" in html
+    assert "不在规则中" not in dry_run(admin, url).get_data(as_text=True)
+    r = dry_run(admin, url, to="l2301")
+    assert r.status_code == 422 and "被叫号码“l2301”无效：请只填数字" in r.get_data(as_text=True)
     # an emergency heard is routed by the draft the same way the router does
     r = dry_run(admin, url, heard="家里着火了")
     assert "119" in r.get_data(as_text=True).split('id="result-draft"')[1]
