@@ -50,7 +50,8 @@ def queue_figures(acd, skills) -> list[dict]:
         entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
         longest = max(0.0, now - min(entered)) if entered else 0.0
         out.append({"skill": s.id, "name": s.name, "expert": s.expert, "waiting": waiting,
-                    "longest_wait_s": round(longest, 1), "longest_wait_text": labels.duration(longest)})
+                    "longest_wait_s": round(longest, 1),
+                    "longest_wait_text": labels.duration(longest) if waiting else "—"})  # nobody waits: no 0秒
     return out
 
 

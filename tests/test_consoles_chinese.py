@@ -271,6 +271,8 @@ def test_a_possible_emergency_waiting_is_on_top_of_the_callers_waiting_and_marke
     table = page.split('id="waiting"', 1)[1].split("</table>", 1)[0]
     rows = [visible("<main>" + r + "</main>") for r in re.findall(r"<tr\b.*?</tr>", table, re.S)]
     assert "紧急" in rows[0] and "可能紧急（119）" in rows[1] and "可能紧急" not in rows[2] + rows[3]
+    general = next(q for q in sup.get("/admin/api/dashboard").get_json()["queues"] if q["skill"] == "general")
+    assert (general["waiting"], general["longest_wait_text"]) == (0, "—")  # the seat's other group: nobody, not 0秒
     client.post("/agent/api/state", json={"state": "ready"}, headers=auth)  # the seat hears it first
     (seat,) = sup.get("/admin/api/dashboard").get_json()["agents"]
     assert seat["state_text"] == "来电振铃" and seat["urgent_text"] == "可能紧急（119）"
