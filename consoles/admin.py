@@ -245,7 +245,7 @@ def tickets():
                          "due": labels.when(t.due_at, now=now), "overdue": overdue, "supervision": t.supervision})
     pages = max(1, -(-total // TICKETS_PER_PAGE))
     args = {k: v for k, v in request.args.items() if k != "page" and v}
-    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, line.name) for n, line in rules.lines.items()]
+    lines = [(n, labels.line_text(n, rules)) for n in [rules.hotline.number, *rules.lines]]  # 12301 全国…, 12345政务…
     return render_template("admin/tickets.html", rows=rows, total=total, page=page, pages=pages, form=form,
                            problems=problems, lines=lines, types=labels.TYPES, statuses=labels.TICKET_STATUSES,
                            prev_url=url_for("admin.tickets", **args, page=page - 1) if page > 1 else None,

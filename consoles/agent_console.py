@@ -88,7 +88,7 @@ def console():
             why = labels.OFFLINE_REASONS.get(agent.get("reason") or "", "坐席已离线")
             flash(f"{why}。请重新上岗。", "error")
     rules = current_app.extensions["rules"].current()
-    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
+    lines = [(n, labels.line_text(n, rules)) for n in [rules.hotline.number, *rules.lines]]  # 12301 全国…, 12345政务…
     skills = [labels.skill_text(s, rules) for s in sorted((agent or {}).get("skills", {}),
                                                          key=lambda s: -agent["skills"][s])]
     return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,

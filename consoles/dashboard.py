@@ -96,7 +96,7 @@ class Dashboard(LiveRoom):
         rules = self.acd.rules
         for number in sorted(set(figures["lines"]) | set(satisfaction["lines"])):
             line = rules.line(number)
-            lines[number] = {"name": line.name if line else number,
+            lines[number] = {"name": line.name if line else number, "line_text": labels.line_text(number, rules),
                              **figures["lines"].get(number, compute_kpis([])["total"]),
                              **satisfaction["lines"].get(number, _no_survey())}
         return {"day": datetime.fromtimestamp(since, CHINA_TZ).strftime("%Y-%m-%d"),

@@ -132,7 +132,7 @@
     chart(d.today.hourly);
     rows("#line-kpis tbody", Object.keys(d.today.lines || {}).sort(), function (number) {
       var l = d.today.lines[number];
-      return [number + " " + l.name, l.offered, l.answered, pct(l.connection_rate), pct(l.answer_rate_15s),
+      return [l.line_text, l.offered, l.answered, pct(l.connection_rate), pct(l.answer_rate_15s),
         pct(l.abandon_rate), pct(l.satisfaction_rate) + "（" + l.surveyed + "）"];
     }, "今日暂无来电。", 7);
     supervision(d.supervision || []);

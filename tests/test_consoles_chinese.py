@@ -143,6 +143,7 @@ def test_the_ticket_list_filters_newest_first_and_links_each_ticket(app, tickets
     sup = staff(app)
     page = sup.get("/admin/tickets").get_data(as_text=True)
     assert 'id="nav-tickets"' in page and "工单查询" in page
+    assert "12345 12345" not in page and ">12301 全国统一旅游资讯服务电话</option>" in page
     listed = ids_on(page)
     assert len(listed) == 13 and listed[-1] == tickets["old"].id  # newest first
     text = visible(page)
@@ -304,6 +305,8 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     assert words["pause_reasons"]["no-answer"] == "未接听自动小休" and words["agent_states"]["paused"] == "小休"
     assert words["statuses"]["confirmed"] == "已确认"
     assert "座席" not in page and "我的坐席组排队" in visible(page)
+    assert ">12345政务服务便民热线</option>" in page and "12345 12345" not in page  # the number said once
+    assert ">12348 全国公共法律服务专用电话</option>" in page
     call_waiting(app, "CAq1")  # a1 is paused: the caller waits in the legal queue
     me = client.get("/agent/api/me", headers=auth).get_json()
     legal = me["queues"][0]
