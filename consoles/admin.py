@@ -15,14 +15,16 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 from call_routing import schema
 from call_routing.rules import CHINA_TZ
+from intake.ticket_model import CALLER_ROLES
 
 from . import labels
-from .auth import actor, check_csrf, roles_required
+from .auth import actor, check_csrf, register_trouble, roles_required
 from .db import ROLE_NAMES, ROLES, ConsoleError, sha256_text, text_diff
 from .rules_admin import LINE_FIELDS, MODE_NAMES, PublishConflict, parse_moment
 
 log = logging.getLogger("hotline.consoles.admin")
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+register_trouble(bp)  # Redis unreachable or a fault: a page in Chinese, not Werkzeug's
 bp.before_request(check_csrf)
 
 STAFF = ("admin", "supervisor")
@@ -89,10 +91,12 @@ def ticket(ticket_id):
     events = _c().tickets.events(ticket_id)
     named = [t.linked_to] + [e["detail"].get("to") for e in events if e["kind"] == "linked"]
     numbers = _c().tickets.numbers(n for n in named if n)
-    return render_template("admin/ticket.html", t=labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
-                           events=[labels.event_view(e, rules, numbers) for e in events],
-                           recordings=[labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)],
-                           listen_minutes=int(LISTEN_SESSION.total_seconds() // 60))
+    shown = {"t": labels.ticket_view(t.view(g.user.role), rules, numbers=numbers),
+             "events": [labels.event_view(e, rules, numbers) for e in events],
+             "recordings": [labels.recording_view(r) for r in _c().tickets.call_recordings(ticket_id)]}
+    if g.user.role not in CALLER_ROLES:  # numbers said, typed in the summary or result, heard in the recording
+        shown = labels.masked_said(shown)
+    return render_template("admin/ticket.html", **shown, listen_minutes=int(LISTEN_SESSION.total_seconds() // 60))
 
 
 def _recordings_folder():
@@ -241,7 +245,7 @@ def tickets():
                          "due": labels.when(t.due_at, now=now), "overdue": overdue, "supervision": t.supervision})
     pages = max(1, -(-total // TICKETS_PER_PAGE))
     args = {k: v for k, v in request.args.items() if k != "page" and v}
-    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, line.name) for n, line in rules.lines.items()]
+    lines = [(n, labels.line_text(n, rules)) for n in [rules.hotline.number, *rules.lines]]  # 12301 全国…, 12345政务…
     return render_template("admin/tickets.html", rows=rows, total=total, page=page, pages=pages, form=form,
                            problems=problems, lines=lines, types=labels.TYPES, statuses=labels.TICKET_STATUSES,
                            prev_url=url_for("admin.tickets", **args, page=page - 1) if page > 1 else None,
@@ -368,20 +372,28 @@ def draft(draft_id):
             error, status = "草稿未通过校验，不能试运行。", 422
         elif not form["to"].strip():
             error, status = "请填写被叫号码（例如 12301）。", 422
+        elif not re.fullmatch(r"\+?\d{3,20}", form["to"].strip()):
+            error, status = f"被叫号码“{form['to'].strip()[:40]}”无效：请只填数字（例如 12301）。", 422
         else:
             try:
-                result = {"draft": editor.dry_run(checked.rules, form["to"], form["caller"], form["at"], form["heard"]),
-                          "running": editor.dry_run(editor.running(), form["to"], form["caller"], form["at"],
-                                                    form["heard"])}
+                result = {"draft": labels.decision_view(editor.dry_run(checked.rules, form["to"], form["caller"],
+                                                                       form["at"], form["heard"]),
+                                                        checked.rules, MODE_NAMES),
+                          "running": labels.decision_view(editor.dry_run(editor.running(), form["to"], form["caller"],
+                                                                         form["at"], form["heard"]),
+                                                          editor.running(), MODE_NAMES)}
                 _c().db.count_dry_run(d.id)
                 d = _c().db.draft(d.id)
             except ConsoleError as exc:
                 error, status = str(exc), 422
     if not form["at"]:
         form["at"] = parse_moment(None).strftime("%Y-%m-%dT%H:%M")
+    # seat groups the draft removes while callers wait in them or seats are signed in with them
+    removed = [q for q in _c().dashboard.queues() if checked.ok and q["skill"] not in checked.rules.skills
+               and (q["waiting"] or q["logged_in"])]
     return render_template("admin/draft.html", d=d, checked=checked, diff=text_diff(current, d.content, "transfer_rules.yaml"),
                            stale=sha256_text(current) != d.base_sha256, form=form, result=result, error=error,
-                           running=editor.running()), status
+                           running=editor.running(), removed=removed), status
 
 
 @bp.post("/rules/drafts/<int:draft_id>/publish")
@@ -451,7 +463,7 @@ def rollback(version_id):
 @roles_required("admin")
 def users():
     db = _c().db
-    status = 200
+    status, typed = 200, {}
     if request.method == "POST":
         f = request.form
         try:
@@ -460,13 +472,15 @@ def users():
                                must_change_password=True)
         except ConsoleError as exc:
             flash(str(exc), "error")
-            status = 422
+            status, typed = 422, {k: f.get(k, "") for k in ("username", "display_name", "role", "agent_id")}
         else:
             _audit("user.create", user.username, f"创建用户 {user.username}（{ROLE_NAMES[user.role]}）", before=None,
                    after=user.public())
             flash(f"已创建用户 {user.username}，首次登录时须修改密码。", "ok")
             return redirect(url_for("admin.users"))
-    return render_template("admin/users.html", users=db.users(), roles=ROLES), status
+    # a refused form comes back as typed (the password aside); a new one starts with the least role
+    return render_template("admin/users.html", users=db.users(), roles=ROLES, typed=typed,
+                           new_role=typed.get("role") if typed.get("role") in ROLES else "agent"), status
 
 
 @bp.post("/users/<username>")
@@ -492,8 +506,15 @@ def update_user(username):
         flash(str(exc), "error")
         return redirect(url_for("admin.users"))
     what = "重置密码" if "password" in changes else "修改用户"
-    _audit("user.update", username, f"{what} {username}", before=before, after=after)
-    flash(f"已更新用户 {username}。", "ok")
+    seat, note = before.get("agent_id") if before.get("role") == "agent" else None, ""
+    if seat and (not after.get("active") or after.get("role") != "agent" or after.get("agent_id") != seat
+                 or "password" in changes):  # the person may no longer hold the seat: it stops taking calls
+        from .agent_console import sign_out_seat
+
+        out = sign_out_seat(seat, "account")
+        note = {"after_call": f"，坐席 {seat} 将在当前通话结束后签出", None: ""}.get(out, f"，坐席 {seat} 已签出")
+    _audit("user.update", username, f"{what} {username}{note}", before=before, after=after)
+    flash(f"已更新用户 {username}{note}。", "ok")
     return redirect(url_for("admin.users"))
 
 

@@ -21,11 +21,13 @@ from call_routing.router import conference_options
 from consoles.agent_api import TOKEN_TTL_S, agent_required, json_body
 
 from . import labels, softphone
-from .auth import actor, check_csrf, roles_required
+from .auth import actor, check_csrf, register_trouble, roles_required
 
 bp = Blueprint("agent_console", __name__, url_prefix="/agent")
 bp.before_request(check_csrf)
 api = Blueprint("agent_ticket", __name__, url_prefix="/agent/api/ticket")
+register_trouble(bp)  # Redis unreachable or a fault: a page (or JSON) in Chinese, not Werkzeug's
+register_trouble(api)
 
 TYPES = labels.TYPES
 FIELD_LABELS = labels.FIELD_LABELS
@@ -56,12 +58,38 @@ def _session_token() -> str | None:
     return token
 
 
+def sign_out_seat(agent_id: str, reason: str) -> str | None:
+    """End every agent-API token of the seat (the console's and the seat-password API's) and sign
+    the seat out of the ACD (after its current call), when its person may no longer take calls:
+    user disabled, role or seat changed, password reset. Returns the ACD's answer, None without a seat."""
+    acd = _acd()
+
+    def owner(key):
+        value = acd.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    doomed = [key for key in acd.redis.scan_iter(match=acd.keys.token("*"), count=1000) if owner(key) == agent_id]
+    if doomed:
+        acd.redis.delete(*doomed)
+    if acd.agent(agent_id) is None:
+        return None
+    return acd.logout(agent_id, reason).status
+
+
 @bp.get("/")
 @roles_required("agent")
 def console():
     agent = _acd().agent(g.user.agent_id) if g.user.agent_id else None
+    if agent and agent["state"] == "offline" and _session_token():
+        # signed out behind the page's back (heartbeat lapse, 下岗 elsewhere): back to 上岗, saying why
+        _acd().redis.delete(_token_key(session.pop("agent_token")))
+        if session.pop("leaving_after_call", None):
+            flash("通话已结束，坐席已按您的要求下岗。", "ok")
+        else:
+            why = labels.OFFLINE_REASONS.get(agent.get("reason") or "", "坐席已离线")
+            flash(f"{why}。请重新上岗。", "error")
     rules = current_app.extensions["rules"].current()
-    lines = [(rules.hotline.number, rules.hotline.name)] + [(n, l.name) for n, l in rules.lines.items()]
+    lines = [(n, labels.line_text(n, rules)) for n in [rules.hotline.number, *rules.lines]]  # 12301 全国…, 12345政务…
     skills = [labels.skill_text(s, rules) for s in sorted((agent or {}).get("skills", {}),
                                                          key=lambda s: -agent["skills"][s])]
     return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,
@@ -86,6 +114,7 @@ def seat_login():
     token = secrets.token_urlsafe(32)
     acd.redis.set(_token_key(token), agent_id, ex=TOKEN_TTL_S)
     session["agent_token"] = token
+    session.pop("leaving_after_call", None)
     current_app.extensions["console"].db.audit(actor(), "seat.login", agent_id,
                                                f"坐席 {agent_id} 上岗（{labels.AGENT_STATES[state]}）",
                                                address=request.remote_addr)
@@ -97,13 +126,20 @@ def seat_login():
 def seat_logout():
     acd = _acd()
     token = session.pop("agent_token", None)
-    if token:
-        acd.redis.delete(_token_key(token))
+    result = None
     if g.user.agent_id and acd.agent(g.user.agent_id):
         result = acd.logout(g.user.agent_id)
         current_app.extensions["console"].db.audit(actor(), "seat.logout", g.user.agent_id,
                                                    f"坐席 {g.user.agent_id} 下岗（{LOGOUT_WORDS.get(result.status, '未完成')}）",
                                                    address=request.remote_addr)
+    if result is not None and result.status == "after_call" and token:
+        # still talking: the console stays with the call and its ticket until the call ends
+        session["agent_token"], session["leaving_after_call"] = token, True
+        flash("本通来电结束后自动下岗。请继续处理当前来电和工单。", "info")
+        return redirect(url_for("agent_console.console"))
+    if token:
+        acd.redis.delete(_token_key(token))
+    flash("已下岗。", "ok")
     return redirect(url_for("agent_console.console"))
 
 
@@ -270,7 +306,7 @@ def finish_ticket():
         address=request.remote_addr)
     if wants_json:
         return jsonify(_ticket_payload(call))
-    flash(f"工单 {ticket.id} 已办结，已排队派发", "ok")
+    flash(f"工单 {ticket.display_number} 已办结，已排队派发", "ok")
     return redirect(url_for("agent_console.console"))
 
 

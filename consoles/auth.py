@@ -262,3 +262,39 @@ def init_app(app) -> None:
     app.before_request(load_user)
     app.jinja_env.globals.update(csrf_token=csrf_token, role_names=ROLE_NAMES)
     app.register_blueprint(bp)
+
+
+# -- when the server itself fails: words, never Werkzeug's English page ------------------------------
+REDIS_DOWN = "排队系统（Redis）暂时无法连接，实时数据无法显示。系统正在重试，请稍后刷新页面。"
+SERVER_FAULT = "服务器内部错误，请稍后重试；如仍出现，请联系管理员（错误已记入日志）。"
+
+
+class _Trouble:
+    def __init__(self, code: int, description: str):
+        self.code, self.description = code, description
+
+
+def server_trouble(exc):
+    """A console page or JSON answer when the ACD's Redis is unreachable (503) or anything else
+    failed (500): the error page in Chinese. Registered on the console blueprints
+    (:func:`register_trouble`); Flask has already logged a 500's traceback."""
+    import logging
+
+    import redis
+
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        logging.getLogger(__name__).error("console %s: Redis unreachable (%s)", request.path, exc)
+        trouble = _Trouble(503, REDIS_DOWN)
+    else:
+        trouble = _Trouble(500, SERVER_FAULT)
+    if request.path.startswith(("/agent/api/", "/admin/api/")) or request.is_json:
+        return {"error": trouble.description}, trouble.code
+    return render_template("error.html", error=trouble), trouble.code
+
+
+def register_trouble(blueprint) -> None:
+    """Before the blueprint is registered (Flask copies its handlers then)."""
+    import redis
+
+    for kind in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 500):
+        blueprint.register_error_handler(kind, server_trouble)

@@ -96,7 +96,7 @@ class Dashboard(LiveRoom):
         rules = self.acd.rules
         for number in sorted(set(figures["lines"]) | set(satisfaction["lines"])):
             line = rules.line(number)
-            lines[number] = {"name": line.name if line else number,
+            lines[number] = {"name": line.name if line else number, "line_text": labels.line_text(number, rules),
                              **figures["lines"].get(number, compute_kpis([])["total"]),
                              **satisfaction["lines"].get(number, _no_survey())}
         return {"day": datetime.fromtimestamp(since, CHINA_TZ).strftime("%Y-%m-%d"),
@@ -192,10 +192,11 @@ class Dashboard(LiveRoom):
 
     def snapshot(self) -> dict:
         now = self.acd.clock()
+        waiting, queues = self.all_waiting(100), self.queues()
         return {"at": datetime.fromtimestamp(now, CHINA_TZ).isoformat(timespec="seconds"),
-                "at_text": labels.when(now, seconds=True), "queues": self.queues(), "today": self.today(),
+                "at_text": labels.when(now, seconds=True), "queues": queues, "today": self.today(),
                 "alerts": self.alerts(10), "processes": self.processes(), "agents": self.board(),
-                "waiting": self.waiting()}
+                "waiting": waiting[:100], "room": self.room_summary(waiting, queues)}
 
 
 def describe_alert(alert: dict, rules, call: dict | None = None) -> str:

@@ -39,6 +39,9 @@ AGENT_STATES = {"ready": "就绪", "ringing": "来电振铃", "busy": "通话中
 #: why a seat is paused: the system's reasons; an agent's own (小休, 培训, …) are Chinese already
 PAUSE_REASONS = {"no-answer": "未接听自动小休", "phone-offline": "话机未注册，无法接听", "phone-busy": "话机占线",
                  "three-way": "三方通话", "break": "小休", "not-rung": "来电未振铃"}
+#: why a seat went offline without its agent clicking 下岗 here (the ACD's logout reasons)
+OFFLINE_REASONS = {"heartbeat": "工作台长时间未与排队系统联系（网络中断、电脑休眠或网页被关闭），系统已自动将坐席签出",
+                   "logout": "坐席已在其他地方下岗", "account": "管理员修改了您的账号，坐席已签出"}
 #: what an agent may choose when pausing
 AGENT_PAUSE_CHOICES = ("小休", "培训", "会议", "用餐")
 CALL_STATES = {"waiting": "排队中", "ringing": "振铃中", "connected": "通话中", "completed": "已结束",
@@ -290,6 +293,38 @@ def event_detail(kind: str, d: dict, rules=None, numbers: dict | None = None) ->
     return ""
 
 
+#: what a routing step does (call_routing.router's ``do``), for the rules dry-run
+STEP_WORDS = {"say": "播放提示语", "play": "播放提示录音", "enqueue": "进入排队", "transfer": "转接",
+              "conference": "三方转接", "hangup": "挂机"}
+
+
+def decision_view(decision: dict, rules, mode_names: dict) -> dict:
+    """A dry-run decision (``Decision.to_dict()`` with ``at``) in words: the mode, the seat group by
+    its name (with the id the YAML uses, for the admin who edits it), the time in China time, each
+    step's action."""
+    def group(skill_id):
+        return f"{skill_text(skill_id, rules)}（{skill_id}）" if skill_id else ""
+
+    return {**decision, "mode_text": mode_names.get(decision.get("mode"), decision.get("mode") or "—"),
+            "skill_text": group(decision.get("skill")), "at_text": when(decision.get("at")),
+            "steps": [{**s, "do_text": STEP_WORDS.get(s.get("do"), s.get("do")), "skill_text": group(s.get("skill"))}
+                      for s in decision.get("steps", ())]}
+
+
+def masked_said(value):
+    """``value`` (a ticket page's view, events, recordings: dicts, lists, tuples of words) with every
+    phone and ID-card number in its text masked — for the roles that never read callers' numbers."""
+    from intake.ticket_model import mask_said
+
+    if isinstance(value, str):
+        return mask_said(value)
+    if isinstance(value, dict):
+        return {k: masked_said(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(masked_said(v) for v in value)
+    return value
+
+
 def recording_view(rec) -> dict:
     """A full-call recording (intake.ticket_recordings.CallRecording) as the ticket page shows it."""
     return {"id": rec.id, "expired": rec.expired, "length": duration(rec.seconds),
@@ -339,7 +374,7 @@ def ticket_view(view: dict, rules=None, now: datetime | None = None, numbers: di
              ("语音识别", TRANSCRIPT_STATUSES.get(view.get("transcript_status"), "—")
               + (f"（置信度 {view['transcript_confidence'] * 100:.0f}%）"
                  if isinstance(view.get("transcript_confidence"), (int, float)) else "")),
-             ("录音", "已保存" if view.get("recording") else "无"),
+             ("诉求录音", "已保存" if view.get("recording") else "无"),  # what the caller said while waiting, not 通话录音
              ("通话结果", CALL_OUTCOMES.get(view.get("call_outcome"), view.get("call_outcome") or "—")),
              ("满意度", SURVEYS.get(view.get("survey"), view.get("survey") or "未评价")),
              ("办结时间", when(view.get("finished_at"), now=now)),

@@ -23,6 +23,11 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def urgent_text(number: str | None) -> str:
+    """A call the pre-fill heard as a possible emergency (the ACD's ``urgent``: 110/119/120/122)."""
+    return f"可能紧急（{number}）" if number else ""
+
+
 def start_of_day(now: float) -> float:
     day = datetime.fromtimestamp(now, CHINA_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     return day.timestamp()
@@ -45,7 +50,8 @@ def queue_figures(acd, skills) -> list[dict]:
         entered = [score % BAND / 1000 for band in raw[i * step + 1:(i + 1) * step] for _, score in band]
         longest = max(0.0, now - min(entered)) if entered else 0.0
         out.append({"skill": s.id, "name": s.name, "expert": s.expert, "waiting": waiting,
-                    "longest_wait_s": round(longest, 1), "longest_wait_text": labels.duration(longest)})
+                    "longest_wait_s": round(longest, 1),
+                    "longest_wait_text": labels.duration(longest) if waiting else "—"})  # nobody waits: no 0秒
     return out
 
 
@@ -112,25 +118,46 @@ class LiveRoom:
         pipe = r.pipeline(transaction=False)
         with_call = [s for s in seats if s["call"]]
         for s in with_call:
-            pipe.hmget(k.call(s["call"]), "line", "ticket")
-        for s, (line, ticket) in zip(with_call, pipe.execute() if with_call else []):
+            pipe.hmget(k.call(s["call"]), "line", "ticket", "urgent")
+        for s, (line, ticket, urgent) in zip(with_call, pipe.execute() if with_call else []):
             line = _text(line or "")
             s["line"], s["ticket"] = line or None, _text(ticket or "") or None
             s["line_text"] = labels.line_text(line, rules) if line else "—"
+            s["urgent"] = _text(urgent or "") or None
+            s["urgent_text"] = urgent_text(s["urgent"])
         numbers = self.ticket_numbers(s["ticket"] for s in with_call)
         for s in seats:
             s.pop("call")
             s.setdefault("line", None)
             s.setdefault("ticket", None)
             s.setdefault("line_text", "")
+            s.setdefault("urgent", None)
+            s.setdefault("urgent_text", "")
             s["ticket_number"] = numbers.get(s["ticket"]) if s["ticket"] else None
         order = {st: i for i, st in enumerate(("busy", "ringing", "wrapup", "ready", "paused", "offline"))}
         seats.sort(key=lambda s: (order.get(s["state"], 9), s["name"]))
         return seats
 
     def waiting(self, limit: int = 100) -> list[dict]:
-        """The callers waiting, longest first: line, wait, place in line, whether a callback is
-        booked (the caller hung up and keeps the place), the masked number and the ticket."""
+        return self.all_waiting(limit)[:limit]
+
+    @staticmethod
+    def room_summary(waiting: list[dict], queues: list[dict], limit: int = 100) -> dict:
+        """The room in three figures for the top of the dashboard: callers waiting (each once, in
+        whatever groups they wait; ``100+`` when a group holds more than ``all_waiting`` read),
+        the longest wait, possible emergencies waiting."""
+        longest = max([w["waited_s"] for w in waiting] + [q["longest_wait_s"] for q in queues if q["waiting"]],
+                      default=0.0)
+        more = any(q["waiting"] > limit for q in queues)
+        return {"waiting": len(waiting), "waiting_text": f"{len(waiting)}{'+' if more else ''}",
+                "longest_wait_s": longest, "longest_wait_text": labels.duration(longest) if waiting else "—",
+                "urgent": sum(1 for w in waiting if w["urgent"])}
+
+    def all_waiting(self, limit: int = 100) -> list[dict]:
+        """The callers waiting (up to ``limit`` per group; the ticket numbers filled in for the first
+        ``limit``), possible emergencies (可能紧急) first, then longest first: line,
+        wait, place in line, whether a callback is booked (the caller hung up and keeps the
+        place), the masked number, the ticket and the emergency line the call may need."""
         acd, k = self.acd, self.acd.keys
         rules, now = acd.rules, acd.clock()
         r = acd.redis
@@ -147,9 +174,9 @@ class LiveRoom:
         ids = list(best)
         pipe = r.pipeline(transaction=False)
         for c in ids:
-            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked")
+            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked", "urgent")
         out = []
-        for c, (line, entered, kind, ticket, masked) in zip(ids, pipe.execute() if ids else []):
+        for c, (line, entered, kind, ticket, masked, urgent) in zip(ids, pipe.execute() if ids else []):
             place, skill = best[c]
             line = _text(line or "")
             waited = max(0.0, now - float(_text(entered or 0) or now))
@@ -159,12 +186,13 @@ class LiveRoom:
                         "waited_s": round(waited, 1), "waited_text": labels.duration(waited), "callback": callback,
                         "callback_text": "已登记回拨" if callback else "在线等待",
                         "ticket": _text(ticket or "") or None,
-                        "caller": labels.caller_text(_text(masked or "") or None)})
-        out.sort(key=lambda w: -w["waited_s"])
+                        "caller": labels.caller_text(_text(masked or "") or None),
+                        "urgent": _text(urgent or "") or None, "urgent_text": urgent_text(_text(urgent or ""))})
+        out.sort(key=lambda w: (not w["urgent"], -w["waited_s"]))  # 可能紧急 on top, then longest wait
         numbers = self.ticket_numbers(w["ticket"] for w in out[:limit])
         for w in out[:limit]:
             w["ticket_number"] = numbers.get(w["ticket"]) if w["ticket"] else None
-        return out[:limit]
+        return out
 
     # -- today -----------------------------------------------------------------------------
     def processes(self) -> list[dict]:

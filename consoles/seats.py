@@ -81,9 +81,10 @@ def _read_form(agent_id, rules) -> tuple[dict, list[str]]:
     skills = {}
     for sid in rules.skills:
         if f.get(f"on-{sid}"):
-            raw = f.get(f"level-{sid}", "50").strip() or "50"
+            raw = f.get(f"level-{sid}", "50").strip()[:8] or "50"
             if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 99):
-                problems.append(f"{labels.skill_text(sid, rules)}：级别须为1到99的整数（数字越大越先接到来电）。")
+                problems.append(f"{labels.skill_text(sid, rules)}：级别“{raw}”无效，须为1到99的整数（数字越大越先接到来电）。")
+                skills[sid] = raw  # shown again ticked, as typed; never saved (there is a problem)
                 continue
             skills[sid] = int(raw)
     if not skills:

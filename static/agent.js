@@ -45,8 +45,15 @@
       .catch(function (e) { msg(e.message, true); });
   }
 
+  var gone = false;
   function renderSeat(me) {
     var a = me.agent;
+    if (a.state === "offline" && !gone) {  // signed out behind the page's back: the page offers 上岗 again, saying why
+      gone = true;
+      msg("坐席已离线，正在返回上岗页面…", true);
+      window.location.reload();
+      return;
+    }
     var threeWay = a.state === "paused" && a.reason === "three-way";  // out of rotation while in a three-way call
     $("seat-state").textContent = threeWay ? "三方通话" : (STATE[a.state] || a.state);
     $("seat-state").className = "state s-" + (threeWay ? "busy" : a.state);
@@ -126,7 +133,12 @@
     $("no-ticket").hidden = !!t;
     $("ticket").hidden = !t;
     if (!t) { $("ticket-id").textContent = ""; $("ticket-status").textContent = ""; return; }
-    if (lastTicket !== t.id) { dirty = {}; lastTicket = t.id; }
+    if (lastTicket !== t.id) {
+      if (Object.keys(dirty).length && lastTicket !== null) {  // a new call's ticket: say what was left unsaved
+        msg("上一张工单" + ($("ticket-id").textContent ? " " + $("ticket-id").textContent : "") + " 的修改未确认，已被新来电的工单替换", true);
+      }
+      dirty = {}; lastTicket = t.id;
+    }
     $("ticket-id").textContent = t.number || "";
     $("ticket-status").textContent = (t.status_text || STATUS[t.status] || t.status) +
       (t.manual_reason_text ? "：" + t.manual_reason_text : "");
@@ -208,7 +220,8 @@
     api("GET", "me").then(function (me) {
       renderSeat(me);
       renderQueues(me);
-      if (me.call || me.agent.state === "wrapup") {
+      // the ticket stays while the agent has unsaved edits on it, even when 话后整理 ended by itself
+      if (me.call || me.agent.state === "wrapup" || Object.keys(dirty).length) {
         return api("GET", "ticket").then(function (t) {
           renderCall(me, t.call ? t : null);
           renderTicket(t);

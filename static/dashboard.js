@@ -47,6 +47,7 @@
     body.innerHTML = "";
     items.forEach(function (item) {
       var tr = document.createElement("tr");
+      if (item.urgent && selector === "#waiting tbody") tr.className = "urgent";
       columns(item).forEach(function (v) { cell(tr, v); });
       body.appendChild(tr);
     });
@@ -64,19 +65,59 @@
       call = document.createElement("span");
       call.appendChild(document.createTextNode(a.line_text));
       if (a.ticket) { call.appendChild(document.createTextNode(" · ")); call.appendChild(ticketLink(a.ticket, "工单 " + (a.ticket_number || "建单中"))); }
+      if (a.urgent) { call.appendChild(document.createTextNode(" ")); call.appendChild(urgentTag(a.urgent_text)); }
     }
     return [a.name, state, a.in_state_text, call, a.answered_today];
   }
+  function urgentTag(text) {  // 可能紧急（119）: what the pre-fill heard may need an emergency line
+    var tag = document.createElement("span");
+    tag.className = "tag urgent"; tag.textContent = text;
+    return tag;
+  }
   function waitingRow(w) {
-    return [w.line_text, w.skill_name, w.waited_text, "第 " + w.position + " 位", w.caller, w.callback_text];
+    return [w.urgent ? urgentTag(w.urgent_text) : "", w.line_text, w.skill_name, w.waited_text,
+      "第 " + w.position + " 位", w.caller, w.callback_text];
+  }
+  function supervision(list) {  // 督办, as the page draws it (templates/admin/dashboard.html)
+    var box = document.getElementById("supervision");
+    if (!box) return;
+    box.innerHTML = "";
+    list.forEach(function (s) {
+      var div = document.createElement("div"), head = document.createElement("strong"), ul = document.createElement("ul");
+      div.className = "sup";
+      head.textContent = s.kind_text + "：" + s.key_text;
+      div.appendChild(head);
+      div.appendChild(document.createTextNode(" · " + s.callers + " 位来电人 · " + s.raised_text));
+      s.tickets.forEach(function (t) {
+        var li = document.createElement("li");
+        li.appendChild(ticketLink(t.id, "工单 " + t.number));
+        li.appendChild(document.createTextNode(" " + t.line_text + " " + t.type_text + " " + (t.location || "") +
+          " · 办结时限 " + t.due_text + " · " + t.status_text));
+        ul.appendChild(li);
+      });
+      div.appendChild(ul);
+      box.appendChild(div);
+    });
+    if (!list.length) { var p = document.createElement("p"); p.className = "muted"; p.textContent = "暂无督办。"; box.appendChild(p); }
+  }
+  // figures that could not be refreshed must not pass for the room as it is now
+  function stale(why) {
+    var e = document.getElementById("stale");
+    if (!e) return;
+    e.hidden = !why;
+    e.textContent = why ? "数据未能更新：" + why + "（以下为 " + document.getElementById("updated-at").textContent + " 的数据）" : "";
   }
   function render(d) {
+    stale(null);
     var t = d.today.total;
     document.querySelectorAll("#kpi-total [data-k]").forEach(function (e) {
       var k = e.dataset.k, v = t[k];
       e.textContent = k === "offered" ? v : pct(v);
     });
     document.getElementById("updated-at").textContent = d.at_text;
+    document.querySelectorAll("#room-now [data-k]").forEach(function (e) { e.textContent = d.room[e.dataset.k]; });
+    var urgent = document.getElementById("room-urgent");
+    if (urgent) urgent.className = "kpi" + (d.room.urgent ? " urgent" : "");
     var body = document.querySelector("#queues tbody");
     body.innerHTML = "";
     d.queues.forEach(function (q) {
@@ -87,8 +128,14 @@
       body.appendChild(tr);
     });
     rows("#agents tbody", d.agents || [], agentRow, "暂无坐席在岗。", 5);
-    rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 6);
+    rows("#waiting tbody", d.waiting || [], waitingRow, "当前没有来电排队。", 7);
     chart(d.today.hourly);
+    rows("#line-kpis tbody", Object.keys(d.today.lines || {}).sort(), function (number) {
+      var l = d.today.lines[number];
+      return [l.line_text, l.offered, l.answered, pct(l.connection_rate), pct(l.answer_rate_15s),
+        pct(l.abandon_rate), pct(l.satisfaction_rate) + "（" + l.surveyed + "）"];
+    }, "今日暂无来电。", 7);
+    supervision(d.supervision || []);
     var procs = document.querySelector("#processes tbody");
     if (procs && d.processes && d.processes.length) {
       procs.innerHTML = "";
@@ -114,7 +161,13 @@
   var first = document.getElementById("dashboard-data");
   if (first) chart(JSON.parse(first.textContent).today.hourly);
   if (url) setInterval(function () {
-    fetch(url, {headers: {"Accept": "application/json"}}).then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (d) { if (d) render(d); }).catch(function () {});
+    fetch(url, {headers: {"Accept": "application/json"}, credentials: "same-origin"}).then(function (r) {
+      if (r.status === 401) throw new Error("登录已失效，请刷新页面重新登录");
+      if (r.status === 403) throw new Error("当前账号无权查看监控大屏");
+      if (!r.ok) throw new Error("服务器暂时无法提供数据，正在重试");
+      return r.json();
+    }).then(render).catch(function (e) {
+      stale(e && /[\u4e00-\u9fff]/.test(e.message) ? e.message : "与服务器的连接中断，正在重试");
+    });
   }, 5000);
 })();

@@ -372,3 +372,53 @@ def test_web_workers_starting_together_sign_sessions_with_one_key(tmp_path, monk
             assert len(set(keys)) == 1 and len(keys[0]) == 64, (start, keys)
             assert os.stat(path).st_mode & 0o777 == 0o600
     assert not list(tmp_path.rglob("*.tmp"))  # no key left lying about
+
+
+def test_a_refused_new_user_comes_back_as_typed_and_a_new_form_starts_with_the_least_role(app):
+    import re
+
+    client = app.test_client()
+    sign_in(client, "admin")
+    page = client.get("/admin/users").get_data(as_text=True)
+    new = page.split("新建用户", 1)[1]
+    assert re.search(r'<option value="agent" selected>坐席</option>', new)  # never 管理员 by default
+    assert not re.search(r'<option value="admin" selected>', new)
+    r = client.post("/admin/users", data={"csrf_token": csrf_of(client), "username": "agent1",  # already exists
+                                          "password": "zhao-pass-123", "role": "supervisor",
+                                          "display_name": "赵质检", "agent_id": "q7"})
+    assert r.status_code == 422
+    page = r.get_data(as_text=True)
+    assert "用户 agent1 已存在" in page
+    new = page.split("新建用户", 1)[1]
+    assert 'name="username" required value="agent1"' in new and 'value="赵质检"' in new and 'value="q7"' in new
+    assert re.search(r'<option value="supervisor" selected>班长/质检</option>', new)
+    assert "zhao-pass-123" not in page  # the password is never sent back
+
+
+@pytest.mark.parametrize("change", [{"active": "0"}, {"role": "supervisor", "active": "1"},
+                                    {"role": "agent", "active": "1", "password": "new-agent-pass-1"}])
+def test_an_agent_whose_account_is_disabled_changed_or_reset_loses_the_seat_and_its_api_token_at_once(app, change):
+    """A console page already open holds an agent-API token: disabling the user must end it too,
+    or a dismissed agent keeps taking calls and reading callers' numbers."""
+    from call_routing.acd import Agent
+    from tests.test_consoles_agent import seat_token
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("a1", "张坐席", {"legal": 50}, endpoints=("client:a1",)))
+    acd.save_agent(Agent("e2", "专家2", {"legal_expert": 50}), password="expert-pw")
+    other = app.test_client().post("/agent/api/login", json={"agent_id": "e2", "password": "expert-pw"}).get_json()
+    agent = app.test_client()
+    auth = seat_token(app, agent)
+    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    admin = app.test_client()
+    sign_in(admin, "admin")
+    page = admin.post("/admin/users/agent1", data={"csrf_token": csrf_of(admin), **change}, follow_redirects=True)
+    assert "坐席 a1 已签出" in page.get_data(as_text=True)
+    assert acd.agent("a1")["state"] == "offline"  # no more calls offered to the seat
+    for path in ("/agent/api/me", "/agent/api/ticket"):
+        assert agent.get(path, headers=auth).status_code == 401, path
+    assert agent.post("/agent/api/state", json={"state": "ready"}, headers=auth).status_code == 401
+    entry = app.extensions["console"].db.audit_entries(action="user.update")[0]
+    assert "坐席 a1 已签出" in entry.summary
+    # another seat's token is untouched
+    assert app.test_client().get("/agent/api/me", headers={"Authorization": f"Bearer {other['token']}"}).status_code == 200

@@ -83,8 +83,32 @@ def test_the_ticket_page_reads_in_chinese_with_words_for_values_and_china_times(
             assert event in text, event
         assert "地点：朝阳区幸福路12号 → 朝阳区幸福路12号院" in text
         assert len(CN_TIME.findall(text)) >= 5
-    assert staff(app).get("/admin/tickets/99999999").status_code == 404
+    missing = staff(app).get("/admin/tickets/99999999")
+    assert missing.status_code == 404
+    assert "返回我的工作台" in visible(missing.get_data(as_text=True)) and "返回登录" not in missing.get_data(as_text=True)
     assert staff(app).get("/admin/tickets/99999999999999999999999").status_code == 404  # no 500
+
+
+def test_numbers_said_are_masked_everywhere_on_the_ticket_page_for_admins(app, tmp_path):
+    """Admins never read a caller's number — nor one said in the call, typed in the summary or the
+    result, or heard in the whole call's recording (its transcript and the history's entry)."""
+    store = app.extensions["console"].tickets
+    rules = app.extensions["rules"].current()
+    t = store.attach_transcript("CAsaid", text="我的电话13900001111，路灯坏了", entry_line="12345", caller=CALLER,
+                                prefill=prefill(line="12345", skill="general"))
+    store.confirm_fields(t.id, "a1", {"summary": "路灯坏了，回电13900001111"}, rules=rules)
+    store.finish(t.id, "a1", "已电话13900001111告知维修时间")
+    rec = store.add_call_recording("CAsaid", file="CAsaid.wav", ref="CAsaid.wav", source="twilio", keep_days=30,
+                                   seconds=40.0)
+    store.call_recording_transcribed(rec.id, "您好12345，我的电话是13900001111，身份证110101199003078515", "ok")
+    admin = visible(staff(app, "admin").get(f"/admin/tickets/{t.id}").get_data(as_text=True))
+    assert "13900001111" not in admin and "110101199003078515" not in admin and CALLER[3:] not in admin
+    assert "回电139****1111" in admin and "已电话139****1111告知维修时间" in admin  # the words stay, masked
+    assert "我的电话是139****1111，身份证1101**********8515" in admin
+    # the recording of the matter said while waiting is not the whole call's: no "录音 无" above a recording
+    assert re.search(r"诉求录音\s+无", admin) and not re.search(r"(?<!诉求)录音\s+无", admin)
+    supervisor = visible(staff(app, "super").get(f"/admin/tickets/{t.id}").get_data(as_text=True))
+    assert "回电13900001111" in supervisor and "我的电话是13900001111" in supervisor  # they call back
 
 
 # -- the ticket list -------------------------------------------------------------------------------
@@ -119,6 +143,7 @@ def test_the_ticket_list_filters_newest_first_and_links_each_ticket(app, tickets
     sup = staff(app)
     page = sup.get("/admin/tickets").get_data(as_text=True)
     assert 'id="nav-tickets"' in page and "工单查询" in page
+    assert "12345 12345" not in page and ">12301 全国统一旅游资讯服务电话</option>" in page
     listed = ids_on(page)
     assert len(listed) == 13 and listed[-1] == tickets["old"].id  # newest first
     text = visible(page)
@@ -228,6 +253,34 @@ def test_the_dashboard_boards_the_seats_and_lists_the_callers_waiting(app):
     assert f'href="/admin/tickets/{seat["ticket"]}"' in page
 
 
+def test_a_possible_emergency_waiting_is_on_top_of_the_callers_waiting_and_marked_on_the_seat_board(app):
+    client = app.test_client()
+    auth = seat_token(app, client)  # the seat is paused: every caller waits
+    for sid in ("CAfirst", "CAsecond", "CAsmoke"):
+        call_waiting(app, sid, said=None)
+    app.extensions["acd"].prioritise("CAsmoke", "119")  # what the flow does when the pre-fill hears 冒黑烟
+    sup = staff(app)
+    waiting = sup.get("/admin/api/dashboard").get_json()["waiting"]
+    smoke = app.extensions["console"].tickets.by_call("CAsmoke")
+    assert [w["ticket"] for w in waiting][0] == str(smoke.id)
+    assert [w["urgent_text"] for w in waiting] == ["可能紧急（119）", "", ""]
+    room = sup.get("/admin/api/dashboard").get_json()["room"]  # the room at a glance, on top of the page
+    assert (room["waiting_text"], room["urgent"]) == ("3", 1) and re.fullmatch(r"\d+秒", room["longest_wait_text"])
+    page = sup.get("/admin/").get_data(as_text=True)
+    top = visible("<main>" + page.split('id="room-now"', 1)[1].split('id="kpi-total"', 1)[0] + "</main>")
+    assert re.search(r"当前排队\s+3\s+最长等待\s+\d+秒\s+可能紧急（排队中）\s+1", top), top
+    table = page.split('id="waiting"', 1)[1].split("</table>", 1)[0]
+    rows = [visible("<main>" + r + "</main>") for r in re.findall(r"<tr\b.*?</tr>", table, re.S)]
+    assert "紧急" in rows[0] and "可能紧急（119）" in rows[1] and "可能紧急" not in rows[2] + rows[3]
+    general = next(q for q in sup.get("/admin/api/dashboard").get_json()["queues"] if q["skill"] == "general")
+    assert (general["waiting"], general["longest_wait_text"]) == (0, "—")  # the seat's other group: nobody, not 0秒
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)  # the seat hears it first
+    (seat,) = sup.get("/admin/api/dashboard").get_json()["agents"]
+    assert seat["state_text"] == "来电振铃" and seat["urgent_text"] == "可能紧急（119）"
+    board = page_text(sup.get("/admin/").get_data(as_text=True).split('id="agents"', 1)[1].split("</table>", 1)[0])
+    assert "可能紧急（119）" in board
+
+
 def test_a_seat_that_missed_a_call_is_shown_paused_in_words(app):
     acd = app.extensions["acd"]
     acd.login("a1")
@@ -252,6 +305,8 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     assert words["pause_reasons"]["no-answer"] == "未接听自动小休" and words["agent_states"]["paused"] == "小休"
     assert words["statuses"]["confirmed"] == "已确认"
     assert "座席" not in page and "我的坐席组排队" in visible(page)
+    assert ">12345政务服务便民热线</option>" in page and "12345 12345" not in page  # the number said once
+    assert ">12348 全国公共法律服务专用电话</option>" in page
     call_waiting(app, "CAq1")  # a1 is paused: the caller waits in the legal queue
     me = client.get("/agent/api/me", headers=auth).get_json()
     legal = me["queues"][0]
@@ -264,6 +319,62 @@ def test_the_agent_console_speaks_of_seats_skills_pauses_and_queues_in_chinese(a
     assert CN_TIME.fullmatch(ticket["contact_due_text"])
     refused = client.post("/agent/api/wrapup/done", headers=auth).get_json()["error"]
     assert refused.startswith("现在不能这样操作") and "bad_state" not in refused
+
+
+def test_a_seat_signed_out_by_the_system_is_offered_seat_login_again_with_the_reason(app):
+    client = app.test_client()
+    auth = seat_token(app, client)
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    app.extensions["acd"].logout("a1", "heartbeat")  # what the ACD timers do when the heartbeats stop
+    page = client.get("/agent/").get_data(as_text=True)
+    assert 'id="seat-login"' in page and 'id="agent-app"' not in page  # not a console stuck at 离线
+    assert "系统已自动将坐席签出。请重新上岗。" in visible(page)
+    assert client.get("/agent/api/me", headers=auth).status_code == 401  # the page's old token is gone
+    assert "系统已自动将坐席签出" not in visible(client.get("/agent/").get_data(as_text=True))  # said once
+    seat_token(app, client)  # 上岗 works at once
+    assert app.extensions["acd"].agent("a1")["state"] == "paused"
+
+
+def test_an_agent_who_clicks_seat_logout_during_a_call_keeps_the_call_and_its_ticket_until_it_ends(app):
+    from tests.console_support import form_csrf
+    from tests.twilio_support import call_params
+
+    client = app.test_client()
+    auth = seat_token(app, client)
+    tw = call_waiting(app, "CAlast")
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw, "CAlast")
+    csrf = form_csrf(client.get("/agent/").get_data(as_text=True))
+    page = client.post("/agent/seat/logout", data={"csrf_token": csrf}, follow_redirects=True).get_data(as_text=True)
+    assert 'id="agent-app"' in page and "本通来电结束后自动下岗。请继续处理当前来电和工单。" in visible(page)
+    ticket = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]
+    assert ticket and ticket["number"] == app.extensions["console"].tickets.by_call("CAlast").number
+    tw.post("/twilio/status", call_params("CAlast", CallStatus="completed", CallDuration="60"))
+    assert app.extensions["acd"].agent("a1")["state"] == "offline"
+    page = client.get("/agent/").get_data(as_text=True)
+    assert 'id="seat-login"' in page and "通话已结束，坐席已按您的要求下岗。" in visible(page)
+    page = client.post("/agent/seat/logout", data={"csrf_token": csrf}, follow_redirects=True).get_data(as_text=True)
+    assert "已下岗。" in visible(page)
+
+
+def test_with_the_queue_redis_down_the_consoles_say_so_in_chinese_and_the_ticket_list_still_works(tmp_path):
+    from runtime.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis()
+    server.__enter__()
+    try:
+        app = make_console_app(tmp_path, server.url)
+        sup, agent = staff(app), staff(app, "agent1")
+    finally:
+        server.__exit__(None, None, None)  # the ACD's Redis goes away under the running consoles
+    for client, path in ((sup, "/admin/"), (agent, "/agent/")):
+        r = client.get(path)
+        text = visible(r.get_data(as_text=True))
+        assert r.status_code == 503 and "排队系统（Redis）暂时无法连接" in text, (path, text)
+        assert "Internal Server Error" not in r.get_data(as_text=True)
+    r = sup.get("/admin/api/dashboard")  # what the dashboard's refresh reads: JSON, in words
+    assert r.status_code == 503 and "排队系统（Redis）暂时无法连接" in r.get_json()["error"]
+    assert sup.get("/admin/tickets").status_code == 200  # tickets live in the database
 
 
 # -- every console page, as every role, with real data ----------------------------------------------

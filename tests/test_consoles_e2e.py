@@ -400,3 +400,94 @@ def test_an_agent_takes_a_call_with_its_prefilled_ticket_confirms_it_and_starts_
     listens = [e for e in server.extensions["console"].db.audit_entries(50, "recording.listen")
                if e.target == f"ticket:{ticket.display_number}"]
     assert [e.actor for e in listens] == ["super"]
+
+
+# -- the supervisor's room at a glance ---------------------------------------------------------------
+def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_when_its_figures_are_stale(
+        server, browser):
+    base, d = server.base_url, browser
+    twilio = Twilio(base)
+    sign_in(d, base, "super")
+    d.get(base + "/admin/")
+    assert "12319" not in by_id(d, "line-kpis").text
+    served = by_id(d, "updated-at").text
+    # a caller rings 12319 after the page was drawn, and the pre-fill hears a possible 119
+    twilio.post("/twilio/voice", call("CAsmoke", "12319"))
+    twilio.post("/twilio/wait", call("CAsmoke", "12319", CallStatus="in-progress"))
+    server.extensions["acd"].prioritise("CAsmoke", "119")
+    wait_for(d, lambda d: by_id(d, "updated-at").text != served and "12319" in by_id(d, "line-kpis").text,
+             timeout=15, what="the per-line figures redrawn by the 5-second refresh")
+    row = next(r.text for r in d.find_elements("css selector", "#line-kpis tbody tr") if r.text.startswith("12319"))
+    assert row.split()[2] == "1", row  # 呼入 1
+    first = css(d, "#waiting tbody tr")
+    assert "可能紧急（119）" in first.text and "urgent" in first.get_attribute("class")
+    assert by_id(d, "room-urgent").text.split()[-1] == "1" and "urgent" in by_id(d, "room-urgent").get_attribute("class")
+    shot(d, "21-dashboard-possible-emergency")
+    # the session ends (expired, signed out elsewhere): the figures on screen are old, and the page says so
+    assert not by_id(d, "stale").is_displayed()
+    d.delete_all_cookies()
+    wait_for(d, lambda d: by_id(d, "stale").is_displayed(), timeout=15, what="the stale-figures warning")
+    assert "数据未能更新" in by_id(d, "stale").text and "登录已失效" in by_id(d, "stale").text
+    assert by_id(d, "updated-at").text in by_id(d, "stale").text
+    shot(d, "22-dashboard-stale")
+    twilio.post("/twilio/status", call("CAsmoke", "12319", CallStatus="completed"))
+
+
+def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login_with_the_reason(server, browser):
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a7", "周坐席", {"customs": 50}, endpoints=("client:a7",)))  # no call for it here
+    server.extensions["console"].db.add_user("agent7", "agent7-pass-123", "agent", agent_id="a7", display_name="周坐席")
+    d.delete_all_cookies()
+    d.get(base + "/login")
+    by_id(d, "username").send_keys("agent7")
+    by_id(d, "password").send_keys("agent7-pass-123")
+    by_id(d, "login-button").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
+    by_id(d, "seat-login-ready").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
+             what="seat ready")
+    acd.logout("a7", "heartbeat")  # the heartbeats stopped (network, a sleeping laptop): the ACD signs the seat out
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), timeout=10, what="back to 上岗")
+    assert "系统已自动将坐席签出。请重新上岗。" in d.find_element("css selector", "main").text
+    shot(d, "23-agent-signed-out-by-the-system")
+    by_id(d, "seat-login-ready").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
+             what="seat ready again")
+    assert acd.agent("a7")["state"] == "ready"
+    acd.logout("a7")
+
+
+def test_an_agent_typing_in_the_ticket_when_wrap_up_ends_by_itself_keeps_the_edits_and_confirms_them(server, browser):
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a8", "吴坐席", {"housing_construction": 50}, endpoints=("client:a8",)))
+    server.extensions["console"].db.add_user("agent8", "agent8-pass-123", "agent", agent_id="a8", display_name="吴坐席")
+    twilio = Twilio(base)
+    d.delete_all_cookies()
+    d.get(base + "/login")
+    by_id(d, "username").send_keys("agent8")
+    by_id(d, "password").send_keys("agent8-pass-123")
+    by_id(d, "login-button").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
+    by_id(d, "seat-login-ready").click()
+    twilio.post("/twilio/voice", call("CAhouse", "12319"))
+    twilio.post("/twilio/wait", call("CAhouse", "12319", CallStatus="in-progress"))
+    twilio.post("/twilio/heard", call("CAhouse", "12319", CallStatus="in-progress", SpeechResult="我家楼上漏水，物业不管"))
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "来电振铃", what="the call ringing")
+    leg = server.extensions["twilio"]["legs"].get("CAhouse")["agent_call"]
+    twilio.post("/twilio/agent-answer?call=CAhouse&agent=a8", {"CallSid": leg, "CallStatus": "in-progress"})
+    twilio.post("/twilio/status", call("CAhouse", "12319", CallStatus="completed", CallDuration="80"))
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "话后整理", what="wrap-up")
+    summary = by_id(d, "t-summary")
+    summary.send_keys("楼上住户漏水，物业不予处理")  # the agent writes the summary…
+    acd.wrapup_done("a8")  # …while 话后整理 runs out (the ACD's wrapup_max_s)
+    wait_for(d, lambda d: by_id(d, "seat-state").text == "就绪", what="ready again")
+    time.sleep(2)  # a few polls later the ticket and what was typed are still there
+    assert by_id(d, "ticket").is_displayed() and by_id(d, "t-summary").get_attribute("value") == "楼上住户漏水，物业不予处理"
+    shot(d, "24-agent-edits-kept-after-wrap-up")
+    by_id(d, "btn-confirm").click()
+    wait_for(d, lambda d: "工单已确认" in by_id(d, "agent-msg").text, what="confirmed")
+    ticket = server.extensions["console"].tickets.by_call("CAhouse")
+    assert ticket.status == "confirmed" and ticket.fields["summary"]["value"] == "楼上住户漏水，物业不予处理"
+    acd.logout("a8")

@@ -72,8 +72,11 @@ def test_the_plain_form_works_without_javascript_and_other_roles_are_refused(app
     csrf = form_csrf(client.get("/agent/").get_data(as_text=True))
     r = client.post("/agent/ticket/finish", data={"csrf_token": csrf, "result": "已答复"})
     assert r.status_code == 302
-    assert "已办结" in client.get("/agent/").get_data(as_text=True)
-    assert app.extensions["console"].tickets.get(ticket_id).status == "finished"
+    page = client.get("/agent/").get_data(as_text=True)
+    ticket = app.extensions["console"].tickets.get(ticket_id)
+    assert ticket.status == "finished"
+    assert f"工单 {ticket.display_number} 已办结" in page  # the number people read, not the row id
+    assert f"工单 {ticket_id} " not in page
     supervisor = app.test_client()
     sign_in(supervisor, "super")
     r = supervisor.post("/agent/ticket/finish", data={"csrf_token": csrf_of(supervisor), "result": "x"})

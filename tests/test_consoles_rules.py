@@ -125,6 +125,16 @@ def test_dry_run_shows_the_drafts_decision_beside_the_running_one_and_is_require
     draft_part, running_part = html.split('id="result-draft"')[1].split('id="result-running"')
     assert NEW_PROMPT in draft_part and "tourism" in draft_part and OLD_PROMPT not in draft_part
     assert OLD_PROMPT in running_part.split("</div>")[0]
+    # in words: the mode, the group by name (with its id for the YAML), the steps, the time in China time
+    shown = re.sub(r"<[^>]+>", " ", draft_part.split("</div>")[0])
+    assert "方式  整体并入" in shown and "旅游服务坐席（tourism）" in shown and "进入排队" in shown
+    assert "播放提示语" in shown and "07月01日 09:00" in shown and "T09:00" not in shown and "merge" not in shown
+    # a number that is not a line says so (the router takes it as the 12345 main number); letters are refused
+    html = dry_run(admin, url, to="12399").get_data(as_text=True)
+    assert "号码 12399 不在规则中，来电按 12345 处理" in html
+    assert "不在规则中" not in dry_run(admin, url).get_data(as_text=True)
+    r = dry_run(admin, url, to="l2301")
+    assert r.status_code == 422 and "被叫号码“l2301”无效：请只填数字" in r.get_data(as_text=True)
     # an emergency heard is routed by the draft the same way the router does
     r = dry_run(admin, url, heard="家里着火了")
     assert "119" in r.get_data(as_text=True).split('id="result-draft"')[1]
@@ -269,3 +279,26 @@ def test_the_rules_schema_for_the_yaml_editor_is_the_models_and_is_served_to_adm
         client = app.test_client()
         sign_in(client, user)
         assert client.get("/admin/rules/schema.json").status_code == 403, user
+
+
+def test_a_draft_removing_a_seat_group_with_callers_waiting_and_seats_in_it_says_so_before_publishing(admin, app):
+    from call_routing.acd import Agent
+    from tests.console_support import form_csrf
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("t1", "赵坐席", {"tourism": 50}, endpoints=("client:t1",)))
+    acd.login("t1", "paused")
+    acd.enqueue("tourism", "12301", "+8613812345678", call_id="CAtour")  # a caller waits for tourism
+    text = editor_text = app.extensions["console"].editor.disk_text()
+    text = text.replace("  tourism:\n    name: 旅游服务坐席\n    hours: always\n    overflow: {to: general, after_s: 30}\n", "")
+    text = text.replace("    skill: tourism\n", "    skill: general\n")
+    assert text != editor_text
+    page = admin.get("/admin/rules/yaml").get_data(as_text=True)
+    r = admin.post("/admin/rules/yaml", data={"csrf_token": form_csrf(page), "content": text, "action": "draft",
+                                              "base_sha": re.search(r'name="base_sha" value="([^"]+)"', page).group(1)})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    html = admin.get(r.location).get_data(as_text=True)
+    warning = re.search(r'class="flash error removed-skill"[^>]*>(.*?)</div>', html, re.S).group(1)
+    assert "删除了坐席组「旅游服务坐席」" in warning and "1 位来电人在该组排队、1 个坐席" in warning
+    # a draft that keeps every group says nothing of the kind
+    assert "removed-skill" not in admin.get(make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})).get_data(as_text=True)

@@ -46,8 +46,16 @@ def test_a_seat_signed_in_keeps_its_groups_until_it_signs_out_and_bad_levels_are
     r = client.post("/admin/seats/a78", data={"csrf_token": form_csrf(page), "on-legal": "1", "level-legal": "40"})
     assert r.status_code == 422 and "请坐席先签出" in r.get_data(as_text=True)
     assert acd.agent("a78")["skills"] == {"general": 50}
-    r = client.post("/admin/seats/a78", data={"csrf_token": form_csrf(page), "on-legal": "1", "level-legal": "300"})
-    assert r.status_code == 422 and "级别须为1到99的整数" in r.get_data(as_text=True)
+    acd.logout("a78")
+    r = client.post("/admin/seats/a78", data={"csrf_token": form_csrf(page), "on-legal": "1", "level-legal": "300",
+                                              "on-general": "1", "level-general": "70"})
+    html = r.get_data(as_text=True)
+    assert r.status_code == 422 and "公共法律服务坐席：级别“300”无效，须为1到99的整数" in html
+    assert "至少选择一个坐席组" not in html  # a group was chosen: only its level is wrong
+    # the form comes back as typed: both groups ticked, with the levels typed
+    assert 'name="on-legal" value="1" checked' in html and 'name="level-legal" value="300"' in html
+    assert 'name="on-general" value="1" checked' in html and 'name="level-general" value="70"' in html
+    assert acd.agent("a78")["skills"] == {"general": 50}  # nothing saved
     r = client.post("/admin/seats/new", data={"csrf_token": form_csrf(page), "id": "bad id!", "on-general": "1"})
     assert r.status_code == 422 and "坐席号只能用" in r.get_data(as_text=True)
     assert client.get("/admin/seats/nobody").status_code == 404
