@@ -122,7 +122,7 @@ def test_the_place_named_is_the_location_and_a_bare_word_like_street_is_not(pref
 
 
 def test_an_admin_adds_a_word_to_the_catalogue_and_the_matter_moves(rules, tmp_path):
-    text = "我想问一下数电票怎么开"
+    text = "数电票是啥"
     assert Prefiller(rules).fill(text).line == "12345"
     extended = tmp_path / "subjects.yaml"
     extended.write_text(SUBJECTS_PATH.read_text(encoding="utf-8").replace(
