@@ -51,8 +51,8 @@ LABELLED_DIR = DATA_DIR / "utterances"  # labelled sentences the model learns fr
 # agents confirmed (python -m intake.harvest). Unset: var/utterances; "off": none
 LOCAL_SETTING = "HOTLINE_LOCAL_UTTERANCES"
 # a learned field less sure than this is shown to the agent as 待核实 (on rounds written apart,
-# each read by a pre-fill learned from the others: fields at or above it right 0.97 of the
-# time, the 18 % below it 0.65 — docs/tickets.md)
+# each read by a pre-fill learned from the others: fields at or above it right 0.96 of the
+# time, the 16 % below it 0.63 — docs/tickets.md)
 LOW_CONFIDENCE = 0.65
 # what callers say before their matter (喂, 你好, 那个…): a text of nothing else has no type or line yet
 _FILLERS = re.compile(r"喂|你好|您好|那个|这个|就是|请问|嗯|啊|呃|哦|噢|唉|哎|呀|吧|呢|了|么|吗|的")
