@@ -99,11 +99,11 @@ def css(driver, selector):
     return driver.find_element(By.CSS_SELECTOR, selector)
 
 
-def sign_in(driver, base, user):
+def sign_in(driver, base, user, password=None):
     driver.delete_all_cookies()
     driver.get(base + "/login")
     by_id(driver, "username").send_keys(user)
-    by_id(driver, "password").send_keys(PASSWORDS[user])
+    by_id(driver, "password").send_keys(password or PASSWORDS[user])
     by_id(driver, "login-button").click()
     wait_for(driver, lambda d: "/login" not in d.current_url, what="sign-in")
 
@@ -438,11 +438,7 @@ def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login
     acd = server.extensions["acd"]
     acd.save_agent(Agent("a7", "周坐席", {"customs": 50}, endpoints=("client:a7",)))  # no call for it here
     server.extensions["console"].db.add_user("agent7", "agent7-pass-123", "agent", agent_id="a7", display_name="周坐席")
-    d.delete_all_cookies()
-    d.get(base + "/login")
-    by_id(d, "username").send_keys("agent7")
-    by_id(d, "password").send_keys("agent7-pass-123")
-    by_id(d, "login-button").click()
+    sign_in(d, base, "agent7", "agent7-pass-123")
     wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
     by_id(d, "seat-login-ready").click()
     wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
@@ -464,11 +460,7 @@ def test_an_agent_typing_in_the_ticket_when_wrap_up_ends_by_itself_keeps_the_edi
     acd.save_agent(Agent("a8", "吴坐席", {"housing_construction": 50}, endpoints=("client:a8",)))
     server.extensions["console"].db.add_user("agent8", "agent8-pass-123", "agent", agent_id="a8", display_name="吴坐席")
     twilio = Twilio(base)
-    d.delete_all_cookies()
-    d.get(base + "/login")
-    by_id(d, "username").send_keys("agent8")
-    by_id(d, "password").send_keys("agent8-pass-123")
-    by_id(d, "login-button").click()
+    sign_in(d, base, "agent8", "agent8-pass-123")
     wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
     by_id(d, "seat-login-ready").click()
     twilio.post("/twilio/voice", call("CAhouse", "12319"))

@@ -208,23 +208,24 @@ def test_the_caller_hanging_up_in_a_three_way_ends_the_agent_and_party_legs(pbx)
     world = pbx
     world.seat("2104", {"legal_expert": 50})
     world.seat("2105", {"legal_expert": 50})
+
+    def three_way(agent):
+        """A 12348 call answered by ``agent``, who brings an expert in (*4): all three talking."""
+        call, leg = connect(world, "12348", agent, {"legal": 50})
+        caller = call.channel()
+        call.dtmf(agent_phone(leg), "*4")
+        party = party_leg(call)
+        in_conference(call, caller, leg, party)
+        expert = wait_until(lambda: call.bridged("Local/210"), 15, 0.05, "the expert to answer")
+        return call, leg, caller, party, expert
+
     # 1. all three in the conference
-    call, leg = connect(world, "12348", "2009", {"legal": 50})
-    caller = call.channel()
-    call.dtmf(agent_phone(leg), "*4")
-    party = party_leg(call)
-    in_conference(call, caller, leg, party)
-    expert = wait_until(lambda: call.bridged("Local/210"), 15, 0.05, "the expert to answer")
+    call, leg, caller, party, expert = three_way("2009")
     call.hangup()
     wait_until(lambda: call.hung_up(leg), 10, 0.05, "the agent's leg to end with the caller")
     wait_until(lambda: call.hung_up(party) and call.hung_up(expert), 10, 0.05, "the expert's leg to end")
     # 2. warm transfer: the agent left (*0), the caller talks with the expert, then hangs up
-    call, leg = connect(world, "12348", "2010", {"legal": 50})
-    caller = call.channel()
-    call.dtmf(agent_phone(leg), "*4")
-    party = party_leg(call)
-    in_conference(call, caller, leg, party)
-    expert = wait_until(lambda: call.bridged("Local/210"), 15, 0.05, "the expert to answer")
+    call, leg, caller, party, expert = three_way("2010")
     call.dtmf(agent_phone(leg), "*0")
     in_conference(call, caller, party)
     call.hangup()
