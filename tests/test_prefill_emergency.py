@@ -79,7 +79,7 @@ def prefiller(rules):
 def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # every file learned from the others, and five folds, are in docs/tickets.md; here two folds
-    # (0.921 / 0.891 on 2026-12-07, 28,355 sentences) and the outside set: less CPU
+    # (0.921 / 0.891 in session 13, 28,355 sentences) and the outside set: less CPU
     done = subprocess.run([sys.executable, "-m", "ivr.prefill", "evaluate", "--json", "--folds", "2",
                            "--sets", "more.jsonl"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -91,14 +91,14 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert cv["type"] >= 0.915 and cv["line"] >= 0.885, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    # dev.jsonl keeps the labels it came with: three of its lines are not the labelling guide's
-    # settled ones (a prepaid card on 12315, a building site's noise and a blocked fire lane on 12345)
-    assert dev["type"] >= 0.9 and dev["line"] >= 0.86, dev
+    # dev.jsonl keeps the labels it came with; the guide follows them since session 14 but for a
+    # blocked fire lane (12345, read as 96119): 0.98 / 0.96 on 2026-12-07
+    assert dev["type"] >= 0.94 and dev["line"] >= 0.92, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # the sets asked for, read with dev.jsonl by a pre-fill that learned from all the other sets;
     # the 200 sentences written outside the project are the fairest of them
     assert set(by_file) == {"dev.jsonl", "more.jsonl"} and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.92, by_file["more.jsonl"]
+    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.94, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv

@@ -216,7 +216,7 @@ class TextModel:
     """The three learned fields. ``catalogue_*`` give the catalogue's scores for a text."""
 
     # how much of a field's probability the nearest sentences decide. The line: half (rounds 9–12,
-    # each read by a pre-fill learned from the others: line 0.886 → 0.892). Not the type: there
+    # each read by a pre-fill learned from the others: line 0.883 → 0.887). Not the type: there
     # they carry our labellers' help where the outside set (more.jsonl) says complaint (0.895 →
     # 0.870), although rounds 9–12 gained (docs/tickets.md)
     NEIGHBOURS_SHARE = {"line": 0.5}
