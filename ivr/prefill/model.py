@@ -172,9 +172,14 @@ class _Neighbours:
 
     K = 10
     BLOCK = 256  # texts compared at once (a block's likenesses are a dense block × sentences)
+    # n-grams in more than this share of the sentences (我, 的, 了…) tell sentences apart least and
+    # cost most (each is a long row to add): likeness is read without them
+    COMMON = 0.02
 
     def __init__(self, read: dict, rows: list[Labelled], fields: tuple[str, ...]):
-        self.columns = self._rows(read).T.tocsr()  # n-gram × sentence: a text's row times it is its likenesses
+        both = hstack([read["chars"], read["words"]]).tocsc()
+        self.kept = np.flatnonzero(np.diff(both.indptr) <= self.COMMON * both.shape[0])
+        self.columns = self._rows(read, self.kept).T.tocsr()  # n-gram × sentence: a text's row times it: likenesses
         self.values = {}
         for name in fields:
             labels = sorted({getattr(r, name) for r in rows})
@@ -182,14 +187,14 @@ class _Neighbours:
             self.values[name] = (labels, np.array([index[getattr(r, name)] for r in rows]))
 
     @staticmethod
-    def _rows(read: dict):
+    def _rows(read: dict, kept):
         from sklearn.preprocessing import normalize
 
-        return normalize(hstack([read["chars"], read["words"]]).tocsr().astype(np.float32))
+        return normalize(hstack([read["chars"], read["words"]]).tocsc()[:, kept].tocsr().astype(np.float32))
 
     def votes(self, read: dict) -> dict[str, list[dict[str, float]]]:
         """For each text, each field's values weighted by the likeness of the K nearest sentences."""
-        queries = self._rows(read)
+        queries = self._rows(read, self.kept)
         out = {name: [] for name in self.values}
         k = min(self.K, self.columns.shape[1])
         for start in range(0, queries.shape[0], self.BLOCK):
