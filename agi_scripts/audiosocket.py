@@ -37,6 +37,8 @@ import threading
 import time
 import uuid
 
+from runtime.pending import Pending
+
 log = logging.getLogger("hotline.audiosocket")
 
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_AUDIO, KIND_ERROR = 0x00, 0x01, 0x03, 0x10, 0xFF
@@ -151,9 +153,7 @@ class AudioSocketServer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"streams": 0, "refused": 0, "heard": 0}
-        self._pending: dict = {}  # connections awaiting their id, oldest first
-        self._pending_lock = threading.Lock()
-        self.evicted = 0  # of them, closed to make room
+        self.pending = Pending("AudioSocket connections without an id")
 
     def start(self) -> "AudioSocketServer":
         self._thread = threading.Thread(target=self.serve_forever, name="audiosocket-accept", daemon=True)
@@ -173,24 +173,13 @@ class AudioSocketServer:
                 log.warning("AudioSocket accept failed: %s; accepting again shortly", exc)
                 self._stopping.wait(0.1)
                 continue
-            self._add_pending(conn)
+            self.pending.add(conn, lambda conn=conn: conn.shutdown(socket.SHUT_RDWR), MAX_PENDING)
             threading.Thread(target=self._serve, args=(conn,), name="audiosocket", daemon=True).start()
 
-    def _add_pending(self, conn: socket.socket) -> None:
-        """``conn`` waits for its id; beyond ``MAX_PENDING`` such connections the oldest is cut off
-        (Asterisk sends the id at once, so only connections that send nothing grow old here)."""
-        with self._pending_lock:
-            oldest = next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
-            if oldest is not None:
-                del self._pending[oldest]
-            self._pending[conn] = None
-        if oldest is not None:
-            self.evicted += 1
-            log.warning("%d AudioSocket connections without an id: the oldest closed", MAX_PENDING)
-            try:
-                oldest.shutdown(socket.SHUT_RDWR)  # its recv ends at once
-            except OSError:
-                pass
+    @property
+    def evicted(self) -> int:
+        """Connections without an id closed to make room."""
+        return self.pending.evicted
 
     def stop(self) -> None:
         self._stopping.set()
@@ -207,16 +196,14 @@ class AudioSocketServer:
         except Exception:
             log.exception("AudioSocket stream failed")
         finally:
-            with self._pending_lock:
-                self._pending.pop(conn, None)
+            self.pending.done(conn)
             conn.close()
 
     def _stream(self, conn: socket.socket) -> None:
         try:
             kind, payload = read_frame(conn, deadline=time.monotonic() + ID_WITHIN_S)
         finally:
-            with self._pending_lock:
-                self._pending.pop(conn, None)
+            self.pending.done(conn)
         if kind != KIND_UUID or len(payload) != 16:
             raise ProtocolError(f"first frame is kind 0x{kind:02x} with {len(payload)} bytes, not an id")
         uid = str(uuid.UUID(bytes=payload))

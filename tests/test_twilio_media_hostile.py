@@ -74,8 +74,13 @@ def test_connections_that_never_send_a_start_take_no_stream_slot_and_at_most_max
     url = f"ws://127.0.0.1:{srv.address[1]}/twilio/media"
     try:
         stack = contextlib.ExitStack()
-        strangers = [stack.enter_context(connect(url)) for _ in range(5)]  # five silent ones: the first is evicted
-        time.sleep(0.3)
+        strangers = []
+        for n in range(5):  # five silent ones, each waiting before the next comes: the first is evicted
+            strangers.append(stack.enter_context(connect(url)))
+            deadline = time.monotonic() + 5
+            while not (len(srv.pending) == min(n + 1, 4) and srv.evicted == max(0, n - 3)):
+                assert time.monotonic() < deadline, f"stranger {n + 1} never waited for its start"
+                time.sleep(0.01)
         with pytest.raises(ConnectionClosed):
             strangers[0].recv(timeout=2)
         services.flow.start("CAreal", "12345", None)

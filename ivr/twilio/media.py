@@ -41,6 +41,7 @@ import threading
 import time
 
 from ivr.twilio.twiml import stream_token
+from runtime.pending import Pending
 
 log = logging.getLogger("hotline.twilio.media")
 
@@ -81,10 +82,8 @@ class MediaStreamServer:
         self.server = serve(self._handle, host, port, max_size=MAX_MESSAGE, max_queue=None, close_timeout=2,
                             process_request=self._admit, compression=None)
         self.address = self.server.socket.getsockname()
-        self._pending: dict = {}  # connections awaiting their start, oldest first
-        self._pending_lock = threading.Lock()
+        self.pending = Pending("media connections without a start")
         self.stats = {"streams": 0, "refused": 0, "heard": 0}
-        self.evicted = 0  # pending connections closed to make room
 
     def start(self) -> "MediaStreamServer":
         threading.Thread(target=self.server.serve_forever, name="media-accept", daemon=True).start()
@@ -123,27 +122,19 @@ class MediaStreamServer:
                 log.exception("media stream failed")
                 ws.close(1011, "error")
 
+    @property
+    def evicted(self) -> int:
+        """Connections without a start closed to make room."""
+        return self.pending.evicted
+
     def _pending_start(self, ws) -> str:
-        """The call of a checked ``start``. Until then the connection is pending: at most
-        ``MAX_PENDING`` at once, the oldest cut off (Twilio sends its start at once, so only
-        connections that send nothing grow old here)."""
-        with self._pending_lock:
-            oldest = next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
-            if oldest is not None:
-                del self._pending[oldest]
-            self._pending[ws] = None
-        if oldest is not None:
-            self.evicted += 1
-            log.warning("%d media connections without a start: the oldest closed", MAX_PENDING)
-            try:
-                oldest.socket.shutdown(socket.SHUT_RDWR)  # its recv ends at once
-            except OSError:
-                pass
+        """The call of a checked ``start``; until then the connection waits among the pending
+        (:class:`runtime.pending.Pending`, at most ``MAX_PENDING``)."""
+        self.pending.add(ws, lambda: ws.socket.shutdown(socket.SHUT_RDWR), MAX_PENDING)
         try:
             return self._checked_start(ws)
         finally:
-            with self._pending_lock:
-                self._pending.pop(ws, None)
+            self.pending.done(ws)
 
     def _start(self, ws) -> dict:
         """The ``start`` message, checked (a ``connected`` may come first)."""
