@@ -121,6 +121,15 @@ def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_ne
     assert emergency_assessment(rules, "有人拿刀砍人")[0].number == "110"
 
 
+def test_a_crime_under_way_is_a_report_from_a_witness_and_help_for_its_victim(prefiller):
+    # both transferred to 110 at once; the ticket says who called: a passer-by reports it, the
+    # mother whose daughter is being taken asks for help (the labels of dev.jsonl and more.jsonl)
+    witness = prefiller.fill("菜市场门口有个男的拿刀砍人，我在马路对面看着")
+    victim = prefiller.fill("快来人啊有个男的把我女儿拽上一辆面包车往北边开走了")
+    assert (witness.emergency, witness.type) == ("110", "report"), witness
+    assert (victim.emergency, victim.type) == ("110", "help"), victim
+
+
 def test_a_field_the_model_is_unsure_of_reaches_the_ticket_marked_for_checking(prefiller, tmp_path):
     store = TicketStore(f"sqlite:///{tmp_path / 'tickets.db'}")
     fields = prefiller.fill("喂，你好，那个，嗯").to_dict()
