@@ -388,12 +388,19 @@ def draft(draft_id):
                 error, status = str(exc), 422
     if not form["at"]:
         form["at"] = parse_moment(None).strftime("%Y-%m-%dT%H:%M")
-    # seat groups the draft removes while callers wait in them or seats are signed in with them
-    removed = [q for q in _c().dashboard.queues() if checked.ok and q["skill"] not in checked.rules.skills
-               and (q["waiting"] or q["logged_in"])]
+    removed = _groups_removed_by(checked.rules) if checked.ok else []
     return render_template("admin/draft.html", d=d, checked=checked, diff=text_diff(current, d.content, "transfer_rules.yaml"),
                            stale=sha256_text(current) != d.base_sha256, form=form, result=result, error=error,
                            running=editor.running(), removed=removed), status
+
+
+def _groups_removed_by(rules) -> list[dict]:
+    """Seat groups running now that ``rules`` (a draft) no longer has, while callers wait in them or
+    seats are signed in with them, each with ``to``: the group its callers move to after publishing
+    (the draft's general group; the ACD moves them keeping their place, docs/acd.md)."""
+    to = rules.skills[rules.hotline.skill].name
+    return [{**q, "to": to} for q in _c().dashboard.queues()
+            if not q["removed"] and q["skill"] not in rules.skills and (q["waiting"] or q["logged_in"])]
 
 
 @bp.post("/rules/drafts/<int:draft_id>/publish")
@@ -408,6 +415,9 @@ def publish(draft_id):
         flash("发布前请先试运行至少一通电话，确认结果符合预期。", "error")
         return redirect(url_for("admin.draft", draft_id=d.id))
     before = editor.disk_text()
+    checked = editor.validate(d.content)
+    moved = [f"坐席组「{q['name']}」已撤销，其中排队的 {q['waiting']} 位来电将保留排队位置转入「{q['to']}」。"
+             for q in (_groups_removed_by(checked.rules) if checked.ok else []) if q["waiting"]]
     try:
         row = editor.publish(d.content, actor(), note=request.form.get("note", "") or d.summary,
                              base_sha256=d.base_sha256)
@@ -420,7 +430,7 @@ def publish(draft_id):
     _c().db.mark_published(d.id, row.id)
     _audit("rules.publish", str(editor.path), f"发布规则版本 {row.version}（历史 #{row.id}）：{row.note}",
            before=before, after=d.content, name=editor.path.name)
-    flash(f"已发布规则版本 {row.version}。所有进程在1秒内使用新版本；进行中的通话按原版本完成。", "ok")
+    flash(f"已发布规则版本 {row.version}。所有进程在1秒内使用新版本；进行中的通话按原版本完成。" + "".join(moved), "ok")
     return redirect(url_for("admin.history"))
 
 

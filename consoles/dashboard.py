@@ -216,6 +216,10 @@ def describe_alert(alert: dict, rules, call: dict | None = None) -> str:
         who.append(f"来电 {call['caller']}" if call["caller"] != labels.caller_text(None) else "来电（无来电号码）")
     caller = "，".join(who) if who else "一通来电"
     kind = alert.get("alert")
+    if kind == "group_removed":  # an admin's rules edit removed the group while callers waited in it
+        to = rules.skills.get(alert.get("to") or "")
+        return (f"{at} 坐席组「{alert.get('name') or alert.get('skill')}」已从规则中撤销：其中排队的 "
+                f"{alert.get('calls') or '若干'} 位来电已转入「{to.name if to else alert.get('to')}」，保留原排队位置和等待时间")
     if kind == "unstaffed":
         where = f"（{labels.line_text(line, rules)}）" if line else ""
         return f"{at} {group}无坐席在岗：{caller}{where}已按规则溢出到其他坐席组或登记回拨"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
+from types import SimpleNamespace
 
 from call_routing.acd.core import AGENT_STATES, MAX_PRIORITY
 from call_routing.rules import CHINA_TZ
@@ -31,6 +32,19 @@ def urgent_text(number: str | None) -> str:
 def start_of_day(now: float) -> float:
     day = datetime.fromtimestamp(now, CHINA_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
     return day.timestamp()
+
+
+def removed_text(name: str) -> str:
+    """A seat group an admin's rules edit removed while callers waited in it."""
+    return f"已撤销的坐席组「{name}」"
+
+
+def removed_groups(acd) -> list:
+    """The seat groups the current rules no longer have (removed or renamed by an admin's edit),
+    as skill-like objects with the name they had: callers may still wait there for the few
+    seconds before the ACD's ticker moves them to the general group (docs/acd.md)."""
+    return [SimpleNamespace(id=g, name=removed_text(name), group_name=name, expert=False, removed=True)
+            for g, name in sorted(acd.removed_groups().items())]
 
 
 def queue_figures(acd, skills) -> list[dict]:
@@ -83,10 +97,19 @@ class LiveRoom:
             for skill in raw[2 * i + 1]:
                 by_skill[_text(skill)][state] += 1
         out = []
-        for q in queue_figures(acd, list(rules.skills.values())):
+        gone = removed_groups(acd)
+        general = rules.skills[rules.hotline.skill].name
+        for q in queue_figures(acd, list(rules.skills.values()) + gone):
             states = {st: by_skill[q["skill"]].get(st, 0) for st in AGENT_STATES if st != "offline"}
-            out.append({**q, "agents": states, "logged_in": sum(states.values()),
-                        "offline": by_skill[q["skill"]].get("offline", 0)})
+            row = {**q, "agents": states, "logged_in": sum(states.values()),
+                   "offline": by_skill[q["skill"]].get("offline", 0), "removed": q["skill"] not in rules.skills,
+                   "note": "", "moves_to": None}
+            if row["removed"]:
+                if not row["waiting"]:
+                    continue  # a group removed long ago, nobody left in it
+                row["moves_to"] = general
+                row["note"] = f"该组已从规则中撤销，排队来电将保留排队位置转入「{general}」"
+            out.append(row)
         return out
 
     # -- the room: seats and the callers waiting ----------------------------------------------
@@ -145,13 +168,25 @@ class LiveRoom:
     def room_summary(waiting: list[dict], queues: list[dict], limit: int = 100) -> dict:
         """The room in three figures for the top of the dashboard: callers waiting (each once, in
         whatever groups they wait; ``100+`` when a group holds more than ``all_waiting`` read),
-        the longest wait, possible emergencies waiting."""
+        the longest wait, possible emergencies waiting; and, when an admin's rules edit removed a
+        seat group while callers waited in it, one sentence saying where they are (``regrouped_text``)."""
         longest = max([w["waited_s"] for w in waiting] + [q["longest_wait_s"] for q in queues if q["waiting"]],
                       default=0.0)
         more = any(q["waiting"] > limit for q in queues)
+        moved: dict = defaultdict(lambda: defaultdict(int))  # removed group -> where its callers wait now
+        for w in waiting:
+            if w.get("moved_from"):
+                moved[w["moved_from"]][w["skill_name"]] += 1
+        pending = [q for q in queues if q.get("removed") and q["waiting"]]
+        parts = [f"坐席组「{g}」已从规则中撤销，其中 {sum(to.values())} 位排队来电已转入"
+                 + "、".join(f"「{name}」" for name in to) + "，保留原排队位置" for g, to in moved.items()]
+        parts += [f"{q['name']}还有 {q['waiting']} 位来电排队，数秒内将保留排队位置转入「{q['moves_to']}」"
+                  for q in pending]
         return {"waiting": len(waiting), "waiting_text": f"{len(waiting)}{'+' if more else ''}",
                 "longest_wait_s": longest, "longest_wait_text": labels.duration(longest) if waiting else "—",
-                "urgent": sum(1 for w in waiting if w["urgent"])}
+                "urgent": sum(1 for w in waiting if w["urgent"]),
+                "regrouped": sum(w["moved_from"] is not None for w in waiting) + sum(q["waiting"] for q in pending),
+                "regrouped_text": "；".join(parts) + ("。" if parts else "")}
 
     def all_waiting(self, limit: int = 100) -> list[dict]:
         """The callers waiting (up to ``limit`` per group; the ticket numbers filled in for the first
@@ -161,7 +196,7 @@ class LiveRoom:
         acd, k = self.acd, self.acd.keys
         rules, now = acd.rules, acd.clock()
         r = acd.redis
-        skills = list(rules.skills.values())
+        skills = list(rules.skills.values()) + removed_groups(acd)  # groups an edit removed: still shown
         pipe = r.pipeline(transaction=False)
         for s in skills:
             pipe.zrange(k.queue(s.id), 0, limit - 1)
@@ -174,14 +209,21 @@ class LiveRoom:
         ids = list(best)
         pipe = r.pipeline(transaction=False)
         for c in ids:
-            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked", "urgent")
+            pipe.hmget(k.call(c), "line", "entered", "kind", "ticket", "masked", "urgent", "regrouped_from")
         out = []
-        for c, (line, entered, kind, ticket, masked, urgent) in zip(ids, pipe.execute() if ids else []):
+        names = None
+        for c, (line, entered, kind, ticket, masked, urgent, moved) in zip(ids, pipe.execute() if ids else []):
             place, skill = best[c]
             line = _text(line or "")
             waited = max(0.0, now - float(_text(entered or 0) or now))
             callback = _text(kind or "") == "callback"
-            out.append({"line": line or None, "line_text": labels.line_text(line, rules), "skill": skill.id,
+            moved = _text(moved or "") or None
+            if moved and names is None:
+                names = {_text(a): _text(b) for a, b in r.hgetall(k.groups()).items()}
+            moved_from = (names.get(moved) or moved) if moved else None
+            out.append({"moved_from": moved_from,
+                        "moved_text": f"原坐席组「{moved_from}」已撤销，已保留排队位置转入本组" if moved_from else "",
+                        "line": line or None, "line_text": labels.line_text(line, rules), "skill": skill.id,
                         "skill_name": skill.name, "position": place,
                         "waited_s": round(waited, 1), "waited_text": labels.duration(waited), "callback": callback,
                         "callback_text": "已登记回拨" if callback else "在线等待",

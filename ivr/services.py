@@ -56,6 +56,13 @@ class AcdQueue:
     def enqueue(self, call_id, *, skill, line, caller, ticket, priority=0):
         from call_routing.acd import ACDError
 
+        rules = self.acd.rules
+        if skill not in rules.skills:
+            # routed by rules an admin has since edited, the group removed meanwhile: the general
+            # seats answer (a caller is never refused a queue for an edit made while they listened)
+            log.warning("call %s: seat group %s is no longer in the rules (%s): queued for %s", call_id, skill,
+                        rules.version, rules.hotline.skill)
+            skill = rules.hotline.skill
         try:
             self.acd.enqueue(skill, line, caller, ticket=ticket, call_id=call_id, priority=priority)
         except ACDError:

@@ -74,8 +74,17 @@
     tag.className = "tag urgent"; tag.textContent = text;
     return tag;
   }
+  function withNote(text, note) {  // a group's name with a line under it (a seat group an edit removed)
+    if (!note) return text;
+    var span = document.createElement("span"), small = document.createElement("small");
+    span.appendChild(document.createTextNode(text));
+    span.appendChild(document.createElement("br"));
+    small.textContent = note;
+    span.appendChild(small);
+    return span;
+  }
   function waitingRow(w) {
-    return [w.urgent ? urgentTag(w.urgent_text) : "", w.line_text, w.skill_name, w.waited_text,
+    return [w.urgent ? urgentTag(w.urgent_text) : "", w.line_text, withNote(w.skill_name, w.moved_text), w.waited_text,
       "第 " + w.position + " 位", w.caller, w.callback_text];
   }
   function supervision(list) {  // 督办, as the page draws it (templates/admin/dashboard.html)
@@ -116,6 +125,8 @@
     });
     document.getElementById("updated-at").textContent = d.at_text;
     document.querySelectorAll("#room-now [data-k]").forEach(function (e) { e.textContent = d.room[e.dataset.k]; });
+    var regrouped = document.getElementById("regrouped");  // a seat group an edit removed: where its callers went
+    if (regrouped) { regrouped.textContent = d.room.regrouped_text || ""; regrouped.hidden = !d.room.regrouped_text; }
     var urgent = document.getElementById("room-urgent");
     if (urgent) urgent.className = "kpi" + (d.room.urgent ? " urgent" : "");
     var body = document.querySelector("#queues tbody");
@@ -123,8 +134,9 @@
     d.queues.forEach(function (q) {
       if (!q.waiting && !q.logged_in) return;
       var tr = document.createElement("tr");
-      [q.name, q.waiting, q.longest_wait_text, q.agents.ready, q.agents.ringing, q.agents.busy,
-        q.agents.wrapup, q.agents.paused].forEach(function (v) { var td = document.createElement("td"); td.textContent = v; tr.appendChild(td); });
+      if (q.removed) tr.className = "removed";
+      [withNote(q.name, q.note), q.waiting, q.longest_wait_text, q.agents.ready, q.agents.ringing, q.agents.busy,
+        q.agents.wrapup, q.agents.paused].forEach(function (v) { cell(tr, v); });
       body.appendChild(tr);
     });
     rows("#agents tbody", d.agents || [], agentRow, "暂无坐席在岗。", 5);

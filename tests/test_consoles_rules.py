@@ -15,6 +15,7 @@ from call_routing.rules_store import RulesStore
 from consoles.rules_admin import PublishConflict
 from consoles.rules_sync import CHANNEL, KEY, apply_published
 from tests.console_support import ROOT, copy_rules, csrf_of, make_console_app, sign_in
+from tests.twilio_support import call_params
 
 OLD_PROMPT = "您拨打的12301旅游服务热线已并入12345政务服务便民热线，正在为您转接。"
 NEW_PROMPT = "您拨打的12301旅游热线已并入12345，请稍候，正在为您转接旅游服务坐席。"
@@ -281,14 +282,11 @@ def test_the_rules_schema_for_the_yaml_editor_is_the_models_and_is_served_to_adm
         assert client.get("/admin/rules/schema.json").status_code == 403, user
 
 
-def test_a_draft_removing_a_seat_group_with_callers_waiting_and_seats_in_it_says_so_before_publishing(admin, app):
-    from call_routing.acd import Agent
+def draft_without_tourism(admin, app) -> str:
+    """The admin removes the tourism seat group in the YAML editor (12301 goes to the general
+    group): the draft's URL."""
     from tests.console_support import form_csrf
 
-    acd = app.extensions["acd"]
-    acd.save_agent(Agent("t1", "赵坐席", {"tourism": 50}, endpoints=("client:t1",)))
-    acd.login("t1", "paused")
-    acd.enqueue("tourism", "12301", "+8613812345678", call_id="CAtour")  # a caller waits for tourism
     text = editor_text = app.extensions["console"].editor.disk_text()
     text = text.replace("  tourism:\n    name: 旅游服务坐席\n    hours: always\n    overflow: {to: general, after_s: 30}\n", "")
     text = text.replace("    skill: tourism\n", "    skill: general\n")
@@ -297,8 +295,80 @@ def test_a_draft_removing_a_seat_group_with_callers_waiting_and_seats_in_it_says
     r = admin.post("/admin/rules/yaml", data={"csrf_token": form_csrf(page), "content": text, "action": "draft",
                                               "base_sha": re.search(r'name="base_sha" value="([^"]+)"', page).group(1)})
     assert r.status_code == 302, r.get_data(as_text=True)
-    html = admin.get(r.location).get_data(as_text=True)
-    warning = re.search(r'class="flash error removed-skill"[^>]*>(.*?)</div>', html, re.S).group(1)
+    return r.location
+
+
+def test_a_draft_removing_a_seat_group_with_callers_waiting_and_seats_in_it_says_so_before_publishing(admin, app):
+    from call_routing.acd import Agent
+
+    acd = app.extensions["acd"]
+    acd.save_agent(Agent("t1", "赵坐席", {"tourism": 50}, endpoints=("client:t1",)))
+    acd.login("t1", "paused")
+    acd.enqueue("tourism", "12301", "+8613812345678", call_id="CAtour")  # a caller waits for tourism
+    html = admin.get(draft_without_tourism(admin, app)).get_data(as_text=True)
+    warning = re.search(r'class="flash warn removed-skill"[^>]*>(.*?)</div>', html, re.S).group(1)
     assert "删除了坐席组「旅游服务坐席」" in warning and "1 位来电人在该组排队、1 个坐席" in warning
+    # and where the caller goes: the general seats, keeping the place
+    assert "这 1 位来电保留原排队位置和等待时间，约 10 秒内转入「12345综合坐席」" in warning
     # a draft that keeps every group says nothing of the kind
     assert "removed-skill" not in admin.get(make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})).get_data(as_text=True)
+
+
+def test_publishing_a_draft_that_removes_a_group_while_a_citizen_waits_in_it_never_strands_the_citizen(admin, app):
+    """A citizen dialled 12301 and waits for the tourism seats; the admin removes the tourism group.
+    The supervisor sees the caller at every moment, and the next general seat gets the call."""
+    from acd_support import Clock
+    from call_routing.acd import Agent
+    from call_routing.acd.routing import REMOVED_GRACE_S
+    from tests.test_consoles_agent import call_waiting, seat_token
+    from tests.test_consoles_chinese import visible
+
+    acd = app.extensions["acd"]
+    acd.clock = clock = Clock(time.time())
+    acd.save_agent(Agent("t1", "赵坐席", {"tourism": 50}, endpoints=("client:t1",)))
+    acd.login("t1", "paused")  # the tourism seat is away
+    acd.save_agent(Agent("a1", "张坐席", {"general": 10}, endpoints=("client:a1",)))
+    agent = app.test_client()
+    auth = seat_token(app, agent)  # the general seat is signed in, paused
+    tw = call_waiting(app, "CAtour", to="12301", said=None)
+    assert acd.call("CAtour")["queues"] == ["tourism"]
+    acd.tick()
+    draft_url = draft_without_tourism(admin, app)
+    assert dry_run(admin, draft_url).status_code == 200
+    r = publish(admin, draft_url)
+    assert r.status_code == 302
+    flashed = admin.get(r.location).get_data(as_text=True)
+    assert "坐席组「旅游服务坐席」已撤销，其中排队的 1 位来电将保留排队位置转入「12345综合坐席」" in flashed
+    assert "tourism" not in acd.rules.skills
+
+    sup = app.test_client()
+    sign_in(sup, "super")
+    # at once: the caller is on the supervisor's page, under the removed group, labelled so
+    snap = sup.get("/admin/api/dashboard").get_json()
+    (waiting,) = snap["waiting"]
+    assert waiting["skill_name"] == "已撤销的坐席组「旅游服务坐席」" and waiting["line_text"].startswith("12301")
+    (row,) = [q for q in snap["queues"] if q["removed"]]
+    assert (row["name"], row["waiting"]) == ("已撤销的坐席组「旅游服务坐席」", 1)
+    assert snap["room"]["regrouped_text"] == \
+        "已撤销的坐席组「旅游服务坐席」还有 1 位来电排队，数秒内将保留排队位置转入「12345综合坐席」。"
+    before = visible(sup.get("/admin/").get_data(as_text=True))
+    assert "该组已从规则中撤销，排队来电将保留排队位置转入「12345综合坐席」" in before
+
+    # the ticker moves the caller to the general seats, keeping the time waited
+    clock.advance(REMOVED_GRACE_S + 1)
+    tw.twiml("/twilio/wait", call_params("CAtour", CallStatus="in-progress"))  # the caller is still on hold
+    assert acd.tick()["regrouped"] == 1
+    page = sup.get("/admin/").get_data(as_text=True)
+    text = visible(page)
+    assert "坐席组「旅游服务坐席」已从规则中撤销，其中 1 位排队来电已转入「12345综合坐席」，保留原排队位置" in text
+    table = visible("<main>" + page.split('id="waiting"', 1)[1].split("</table>", 1)[0] + "</main>")
+    assert "12345综合坐席" in table and "原坐席组「旅游服务坐席」已撤销" in table and "第 1 位" in table
+    (waiting,) = sup.get("/admin/api/dashboard").get_json()["waiting"]
+    assert waiting["waited_s"] >= REMOVED_GRACE_S + 1
+    alerts = [a["text"] for a in sup.get("/admin/api/dashboard").get_json()["alerts"]]
+    assert any("坐席组「旅游服务坐席」已从规则中撤销：其中排队的 1 位来电已转入「12345综合坐席」" in a for a in alerts)
+
+    # the general seat takes calls again: it rings for the 12301 caller
+    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    me = agent.get("/agent/api/me", headers=auth).get_json()
+    assert me["agent"]["state"] == "ringing" and me["call"]["id"] == "CAtour" and me["call"]["line"] == "12301"

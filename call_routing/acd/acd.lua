@@ -660,6 +660,41 @@ local offers = {}
 add(offers, try_assign_skill(skill))
 return reply('ok', skill, offers)
 
+--@ regroup
+-- call, from, chain...: a call left in a seat group the rules no longer have (an admin's edit
+-- removed or renamed it) moves to the first staffed group of ``chain`` (the general group's
+-- plan), keeping its place (score), its kind (live, callback, transfer) and the clock of its
+-- front-end's sign of life; it leaves the removed group's queue. A ringing call is left alone:
+-- back in line it rejoins the removed group and the next tick moves it.
+local c, from = ARGV[A], ARGV[A + 1]
+local chain = {}
+for i = A + 2, #ARGV do chain[#chain + 1] = ARGV[i] end
+local ck = k_call(c)
+local st = hget(ck, 'state') or 'unknown'
+if st ~= 'waiting' then
+  redis.call('ZREM', k_queue(from), c)  -- not waiting: no business in a queue (ringing calls are in none)
+  return reply('gone', st)
+end
+local skill = choose(chain, 'queue', c)
+local keep, joined = {}, false
+for _, s in ipairs(split(hget(ck, 'queues'))) do
+  if s ~= from then
+    keep[#keep + 1] = s
+    if s == skill then joined = true end
+  end
+end
+if not joined then keep[#keep + 1] = skill end
+redis.call('ZREM', k_queue(from), c)
+redis.call('ZREM', k_age(from), c)
+redis.call('HSET', ck, 'queues', table.concat(keep, ','), 'regrouped_from', from)
+if hget(ck, 'skill') == from then redis.call('HSET', ck, 'skill', skill) end
+if not joined then call_join(c, skill, hget(ck, 'score')) end
+log('overflow', 'call', c, 'from', from, 'to', skill, 'reason', 'removed', 'line', hget(ck, 'line') or '',
+    'kind', hget(ck, 'kind') or '')
+local offers = {}
+add(offers, try_assign_skill(skill))
+return reply('ok', skill, offers)
+
 --@ prioritise
 -- call, priority, rank (MAX_PRIORITY - priority, as enqueue's score), emergency: a call that may be an emergency (可能紧急) goes ahead of everyone
 -- of a lower priority (still by arrival among equals) and is offered to the next free seat; the

@@ -104,6 +104,7 @@ class ACD(SeatsMixin, QueueMixin, OffersMixin, RoutingMixin, TimersMixin):
         self.dispatch_callback = dispatch_callback
         self.on_offer = list(on_offer)
         self._plans: dict = {}
+        self._groups_noted: tuple | None = None  # (rules version, when) last written to acd:groups
         self._scripts = {name: _HEADER + "\n" + body for name, body in _BODIES.items()}
         self._shas = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()}
         self._replica = ReplicaWait(client)  # with Sentinel: a state change returns once a replica holds it

@@ -31,6 +31,9 @@ KEYS = {
     "seen": ("{p}:seen", "zset: live callers waiting, score = last time their front-end asked about them (s)"),
     "retry": ("{p}:retry", "zset: callbacks whose callee did not answer, score = when to try again (s)"),
     "alert_lock": ("{p}:alertlock:{x}", "string with TTL: one unstaffed-group warning per skill per minute"),
+    "groups": ("{p}:groups", "hash: skill id -> name of every seat group the rules have had (a removed group's "
+                             "callers are moved out of it by tick, see docs/acd.md)"),
+    "groups_seen": ("{p}:groups_seen", "zset: skill id -> last time a process found the group in its rules (s)"),
     "token": ("{p}:token:{x}", "string: agent id of an API token (x = sha256 of the token), with TTL"),
 }
 

@@ -6,6 +6,7 @@ from call_routing.rules import Skill
 
 from .hours import is_open
 from .model import _text, log
+from .routing import REMOVED_GRACE_S
 
 
 class TimersMixin:
@@ -17,7 +18,7 @@ class TimersMixin:
         now = self.clock() if now is None else now
         k = self.keys
         done = {"overflow": 0, "ring_timeout": 0, "heartbeat": 0, "wrapup_timeout": 0, "callback_retry": 0,
-                "stranded": 0, "lost": 0}
+                "stranded": 0, "lost": 0, "regrouped": 0}
         for agent_id in self.redis.zrangebyscore(k.beats(), "-inf", now - self.heartbeat_timeout_s):
             r = self._run("logout", _text(agent_id), "heartbeat", repr(now - self.heartbeat_timeout_s), now=now)
             done["heartbeat"] += r.status in ("ok", "after_call")
@@ -39,6 +40,7 @@ class TimersMixin:
             done["wrapup_timeout"] += self._run("ready", _text(agent_id), "wrapup", "wrapup-timeout",
                                                 now=now).status == "ok"
         rules = self.rules
+        self._note_groups(rules, now, refresh=True)
         skills = list(rules.skills.values())
         pipe = self.redis.pipeline()
         for s in skills:
@@ -59,7 +61,37 @@ class TimersMixin:
                         break
                     done["overflow"] += self._run("move", _text(call_id), "overflow", s.id, "queue", *chain,
                                                   now=now).status == "ok"
+        done["regrouped"] = self._regroup(now)
         return done
+
+    def _regroup(self, now: float) -> int:
+        """Callers left in seat groups the rules no longer have (an admin removed or renamed the
+        group while they waited): each moves to the general group's plan keeping their place,
+        and the supervisors are told once per group and tick. Never stranded, never dropped."""
+        removed = self.removed_groups(now, grace_s=REMOVED_GRACE_S)
+        if not removed:
+            return 0
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for g in removed:
+            pipe.zrange(k.queue(g), 0, 499)
+        waiting = pipe.execute()
+        chain, _ = self._plan(self.rules.hotline.skill, now, has_number=False)
+        moved = 0
+        for (g, name), calls in zip(removed.items(), waiting):
+            to: dict[str, int] = {}
+            for call_id in calls:
+                r = self._run("regroup", _text(call_id), g, *chain, now=now)
+                if r.status == "ok":
+                    to[r.info] = to.get(r.info, 0) + 1
+            for skill, n in to.items():
+                moved += n
+                log.warning("seat group %s is no longer in the rules: %d waiting call(s) moved to %s, keeping "
+                            "their place", g, n, skill)
+                self.redis.xadd(k.alerts(), {"t": repr(float(now)), "alert": "group_removed", "skill": g,
+                                             "name": name, "to": skill, "calls": str(n)},
+                                maxlen=10000, approximate=True)
+        return moved
 
     def _strand(self, skill: Skill, call_ids: list[str], now: float) -> int:
         """Calls left in a group that closed or lost its last seat: callback or overflow now."""
