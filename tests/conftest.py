@@ -44,9 +44,18 @@ def pytest_sessionstart(session):
     wait runs out. Later processes load it from the per-user cache (``ivr.prefill.model``)."""
     if hasattr(session.config, "workerinput"):  # an xdist test process: the main one has done it
         return
+    import subprocess
+
     from ivr.prefill import Prefiller
 
-    Prefiller(load_rules())
+    # beside it, on the other CPU: the pre-fill of test_prefill.py's admin catalogue (tests/
+    # prefill_support.py), the only other one a test learns from all the labelled sentences
+    admins = subprocess.Popen([sys.executable, "-m", "tests.prefill_support"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        Prefiller(load_rules())
+    finally:
+        admins.wait()  # if it failed, the test learns it itself
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +137,16 @@ WHOLE_PRODUCT = {"test_newcomer.py", "test_live_twilio.py", "test_fault_run.py",
                  "test_pbx_speech.py"}
 
 
+# the longest other files (seconds in one test process of a full run, session 15), started first
+# so that no long file starts near the end while the other processes have finished; the rest
+# follow in xdist's order (the most tests first)
+LONG_FIRST = ("test_pbx_waiting.py", "test_pbx_transfers.py", "test_jobs.py", "test_consoles_e2e.py",
+              "test_twilio_calls.py", "test_app.py", "test_agi_script.py", "test_security.py",
+              "test_pbx_agents.py", "test_pbx_routing.py", "test_bench_asterisk.py", "test_consoles_auth.py",
+              "test_speech.py", "test_call_recordings.py", "test_consoles_rules.py", "test_consoles_chinese.py",
+              "test_pbx_pjsip.py")
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Each file whole in one test process, the whole-product files in one (pytest.ini: ``-n``).
 
@@ -141,9 +160,15 @@ def pytest_xdist_make_scheduler(config, log):
             return "whole-product" if path.rsplit("/", 1)[-1] in WHOLE_PRODUCT else path
 
         def _assign_work_unit(self, node):
-            # the longest unit first, so that the other processes share the rest beside it
-            if "whole-product" in self.workqueue:
-                self.workqueue.move_to_end("whole-product", last=False)
+            # the longest unit first, so that the other processes share the rest beside it; then
+            # the long files, longest first
+            if not getattr(self, "_ordered", False):
+                self._ordered = True
+                rank = {name: i for i, name in enumerate(("whole-product",) + LONG_FIRST)}
+                first = sorted((scope for scope in self.workqueue if scope.rsplit("/", 1)[-1] in rank),
+                               key=lambda scope: rank[scope.rsplit("/", 1)[-1]], reverse=True)
+                for scope in first:
+                    self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
     return FileGroups(config, log)

@@ -12,15 +12,19 @@ set (each file was written apart from the others: the honest view of unseen spee
 centre's own labelled files (``HOTLINE_LOCAL_UTTERANCES``, default ``var/utterances``: the
 tickets its agents confirmed, ``python -m intake.harvest``) are read too, as ``local/…``: how
 the pre-fill reads this centre's real calls. ``--json`` prints the figures as one JSON object
-(the tests read it).
+(the tests read it). Each pre-fill learns and reads in a process of its own, ``--jobs`` at a
+time (default: one per CPU): the same figures, sooner.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 from sklearn.model_selection import StratifiedKFold
 
@@ -109,7 +113,9 @@ def figures(t: dict) -> dict:
             "unsure_share": ratio(t["unsure"], t["sure"] + t["unsure"]), "problems": t["misses"]}
 
 
-def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets: list[str] | None = None) -> dict:
+def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets: list[str] | None = None,
+             jobs: int = 1) -> dict:
+    """The figures (``jobs``: pre-fills learning at once, each in a forked process; 1 in this one)."""
     rules = load_rules(rules_path)
     catalogue, cues = load_catalogue(rules=rules), load_cues()
     files = labelled_files()
@@ -120,37 +126,72 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
         raise SystemExit(f"--sets: no labelled file {', '.join(sorted(unknown))} in {LABELLED_DIR}"
                          f" or the centre's own folder (local/…)")
 
-    def prefiller_for(train):
-        return Prefiller(rules, catalogue, cues, training=train)
-
-    total: dict = {}
     with warnings.catch_warnings():  # lines with fewer sentences than folds: sklearn warns, the split is fine
         warnings.simplefilter("ignore")
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, [r.line for r in rows]))
-    for train_idx, test_idx in splits:
-        _add(total, score(prefiller_for([rows[i] for i in train_idx]), [rows[i] for i in test_idx]))
 
-    def read_apart(chosen: list[str]) -> tuple[float, dict]:
-        """The files ``chosen``, read by one pre-fill learned from all the other files; how long
-        it took to learn."""
-        held = {name: [r for r in rows if r.where.rsplit(":", 1)[0] == str(names[name])] for name in chosen}
-        out = {id(r) for h in held.values() for r in h}
-        started = time.monotonic()
-        filler = prefiller_for([r for r in rows if id(r) not in out])
-        return time.monotonic() - started, {name: figures(score(filler, held[name])) for name in chosen}
+    def apart(chosen: list[str]) -> tuple[list[int], dict[str, list[int]]]:
+        """The files ``chosen``, read by one pre-fill learned from all the other files."""
+        held = {name: [i for i, r in enumerate(rows) if r.where.rsplit(":", 1)[0] == str(names[name])]
+                for name in chosen}
+        out = {i for h in held.values() for i in h}
+        return [i for i in range(len(rows)) if i not in out], held
 
+    # each task: (the sentences learned from, {name: the sentences read}); the folds first
+    tasks = [(list(train_idx), {"fold": list(test_idx)}) for train_idx, test_idx in splits]
     if sets:  # the sets chosen and dev.jsonl, held out together
-        train_s, by_file = read_apart([FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET])
+        tasks.append(apart([FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET]))
     else:  # each set read by a pre-fill that learned from the other sets only
-        by_file = {}
-        for name in names:
-            took, read = read_apart([name])
-            by_file.update(read)
-            if name == FIXED_SET:  # learning from all but 50 sentences, and reading those 50
-                train_s = took
+        tasks += [apart([name]) for name in names]
+    done = _learn_and_read_all(tasks, jobs, rows, lambda train: Prefiller(rules, catalogue, cues, training=train))
+
+    total: dict = {}
+    for _, read in done[:len(splits)]:
+        _add(total, read["fold"])
+    by_file, train_s = {}, None
+    for took, read in done[len(splits):]:
+        by_file.update({name: figures(t) for name, t in read.items()})
+        if FIXED_SET in read:  # learning from all but the 50 sentences of dev.jsonl (and the sets chosen)
+            train_s = took
     return {"files": list(names), "folds": folds, "seed": seed, "training_s": round(train_s, 2),
             "cross_validated": figures(total), "fixed_dev50": by_file[FIXED_SET], "by_file": by_file,
             "labellers": labellers()}
+
+
+_TASKS: dict = {}  # what forked processes read: the sentences and how to learn a pre-fill
+
+
+def _learn_and_read(task) -> tuple[float, dict]:
+    """One pre-fill learned from the sentences ``train``, reading each held-out group: how long
+    it took to learn, and each group's tallies (:func:`score`)."""
+    train, held = task
+    rows, learn = _TASKS["rows"], _TASKS["learn"]
+    started = time.monotonic()
+    filler = learn([rows[i] for i in train])
+    took = time.monotonic() - started
+    return took, {name: score(filler, [rows[i] for i in idx]) for name, idx in held.items()}
+
+
+def _learn_and_read_all(tasks: list, jobs: int, rows: list, learn) -> list[tuple[float, dict]]:
+    """:func:`_learn_and_read` for every task, in order; ``jobs`` forked processes at a time."""
+    _TASKS.update(rows=rows, learn=learn)
+    try:
+        if jobs <= 1 or len(tasks) <= 1:
+            return [_learn_and_read(task) for task in tasks]
+        # the biggest pre-fills first, so that the last to finish is a small one
+        order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][0]))
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = dict(zip(order, pool.map(_learn_and_read, [tasks[i] for i in order])))
+        return [results[i] for i in range(len(tasks))]
+    finally:
+        _TASKS.clear()
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _name(path) -> str:
@@ -198,6 +239,8 @@ def main(argv: list[str] | None = None, stdout=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed of the folds (default 0)")
     parser.add_argument("--rules", help="transfer_rules.yaml (default: $RULES_PATH, else the shipped file)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--jobs", type=int, default=cpus(),
+                        help="pre-fills learning at once, each in a process of its own (default: one per CPU)")
     parser.add_argument("--sets", nargs="+", metavar="FILE",
                         help="read only these files, with dev.jsonl, by one pre-fill learned from all the other files"
                              " (default: every file, each learned from the others; the centre's own as local/NAME)")
@@ -205,7 +248,7 @@ def main(argv: list[str] | None = None, stdout=None) -> int:
     if args.folds < 2:
         parser.error("--folds must be at least 2")
     stdout = stdout or sys.stdout
-    report = evaluate(args.folds, args.seed, args.rules, args.sets)
+    report = evaluate(args.folds, args.seed, args.rules, args.sets, max(1, args.jobs))
     if args.json:
         print(json.dumps(report, ensure_ascii=False), file=stdout)
     else:
