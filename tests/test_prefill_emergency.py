@@ -91,14 +91,15 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert cv["type"] >= 0.915 and cv["line"] >= 0.885, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
-    # dev.jsonl keeps the labels it came with; the guide follows them since session 14 but for a
-    # blocked fire lane (12345, read as 96119): 0.98 / 0.96 on 2026-12-07
-    assert dev["type"] >= 0.94 and dev["line"] >= 0.92, dev
+    # dev.jsonl keeps the labels it came with; the guide follows them since sessions 14 (lines)
+    # and 15 (types) but for a blocked fire lane (12345, read as 96119): 0.96 / 0.96 on 2026-12-07
+    assert dev["type"] >= 0.94 and dev["line"] >= 0.94, dev
     assert dev["emergency_recall"] == 1.0 and dev["auto_transfers"] == 0, dev
     # the sets asked for, read with dev.jsonl by a pre-fill that learned from all the other sets;
     # the 200 sentences written outside the project are the fairest of them
     assert set(by_file) == {"dev.jsonl", "more.jsonl"} and by_file["dev.jsonl"] == dev
-    assert by_file["more.jsonl"]["type"] >= 0.88 and by_file["more.jsonl"]["line"] >= 0.94, by_file["more.jsonl"]
+    # 0.950 / 0.975 on 2026-12-07 (session 15: the types and three market lines as its author labels them)
+    assert by_file["more.jsonl"]["type"] >= 0.93 and by_file["more.jsonl"]["line"] >= 0.96, by_file["more.jsonl"]
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
