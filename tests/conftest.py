@@ -58,6 +58,14 @@ def pytest_sessionstart(session):
         admins.wait()  # if it failed, the test learns it itself
 
 
+@pytest.fixture
+def clock():
+    """The ACD tests' clock (tests/acd_support.py): a workday at 10:00, advanced by the test."""
+    from acd_support import Clock
+
+    return Clock()
+
+
 @pytest.fixture(scope="session")
 def redis_server_url():
     """``REDIS_URL`` if set (its database is flushed between tests!), else a private server."""

@@ -5,14 +5,9 @@ import threading
 
 import pytest
 
-from acd_support import Clock, events, make_acd, seat
+from acd_support import events, make_acd, seat
 from call_routing.acd import RecordingDialer, place_callback
 from call_routing.acd.callbacks import AGENT_NO_ANSWER, NO_ANSWER
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from acd_support import Clock, events, make_acd, seat
+from acd_support import events, make_acd, seat
 from call_routing.acd import ACDError
 from call_routing.acd.kpi import audit
 
 CALLER = "13800138000"
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

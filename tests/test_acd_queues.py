@@ -6,14 +6,9 @@ from datetime import datetime
 
 import pytest
 
-from acd_support import Clock, events, make_acd, seat, with_skill
+from acd_support import events, make_acd, seat, with_skill
 from call_routing.acd import ACDError
 from call_routing.rules import CHINA_TZ
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from acd_support import Clock, events, make_acd, seat
+from acd_support import events, make_acd, seat
 from call_routing.acd.routing import REMOVED_GRACE_S
 
 
@@ -19,11 +19,6 @@ def without(rules, skill_id, *, renamed_to=None):
     if renamed_to:
         skills[renamed_to] = dataclasses.replace(rules.skills[skill_id], id=renamed_to)
     return dataclasses.replace(rules, skills=MappingProxyType(skills), version=f"{rules.version}-no-{skill_id}")
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from acd_support import Clock, events, make_acd, seat
+from acd_support import events, make_acd, seat
 from call_routing.acd import ACDError, Agent
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
