@@ -34,16 +34,11 @@ def start_of_day(now: float) -> float:
     return day.timestamp()
 
 
-def removed_text(name: str) -> str:
-    """A seat group an admin's rules edit removed while callers waited in it."""
-    return f"已撤销的坐席组「{name}」"
-
-
 def removed_groups(acd) -> list:
     """The seat groups the current rules no longer have (removed or renamed by an admin's edit),
-    as skill-like objects with the name they had: callers may still wait there for the few
-    seconds before the ACD's ticker moves them to the general group (docs/acd.md)."""
-    return [SimpleNamespace(id=g, name=removed_text(name), group_name=name, expert=False, removed=True)
+    as skill-like objects named as the supervisor reads them: callers may still wait there for
+    the few seconds before the ACD's ticker moves them to the general group (docs/acd.md)."""
+    return [SimpleNamespace(id=g, name=f"已撤销的坐席组「{name}」", expert=False)
             for g, name in sorted(acd.removed_groups().items())]
 
 
