@@ -265,8 +265,8 @@ def test_the_agent_pulls_in_the_subcenter_and_a_failed_leg_leaves_the_caller_wit
     call_id = route.variables["HOTLINE_CALL_ID"]
     assert route.variables["HOTLINE_ACTION"] == "transfer"
     # the sub-center was unreachable: the caller is queued to the tax seats and gets an agent
-    assert agi(w, "transfer", call_id, "CHANUNAVAIL", uid="s1").variables["HOTLINE_SKILL"] == "tax"
     seat(w, "a1", {"tax": 50})
+    assert agi(w, "transfer", call_id, "CHANUNAVAIL", uid="s1").variables["HOTLINE_SKILL"] == "tax"
     assert agi(w, "queue_wait", call_id, uid="s1").variables["HOTLINE_TARGET"] == "PJSIP/a1"
     agi(w, "transfer", call_id, "answered", uid="s1")
     p = on_agent(w, call_id, "a1", "start", "subcenter")

@@ -236,6 +236,8 @@ def test_a_failed_emergency_transfer_lands_with_the_general_seats(mem):
     flow.heard("c5", "有人晕倒了，快叫救护车")
     turn = flow.transfer_ended("c5", "CONGESTION")
     assert (turn.action, turn.skill) == ("queue", "general")
+    # in line at once, while the notice still plays: a seat freed now takes it
+    assert (queue.calls["c5"]["skill"], queue.calls["c5"]["state"]) == ("general", "waiting")
     flow.wait("c5")
     assert queue.calls["c5"]["skill"] == "general"
 

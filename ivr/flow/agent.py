@@ -60,12 +60,15 @@ class AgentPart:
             self._save(call)
             return self._turn(call, "queue", reason="no_answer")
         # emergency / sub-center unreachable: the caller is queued to a seat group instead, an
-        # emergency ahead of everyone waiting there (an agent relays it)
+        # emergency ahead of everyone waiting there (an agent relays it). Queued now, not at the
+        # first wait: a seat freed while the notice plays takes this caller, not the next in line.
         call.skill = call.fallback_skill or self._rules().hotline.skill
         if call.target_kind == "emergency":
             call.priority = EMERGENCY_PRIORITY
         call.state, call.target, call.target_kind = "waiting", None, None
-        call.enqueued_at = None
+        self.queue.enqueue(call_id, skill=call.skill, line=call.line, caller=call.caller, ticket=call.ticket,
+                           priority=call.priority)
+        call.enqueued_at = call.announced_at = self.clock()
         self._save(call)
         log.warning("call %s: transfer failed (%s), queued to %s", call_id, status, call.skill)
         return self._turn(call, "queue", reason="transfer_failed")
