@@ -140,6 +140,10 @@ _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！�
 # 烧起来咋整, 着火怎么办, 燃气泄漏的话: what to do if it happens (着火了怎么办 is a fire now)
 _WHAT_IF = re.compile(r"^(?:的话|咋整|咋办|怎么办|怎么弄)")
 _CONTEXT_CHARS = 6
+# What the caller likens it to (跟爆炸似的, 像着火了一样) or saw on a screen (电视上演电梯掉下去):
+# it may still be what it sounds like, so a seat hears the caller first — never an automatic transfer.
+_SIMILE = re.compile(r"^了?(?:似的|一样|一般|那样)")
+_ON_SCREEN = re.compile(r"(?:电视|新闻|视频|电影|电视剧|抖音|快手)[^，。,.!?！？；;\s]{0,10}$")
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:
@@ -153,6 +157,11 @@ def _taken_back(text: str, start: int, end: int) -> bool:
                 or _UNNOTICED.search(text[end:end + 12])
                 or (not text[start:end].endswith("了") and _WHAT_IF.search(text[end:end + 5])))
 
+
+def _likened(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is only likened to (跟爆炸似的) or seen on a screen (电视上演…)."""
+    return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start]))
+
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.
 UNLESS_REACH = 24
@@ -162,10 +171,26 @@ _TIME_WORD = re.compile(r"(?:天|日|年|月|周|礼拜|星期|前|次|回|晚�
 _GOES_ON = re.compile(r"^[^，。,.!?！？；;\s]{0,8}?(?:到现在|至今|到今天)|^就有")
 
 
+# A time word the caller has moved on from to now (昨晚在屋里烧炭取暖，早上去喊他…没动静) leaves
+# the words after it possible: a seat hears the caller first
+_NOW = re.compile(r"现在|刚才|刚刚|这会儿|眼下|今天|今早|(?<![天晚昨])早上")
+
+
 def _says_over(text: str, found: re.Match) -> bool:
     """Whether the ``unless`` word ``found`` in ``text`` says the matter is over: a time word
     followed by 到现在 or 就有 does not."""
     return not (_TIME_WORD.search(found.group(0)) and _GOES_ON.search(text[found.end():found.end() + 14]))
+
+
+def _over(text: str, said: list[re.Match], start: int, end: int) -> str | None:
+    """What the ``unless`` words ``said`` near ``text[start:end]`` make of it: ``"over"`` (silenced),
+    ``"before"`` (only time words the caller moved on from to now: 昨晚…早上去喊他…没动静) or None."""
+    near = [m for m in said if m.start() - UNLESS_REACH <= end and start <= m.end() + UNLESS_REACH]
+    if not near:
+        return None
+    moved_on = all(m.end() <= start and _TIME_WORD.search(m.group(0)) and _NOW.search(text[m.end():start])
+                   for m in near)
+    return "before" if moved_on else "over"
 
 
 def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine | None, EmergencyLine | None]:
@@ -175,23 +200,25 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     Lines are tried in precedence 120, 119, 110, 122. A line's ``unless`` words (past,
     administrative) silence its words within ``UNLESS_REACH`` characters; an ``except`` phrase
     hides the word inside it; a negated or hypothetical word (没着火, 怕着火) counts for nothing;
-    a ``possible`` word (what the caller sees: smoke, blood, someone lying on the road) makes
-    the line possible.
+    a ``possible`` word (what the caller sees: smoke, blood, someone lying on the road), or a
+    word only likened to (跟爆炸似的), seen on a screen (电视上演…) or told after a time word the
+    caller moved on from (昨晚…早上去喊他), makes the line possible.
     """
     certain = possible = None
     if not text:
         return None, None
     for line in rules.emergency:
-        unless = ([m.span() for m in line.unless_pattern.finditer(text) if _says_over(text, m)]
+        unless = ([m for m in line.unless_pattern.finditer(text) if _says_over(text, m)]
                   if line.unless_pattern else [])
         probe = line.mask_pattern.sub(lambda m: "□" * len(m.group(0)), text) if line.mask_pattern else text
         for pattern, sure in ((line.pattern, True), (line.possible_pattern, False)):
             for m in pattern.finditer(probe) if pattern is not None else ():
                 if _taken_back(probe, m.start(), m.end()):
                     continue
-                if any(start - UNLESS_REACH <= m.end() and m.start() <= end + UNLESS_REACH for start, end in unless):
+                over = _over(text, unless, m.start(), m.end())
+                if over == "over":
                     continue
-                if sure:
+                if sure and not over and not _likened(probe, m.start(), m.end()):
                     return line, None
                 possible = possible or line
     return certain, possible

@@ -319,6 +319,22 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
 
 
 @pytest.mark.parametrize("text,number", [
+    ("吓死我了，有人在小区里放大炮仗，嘣的一声跟爆炸似的，城区不是禁放吗", "119"),  # likened to
+    ("刚才电视上演电梯掉下去那个吓死我了，我就想问问小区电梯多久检验一次", "119"),  # seen on a screen
+    ("我哥昨晚在屋里烧炭取暖，早上去喊他，门反锁着，里面一点动静都没有", "120"),  # last night, then this morning
+])
+def test_a_danger_likened_seen_on_a_screen_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
+    """Never an automatic transfer, never nothing: the call goes ahead of the queue, marked 可能紧急."""
+    certain, possible = emergency_assessment(rules, text)
+    assert certain is None and possible.number == number
+    # the same words said plainly are transferred at once
+    assert emergency_heard(rules, "小区里刚才爆炸了").number == "119"
+    assert emergency_heard(rules, "我哥在屋里烧炭取暖，早上去喊他，叫不醒").number == "120"
+    # a time word that closes the matter still silences it
+    assert emergency_assessment(rules, "昨晚邻居家着火了，消防车来了好几辆，现在楼道里还黑乎乎的") == (None, None)
+
+
+@pytest.mark.parametrize("text,number", [
     ("步行街上有个人抢了一个女的手机 正往南边跑", "110"),
     ("公交车上有人打司机 在抢方向盘 快来人啊", "110"),
     ("电梯突然往下掉了一截停住了 里头关着五六个人", "119"),
