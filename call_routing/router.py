@@ -140,6 +140,8 @@ _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！�
 # 烧起来咋整, 着火怎么办, 燃气泄漏的话: what to do if it happens (着火了怎么办 is a fire now)
 _WHAT_IF = re.compile(r"^(?:的话|咋整|咋办|怎么办|怎么弄)")
 _CONTEXT_CHARS = 6
+# The spoken passive (让车撞了, 叫狗咬了, 给人打了) read as the written one (被): one character for one
+_PASSIVE = re.compile(r"[让叫给](?=(?:车|人|狗|蛇|马蜂|蜂|东西)[^，。,.!?！？；;\s]{0,2}?(?:撞|咬|蛰|蜇|打|压|轧|碾|砸|刮|砍|捅|扎))")
 # What the caller likens it to (跟爆炸似的, 像着火了一样) or saw on a screen (电视上演电梯掉下去):
 # it may still be what it sounds like, so a seat hears the caller first — never an automatic transfer.
 _SIMILE = re.compile(r"^了?(?:似的|一样|一般|那样)")
@@ -207,6 +209,7 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     certain = possible = None
     if not text:
         return None, None
+    text = _PASSIVE.sub("被", text)  # 让车撞倒了 is 被车撞倒了, for the words and their exceptions alike
     for line in rules.emergency:
         unless = ([m for m in line.unless_pattern.finditer(text) if _says_over(text, m)]
                   if line.unless_pattern else [])

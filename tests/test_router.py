@@ -318,6 +318,13 @@ def test_a_time_word_does_not_close_a_matter_that_goes_on_now(rules, text, numbe
     assert emergency_heard(rules, "楼下着火了怎么办啊 烟都上来了").number == "119"  # 了: it is burning
 
 
+def test_the_spoken_passive_reads_as_the_written_one(rules):
+    assert emergency_heard(rules, "我老公叫车撞了 躺地上起不来").number == "122"
+    assert emergency_assessment(rules, "我儿子在山脚下让蛇咬了 腿肿得老粗")[1].number == "120"
+    # an object's damage stays an exception, however the passive is said: no automatic transfer
+    assert emergency_heard(rules, "马路中间的隔离栏让车撞倒了好几天了 歪在车道上") is None
+
+
 @pytest.mark.parametrize("text,number", [
     ("吓死我了，有人在小区里放大炮仗，嘣的一声跟爆炸似的，城区不是禁放吗", "119"),  # likened to
     ("刚才电视上演电梯掉下去那个吓死我了，我就想问问小区电梯多久检验一次", "119"),  # seen on a screen
