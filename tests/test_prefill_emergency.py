@@ -90,7 +90,10 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
     assert cv["type"] >= 0.915 and cv["line"] >= 0.885, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
-    assert cv["false_alarms"] <= 0.025 * cv["negatives"], cv
+    # possible emergencies on sentences that are none (ahead of the queue, marked 可能紧急): 2.5 %
+    # (683 of 27,265) since session 16 read danger from the characters alone, which caught 0.84
+    # instead of 0.58 of 90 emergencies written apart without the usual words
+    assert cv["false_alarms"] <= 0.027 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with; the guide follows them since sessions 14 (lines)
     # and 15 (types) but for a blocked fire lane (12345, read as 96119): 0.96 / 0.96 on 2026-12-07
     assert dev["type"] >= 0.94 and dev["line"] >= 0.94, dev

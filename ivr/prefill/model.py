@@ -34,6 +34,7 @@ from sklearn.multiclass import OneVsRestClassifier
 
 EMERGENCY_NUMBERS = ("110", "119", "120", "122")
 NO_EMERGENCY = "none"
+DANGER = "danger"  # the danger field's value for any emergency
 _NOISE = re.compile(r"[\s，。,.!?！？、；;：:“”\"'（）()…~～\-—]+")
 
 
@@ -116,6 +117,10 @@ class _Texts:
             for v in self.vectorizers.values():
                 v.stop_words_ = None  # the n-grams left out, kept by sklearn for inspection only: most of the size
         return read
+
+
+def _no_features(text: str) -> list[float]:
+    return []
 
 
 class _Field:
@@ -218,7 +223,7 @@ def _blend(learned: dict[str, float], votes: dict[str, float], share: float) -> 
 
 
 class TextModel:
-    """The three learned fields. ``catalogue_*`` give the catalogue's scores for a text."""
+    """The learned fields (line, type, emergency line, any danger). ``catalogue_*`` give the catalogue's scores for a text."""
 
     # how much of a field's probability the nearest sentences decide (rounds 9–12, each read by a
     # pre-fill learned from the others). The line: half (0.883 → 0.887). The type: 0.3, since the
@@ -238,22 +243,30 @@ class TextModel:
             texts, read, [r.type for r in rows])
         self.emergency = _Field(emergency_scores, c=20.0, weight=1.0).fit(
             texts, read, [r.emergency or NO_EMERGENCY for r in rows])
+        # whether it is any emergency, from the characters alone: the field above leans on the
+        # emergency words, and gives little to danger told without them (sets written apart:
+        # docs/tickets.md); this one has nothing else to lean on
+        self.danger = _Field(_no_features, c=1.0, weight=0.0, reads=("chars",)).fit(
+            texts, read, [DANGER if r.emergency else NO_EMERGENCY for r in rows])
         self.neighbours = _Neighbours(read, rows, tuple(self.NEIGHBOURS_SHARE))
         self.size = len(rows)
 
     def bind(self, *, line_scores, type_scores, emergency_scores) -> "TextModel":
         """A model loaded from disk: the catalogue's scorers of the Prefiller that uses it."""
         self.line.features, self.type.features, self.emergency.features = line_scores, type_scores, emergency_scores
+        self.danger.features = _no_features
         return self
 
-    def read(self, texts: list[str]) -> list[dict[str, dict[str, float]]]:
-        """For each text, the probabilities of each field's values (many texts at once read faster)."""
+    def read(self, texts: list[str]) -> list[dict]:
+        """For each text, the probabilities of each field's values, and of danger (one number;
+        many texts at once read faster)."""
         read = self.texts.read(texts)
-        fields = {"line": self.line, "type": self.type, "emergency": self.emergency}
+        fields = {"line": self.line, "type": self.type, "emergency": self.emergency, "danger": self.danger}
         by_field = {name: f.probabilities(texts, read) for name, f in fields.items()}
         votes = self.neighbours.votes(read)
         for name, share in self.NEIGHBOURS_SHARE.items():
             by_field[name] = [_blend(p, v, share) for p, v in zip(by_field[name], votes[name])]
+        by_field["danger"] = [p.get(DANGER, 0.0) for p in by_field["danger"]]  # one probability
         return [{name: by_field[name][i] for name in fields} for i in range(len(texts))]
 
 
