@@ -125,6 +125,20 @@ def test_a_scene_described_is_a_possible_emergency_negated_or_hypothetical_is_ne
     assert emergency_assessment(rules, "有人拿刀砍人")[0].number == "110"
 
 
+@pytest.mark.parametrize("said,number", [
+    ("我婆婆早上起来半边身子不听使唤 说话含含糊糊的 端个碗都端不住", "120"),  # a stroke
+    ("有个人堵在售楼处门口，手里攥着水果刀，说不给工钱就捅那个经理。", "110"),
+    ("工地有条沟塌了 埋进去一个人 就露个头在外面", "119"),
+])
+def test_danger_told_without_any_emergency_word_is_a_possible_emergency(prefiller, rules, said, number):
+    """Sentences of a set written apart (never learned from): no word of emergency_keywords.yaml
+    is in them, the learned model reads the danger all the same — a seat hears the caller first."""
+    assert emergency_assessment(rules, said) == (None, None)
+    got = prefiller.fill(said)
+    assert (got.emergency, got.emergency_possible) == (None, number)
+    assert prefiller.fill("我们小区的路灯坏了一个礼拜了").emergency_possible is None
+
+
 def test_a_crime_under_way_is_a_report_from_a_witness_and_help_for_its_victim(prefiller):
     # both transferred to 110 at once; the ticket says who called: a passer-by reports it, the
     # mother whose daughter is being taken asks for help (the labels of dev.jsonl and more.jsonl)
