@@ -142,10 +142,10 @@ _WHAT_IF = re.compile(r"^(?:的话|咋整|咋办|怎么办|怎么弄)")
 _CONTEXT_CHARS = 6
 # The spoken passive (让车撞了, 叫狗咬了, 给人打了) read as the written one (被): one character for one
 _PASSIVE = re.compile(r"[让叫给](?=(?:车|人|狗|蛇|马蜂|蜂|东西)[^，。,.!?！？；;\s]{0,2}?(?:撞|咬|蛰|蜇|打|压|轧|碾|砸|刮|砍|捅|扎))")
-# What the caller likens it to (跟爆炸似的, 像着火了一样) or saw on a screen (电视上演电梯掉下去):
+# What the caller likens it to (跟爆炸似的, 像着火了一样), saw on a screen (电视上演电梯掉下去) or dreamt:
 # it may still be what it sounds like, so a seat hears the caller first — never an automatic transfer.
 _SIMILE = re.compile(r"^了?(?:似的|一样|一般|那样)")
-_ON_SCREEN = re.compile(r"(?:电视|新闻|视频|电影|电视剧|抖音|快手)[^，。,.!?！？；;\s]{0,10}$")
+_ON_SCREEN = re.compile(r"(?:电视|新闻|视频|电影|电视剧|抖音|快手|梦见|做梦|梦里)[^，。,.!?！？；;\s]{0,10}$")
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:

@@ -289,7 +289,9 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "家里装了封死的防盗窗 真着火了是不是跑不出去",
                  "废品站的纸壳子堆到二楼了 一着火全楼都完了",  # 一…: once it does
                  "我家一头牛口吐白沫倒地不起 咋整",  # livestock: a vet, not an ambulance
-                 "村里两头牛被车撞了 倒在路边"):
+                 "村里两头牛被车撞了 倒在路边",
+                 "刚才说要跳楼的是我弟弟，人已经回来了，没事了，想问问哪有心理咨询",  # over
+                 "请问一下老人突然倒了 心肺复苏是先按胸口还是先吹气"):  # a first-aid question
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -328,6 +330,7 @@ def test_the_spoken_passive_reads_as_the_written_one(rules):
 @pytest.mark.parametrize("text,number", [
     ("吓死我了，有人在小区里放大炮仗，嘣的一声跟爆炸似的，城区不是禁放吗", "119"),  # likened to
     ("刚才电视上演电梯掉下去那个吓死我了，我就想问问小区电梯多久检验一次", "119"),  # seen on a screen
+    ("我做梦梦见家里着火了吓醒了 想问问家里要配灭火器去哪买合适", "119"),  # dreamt
     ("我哥昨晚在屋里烧炭取暖，早上去喊他，门反锁着，里面一点动静都没有", "120"),  # last night, then this morning
 ])
 def test_a_danger_likened_seen_on_a_screen_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
