@@ -161,8 +161,9 @@ def _taken_back(text: str, start: int, end: int) -> bool:
 
 
 def _likened(text: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is only likened to (跟爆炸似的) or seen on a screen (电视上演…)."""
+    """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…) or dreamt."""
     return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start]))
+
 
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
 # "医保异地备案咋弄…哎老头你咋了…喊不醒" is an emergency although it began with 医保.

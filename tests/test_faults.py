@@ -295,6 +295,9 @@ def test_the_sample_dialplan_sends_every_agi_failure_to_the_fallback_seats(failu
 def test_the_sample_dialplan_follows_a_successful_hand_off():
     chan = run_hotline_agi({}, {"AGISTATUS": "SUCCESS", "HOTLINE_ACTION": "queue"})
     assert chan["HOTLINE_ACTION"] == "queue"
+    # a command failed after the hand-off (a missing prompt file: Asterisk reports FAILURE)
+    chan = run_hotline_agi({}, {"AGISTATUS": "FAILURE", "HOTLINE_ACTION": "queue"})
+    assert chan["HOTLINE_ACTION"] == "queue"
 
 
 def test_fastagi_server_down_every_call_takes_the_dialplan_fallback_and_none_is_lost():

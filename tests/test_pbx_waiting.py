@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_110_whose_trunk_fails_reaches_a_seat_ahead_of_everyone_waiting(pbx):
     wait_until(lambda: acd_state(world, waiting.call_id()) == "waiting", 20, 0.1, "the 12345 caller in the queue")
     emergency = world.call("110")
     assert emergency.wait_var("HOTLINE_ACTION", "queue", timeout=20)  # never dropped
-    assert emergency.var("HOTLINE_SKILL") == "general"
+    assert emergency.wait_var("HOTLINE_SKILL", "general", timeout=5)  # set just after HOTLINE_ACTION
     world.seat("3001", {"general": 50})
     emergency.bridged_with("Local/3001@lab-agent", timeout=20)
     assert acd_state(world, waiting.call_id()) == "waiting"
@@ -79,6 +80,20 @@ def test_an_emergency_heard_while_waiting_takes_the_backup_route_when_the_trunk_
                    and e.get("AppData", "").startswith("Local/119@lab-pstn,10,") for e in fire.events())
     finally:
         world.lab.edit_globals({"HOTLINE_EMERGENCY_BACKUP_PREFIX": "", "HOTLINE_EMERGENCY_BACKUP_SUFFIX": ""})
+
+
+def test_a_greeting_whose_sound_file_is_missing_still_queues_the_caller_with_us(pbx):
+    """STREAM FILE of a missing file answers result=-1 and Asterisk ends the AGI with
+    AGISTATUS=FAILURE although route_call handed the call off: the dialplan keeps the hand-off
+    (seen once when a call came before the prompts were rendered: the caller went past our
+    queue to the fallback seats)."""
+    world = pbx
+    for sound in Path(world.prompt_dir).glob("*"):
+        sound.unlink()
+    call = world.call("12345")
+    call.wait_var("HOTLINE_ACTION", "queue")
+    wait_until(lambda: acd_state(world, call.call_id()) == "waiting", 20, 0.1, "the caller in our queue")
+    assert not call.ran("Queue")  # not the dialplan's fallback seats (app_queue)
 
 
 # -- waiting ------------------------------------------------------------------------------------

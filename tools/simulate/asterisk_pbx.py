@@ -114,7 +114,8 @@ class SimAsterisk:
                              patience_until=patience_until, rng=rng)
             if r["status"] == "HANGUP":
                 return "gone"
-            if r["status"] != "SUCCESS" or chan.get("HOTLINE_FALLBACK") or not chan.get("HOTLINE_ACTION"):
+            # as [hotline-agi]: a hand-off made stands whatever the status (a missing prompt file)
+            if chan.get("HOTLINE_FALLBACK") or not chan.get("HOTLINE_ACTION"):
                 chan["_why"] = f"{script}: AGISTATUS={r['status']} {r.get('error', '')}".strip()
                 return "fallback"
             return chan["HOTLINE_ACTION"]
