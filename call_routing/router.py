@@ -139,6 +139,8 @@ _UNNOTICED = re.compile(r"^了?(?:都|也)(?:没人|不)知道|^[^，。,.!?！�
                         r"|没法跑(?!了))")  # 都出不去了, 都没法跑了: trapped now
 # 烧起来咋整, 着火怎么办, 燃气泄漏的话: what to do if it happens (着火了怎么办 is a fire now)
 _WHAT_IF = re.compile(r"^(?:的话|咋整|咋办|怎么办|怎么弄)")
+# 溺水的人救上来是先控水还是先按压: which to do first, a first-aid question
+_WHICH_FIRST = re.compile(r"^[^，。,.!?！？；;]{0,12}?是先[^，。,.!?！？；;]{0,8}?还是")
 _CONTEXT_CHARS = 6
 # The spoken passive (让车撞了, 叫狗咬了, 给人打了) read as the written one (被): one character for one
 _PASSIVE = re.compile(r"[让叫给](?=(?:车|人|狗|蛇|马蜂|蜂|东西)[^，。,.!?！？；;\s]{0,2}?(?:撞|咬|蛰|蜇|打|压|轧|碾|砸|刮|砍|捅|扎))")
@@ -146,6 +148,7 @@ _PASSIVE = re.compile(r"[让叫给](?=(?:车|人|狗|蛇|马蜂|蜂|东西)[^，
 # it may still be what it sounds like, so a seat hears the caller first — never an automatic transfer.
 _SIMILE = re.compile(r"^了?(?:似的|一样|一般|那样)")
 _ON_SCREEN = re.compile(r"(?:电视|新闻|视频|电影|电视剧|抖音|快手|梦见|做梦|梦里)[^，。,.!?！？；;\s]{0,10}$")
+_A_FILM_OF = re.compile(r"^[^，。,.!?！？；;\s]{0,6}?的(?:电影|电视剧|新闻|视频|节目|短视频)")  # 看了个拐卖小孩的电影
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:
@@ -157,12 +160,14 @@ def _taken_back(text: str, start: int, end: int) -> bool:
                 or _FEAR_CLAUSE.search(text[max(0, start - 16):start])
                 or (before.endswith("真") and _IF_REALLY.search(text[end:end + 12]))
                 or _UNNOTICED.search(text[end:end + 12])
+                or _WHICH_FIRST.search(text[end:end + 24])
                 or (not text[start:end].endswith("了") and _WHAT_IF.search(text[end:end + 5])))
 
 
 def _likened(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…) or dreamt."""
-    return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start]))
+    return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start])
+                or _A_FILM_OF.search(text[end:end + 12]))
 
 
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:

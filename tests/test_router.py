@@ -291,7 +291,8 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "我家一头牛口吐白沫倒地不起 咋整",  # livestock: a vet, not an ambulance
                  "村里两头牛被车撞了 倒在路边",
                  "刚才说要跳楼的是我弟弟，人已经回来了，没事了，想问问哪有心理咨询",  # over
-                 "请问一下老人突然倒了 心肺复苏是先按胸口还是先吹气"):  # a first-aid question
+                 "请问一下老人突然倒了 心肺复苏是先按胸口还是先吹气",  # a first-aid question
+                 "溺水的人救上来是先控水还是先按压"):  # which to do first
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -331,6 +332,7 @@ def test_the_spoken_passive_reads_as_the_written_one(rules):
     ("吓死我了，有人在小区里放大炮仗，嘣的一声跟爆炸似的，城区不是禁放吗", "119"),  # likened to
     ("刚才电视上演电梯掉下去那个吓死我了，我就想问问小区电梯多久检验一次", "119"),  # seen on a screen
     ("我做梦梦见家里着火了吓醒了 想问问家里要配灭火器去哪买合适", "119"),  # dreamt
+    ("看了个拐卖小孩的电影一晚上没睡着，想问问给孩子办身份证几岁能办", "110"),  # a film of it
     ("我哥昨晚在屋里烧炭取暖，早上去喊他，门反锁着，里面一点动静都没有", "120"),  # last night, then this morning
 ])
 def test_a_danger_likened_seen_on_a_screen_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
