@@ -223,7 +223,8 @@ def _blend(learned: dict[str, float], votes: dict[str, float], share: float) -> 
 
 
 class TextModel:
-    """The learned fields (line, type, emergency line, any danger). ``catalogue_*`` give the catalogue's scores for a text."""
+    """The learned fields: line, type, emergency line, and any danger. ``*_scores`` give the
+    catalogue's scores for a text."""
 
     # how much of a field's probability the nearest sentences decide (rounds 9–12, each read by a
     # pre-fill learned from the others). The line: half (0.883 → 0.887). The type: 0.3, since the
