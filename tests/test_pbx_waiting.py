@@ -88,12 +88,18 @@ def test_a_greeting_whose_sound_file_is_missing_still_queues_the_caller_with_us(
     (seen once when a call came before the prompts were rendered: the caller went past our
     queue to the fallback seats)."""
     world = pbx
-    for sound in Path(world.prompt_dir).glob("*"):
-        sound.unlink()
-    call = world.call("12345")
-    call.wait_var("HOTLINE_ACTION", "queue")
-    wait_until(lambda: acd_state(world, call.call_id()) == "waiting", 20, 0.1, "the caller in our queue")
-    assert not call.ran("Queue")  # not the dialplan's fallback seats (app_queue)
+    prompts = Path(world.prompt_dir)
+    aside = prompts.parent / "prompts-aside"  # the module's later calls need them back
+    aside.mkdir(exist_ok=True)
+    moved = [sound.rename(aside / sound.name) for sound in list(prompts.glob("*"))]
+    try:
+        call = world.call("12345")
+        call.wait_var("HOTLINE_ACTION", "queue")
+        wait_until(lambda: acd_state(world, call.call_id()) == "waiting", 20, 0.1, "the caller in our queue")
+        assert not call.ran("Queue")  # not the dialplan's fallback seats (app_queue)
+    finally:
+        for sound in moved:
+            sound.rename(prompts / sound.name)
 
 
 # -- waiting ------------------------------------------------------------------------------------
