@@ -66,8 +66,7 @@ class AgentPart:
         if call.target_kind == "emergency":
             call.priority = EMERGENCY_PRIORITY
         call.state, call.target, call.target_kind = "waiting", None, None
-        self.queue.enqueue(call_id, skill=call.skill, line=call.line, caller=call.caller, ticket=call.ticket,
-                           priority=call.priority)
+        self._enqueue(call)
         call.enqueued_at = call.announced_at = self.clock()
         self._save(call)
         log.warning("call %s: transfer failed (%s), queued to %s", call_id, status, call.skill)

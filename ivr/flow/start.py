@@ -70,6 +70,12 @@ class CallStart:
         else:
             self.calls.put(call.id, state)
 
+    def _enqueue(self, call: CallState) -> None:
+        """Put ``call`` in the ACD's line for its seat group (the general seats when it has none),
+        at its priority."""
+        self.queue.enqueue(call.id, skill=call.skill or self._rules().hotline.skill, line=call.line,
+                           caller=call.caller, ticket=call.ticket, priority=call.priority)
+
     def _turn(self, call: CallState, action: str, steps=(), **kw) -> Turn:
         return Turn(action, list(steps), kw.pop("target", call.target), kw.pop("skill", call.skill), call.line,
                     call.ticket, call.rules_version, call.id, **kw)

@@ -56,16 +56,14 @@ class Waiting:
                               reason="emergency")
         if call.enqueued_at is None or call.state != "waiting":
             if call.enqueued_at is None:
-                self.queue.enqueue(call_id, skill=call.skill or rules.hotline.skill, line=call.line,
-                                   caller=call.caller, ticket=call.ticket, priority=call.priority)
+                self._enqueue(call)
                 call.enqueued_at = call.announced_at = now
             call.state = "waiting"
             self._save(call)
         status = self.queue.status(call_id)
         if status.state == "unknown":  # the ACD lost the call (its Redis restarted empty): in line again
             log.warning("call %s: the queue had lost it; queued again", call_id)
-            self.queue.enqueue(call_id, skill=call.skill or rules.hotline.skill, line=call.line,
-                               caller=call.caller, ticket=call.ticket, priority=call.priority)
+            self._enqueue(call)
             status = self.queue.status(call_id)
         if status.state == "offered" and status.endpoint:
             call.state, call.target, call.target_kind, call.agent = "transferring", status.endpoint, "agent", status.agent
