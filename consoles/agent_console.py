@@ -95,7 +95,8 @@ def console():
     return render_template("agent/console.html", agent=agent, token=_session_token() if agent else None,
                            lines=lines, types=TYPES, labels=FIELD_LABELS, skills=skills,
                            pause_reasons=labels.AGENT_PAUSE_CHOICES, js_labels=labels.js_labels(),
-                           softphone=softphone.for_seat(current_app.extensions["softphone"], agent))
+                           softphone=softphone.for_seat(current_app.extensions["softphone"], agent),
+                           heartbeat_timeout_s=_acd().heartbeat_timeout_s)
 
 
 @bp.post("/seat/login")

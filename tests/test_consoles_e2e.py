@@ -454,6 +454,33 @@ def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login
     acd.logout("a7")
 
 
+def test_an_agent_console_whose_page_cannot_run_its_timers_still_beats_so_the_seat_is_kept(server, browser):
+    # Chrome throttles a hidden tab's timers to one wake-up a minute, longer than the ACD's
+    # 30-second heartbeat timeout: an agent working in another window would be signed out. The
+    # heartbeat runs in a worker, so it keeps its pace while the page itself runs nothing (here:
+    # its one thread held busy for 15 s, which headless Chromium does for real).
+    base, d = server.base_url, browser
+    acd = server.extensions["acd"]
+    acd.save_agent(Agent("a9", "郑坐席", {"customs": 50}, endpoints=("client:a9",)))  # no call for it here
+    server.extensions["console"].db.add_user("agent9", "agent9-pass-123", "agent", agent_id="a9", display_name="郑坐席")
+    sign_in(d, base, "agent9", "agent9-pass-123")
+    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
+    by_id(d, "seat-login-ready").click()
+    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
+             what="seat ready")
+    before = acd.redis.zscore(acd.keys.beats(), "a9")
+    frozen = threading.Thread(target=d.execute_script,
+                              args=("var end = Date.now() + 15000; while (Date.now() < end) {}",))
+    frozen.start()
+    time.sleep(11.5)  # the page has run nothing for 11 s: a beat is due every 10 s
+    during = acd.redis.zscore(acd.keys.beats(), "a9")
+    frozen.join(30)
+    assert during is not None and during > before, "no heartbeat reached the ACD while the page was frozen"
+    acd.tick()
+    assert acd.agent("a9")["state"] == "ready"
+    acd.logout("a9")
+
+
 def test_an_agent_typing_in_the_ticket_when_wrap_up_ends_by_itself_keeps_the_edits_and_confirms_them(server, browser):
     base, d = server.base_url, browser
     acd = server.extensions["acd"]
