@@ -149,6 +149,9 @@ _PASSIVE = re.compile(r"[让叫给](?=(?:车|人|狗|蛇|马蜂|蜂|东西)[^，
 _SIMILE = re.compile(r"^了?(?:似的|一样|一般|那样)")
 _ON_SCREEN = re.compile(r"(?:电视|新闻|视频|电影|电视剧|抖音|快手|梦见|做梦|梦里)[^，。,.!?！？；;\s]{0,10}$")
 _A_FILM_OF = re.compile(r"^[^，。,.!?！？；;\s]{0,6}?的(?:电影|电视剧|新闻|视频|节目|短视频)")  # 看了个拐卖小孩的电影
+# asked about, in the same breath (就问问老人噎着了该咋弄): a first-aid question, or a real need
+# said shyly — a seat hears it first
+_ASKED_ABOUT = re.compile(r"(?:就|只|只是|随便|就想|想)问问[^，。,.!?！？；;\s]{0,14}$")
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:
@@ -165,8 +168,10 @@ def _taken_back(text: str, start: int, end: int) -> bool:
 
 
 def _likened(text: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…) or dreamt."""
+    """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…), dreamt
+    or asked about (就问问…噎着了该咋弄)."""
     return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start])
+                or _ASKED_ABOUT.search(text[max(0, start - 18):start])
                 or _A_FILM_OF.search(text[end:end + 12]))
 
 

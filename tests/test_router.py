@@ -334,6 +334,7 @@ def test_the_spoken_passive_reads_as_the_written_one(rules):
     ("我做梦梦见家里着火了吓醒了 想问问家里要配灭火器去哪买合适", "119"),  # dreamt
     ("看了个拐卖小孩的电影一晚上没睡着，想问问给孩子办身份证几岁能办", "110"),  # a film of it
     ("我哥昨晚在屋里烧炭取暖，早上去喊他，门反锁着，里面一点动静都没有", "120"),  # last night, then this morning
+    ("不是要叫救护车啊 就问问老人吃饭噎着了家里人该咋弄 那个海姆立克是咋做的", "120"),  # asked about
 ])
 def test_a_danger_likened_seen_on_a_screen_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
     """Never an automatic transfer, never nothing: the call goes ahead of the queue, marked 可能紧急."""
