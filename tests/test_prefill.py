@@ -85,6 +85,14 @@ def test_a_fire_hazard_report_goes_to_96119_without_calling_the_fire_brigade(pre
     assert (f.line, f.emergency, f.type, f.skill) == ("96119", None, "report", "fire_hazard")
 
 
+def test_confidences_are_plain_numbers_between_zero_and_one(prefiller):
+    # what the ticket store, the agent console and any integrator's serialiser receive: no numpy scalars
+    for text in ("我想问一下公积金怎么提取", "隔壁在冒烟 好像没人在家", "嗯"):
+        confidence = prefiller.fill(text).confidence
+        assert set(confidence) == {"type", "line", "emergency"}
+        assert all(type(v) is float and 0.0 <= v <= 1.0 for v in confidence.values()), confidence
+
+
 def test_the_line_brings_its_skill_and_department_from_the_rules(prefiller):
     f = prefiller.fill("个人所得税专项附加扣除在哪里填")
     assert (f.line, f.skill, f.department) == ("12366", "tax", "税务总局")

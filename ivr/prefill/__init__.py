@@ -552,9 +552,9 @@ class Prefiller:
         department = GENERAL_DEPARTMENT if info is self.rules.hotline else info.department
         words = evidence.get(line, [])
         subject = max(words, key=len) if words else None
-        confidence = {"type": round(type_p[kind], 2), "line": round(line_p, 2),
-                      "emergency": round(1.0 if certain else max(any_p, danger_p) if possible
-                                         else em_p.get("none", 0.0), 2)}
+        confidence = {"type": round(float(type_p[kind]), 2), "line": round(float(line_p), 2),
+                      "emergency": round(float(1.0 if certain else max(any_p, danger_p) if possible
+                                               else em_p.get("none", 0.0)), 2)}  # plain floats
         said_something = len(_FILLERS.sub("", re.sub(r"[\W_]+", "", text))) >= 2
         uncertain = [f for f in ("type", "line") if confidence[f] < LOW_CONFIDENCE or not said_something]
         if "line" in uncertain:
