@@ -154,6 +154,20 @@ def test_an_open_group_with_nobody_logged_in_overflows_at_once_and_warns_the_sup
     assert len(acd.alerts()) == 1  # one warning a minute per group, not one per caller
 
 
+def test_a_caller_sent_on_because_nobody_was_logged_in_is_offered_to_the_first_seat_of_their_group(acd, clock):
+    gen = seat(acd, "gen", {"general": 5})
+    acd.pause("gen", "break")  # the general seat is away: the caller waits in both groups
+    placed = acd.enqueue("telecom", "12300", caller(1))
+    assert placed.skill == "general" and not placed.offers
+    clock.now += 20
+    tel = seat(acd, "tel", {"telecom": 5})  # the telecom seat logs in: its own caller is offered to it
+    assert acd.call(placed.call_id)["agent"] == "tel"
+    assert acd.redis.zcard(acd.keys.queue("general")) == acd.redis.zcard(acd.keys.queue("telecom")) == 0
+    acd.no_answer(placed.call_id)  # not answered: back to its place, for either group
+    acd.ready("gen")
+    assert acd.call(placed.call_id)["agent"] == "gen"
+
+
 def test_a_closed_expert_group_takes_a_callback_instead_of_a_waiting_caller(acd, clock, rules):
     clock.now = datetime(2024, 6, 3, 19, 0, tzinfo=CHINA_TZ).timestamp()  # Monday evening
     assert not acd.is_open("legal_expert")

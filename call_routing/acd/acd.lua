@@ -314,7 +314,21 @@ else
              'resumed', resumed)
 end
 redis.call('ZADD', k_age(skill), NOW_S, c)
-if not seat then redis.call('ZADD', k_queue(skill), score, c) end
+if overflowed then
+  -- sent on because nobody was logged in where it asked: it waits there too (as after an
+  -- overflow on time), so a seat of that group logging in later is offered it
+  local queues = {}
+  for _, s in ipairs(chain) do
+    queues[#queues + 1] = s
+    if s == skill then break end
+  end
+  redis.call('HSET', ck, 'queues', table.concat(queues, ','))
+  if not seat then
+    for _, s in ipairs(queues) do redis.call('ZADD', k_queue(s), score, c) end
+  end
+elseif not seat then
+  redis.call('ZADD', k_queue(skill), score, c)
+end
 if kind == 'live' then redis.call('ZADD', k_seen(), NOW_S, c) end
 log('enter', 'call', c, 'skill', skill, 'line', line, 'kind', kind, 'prio', prio, 'caller', masked, 'asked', asked)
 if overflowed then
