@@ -152,6 +152,12 @@ _A_FILM_OF = re.compile(r"^[^，。,.!?！？；;\s]{0,6}?的(?:电影|电视剧
 # asked about, in the same breath (就问问老人噎着了该咋弄): a first-aid question, or a real need
 # said shyly — a seat hears it first
 _ASKED_ABOUT = re.compile(r"(?:就|只|只是|随便|就想|想)问问[^，。,.!?！？；;\s]{0,14}$")
+# heard from others (刷短视频看到说…起火了 是真的假的啊, 听说…): a rumour the caller checks
+_HEARSAY = re.compile(r"(?:听说|看到说|网上说|群里说|听人说|听别人说)[^，。,.!?！？；;\s]{0,16}$")
+_RUMOUR_CHECKED = re.compile(r"^[^。！？!?]{0,16}?(?:是真的假的|真的假的|是真的吗|是不是真的)")
+# said, then taken back by the caller (杀人啦 不是不是 我是说菜价要杀人了): a seat hears them
+_CORRECTED = re.compile(r"^[啦了啊呀吧]?[\s，,。.!！]*(?:不是不是|不对不对|说错了|口误)")
+_I_MEANT = re.compile(r"我是说[^，。,.!?！？；;\s]{0,10}$")
 
 
 def _taken_back(text: str, start: int, end: int) -> bool:
@@ -167,11 +173,14 @@ def _taken_back(text: str, start: int, end: int) -> bool:
                 or (not text[start:end].endswith("了") and _WHAT_IF.search(text[end:end + 5])))
 
 
-def _likened(text: str, start: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…), dreamt
-    or asked about (就问问…噎着了该咋弄)."""
+def _at_a_remove(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…), dreamt,
+    asked about (就问问…噎着了该咋弄), heard from others (看到说…起火了 是真的假的) or said and
+    corrected (杀人啦 不是不是 我是说…): it may still be what it sounds like, so a seat hears it."""
+    before = text[max(0, start - 22):start]
     return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start])
-                or _ASKED_ABOUT.search(text[max(0, start - 18):start])
+                or _ASKED_ABOUT.search(before) or _HEARSAY.search(before) or _I_MEANT.search(before)
+                or _RUMOUR_CHECKED.search(text[end:end + 24]) or _CORRECTED.search(text[end:end + 8])
                 or _A_FILM_OF.search(text[end:end + 12]))
 
 
@@ -214,8 +223,9 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     administrative) silence its words within ``UNLESS_REACH`` characters; an ``except`` phrase
     hides the word inside it; a negated or hypothetical word (没着火, 怕着火) counts for nothing;
     a ``possible`` word (what the caller sees: smoke, blood, someone lying on the road), or a
-    word only likened to (跟爆炸似的), seen on a screen (电视上演…) or told after a time word the
-    caller moved on from (昨晚…早上去喊他), makes the line possible.
+    word at a remove — likened to (跟爆炸似的), seen on a screen (电视上演…), asked about, heard from
+    others, said and corrected — or told after a time word the caller moved on from
+    (昨晚…早上去喊他), makes the line possible.
     """
     certain = possible = None
     if not text:
@@ -232,7 +242,7 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
                 over = _over(text, unless, m.start(), m.end())
                 if over == "over":
                     continue
-                if sure and not over and not _likened(probe, m.start(), m.end()):
+                if sure and not over and not _at_a_remove(probe, m.start(), m.end()):
                     return line, None
                 possible = possible or line
     return certain, possible

@@ -292,7 +292,8 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
                  "村里两头牛被车撞了 倒在路边",
                  "刚才说要跳楼的是我弟弟，人已经回来了，没事了，想问问哪有心理咨询",  # over
                  "请问一下老人突然倒了 心肺复苏是先按胸口还是先吹气",  # a first-aid question
-                 "溺水的人救上来是先控水还是先按压"):  # which to do first
+                 "溺水的人救上来是先控水还是先按压",  # which to do first
+                 "社区有没有那种教心肺复苏的急救课啊 家里老人有心脏病"):  # a first-aid course
         assert emergency_assessment(rules, text)[0] is None, text
     # a pause (a space in the recogniser's text) ends the fear's clause: the fire is now
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
@@ -335,8 +336,10 @@ def test_the_spoken_passive_reads_as_the_written_one(rules):
     ("看了个拐卖小孩的电影一晚上没睡着，想问问给孩子办身份证几岁能办", "110"),  # a film of it
     ("我哥昨晚在屋里烧炭取暖，早上去喊他，门反锁着，里面一点动静都没有", "120"),  # last night, then this morning
     ("不是要叫救护车啊 就问问老人吃饭噎着了家里人该咋弄 那个海姆立克是咋做的", "120"),  # asked about
+    ("刚刷短视频看到说咱们市高架上有辆大货车起火了 是真的假的啊 我老公今天开车要走那边", "119"),  # a rumour
+    ("杀人啦 不是不是 我是说菜价要杀人了 今天早上菜市场小白菜卖我十二块一斤", "110"),  # said and corrected
 ])
-def test_a_danger_likened_seen_on_a_screen_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
+def test_a_danger_at_a_remove_or_told_after_last_night_is_heard_by_a_seat_first(rules, text, number):
     """Never an automatic transfer, never nothing: the call goes ahead of the queue, marked 可能紧急."""
     certain, possible = emergency_assessment(rules, text)
     assert certain is None and possible.number == number
