@@ -92,8 +92,10 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     # possible emergencies on sentences that are none (ahead of the queue, marked 可能紧急): 2.5 %
     # (683 of 27,265) since session 16 read danger from the characters alone, which caught 0.84
-    # instead of 0.58 of 90 emergencies written apart without the usual words
-    assert cv["false_alarms"] <= 0.027 * cv["negatives"], cv
+    # instead of 0.58 of 90 emergencies written apart without the usual words; 2.8 % since session
+    # 17's rounds (1,589 sentences, 110 of them hard negatives written to sound like danger: 4.0 %
+    # of them raise a possible alarm by the words alone; the older sentences 2.4 %)
+    assert cv["false_alarms"] <= 0.028 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with; the guide follows them since sessions 14 (lines)
     # and 15 (types) but for a blocked fire lane (12345, read as 96119): 0.96 / 0.96 on 2026-12-07
     assert dev["type"] >= 0.94 and dev["line"] >= 0.94, dev
