@@ -438,16 +438,22 @@ def test_the_dashboard_redraws_every_figure_marks_a_possible_emergency_and_says_
     assert acd.leave("CAsmoke", "admin").status == "ok"
 
 
-def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login_with_the_reason(server, browser):
-    base, d = server.base_url, browser
-    acd = server.extensions["acd"]
-    acd.save_agent(Agent("a7", "周坐席", {"customs": 50}, endpoints=("client:a7",)))  # no call for it here
-    server.extensions["console"].db.add_user("agent7", "agent7-pass-123", "agent", agent_id="a7", display_name="周坐席")
-    sign_in(d, base, "agent7", "agent7-pass-123")
+def seat_ready_in_the_browser(server, d, agent_id, name):
+    """A customs seat (no call of these tests goes there) whose agent signs in and clicks 就绪."""
+    n = agent_id[1:]
+    server.extensions["acd"].save_agent(Agent(agent_id, name, {"customs": 50}, endpoints=(f"client:{agent_id}",)))
+    server.extensions["console"].db.add_user(f"agent{n}", f"agent{n}-pass-123", "agent", agent_id=agent_id,
+                                             display_name=name)
+    sign_in(d, server.base_url, f"agent{n}", f"agent{n}-pass-123")
     wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
     by_id(d, "seat-login-ready").click()
     wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
              what="seat ready")
+
+
+def test_an_agent_whose_seat_the_system_signed_out_is_brought_back_to_seat_login_with_the_reason(server, browser):
+    d, acd = browser, server.extensions["acd"]
+    seat_ready_in_the_browser(server, d, "a7", "周坐席")
     acd.logout("a7", "heartbeat")  # the heartbeats stopped (network, a sleeping laptop): the ACD signs the seat out
     wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), timeout=10, what="back to 上岗")
     assert "系统已自动将坐席签出。请重新上岗。" in d.find_element("css selector", "main").text
@@ -464,15 +470,8 @@ def test_an_agent_console_whose_page_cannot_run_its_timers_still_beats_so_the_se
     # 30-second heartbeat timeout: an agent working in another window would be signed out. The
     # heartbeat runs in a worker, so it keeps its pace while the page itself runs nothing (here:
     # its one thread held busy for 15 s, which headless Chromium does for real).
-    base, d = server.base_url, browser
-    acd = server.extensions["acd"]
-    acd.save_agent(Agent("a9", "郑坐席", {"customs": 50}, endpoints=("client:a9",)))  # no call for it here
-    server.extensions["console"].db.add_user("agent9", "agent9-pass-123", "agent", agent_id="a9", display_name="郑坐席")
-    sign_in(d, base, "agent9", "agent9-pass-123")
-    wait_for(d, lambda d: d.find_elements("id", "seat-login-ready"), what="the seat login")
-    by_id(d, "seat-login-ready").click()
-    wait_for(d, lambda d: d.find_elements("id", "seat-state") and by_id(d, "seat-state").text == "就绪",
-             what="seat ready")
+    d, acd = browser, server.extensions["acd"]
+    seat_ready_in_the_browser(server, d, "a9", "郑坐席")
     before = acd.redis.zscore(acd.keys.beats(), "a9")
     frozen = threading.Thread(target=d.execute_script,
                               args=("var end = Date.now() + 15000; while (Date.now() < end) {}",))
