@@ -276,14 +276,18 @@
   setInterval(refresh, 1500);
   // the heartbeat: every third of the ACD's timeout, from a worker so a hidden tab keeps its seat
   var everyMs = Math.max(3000, Math.min(10000, (Number(app.dataset.heartbeatTimeout) || 30) * 1000 / 3));
+  function beatFromThePage() {  // no worker here (or it failed to start): the page's own timer
+    setInterval(function () { api("POST", "heartbeat").catch(function () {}); }, everyMs);
+    api("POST", "heartbeat").catch(function () {});
+  }
   if (window.Worker) {
     var beats = new Worker(app.dataset.heartbeatWorker);
     beats.onmessage = function (e) {
       if (e.data.status === 401) { msg("登录已失效，请刷新页面重新上岗。", true); }
     };
+    beats.onerror = function () { beats.terminate(); beatFromThePage(); };
     beats.postMessage({token: token, every_ms: everyMs});
   } else {
-    setInterval(function () { api("POST", "heartbeat").catch(function () {}); }, everyMs);
-    api("POST", "heartbeat").catch(function () {});
+    beatFromThePage();
   }
 })();
