@@ -64,12 +64,11 @@ def ticket_store(url: str | None = None):
         return store
 
 
-def prefiller(rules_path: str | None = None):
-    """This process's pre-filler, on the current rules: the worker lives for weeks, admins edit
-    the rules meanwhile. The rules file is watched as the web app watches it
-    (:class:`~call_routing.rules_store.RulesStore`: checked at most once a second, an invalid
-    edit never replaces valid rules); the pre-filler is rebuilt when the rules change
-    (:class:`~ivr.prefill.PrefillClassifier`, as in the web app)."""
+def prefill_classifier(rules_path: str | None = None):
+    """This process's :class:`~ivr.prefill.PrefillClassifier`, on the current rules: the worker
+    lives for weeks, admins edit the rules meanwhile. The rules file is watched as the web app
+    watches it (:class:`~call_routing.rules_store.RulesStore`: checked at most once a second, an
+    invalid edit never replaces valid rules); the pre-filler is rebuilt when the rules change."""
     from call_routing.rules_store import RulesStore
 
     from ivr.prefill import PrefillClassifier
@@ -79,7 +78,17 @@ def prefiller(rules_path: str | None = None):
         classifier = _prefillers.get(path)
         if classifier is None:
             classifier = _prefillers[path] = PrefillClassifier(RulesStore(path).current)
-    return classifier.filler()
+    return classifier
+
+
+def prefiller(rules_path: str | None = None):
+    """This process's pre-filler on the current rules (waits for the first one to learn)."""
+    return prefill_classifier(rules_path).filler()
+
+
+def current_rules(rules_path: str | None = None):
+    """The rules the worker's jobs follow now, without waiting for the pre-fill to learn."""
+    return prefill_classifier(rules_path).rules()
 
 
 def close_resources() -> None:
@@ -269,7 +278,7 @@ def store_call_recording(call_id: str, recording: str, wait_s: float | None = No
     from intake.ticket_recordings import recording_file
 
     store = ticket_store()
-    policy = prefiller().rules.recording
+    policy = current_rules().recording
     if recording.lower().startswith(("http://", "https://")):
         path, source = Path(fetch_recording(call_id, recording)), "twilio"
     else:
@@ -416,7 +425,7 @@ def hand_off(ticket_id: int) -> dict:
     ticket = store.get(ticket_id)
     if ticket.status == "handed_off":
         return {"ticket": ticket_id, "status": "handed_off", "ref": ticket.handoff_ref}
-    body = json.dumps(open311_request(ticket, prefiller().rules), ensure_ascii=False,
+    body = json.dumps(open311_request(ticket, current_rules()), ensure_ascii=False,
                       separators=(",", ":")).encode()
     stamp = str(int(time.time()))
     headers = {"Content-Type": "application/json; charset=utf-8", TIMESTAMP_HEADER: stamp,

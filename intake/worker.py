@@ -93,8 +93,10 @@ class ForkingHotlineWorker(_Recovering, Worker):
 
 
 def preload() -> None:
-    """Load rules, pre-fill data, the ticket store and (if configured) the speech model."""
-    jobs.prefiller().fill("预热：三万元")  # compiles the catalogue and loads cn2an before the first call
+    """Load the rules, the ticket store and (if configured) the speech model; start learning the
+    pre-fill. The worker listens at once: callbacks and hand-offs never wait for the learning (a
+    minute on a new machine, when no cached model is there); transcriptions wait for it."""
+    jobs.prefill_classifier().warm_in_background()
     jobs.ticket_store()
     if os.environ.get("VOSK_MODEL_PATH"):
         try:

@@ -265,6 +265,64 @@ def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most
     assert classify("离职了公积金怎么提取")["line"] == "12329"
 
 
+def test_a_worker_listens_while_its_first_pre_fill_learns_and_a_transcription_waits_for_that_one(rules):
+    import ivr.prefill as prefill
+
+    classify = PrefillClassifier(lambda: rules)
+    learnings = []
+    with slow_learning() as learning:
+        held = prefill.Prefiller
+
+        def counted(*args, **kw):
+            learnings.append(threading.current_thread().name)
+            return held(*args, **kw)
+
+        prefill.Prefiller = counted
+        started = time.monotonic()
+        assert classify.warm_in_background() is rules  # the worker's start: back at once, with the rules
+        assert time.monotonic() - started < 1 and classify.rules() is rules
+        got = []
+        job = threading.Thread(target=lambda: got.append(classify.filler()))  # a transcription job
+        job.start()
+        job.join(1.5)
+        assert job.is_alive() and not got  # it waits for the learning under way ...
+        learning.set()
+        job.join(60)
+    assert got and got[0] is classify.filler() and got[0].fill("离职了公积金怎么提取").line == "12329"
+    assert learnings == ["prefill-learn"]  # ... and took that one: learned once, in the background
+
+
+def test_a_failed_background_learning_is_learned_again_by_the_job_that_waited_with_its_error(rules, monkeypatch):
+    import ivr.prefill as prefill
+
+    classify = PrefillClassifier(lambda: rules)
+    release = threading.Event()
+
+    def broken_once(*args, **kw):
+        if threading.current_thread().name == "prefill-learn":
+            assert release.wait(60)
+            raise OSError("data/subjects.yaml: no such file")
+        raise OSError("data/subjects.yaml: still no such file")
+
+    monkeypatch.setattr(prefill, "Prefiller", broken_once)
+    classify.warm_in_background()
+    errors = []
+
+    def job():
+        try:
+            classify.filler()
+        except OSError as exc:
+            errors.append(str(exc))
+
+    waiting = threading.Thread(target=job)
+    waiting.start()
+    waiting.join(1)
+    assert waiting.is_alive()
+    release.set()
+    waiting.join(30)
+    assert errors == ["data/subjects.yaml: still no such file"]  # the job's own try, its error
+
+
 def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_folder(rules, tmp_path, monkeypatch,
                                                                                     few_sentences):
     from ivr.prefill import model as learning

@@ -671,6 +671,7 @@ class PrefillClassifier:
         self._cache = (None, None, None)  # the rules and the centre's own files it was built for, the pre-fill
         self._learning = None  # (rules, own files) a background thread is learning for
         self._lock = threading.Lock()
+        self._tried = threading.Condition(self._lock)  # a learning ended, learned or not
         self._ready = threading.Event()  # the first pre-fill is there
         self._local, self._local_at = local_signature(), time.monotonic()
 
@@ -703,10 +704,15 @@ class PrefillClassifier:
                 self._cache = (rules, local, Prefiller(rules, built.catalogue, built.cues, built.calendar,
                                                        model=built.model))
                 return self._cache[2]
+            if built is None and wait_s is None and self._learning_for(rules, local):
+                # the first is being learned in the background (a worker that started listening
+                # at once): wait for it, then take it or learn it here, errors and all
+                self._tried.wait_for(lambda: self._cache[2] is not None or not self._learning_for(rules, local))
+                if self._cache[2] is not None:
+                    return self._cache[2]
             learn_here = built is None and wait_s is None
             if not learn_here and not self._learning_for(rules, local):
-                self._learning = (rules, local)
-                threading.Thread(target=self._learn, args=(rules, local), name="prefill-learn", daemon=True).start()
+                self._learn_in_background(rules, local)
             if built is not None:
                 return built
         if learn_here:  # the first, here and now: its errors are the caller's (start-up, workers)
@@ -714,6 +720,10 @@ class PrefillClassifier:
         self._ready.wait(wait_s)
         with self._lock:
             return self._cache[2]
+
+    def _learn_in_background(self, rules, local) -> None:  # with the lock held
+        self._learning = (rules, local)
+        threading.Thread(target=self._learn, args=(rules, local), name="prefill-learn", daemon=True).start()
 
     def _learning_for(self, rules, local) -> bool:
         return self._learning is not None and self._learning[0] is rules and self._learning[1] == local
@@ -725,6 +735,7 @@ class PrefillClassifier:
             with self._lock:
                 if self._learning_for(rules, local):
                     self._learning = None
+                self._tried.notify_all()
             if raise_errors:
                 raise
             log.exception("the pre-fill could not learn for rules version %s", getattr(rules, "version", "?"))
@@ -734,12 +745,28 @@ class PrefillClassifier:
                 self._cache = (rules, local, filler)
             if self._learning_for(rules, local):
                 self._learning = None
+            self._tried.notify_all()
         self._ready.set()
         return filler
 
     def warm(self) -> None:
         """Learn the pre-fill now (a few seconds) rather than on the first words heard."""
         self.filler().fill("预热")
+
+    def warm_in_background(self):
+        """Start learning the first pre-fill and return at once, with the current rules (their
+        errors are raised here). Whoever asks :meth:`filler` meanwhile waits for that learning:
+        a worker listens for callbacks and hand-offs while its transcriptions wait."""
+        rules = self._source()
+        local = self._local_now()
+        with self._lock:
+            if self._cache[2] is None and self._learning is None:
+                self._learn_in_background(rules, local)
+        return rules
+
+    def rules(self):
+        """The current rules, without waiting for the pre-fill."""
+        return self._source()
 
 
 def main(argv: list[str] | None = None, stdin=None, stdout=None) -> int:
