@@ -301,8 +301,10 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    services.warm()  # before the first stream's words
     server.start()
+    # the pre-fill learns meanwhile (a minute on a new machine): streams are taken at once, the
+    # router acts on emergency words without it, as the FastAGI server does
+    threading.Thread(target=services.warm, name="prefill-warm", daemon=True).start()
     log.info("AudioSocket server on %s:%d", *server.address[:2])
     stop.wait()
     server.stop()
