@@ -190,12 +190,20 @@ def state():
     return _error(400, "状态只能是就绪（ready）或小休（paused）；下岗请用 POST /agent/api/logout")
 
 
+def heartbeat_every_ms(timeout_s: float) -> int:
+    """How often a console beats: a third of the ACD's timeout (two beats may be lost), at least
+    every 10 s, at most every 3 s."""
+    return int(max(3000, min(10000, timeout_s * 1000 / 3)))
+
+
 @bp.post("/heartbeat")
 @agent_required
 def heartbeat():
-    if not _acd().heartbeat(g.agent_id):
+    acd = _acd()
+    if not acd.heartbeat(g.agent_id):
         return _error(409, "坐席未上岗，请重新上岗")
-    return jsonify(status="ok")
+    # the pace of now's rules: an admin who shortens the timeout is followed by consoles already open
+    return jsonify(status="ok", every_ms=heartbeat_every_ms(acd.heartbeat_timeout_s))
 
 
 @bp.post("/wrapup/done")

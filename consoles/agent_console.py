@@ -18,7 +18,7 @@ import secrets
 from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 
 from call_routing.router import conference_options
-from consoles.agent_api import TOKEN_TTL_S, agent_required, json_body
+from consoles.agent_api import TOKEN_TTL_S, agent_required, heartbeat_every_ms, json_body
 
 from . import labels, softphone
 from .auth import actor, check_csrf, register_trouble, roles_required
@@ -96,7 +96,7 @@ def console():
                            lines=lines, types=TYPES, labels=FIELD_LABELS, skills=skills,
                            pause_reasons=labels.AGENT_PAUSE_CHOICES, js_labels=labels.js_labels(),
                            softphone=softphone.for_seat(current_app.extensions["softphone"], agent),
-                           heartbeat_timeout_s=_acd().heartbeat_timeout_s)
+                           heartbeat_every_ms=heartbeat_every_ms(_acd().heartbeat_timeout_s))
 
 
 @bp.post("/seat/login")

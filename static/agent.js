@@ -274,11 +274,22 @@
 
   refresh();
   setInterval(refresh, 1500);
-  // the heartbeat: every third of the ACD's timeout, from a worker so a hidden tab keeps its seat
-  var everyMs = Math.max(3000, Math.min(10000, (Number(app.dataset.heartbeatTimeout) || 30) * 1000 / 3));
+  // the heartbeat: every third of the ACD's timeout, from a worker so a hidden tab keeps its seat;
+  // each beat's answer carries the pace of the rules now (every_ms)
+  var everyMs = Number(app.dataset.heartbeatEveryMs) || 10000;
   function beatFromThePage() {  // no worker here (or it failed to start): the page's own timer
-    setInterval(function () { api("POST", "heartbeat").catch(function () {}); }, everyMs);
-    api("POST", "heartbeat").catch(function () {});
+    var timer = null, current = null;
+    function pace(ms) {
+      if (!(ms >= 1000) || ms === current) return;
+      current = ms;
+      clearInterval(timer);
+      timer = setInterval(beat, current);
+    }
+    function beat() {
+      api("POST", "heartbeat").then(function (d) { pace(Number(d.every_ms)); }).catch(function () {});
+    }
+    pace(everyMs);
+    beat();
   }
   if (window.Worker) {
     var beats = new Worker(app.dataset.heartbeatWorker);

@@ -485,6 +485,39 @@ def test_an_agent_console_whose_page_cannot_run_its_timers_still_beats_so_the_se
     acd.logout("a9")
 
 
+def test_an_open_console_follows_an_admin_who_shortens_the_heartbeat_timeout_and_keeps_its_seat(server, browser):
+    # The page was loaded under a 30-second timeout (a beat every 10 s). An admin shortens the
+    # timeout to 10 s while agents work: a console still beating every 10 s would be signed out
+    # between two beats. Each beat's answer carries the new pace, and the console follows it.
+    d, acd = browser, server.extensions["acd"]
+    seat_ready_in_the_browser(server, d, "a6", "钱坐席")
+    path = server.extensions["rules"].path
+    before = path.read_text(encoding="utf-8")
+    assert "heartbeat_timeout_s: 30" in before
+    try:
+        path.write_text(before.replace("heartbeat_timeout_s: 30", "heartbeat_timeout_s: 10", 1), encoding="utf-8")
+        deadline = time.monotonic() + 10
+        while acd.heartbeat_timeout_s != 10 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert acd.heartbeat_timeout_s == 10
+        beats, until = [], time.monotonic() + 25  # the beat already due brings the new pace
+        while time.monotonic() < until:
+            at = acd.redis.zscore(acd.keys.beats(), "a6")
+            if not beats or at != beats[-1]:
+                beats.append(at)
+            acd.tick()  # as the ACD's timers do: a seat silent for 10 s is signed out
+            assert acd.agent("a6")["state"] == "ready", "the console lost its seat"
+            time.sleep(0.1)
+        gaps = [round(b - a, 1) for a, b in zip(beats, beats[1:])][-3:]  # the last three, at the new pace
+        assert len(gaps) == 3 and max(gaps) < 5, f"beats {gaps} s apart under a 10-second timeout"
+    finally:
+        path.write_text(before, encoding="utf-8")
+        deadline = time.monotonic() + 10
+        while acd.heartbeat_timeout_s != 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    acd.logout("a6")
+
+
 def test_an_agent_typing_in_the_ticket_when_wrap_up_ends_by_itself_keeps_the_edits_and_confirms_them(server, browser):
     base, d = server.base_url, browser
     acd = server.extensions["acd"]
