@@ -299,6 +299,39 @@ def test_a_hypothetical_or_negated_danger_is_nothing_at_all(rules):
     assert emergency_heard(rules, "我好怕 楼下着火了 烟都上来了").number == "119"
 
 
+@pytest.mark.parametrize("text", [
+    "我家燃气没气了 卡里还有钱",  # the gas supply, not a breath
+    "那个健身房关门了 老板也找不着了",  # a trader gone with the money, not a missing person
+    "孩子的疫苗本找不着了 能补办吗",  # a document
+    "超市关门了 会员卡里的钱谁给退",  # a shop's card, not a bank account being emptied
+    "锅炉房烟囱天天冒黑烟 熏得衣服都黑了",  # pollution
+    "邻居在楼顶上搭了个铁皮房",  # building on a roof, nobody standing there
+    "饭馆里好多人在抽烟 也没人管",  # smoking, not a fit
+    "卖的电动车头盔没有3C标志",
+    "路口那个井盖翻了半边 晚上容易踩空",
+    "公交站牌被风刮倒了 横在人行道上",
+])
+def test_what_happens_to_a_thing_raises_no_alarm(rules, text):
+    assert emergency_assessment(rules, text) == (None, None)
+
+
+@pytest.mark.parametrize("text,number", [
+    ("孩子把热水壶碰翻了 手上全是泡", "120"),  # a scald
+    ("店里伙计让热油泼了一胳膊", "120"),
+    ("我爸有点糊涂 出门买菜 人找不着了", "110"),  # a person, still missing
+    ("燃气管被挖机挖断了 正在往外呲气", "119"),
+])
+def test_what_happens_to_a_person_still_raises_it(rules, text, number):
+    c, p = emergency_assessment(rules, text)
+    assert (c or p) is not None and (c or p).number == number, text
+
+
+def test_water_on_the_floor_is_never_an_automatic_transfer_blood_is(rules):
+    assert emergency_assessment(rules, "楼下水管子爆了 水流了一地")[0] is None
+    assert emergency_heard(rules, "孩子玩鞭炮把手炸了 血流了一地").number == "120"
+    assert emergency_heard(rules, "我爸摔了一跤 头上流了一地的血").number == "120"
+
+
 def test_past_or_administrative_words_silence_only_the_danger_words_near_them(rules):
     # a routine question, then the emergency happens during the call: 医保 is far from 喊不醒
     routine_then_collapse = "嗯 我想问一下那个医保异地备案咋弄 哎 老头你咋了 你别吓我 他 他突然趴桌上了 喊不醒"
