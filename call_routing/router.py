@@ -173,15 +173,17 @@ def _taken_back(text: str, start: int, end: int) -> bool:
                 or (not text[start:end].endswith("了") and _WHAT_IF.search(text[end:end + 5])))
 
 
+_REMOVE_REACH = 24  # each pattern bounds its own reach; this only keeps the search short
+
+
 def _at_a_remove(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]`` is only likened to (跟爆炸似的), seen on a screen (电视上演…), dreamt,
     asked about (就问问…噎着了该咋弄), heard from others (看到说…起火了 是真的假的) or said and
     corrected (杀人啦 不是不是 我是说…): it may still be what it sounds like, so a seat hears it."""
-    before = text[max(0, start - 22):start]
-    return bool(_SIMILE.search(text[end:end + 4]) or _ON_SCREEN.search(text[max(0, start - 12):start])
-                or _ASKED_ABOUT.search(before) or _HEARSAY.search(before) or _I_MEANT.search(before)
-                or _RUMOUR_CHECKED.search(text[end:end + 24]) or _CORRECTED.search(text[end:end + 8])
-                or _A_FILM_OF.search(text[end:end + 12]))
+    before, after = text[max(0, start - _REMOVE_REACH):start], text[end:end + _REMOVE_REACH]
+    return bool(_SIMILE.search(after) or _A_FILM_OF.search(after) or _RUMOUR_CHECKED.search(after)
+                or _CORRECTED.search(after) or _ON_SCREEN.search(before) or _ASKED_ABOUT.search(before)
+                or _HEARSAY.search(before) or _I_MEANT.search(before))
 
 
 # An ``unless`` word (上个月, 理赔) speaks of the emergency words near it, not of the whole call:
