@@ -31,8 +31,8 @@ def post_worker_init(worker) -> None:
     through, once every few thousand requests (it set the p99 of ``/twilio/voice``); frozen,
     a full collection takes well under a millisecond. Objects made later are collected as usual.
 
-    Then the app's warm-ups (``app.extensions["warm_up"]``, e.g. the pre-fill classifier, whose
-    first build takes ≈ 0.5 s) run in a background thread, so that the first caller whose words
+    Then the app's warm-ups (``app.extensions["warm_up"]``, e.g. the pre-fill classifier: ≈ 0.5 s
+    to load the machine's cached model, over a minute to learn it on a new machine) run in a background thread, so that the first caller whose words
     are heard does not wait for them while holding a worker."""
     gc.freeze()
     warm_ups = list(getattr(getattr(worker, "wsgi", None), "extensions", {}).get("warm_up", ()))

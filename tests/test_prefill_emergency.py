@@ -292,6 +292,28 @@ def test_a_worker_listens_while_its_first_pre_fill_learns_and_a_transcription_wa
     assert learnings == ["prefill-learn"]  # ... and took that one: learned once, in the background
 
 
+def test_words_heard_while_a_server_warms_up_do_not_start_a_second_learning(rules):
+    import ivr.prefill as prefill
+
+    classify = PrefillClassifier(lambda: rules)
+    learnings = []
+    with slow_learning() as learning:
+        held = prefill.Prefiller
+
+        def counted(*args, **kw):
+            learnings.append(1)
+            return held(*args, **kw)
+
+        prefill.Prefiller = counted
+        warming = threading.Thread(target=classify.warm)  # a server's start
+        warming.start()
+        assert classify("离职了公积金怎么提取") is None  # a caller's words meanwhile: left for later
+        learning.set()
+        warming.join(60)
+    assert not warming.is_alive() and learnings == [1]
+    assert classify("离职了公积金怎么提取")["line"] == "12329"
+
+
 def test_a_failed_background_learning_is_learned_again_by_the_job_that_waited_with_its_error(rules, monkeypatch):
     import ivr.prefill as prefill
 

@@ -656,7 +656,8 @@ class PrefillClassifier:
     """What was heard -> the fields, when a specific domain stands out or the caller may be
     describing an emergency (``emergency_possible``); else None.
 
-    Learning takes seconds, and a caller's words never wait for it: the first pre-fill of a
+    Learning takes over a minute on a new machine (then each process loads the cached model in
+    about half a second), and a caller's words never wait for it: the first pre-fill of a
     process is learned by :meth:`warm` at start (the servers call it); words heard before it is
     ready wait at most ``FIRST_WAIT_S`` and are then left to the ticket's later reading. After a
     rules edit the previous pre-fill keeps reading while the new one learns in the background
@@ -750,7 +751,9 @@ class PrefillClassifier:
         return filler
 
     def warm(self) -> None:
-        """Learn the pre-fill now (a few seconds) rather than on the first words heard."""
+        """Learn the pre-fill now rather than on the first words heard, and wait for it: the
+        learning is the background one, so words heard meanwhile do not start a second."""
+        self.warm_in_background()
         self.filler().fill("预热")
 
     def warm_in_background(self):
