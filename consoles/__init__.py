@@ -15,6 +15,8 @@ from pathlib import Path
 
 from flask import Response, g, redirect, render_template, request, url_for
 
+from .labels import ERROR_WORDS
+
 log = logging.getLogger("hotline.consoles")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,10 +166,17 @@ def init_app(app) -> None:
     @app.errorhandler(404)
     @app.errorhandler(409)
     @app.errorhandler(410)
+    @app.errorhandler(405)
+    @app.errorhandler(413)
     @app.errorhandler(416)
     def console_error(exc):
-        if request.blueprint not in ("auth", "admin", "agent_console", "agent_ticket"):
+        # the consoles' pages, and any address that matched no page (a person typed or followed
+        # it); Twilio's webhooks and the metrics keep their own answers
+        unmatched = request.blueprint is None and not request.path.startswith(("/twilio/", "/metrics", "/healthz"))
+        if request.blueprint not in ("auth", "admin", "agent_console", "agent_ticket") and not unmatched:
             return exc
+        if exc.description == type(exc).description:  # werkzeug's own English words: ours instead
+            exc.description = ERROR_WORDS.get(exc.code, exc.description)
         if request.path.startswith(("/agent/api/", "/admin/api/")) or request.is_json:
             return {"error": exc.description}, exc.code
         headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # 416: Content-Range

@@ -167,7 +167,8 @@ def _ticket_payload(call: dict) -> dict:
     rules = current_app.extensions["rules"].current()
     ticket = store.get(int(call["ticket"])).view("agent") if call.get("ticket") else None
     line = rules.lines.get(call["line"] or "")
-    transfers = [{"kind": o["kind"], "name": o["name"]} for o in conference_options(rules, line)] if line else []
+    options = conference_options(rules, line) if line else ()
+    transfers = [{"kind": o["kind"], "name": o["name"]} for o in options]
     transfer_state = None
     front_end = None
     tw = current_app.extensions.get("twilio")
@@ -175,10 +176,15 @@ def _ticket_payload(call: dict) -> dict:
     if tw is not None and tw["legs"].known(call["id"]):
         front_end = "twilio"
         leg = tw["legs"].get(call["id"])
-        transfer_state = {k: leg.get(k) for k in ("transfer_state", "transfer_mode", "transfer_target", "agent_in")}
+        transfer_state = {k: leg.get(k) for k in ("transfer_state", "transfer_mode", "transfer_target", "transfer_agent",
+                                                  "agent_in")}
     elif pbx is not None and pbx.knows(call["id"]):
         front_end = "asterisk"
         transfer_state = pbx.state(call["id"])
+    if transfer_state:  # in words: never the endpoint or the kind's code
+        expert = transfer_state.get("transfer_agent")
+        expert_name = (_acd().agent(expert) or {}).get("name") if expert else None
+        transfer_state["text"] = labels.transfer_text(transfer_state, options, expert_name)
     line_name = (rules.line(call["line"] or "") or rules.hotline).name
     if ticket is not None:  # what the agent reads next to the fields: words and China times
         ticket["status_text"] = labels.TICKET_STATUSES.get(ticket["status"], ticket["status"])
@@ -215,7 +221,8 @@ def confirm():
     bad = sorted(k for k, v in edits.items() if not isinstance(v, (str, bool, int, float))
                  or (isinstance(v, str) and len(v) > MAX_FIELD_CHARS))
     if bad:
-        return jsonify(error=f"字段 {', '.join(bad)} 的值须为不超过 {MAX_FIELD_CHARS} 字的文字"), 400
+        names = "、".join(FIELD_LABELS.get(k, k) for k in bad)
+        return jsonify(error=f"{names}须为不超过 {MAX_FIELD_CHARS} 字的文字"), 400
     if "enterprise" in edits:
         edits["enterprise"] = edits["enterprise"] in (True, "true", "1", 1, "on")
     store = current_app.extensions["console"].tickets

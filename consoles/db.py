@@ -20,6 +20,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from intake.tickets import UTCDateTime, create_tables, database_schema, database_url, make_engine
 
+from .labels import TICKET_STATUSES
+
 ROLES = ("admin", "supervisor", "agent")
 ROLE_NAMES = {"admin": "管理员", "supervisor": "班长/质检", "agent": "坐席"}
 MIN_PASSWORD = 10
@@ -140,12 +142,34 @@ def text_diff(before: str | None, after: str | None, name: str = "", context: in
     return "\n".join(out) + ("\n" if out else "")
 
 
+#: the audited records' fields, as the admin reads them in a change
+DIFF_KEYS = {"username": "用户名", "display_name": "姓名", "role": "角色", "agent_id": "坐席号", "active": "启用",
+             "must_change_password": "下次登录须改密码", "status": "状态", "result": "办理结果", "name": "姓名",
+             "endpoints": "话机", "skills": "坐席组（技能：优先级）", "expert": "专家坐席"}
+
+
+def _diff_value(key: str, value) -> str:
+    if value is None or value == "":
+        return "（空）"
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if key == "role":
+        return ROLE_NAMES.get(value, str(value))
+    if key == "status":
+        return TICKET_STATUSES.get(value, str(value))
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def dict_diff(before: dict | None, after: dict | None) -> str:
+    """What changed, one field a line, in words: ``角色：坐席 → 班长/质检``."""
     before, after = before or {}, after or {}
     out = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
-            out.append(f"{key}: {before.get(key)!r} → {after.get(key)!r}")
+            out.append(f"{DIFF_KEYS.get(key, key)}：{_diff_value(key, before.get(key))} → "
+                       f"{_diff_value(key, after.get(key))}")
     return "\n".join(out)
 
 

@@ -47,8 +47,14 @@ AGENT_PAUSE_CHOICES = ("小休", "培训", "会议", "用餐")
 CALL_STATES = {"waiting": "排队中", "ringing": "振铃中", "connected": "通话中", "completed": "已结束",
                "abandoned": "来电人已挂断", "left": "已离开队列", "retry": "等待再次回拨", "failed": "回拨未接通",
                "resumed": "已重新接入"}
+#: what a person reads for an HTTP error that came with no words of ours
+ERROR_WORDS = {400: "请求无效，请检查后重试。", 401: "请先登录。", 403: "当前账号无权进行此操作。",
+               404: "找不到这个页面或对象，请检查地址是否正确。", 405: "不支持这样打开这个地址，请从页面上的按钮进入。",
+               409: "操作与当前状态冲突，请刷新后重试。", 410: "该内容已删除。", 413: "提交的内容过大（上限 2 MB）。",
+               416: "请求的范围无效。"}
 TRANSFER_KINDS = {"expert": "专家坐席", "subcenter": "分中心"}
-TRANSFER_STATES = {"ringing": "正在呼叫", "joined": "已接通"}
+TRANSFER_STATES = {"reserving": "正在找空闲的专家坐席", "ringing": "正在呼叫", "joined": "已接通",
+                   "handed": "已转交，您已退出"}
 #: what the ACD answers when it refuses an agent's action
 ACD_REFUSALS = {"bad_state": "当前状态不能这样操作", "phone": "话机未注册或占线，暂不能就绪",
                 "unknown": "坐席未在排队系统中配置", "not_ringing": "来电已不在振铃", "no_seat": "对方坐席组暂无空闲坐席",
@@ -61,6 +67,8 @@ EVENTS = {"opened": "系统建单", "prefilled": "语音预填", "heard": "通�
           "call_end": "通话结束", "survey": "满意度评价", "call_recorded": "保存全程录音",
           "call_transcribed": "全程录音转写", "recording_expired": "录音已过保存期"}
 ACTORS = {"system": "系统", "machine": "语音识别", "speech": "语音识别", "twilio-speech": "语音识别"}
+#: the live-speech servers, as the ticket's history names what they heard
+LIVE_SPEECH_SOURCES = {"audiosocket": "语音识别（实时）", "twilio-stream": "语音识别（实时）"}
 SUPERVISION_KINDS = {"matter": "同一事项", "unit": "同一单位"}
 #: what an audit entry records, as the admin reads it
 AUDIT_ACTIONS = {"login": "登录", "logout": "退出登录", "login.failed": "登录失败", "login.throttled": "登录受限",
@@ -164,12 +172,43 @@ def agent_state_text(state: str | None, reason: str | None = None) -> str:
     return f"{text}（{why}）" if why and why != text else text
 
 
+#: the technical reasons a recording was not transcribed (intake/speech.py, intake/jobs.py), by
+#: how they begin, as the agent reads them; the exact text stays in the worker's log
+_MANUAL_REASON_STARTS = (("speech job failed", "语音识别任务失败"),
+                         ("empty file", "录音为空（来电人可能未说话就挂断了）"),
+                         ("no audio in the recording", "录音为空（来电人可能未说话就挂断了）"),
+                         ("recording too long", "录音过长，未转写"),
+                         ("recording download", "录音下载失败"),
+                         ("never bridged", "通话未接通坐席，没有全程录音"))
+
+
 def manual_reason_text(reason: str | None) -> str:
     if not reason:
         return ""
-    if reason.startswith("speech job failed"):
-        return "语音识别任务失败"
-    return MANUAL_REASONS.get(reason, reason)
+    if reason in MANUAL_REASONS:
+        return MANUAL_REASONS[reason]
+    for start, text in _MANUAL_REASON_STARTS:
+        if reason.startswith(start):
+            return text
+    return "录音无法读取" if "recording" in reason else "语音识别失败"
+
+
+def transfer_text(transfer: dict | None, options, expert_name: str | None = None) -> str:
+    """What the agent reads of a transfer under way: ``三方转接：正在呼叫 分中心 12360海关…``.
+    ``transfer`` is the front-end's state (Asterisk names the kind as its target, Twilio the
+    number or endpoint rung); ``options`` the line's transfers (``conference_options``)."""
+    if not transfer or not transfer.get("transfer_state"):
+        return ""
+    mode = "直接转出" if transfer.get("transfer_mode") == "cold" else "三方转接"
+    state = TRANSFER_STATES.get(transfer["transfer_state"], "处理中")
+    target = transfer.get("transfer_target")
+    option = next((o for o in options if target in (o.get("kind"), o.get("number"))), None)
+    if option is None and transfer.get("transfer_agent"):  # Twilio rings an expert's endpoint
+        option = next((o for o in options if o.get("kind") == "expert"), None)
+    who = f"{TRANSFER_KINDS.get(option['kind'], '')} {option.get('name') or ''}".strip() if option else ""
+    if expert_name:
+        who = f"{who}（{expert_name}）" if who else expert_name
+    return f"{mode}：{state} {who}".strip()
 
 
 def numbers_text(value) -> str:
@@ -230,8 +269,8 @@ def person(name: str | None) -> str:
 def actor_text(actor: str | None) -> str:
     if not actor:
         return "系统"
-    if actor in ACTORS or actor.endswith("speech"):
-        return ACTORS.get(actor, "语音识别")
+    if actor in ACTORS or actor.endswith("speech") or actor in LIVE_SPEECH_SOURCES:
+        return ACTORS.get(actor) or LIVE_SPEECH_SOURCES.get(actor, "语音识别")
     if actor.startswith("cli:"):
         return f"命令行（{actor[4:]}）"
     return f"{SEAT} {actor}"

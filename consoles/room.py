@@ -14,7 +14,8 @@ from runtime.supervisor import STATE_KEY, STATE_TTL_S
 from . import labels
 
 PROCESS_NAMES = {"worker": "后台任务（语音转写、回拨、工单推送）", "timers": "排队计时（超时、溢出、回拨）",
-                 "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）"}
+                 "fastagi": "FastAGI 服务（Asterisk 来电）", "proxy": "Web 前置代理（nginx）",
+                 "audiosocket": "实时语音识别（Asterisk AudioSocket）", "media": "实时语音识别（Twilio 媒体流）"}
 PROCESS_STATES = {"running": "运行中", "restarting": "已退出，等待重启", "stopped": "已停止", "starting": "启动中",
                   "silent": "所在节点无报告"}
 BAND = 10 ** 13  # queue score = (9 - priority) * BAND + entered ms (docs/acd.md)

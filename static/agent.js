@@ -9,7 +9,6 @@
   var STATE = L.agent_states || {};
   var CALL = L.call_states || {};
   var KIND = L.transfer_kinds || {};
-  var TSTATE = L.transfer_states || {};
   // why the system paused a seat (the agent's own reasons are already in Chinese)
   var REASON = L.pause_reasons || {};
   var STATUS = L.statuses || {};
@@ -40,9 +39,14 @@
       });
     });
   }
+  // an error as the agent reads it: the server's own words are Chinese; what the browser says
+  // when the network or the server is down ("Failed to fetch") is not
+  function errText(e) {
+    return e && /[\u4e00-\u9fff]/.test(e.message) ? e.message : "与服务器的连接中断，请稍候再试";
+  }
   function act(method, path, body, done) {
     return api(method, path, body).then(function (d) { if (done) msg(done); refresh(); return d; })
-      .catch(function (e) { msg(e.message, true); });
+      .catch(function (e) { msg(errText(e), true); });
   }
 
   var gone = false;
@@ -113,8 +117,7 @@
     }
     var tr = t && t.transfer;
     var active = tr && tr.transfer_state;
-    $("transfer-state").textContent = active ? ((tr.transfer_mode === "cold" ? "直接转出" : "三方转接") + "：" +
-      (TSTATE[tr.transfer_state] || tr.transfer_state) + " " + (tr.transfer_target || "")) : "";
+    $("transfer-state").textContent = active ? (tr.text || "") : "";
     $("btn-cancel-transfer").hidden = !active;
     $("btn-leave").hidden = !(active && tr.transfer_state === "joined");
   }
@@ -202,7 +205,7 @@
   }
   function demo(action, body, done) {
     api("POST", "demo-phone/" + action, body).then(function () { msg(done); pollDemoPhone(); refresh(); })
-      .catch(function (e) { msg(e.message, true); });
+      .catch(function (e) { msg(errText(e), true); });
   }
   $("dp-answer").addEventListener("click", function () { demo("answer", null, "已接听"); });
   $("dp-hold").addEventListener("click", function () { demo("hold", null, "已保持，来电人听到等待音乐"); });
@@ -229,7 +232,7 @@
       }
       renderCall(me, null);
       renderTicket(null);
-    }).catch(function (e) { msg(e.message, true); }).then(function () { busyPoll = false; });
+    }).catch(function (e) { msg(errText(e), true); }).then(function () { busyPoll = false; });
   }
 
   document.querySelectorAll("#ticket input, #ticket select").forEach(function (el) {
@@ -247,7 +250,7 @@
       dirty = {};
       renderTicket(t);
       msg("工单已确认");
-    }).catch(function (e) { msg(e.message, true); });
+    }).catch(function (e) { msg(errText(e), true); });
   });
   $("finish").addEventListener("submit", function (ev) {
     ev.preventDefault();  // same POST as the plain form, with the session's CSRF token, answered in JSON
@@ -263,7 +266,7 @@
         return d;
       });
     }).then(function (d) { renderTicket(d); msg("工单已办结，已排队派发"); })
-      .catch(function (e) { msg(e.message, true); });
+      .catch(function (e) { msg(errText(e), true); });
   });
   $("btn-ready").addEventListener("click", function () { act("POST", "state", {state: "ready"}, "已就绪，等待来电"); });
   $("btn-pause").addEventListener("click", function () { act("POST", "state", {state: "paused", reason: $("pause-reason").value}, "已小休"); });

@@ -183,11 +183,11 @@ def test_user_changes_are_audited_with_who_when_and_a_before_after_diff(app):
     update = next(e for e in entries if e.action == "user.update")
     create = next(e for e in entries if e.action == "user.create")
     assert update.actor == "admin" and update.target == "zhao" and update.at is not None
-    assert "role: 'agent' → 'supervisor'" in update.diff
+    assert "角色：坐席 → 班长/质检" in update.diff  # in words, not the stored codes
     assert '"role": "agent"' in update.before and '"role": "supervisor"' in update.after
     assert create.before is None and "zhao" in create.after
     page = client.get(f"/admin/audit/{update.id}").get_data(as_text=True)
-    assert "supervisor" in page and "admin" in page
+    assert "班长/质检" in page and "admin" in page
 
 
 def test_the_users_command_creates_a_user_who_can_sign_in(app, tmp_path):

@@ -492,3 +492,67 @@ def test_the_audit_history_and_version_pages_speak_in_actions_and_human_times(ap
     assert "发布" in history and "回滚" in history and CN_TIME.search(history)
     version = page_text(admin.get(f"/admin/rules/history/{lived_in['<int:version_id>']}").get_data(as_text=True))
     assert CN_TIME.search(version) and not _STAMP.search(version)
+
+
+# -- what goes wrong reads in Chinese too ------------------------------------------------------------
+def test_an_address_that_is_no_page_and_a_wrong_way_in_answer_in_chinese(app):
+    client = staff(app)
+    for url, method, code in (("/admin/tickets/20251206-0001", "get", 404),  # a ticket number typed as the id
+                              ("/no/such/page", "get", 404), ("/logout", "get", 405)):
+        r = getattr(client, method)(url)
+        text = page_text(r.get_data(as_text=True))
+        assert r.status_code == code and re.search(r"[\u4e00-\u9fff]{4}", text), (url, text)
+        for english in ("Not Found", "Method Not Allowed", "requested URL"):
+            assert english not in text, (url, text)
+    r = client.post("/admin/api/nothing", json={})
+    assert r.status_code == 404 and "找不到" in r.get_json()["error"]
+    # Twilio's webhooks keep their own answers (TwiML or a plain status), never a console page
+    assert "返回我的工作台" not in app.test_client().get("/twilio/nothing").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("reason, words", [
+    ("empty file (0 bytes)", "录音为空"),
+    ("no audio in the recording (0 samples)", "录音为空"),
+    ("recording download refused: HTTP 404", "录音下载失败"),
+    ("recording too long: 3900 s (limit 3600 s)", "录音过长"),
+    ("speech job failed: OSError: [Errno 28] No space left on device", "语音识别任务失败"),
+    ("cannot open recording: No such file or directory", "录音无法读取"),
+])
+def test_why_a_ticket_waits_for_manual_entry_is_said_in_words_never_the_engineers_text(reason, words):
+    from consoles.labels import manual_reason_text
+
+    text = manual_reason_text(reason)
+    assert words in text and not re.search(r"[A-Za-z]{3}", text), text
+
+
+def test_what_the_live_speech_servers_heard_is_signed_speech_not_a_seat():
+    from consoles.labels import actor_text
+
+    assert actor_text("audiosocket") == actor_text("twilio-stream") == "语音识别（实时）"
+    assert actor_text("a1").endswith(" a1")  # a seat is still a seat
+
+
+@pytest.mark.parametrize("transfer, words", [
+    ({"transfer_state": "ringing", "transfer_mode": "three_way", "transfer_target": "subcenter"},
+     "三方转接：正在呼叫 分中心 海关12360分中心"),  # Asterisk names the kind
+    ({"transfer_state": "handed", "transfer_mode": "three_way", "transfer_target": "expert", "transfer_agent": "e1"},
+     "三方转接：已转交，您已退出 专家坐席 法律专家坐席（周律师）"),
+    ({"transfer_state": "joined", "transfer_mode": "cold", "transfer_target": "sip:12360@subcenter.example.gov.cn"},
+     "直接转出：已接通 分中心 海关12360分中心"),  # Twilio names the address rung
+])
+def test_a_transfer_under_way_is_told_in_words_with_who_is_rung(transfer, words):
+    from consoles.labels import transfer_text
+
+    options = ({"kind": "expert", "skill": "legal_expert", "name": "法律专家坐席"},  # as conference_options gives them
+               {"kind": "subcenter", "number": "sip:12360@subcenter.example.gov.cn", "name": "海关12360分中心"})
+    assert transfer_text(transfer, options, "周律师" if transfer.get("transfer_agent") else None) == words
+
+
+def test_a_field_too_long_is_named_in_words(app):
+    agent = app.test_client()
+    auth = seat_token(app, agent)
+    tw = call_waiting(app, "CAlong")
+    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw, "CAlong")
+    r = agent.post("/agent/api/ticket/confirm", json={"edits": {"summary": "长" * 2001}}, headers=auth)
+    assert r.status_code == 400 and r.get_json()["error"].startswith("摘要须为不超过"), r.get_json()

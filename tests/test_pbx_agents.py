@@ -117,6 +117,7 @@ def test_the_console_pops_the_ticket_and_runs_a_three_way_on_asterisk(pbx, conso
     wait_until(lambda: call.bridged("Local/7011@lab-agent"), 15, 0.05, "the expert to answer")
     wait_until(lambda: (console_view() or {}).get("transfer", {}) and
                console_view()["transfer"]["transfer_state"] == "joined", 10, 0.2, "the console to show it joined")
+    assert console_view()["transfer"]["text"].startswith("三方转接：已接通 专家坐席"), console_view()["transfer"]
     # 取消转接: the expert is dropped, the caller stays with the agent
     r = console.post("/agent/api/asterisk/cancel", headers=auth)
     assert r.status_code == 200 and r.get_json()["status"] == "cancelled", r.get_json()
@@ -143,5 +144,26 @@ def test_the_console_refuses_a_three_way_with_no_expert_free_and_nothing_changes
     wait_until(lambda: seat_state(world, "7020")[0] == "busy", 10, 0.1, "the agent talking")
     r = console.post("/agent/api/asterisk/three-way", json={"kind": "expert"}, headers=auth)
     assert r.get_json()["status"] == "refused" and "专家坐席暂无空闲" in r.get_json()["error"]
+    time.sleep(1)
+    assert not call.conference() and not call.hung_up(leg)
+
+
+def test_a_three_way_when_the_asterisk_manager_cannot_be_reached_gives_the_expert_back(pbx, console):
+    # the console's switchboard cannot reach Asterisk's manager (AMI down, a firewall change):
+    # the agent reads why in words, the expert seat reserved for the transfer is free again at
+    # once (not held until a ring timeout), and the caller stays with the agent as they were
+    world = pbx
+    auth = agent_token(world, console, "7030", {"legal": 50})
+    world.seat("7031", {"legal_expert": 50})
+    call = world.call("12348")
+    leg = call.bridged_with("Local/7030@lab-agent")
+    wait_until(lambda: seat_state(world, "7030")[0] == "busy", 10, 0.1, "the agent talking")
+    console.application.extensions["asterisk"].url = "ami://hotline:wrong@127.0.0.1:9"  # nothing listens there
+    r = console.post("/agent/api/asterisk/three-way", json={"kind": "expert"}, headers=auth)
+    assert r.status_code == 502 and r.get_json()["error"].startswith("电话交换机（Asterisk）暂时连不上"), r.get_json()
+    assert "Errno" not in r.get_json()["error"] and "ami://" not in r.get_json()["error"]
+    assert seat_state(world, "7031")[0] == "ready"  # the reservation went back
+    view = console.get("/agent/api/ticket", headers=auth).get_json()
+    assert not (view.get("transfer") or {}).get("transfer_state"), view.get("transfer")
     time.sleep(1)
     assert not call.conference() and not call.hung_up(leg)

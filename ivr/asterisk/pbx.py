@@ -174,7 +174,11 @@ def run_in_background(acd) -> threading.Event | None:
 
 # -- the agent console's transfers ------------------------------------------------------------------
 class SwitchboardError(RuntimeError):
-    """The PBX could not do what the agent asked (nothing changed for the caller)."""
+    """The PBX could not do what the agent asked (nothing changed for the caller); its text is
+    what the agent reads."""
+
+
+UNREACHABLE = "电话交换机（Asterisk）暂时连不上，请稍后再试；一直如此请联系管理员"
 
 
 class AsteriskSwitchboard:
@@ -194,8 +198,9 @@ class AsteriskSwitchboard:
     def _ami(self) -> AMI:
         try:
             return connect(self.url)
-        except (OSError, AMIError) as exc:
-            raise SwitchboardError(f"电话交换机（Asterisk）暂时连不上：{exc}") from exc
+        except (OSError, AMIError) as exc:  # the engineer's detail in the log, the agent's in words
+            log.error("the Asterisk manager cannot be reached: %s", exc)
+            raise SwitchboardError(UNREACHABLE) from exc
 
     def start_three_way(self, call_id: str, kind: str) -> dict:
         """``kind`` subcenter | expert: reserve through the flow, then move the call on the PBX."""
@@ -217,9 +222,10 @@ class AsteriskSwitchboard:
                            CallerID="12345")
                 if not in_conference:
                     ami.action("Redirect", Channel=call.channel, Context="hotline-conf", Exten="caller", Priority=1)
-        except (OSError, AMIError) as exc:
+        except (OSError, AMIError, SwitchboardError) as exc:  # nothing rang: the reservation goes back
             self.flow.three_way_cancel(call_id, "ring-failed")
-            raise SwitchboardError(f"转接未能发起：{exc}") from exc
+            log.error("call %s: the three-way transfer could not be started: %s", call_id, exc)
+            raise SwitchboardError(str(exc) if isinstance(exc, SwitchboardError) else "转接未能发起，请稍后再试") from exc
         return {"status": "ringing", "kind": kind, "party": turn.party}
 
     def cancel(self, call_id: str) -> dict:
@@ -239,7 +245,8 @@ class AsteriskSwitchboard:
             with self._ami() as ami:
                 ami.action("ConfbridgeKick", Conference=f"hotline-{call_id}", Channel=call.agent_channel)
         except (OSError, AMIError) as exc:
-            raise SwitchboardError(f"退出三方未成功：{exc}") from exc
+            log.error("call %s: the agent could not leave the three-way call: %s", call_id, exc)
+            raise SwitchboardError("退出三方未成功，请稍后再试") from exc
         return {"status": "left"}
 
     def _hang_up_party(self, call_id: str) -> None:
@@ -257,4 +264,4 @@ class AsteriskSwitchboard:
         if not call.three_way_state:
             return None
         return {"transfer_state": call.three_way_state, "transfer_mode": "three_way",
-                "transfer_target": call.three_way}
+                "transfer_target": call.three_way, "transfer_agent": call.expert}
