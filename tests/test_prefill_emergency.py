@@ -35,13 +35,16 @@ IF_A_FIRE = "我们小区消防通道老被堵，真要起火了消防车都进�
 
 @contextlib.contextmanager
 def slow_learning():
-    """The pre-fill's learning in the background holds until the event is set (a slow machine)."""
+    """The pre-fill's learning in the background holds until the event is set (a slow machine);
+    ``event.learned_in`` lists the threads that learned from scratch."""
     import ivr.prefill as prefill
 
     release, learn = threading.Event(), prefill.Prefiller
+    release.learned_in = []
 
     def held(rules, *args, **kw):
         if not args and not kw:  # learning from scratch, not reusing a learned model
+            release.learned_in.append(threading.current_thread().name)
             assert release.wait(60)
         return learn(rules, *args, **kw)
 
@@ -266,18 +269,8 @@ def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most
 
 
 def test_a_worker_listens_while_its_first_pre_fill_learns_and_a_transcription_waits_for_that_one(rules):
-    import ivr.prefill as prefill
-
     classify = PrefillClassifier(lambda: rules)
-    learnings = []
     with slow_learning() as learning:
-        held = prefill.Prefiller
-
-        def counted(*args, **kw):
-            learnings.append(threading.current_thread().name)
-            return held(*args, **kw)
-
-        prefill.Prefiller = counted
         started = time.monotonic()
         assert classify.warm_in_background() is rules  # the worker's start: back at once, with the rules
         assert time.monotonic() - started < 1 and classify.rules() is rules
@@ -289,28 +282,18 @@ def test_a_worker_listens_while_its_first_pre_fill_learns_and_a_transcription_wa
         learning.set()
         job.join(60)
     assert got and got[0] is classify.filler() and got[0].fill("离职了公积金怎么提取").line == "12329"
-    assert learnings == ["prefill-learn"]  # ... and took that one: learned once, in the background
+    assert learning.learned_in == ["prefill-learn"]  # ... and took that one: learned once, in the background
 
 
 def test_words_heard_while_a_server_warms_up_do_not_start_a_second_learning(rules):
-    import ivr.prefill as prefill
-
     classify = PrefillClassifier(lambda: rules)
-    learnings = []
     with slow_learning() as learning:
-        held = prefill.Prefiller
-
-        def counted(*args, **kw):
-            learnings.append(1)
-            return held(*args, **kw)
-
-        prefill.Prefiller = counted
         warming = threading.Thread(target=classify.warm)  # a server's start
         warming.start()
         assert classify("离职了公积金怎么提取") is None  # a caller's words meanwhile: left for later
         learning.set()
         warming.join(60)
-    assert not warming.is_alive() and learnings == [1]
+    assert not warming.is_alive() and learning.learned_in == ["prefill-learn"]
     assert classify("离职了公积金怎么提取")["line"] == "12329"
 
 
