@@ -53,6 +53,17 @@ def answer(app, tw, sid="CAcitizen1", agent="a1"):
                                           "StatusCallbackEvent": "conference-start"})
 
 
+def on_a_call(app, sid="CAcitizen1"):
+    """Agent a1 signed in and ready, talking to the citizen of ``sid``: (their client, their
+    agent-API headers, the citizen's Twilio)."""
+    client = app.test_client()
+    auth = seat_token(app, client)
+    tw = call_waiting(app, sid)
+    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
+    answer(app, tw, sid)
+    return client, auth, tw
+
+
 def test_an_agent_gets_the_call_with_its_prefilled_ticket_confirms_it_and_starts_a_three_way_transfer(app):
     acd = app.extensions["acd"]
     open_expert_seats(app)
@@ -238,11 +249,7 @@ def test_ticket_edits_that_are_not_short_text_are_refused_naming_the_field_and_c
 
     from tests.console_support import served
 
-    client = app.test_client()
-    auth = seat_token(app, client)
-    tw = call_waiting(app)
-    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
-    answer(app, tw)
+    client, auth, tw = on_a_call(app)
     before = client.get("/agent/api/ticket", headers=auth).get_json()["ticket"]["fields"]
     with served(app) as base:
         def confirm(edits):

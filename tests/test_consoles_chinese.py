@@ -15,7 +15,7 @@ import pytest
 from call_routing.acd import Agent
 from call_routing.rules import CHINA_TZ
 from tests.console_support import make_console_app, sign_in
-from tests.test_consoles_agent import CALLER, answer, call_waiting, seat_token
+from tests.test_consoles_agent import CALLER, answer, call_waiting, on_a_call, seat_token
 
 CN_TIME = re.compile(r"\d{2}月\d{2}日 \d{2}:\d{2}")
 ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
@@ -339,11 +339,7 @@ def test_an_agent_who_clicks_seat_logout_during_a_call_keeps_the_call_and_its_ti
     from tests.console_support import form_csrf
     from tests.twilio_support import call_params
 
-    client = app.test_client()
-    auth = seat_token(app, client)
-    tw = call_waiting(app, "CAlast")
-    client.post("/agent/api/state", json={"state": "ready"}, headers=auth)
-    answer(app, tw, "CAlast")
+    client, auth, tw = on_a_call(app, "CAlast")
     csrf = form_csrf(client.get("/agent/").get_data(as_text=True))
     page = client.post("/agent/seat/logout", data={"csrf_token": csrf}, follow_redirects=True).get_data(as_text=True)
     assert 'id="agent-app"' in page and "本通来电结束后自动下岗。请继续处理当前来电和工单。" in visible(page)
@@ -421,11 +417,7 @@ def lived_in(app, tickets):
     from tests.console_support import csrf_of, form_csrf
     from tests.twilio_support import call_params
 
-    agent = app.test_client()
-    auth = seat_token(app, agent)
-    tw = call_waiting(app, "CAlived")
-    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
-    answer(app, tw, "CAlived")
+    agent, auth, tw = on_a_call(app, "CAlived")
     assert agent.post("/agent/api/ticket/confirm", json={"edits": {"summary": "咨询法律援助"}},
                       headers=auth).status_code == 200
     csrf = form_csrf(agent.get("/agent/").get_data(as_text=True))
@@ -549,10 +541,6 @@ def test_a_transfer_under_way_is_told_in_words_with_who_is_rung(transfer, words)
 
 
 def test_a_field_too_long_is_named_in_words(app):
-    agent = app.test_client()
-    auth = seat_token(app, agent)
-    tw = call_waiting(app, "CAlong")
-    agent.post("/agent/api/state", json={"state": "ready"}, headers=auth)
-    answer(app, tw, "CAlong")
+    agent, auth, _ = on_a_call(app, "CAlong")
     r = agent.post("/agent/api/ticket/confirm", json={"edits": {"summary": "长" * 2001}}, headers=auth)
     assert r.status_code == 400 and r.get_json()["error"].startswith("摘要须为不超过"), r.get_json()
