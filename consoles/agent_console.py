@@ -105,7 +105,7 @@ def seat_login():
     acd = _acd()
     agent_id = g.user.agent_id
     if not agent_id or acd.agent(agent_id) is None:
-        flash(f"坐席 {agent_id or '（未设置）'} 尚未在排队系统中配置，请联系管理员（python -m consoles.users seat …）。", "error")
+        flash(f"坐席 {agent_id or '（未设置）'} 尚未在排队系统中配置，请联系管理员在“坐席”页面为您新建坐席。", "error")
         return redirect(url_for("agent_console.console"))
     state = "paused" if request.form.get("state") == "paused" else "ready"
     result = acd.login(agent_id, state, "小休" if state == "paused" else "")

@@ -27,11 +27,13 @@
     "Bye": "对方已挂断", "User Denied Media Access": "浏览器不允许使用麦克风",
     "WebRTC Error": "浏览器无法建立语音连接", "SIP Failure Code": "电话服务器拒绝了通话"
   };
+  // the phone library's reasons are English: ours in words, any other one said plainly
+  function cause(why) { return CAUSES[why] || "电话服务器返回错误，请联系管理员"; }
   function reg(state, why) {
     $("sp-reg").textContent = REG[state];
     $("sp-reg").dataset.state = state;
     $("sp-reg").className = "state s-" + (state === "registered" ? "ready" : "offline");
-    $("sp-reg-why").textContent = why ? "（" + (CAUSES[why] || why) + "）" : "";
+    $("sp-reg-why").textContent = why ? "（" + cause(why) + "）" : "";
   }
 
   var session = null;
