@@ -230,10 +230,14 @@ def transfer():
     agent = acd.agent(g.agent_id)
     if agent["state"] != "busy" or not agent["call"]:
         return _error(409, "当前没有可转接的通话")
+    skill = str(body.get("skill", ""))
+    if skill not in acd.rules.skills:  # e.g. a rules edit removed the group since the page showed it
+        return _error(400, "要转入的坐席组已不在当前规则中，请刷新页面后再选")
     try:
-        return _result(acd.transfer(agent["call"], str(body.get("skill", ""))), **_me())
+        return _result(acd.transfer(agent["call"], skill), **_me())
     except ACDError as exc:
-        return _error(400, str(exc))
+        log.warning("agent %s: transfer to %r refused: %s", g.agent_id, skill, exc)
+        return _error(400, "转接未能完成，请刷新页面后再试")
 
 
 @bp.post("/logout")
