@@ -155,8 +155,9 @@ _ASKED_ABOUT = re.compile(r"(?:就|只|只是|随便|就想|想)问问[^，。,.
 # heard from others (刷短视频看到说…起火了 是真的假的啊, 听说…): a rumour the caller checks
 _HEARSAY = re.compile(r"(?:听说|看到说|网上说|群里说|听人说|听别人说)[^，。,.!?！？；;\s]{0,16}$")
 _RUMOUR_CHECKED = re.compile(r"^[^。！？!?]{0,16}?(?:是真的假的|真的假的|是真的吗|是不是真的)")
-# said, then taken back by the caller (杀人啦 不是不是 我是说菜价要杀人了): a seat hears them
-_CORRECTED = re.compile(r"^[啦了啊呀吧]?[\s，,。.!！]*(?:不是不是|不对不对|说错了|口误)")
+# said, then taken back or explained by the caller (杀人啦 不是不是 我是说菜价要杀人了; 喊杀人啦 其实是…
+# 排练小品): a seat hears them
+_CORRECTED = re.compile(r"^[啦了啊呀吧]?[\s，,。.!！]*(?:不是不是|不对不对|说错了|口误|其实是|其实就是|原来是)")
 _I_MEANT = re.compile(r"我是说[^，。,.!?！？；;\s]{0,10}$")
 
 

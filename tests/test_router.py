@@ -326,6 +326,19 @@ def test_what_happens_to_a_person_still_raises_it(rules, text, number):
     assert (c or p) is not None and (c or p).number == number, text
 
 
+@pytest.mark.parametrize("text", [
+    "对门天天半夜喊杀人啦 其实是俩人在排练小品 就是太吵了",  # said, then explained
+    "我家狗掉冰窟窿里了 在那嗷嗷叫 能不能来人帮忙捞一下",  # an animal, not a person
+])
+def test_a_danger_explained_away_or_befalling_an_animal_is_never_an_automatic_transfer(rules, text):
+    assert emergency_assessment(rules, text)[0] is None
+
+
+def test_a_person_in_the_ice_or_a_fire_said_again_after_an_explanation_still_transfers(rules):
+    assert emergency_heard(rules, "孩子掉冰窟窿里了 快来人").number == "119"
+    assert emergency_heard(rules, "着火了 其实是楼下饭店的厨房着火了 烟都上来了").number == "119"
+
+
 def test_water_on_the_floor_is_never_an_automatic_transfer_blood_is(rules):
     assert emergency_assessment(rules, "楼下水管子爆了 水流了一地")[0] is None
     assert emergency_heard(rules, "孩子玩鞭炮把手炸了 血流了一地").number == "120"
