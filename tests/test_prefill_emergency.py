@@ -329,7 +329,7 @@ def test_a_failed_background_learning_is_learned_again_by_the_job_that_waited_wi
 
 
 def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_folder(rules, tmp_path, monkeypatch,
-                                                                                    few_sentences):
+                                                                                    few_sentences, caplog):
     from ivr.prefill import model as learning
 
     learned = []
@@ -342,9 +342,13 @@ def test_the_learned_model_is_learned_once_per_machine_and_only_from_a_closed_fo
     monkeypatch.setattr(learning.TextModel, "__init__", counted)
     cache = tmp_path / "cache"
     monkeypatch.setenv("HOTLINE_CACHE_DIR", str(cache))
-    first = Prefiller(rules)
-    again = Prefiller(rules)  # another process of the product, starting next
+    with caplog.at_level("INFO", logger="ivr.prefill.model"):
+        first = Prefiller(rules)
+        again = Prefiller(rules)  # another process of the product, starting next
     assert len(learned) == 1 and len(list(cache.glob("prefill-*.pickle"))) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "ivr.prefill.model"]
+    assert said[0].startswith("learning the pre-fill") and said[1].startswith("pre-fill learned in")
+    assert len(said) == 2  # the operator reads that it learned, once; loading says nothing
     for text in ("离职了公积金怎么提取", "对门家一直往外冒黑烟，敲门没人开", "小区物业乱收停车费"):
         at = "2026-12-06T10:00:00+08:00"  # one instant for both: the deadline is counted from it
         assert again.fill(text, at).to_dict() == first.fill(text, at).to_dict()

@@ -311,7 +311,7 @@ def learned_once(key: str, learn: Callable[[], "TextModel"]) -> "TextModel":
 
     folder = cache_dir()
     if folder is None:
-        return learn()
+        return _learn_logged(learn)
     target = folder / f"prefill-{key}.pickle"
     with open(folder / f"prefill-{key}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -324,7 +324,7 @@ def learned_once(key: str, learn: Callable[[], "TextModel"]) -> "TextModel":
                     return model
                 except Exception as exc:  # a file of an older library version: learn it again
                     log.warning("the cached pre-fill %s could not be read (%s): learning it again", target.name, exc)
-            model = learn()
+            model = _learn_logged(learn)
             tmp = folder / f".{target.name}.{os.getpid()}"
             with open(tmp, "wb") as f:
                 pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -333,6 +333,19 @@ def learned_once(key: str, learn: Callable[[], "TextModel"]) -> "TextModel":
             return model
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _learn_logged(learn: Callable[[], "TextModel"]) -> "TextModel":
+    """``learn()``, said in the log: on a new machine it takes a minute, and the operator
+    watching the first start should know what the CPU is doing and when it is done."""
+    import time
+
+    log.info("learning the pre-fill from the labelled sentences (about a minute on a new machine; "
+             "calls are taken meanwhile)")
+    started = time.monotonic()
+    model = learn()
+    log.info("pre-fill learned in %.0f s", time.monotonic() - started)
+    return model
 
 
 KEEP_MODELS = 6
