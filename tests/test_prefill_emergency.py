@@ -97,8 +97,9 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     # (683 of 27,265) since session 16 read danger from the characters alone, which caught 0.84
     # instead of 0.58 of 90 emergencies written apart without the usual words; 2.8 % since session
     # 17's rounds (1,589 sentences, 110 of them hard negatives written to sound like danger: 4.0 %
-    # of them raise a possible alarm by the words alone; the older sentences 2.4 %)
-    assert cv["false_alarms"] <= 0.028 * cv["negatives"], cv
+    # of them raise a possible alarm by the words alone; the older sentences 2.4 %); 2.4 % (731 of
+    # 30,058) since session 18's exceptions for what happens to things, not persons: floor 2.6 %
+    assert cv["false_alarms"] <= 0.026 * cv["negatives"], cv
     # dev.jsonl keeps the labels it came with; the guide follows them since sessions 14 (lines)
     # and 15 (types) but for a blocked fire lane (12345, read as 96119): 0.96 / 0.96 on 2026-12-07
     assert dev["type"] >= 0.94 and dev["line"] >= 0.94, dev
@@ -111,7 +112,7 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     assert all(f["auto_transfers"] == 0 for f in by_file.values()), by_file
     # the confidence means something: fields it is sure of are right far more often than 待核实 ones
     assert cv["sure_accuracy"] > cv["unsure_accuracy"] + 0.2, cv
-    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 35 s), not a test
+    assert report["training_s"] > 0  # how long learning takes is in docs/tickets.md (about 75 s), not a test
     # what "right" means here: two labellers, reading the same sentences blind, agreed this often
     two = report["labellers"]["writers/second_labeller"]
     assert two["sentences"] >= 28355 and 0.9 < two["type"] < 1 and 0.9 < two["line"] < 1, two
