@@ -201,9 +201,17 @@ _GOES_ON = re.compile(r"^[^，。,.!?！？；;\s]{0,8}?(?:到现在|至今|到�
 _NOW = re.compile(r"现在|刚才|刚刚|这会儿|眼下|今天|今早|(?<![天晚昨])早上")
 
 
+# A joke denied (不是开玩笑, 我没跟你开玩笑, 不是闹着玩的) is a caller insisting it is real; 别开玩笑
+# (stop joking) is not a denial
+_JOKE = re.compile(r"玩笑|闹着玩|逗你玩|哈哈|笑死")
+_JOKE_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！？；;\s]{0,4}$")
+
+
 def _says_over(text: str, found: re.Match) -> bool:
     """Whether the ``unless`` word ``found`` in ``text`` says the matter is over: a time word
-    followed by 到现在 or 就有 does not."""
+    followed by 到现在 or 就有 does not, nor a joke denied (不是开玩笑 真着火了)."""
+    if _JOKE.search(found.group(0)) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
+        return False
     return not (_TIME_WORD.search(found.group(0)) and _GOES_ON.search(text[found.end():found.end() + 14]))
 
 

@@ -339,6 +339,23 @@ def test_a_person_in_the_ice_or_a_fire_said_again_after_an_explanation_still_tra
     assert emergency_heard(rules, "着火了 其实是楼下饭店的厨房着火了 烟都上来了").number == "119"
 
 
+@pytest.mark.parametrize("text,number", [
+    ("不是开玩笑 真的着火了 快来", "119"),
+    ("我没跟你开玩笑 有人在撬我家门", "110"),
+    ("有人拿刀砍人 不是开玩笑的 快来人", "110"),
+    ("不是闹着玩的 我爸倒地上叫不醒了", "120"),
+])
+def test_a_caller_who_says_it_is_no_joke_is_transferred_at_once(rules, text, number):
+    # 开玩笑 silences the danger words near it; denied, it is a frightened caller insisting
+    assert emergency_heard(rules, text).number == number
+
+
+@pytest.mark.parametrize("text", ["刚才说着火了是开玩笑的 不好意思", "别开玩笑了 哪着火了",
+                                  "我家孩子在旁边喊救命呢 闹着玩的别管他 那个 社保卡丢了去哪补办啊"])
+def test_a_joke_owned_up_to_is_no_emergency(rules, text):
+    assert emergency_assessment(rules, text) == (None, None)
+
+
 def test_water_on_the_floor_is_never_an_automatic_transfer_blood_is(rules):
     assert emergency_assessment(rules, "楼下水管子爆了 水流了一地")[0] is None
     assert emergency_heard(rules, "孩子玩鞭炮把手炸了 血流了一地").number == "120"
