@@ -207,10 +207,21 @@ _JOKE = re.compile(r"玩笑|闹着玩|逗你玩|哈哈|笑死")
 _JOKE_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！？；;\s]{0,4}$")
 
 
+# "all right" said of before (刚才还好好的 突然…) or asked (现在没事吧 不对…): not over
+_FINE = re.compile(r"好好的|没事")
+_WAS_FINE = re.compile(r"(?:还|本来|原来|之前|刚才|刚刚)$")
+_ASKED_FINE = re.compile(r"^[吧吗嘛么？?]")
+
+
 def _says_over(text: str, found: re.Match) -> bool:
     """Whether the ``unless`` word ``found`` in ``text`` says the matter is over: a time word
-    followed by 到现在 or 就有 does not, nor a joke denied (不是开玩笑 真着火了)."""
-    if _JOKE.search(found.group(0)) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
+    followed by 到现在 or 就有 does not, nor a joke denied (不是开玩笑 真着火了), nor "all right"
+    said of a moment before (刚才还好好的) or asked (现在没事吧)."""
+    word = found.group(0)
+    if _JOKE.search(word) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
+        return False
+    if _FINE.search(word) and (_WAS_FINE.search(text[max(0, found.start() - 4):found.start()])
+                               or _ASKED_FINE.search(text[found.end():found.end() + 1])):
         return False
     return not (_TIME_WORD.search(found.group(0)) and _GOES_ON.search(text[found.end():found.end() + 14]))
 

@@ -356,6 +356,19 @@ def test_a_joke_owned_up_to_is_no_emergency(rules, text):
     assert emergency_assessment(rules, text) == (None, None)
 
 
+@pytest.mark.parametrize("text,number", [
+    ("我家孩子刚才还好好的 突然被人抱走了", "110"),  # all right a moment before: not over
+    ("现在没事吧 不对 他倒下了 叫不醒", "120"),  # all right asked, then the truth
+])
+def test_all_right_said_of_a_moment_before_or_asked_does_not_silence_the_danger(rules, text, number):
+    assert emergency_heard(rules, text).number == number
+
+
+def test_a_scrape_with_the_person_all_right_is_no_automatic_transfer(rules):
+    assert emergency_assessment(rules, "被车撞了一下 人好好的 就是车刮了")[0] is None
+    assert emergency_heard(rules, "刚才还好好的 被车撞了 躺地上起不来").number == "122"
+
+
 def test_water_on_the_floor_is_never_an_automatic_transfer_blood_is(rules):
     assert emergency_assessment(rules, "楼下水管子爆了 水流了一地")[0] is None
     assert emergency_heard(rules, "孩子玩鞭炮把手炸了 血流了一地").number == "120"
