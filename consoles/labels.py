@@ -443,4 +443,4 @@ def ticket_view(view: dict, rules=None, now: datetime | None = None, numbers: di
 def js_labels() -> dict:
     """The tables the agent console's script needs (one source for page and script)."""
     return {"agent_states": AGENT_STATES, "pause_reasons": PAUSE_REASONS, "call_states": CALL_STATES,
-            "transfer_kinds": TRANSFER_KINDS, "transfer_states": TRANSFER_STATES, "statuses": TICKET_STATUSES}
+            "transfer_kinds": TRANSFER_KINDS, "statuses": TICKET_STATUSES}
