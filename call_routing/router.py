@@ -207,6 +207,12 @@ _JOKE = re.compile(r"玩笑|闹着玩|逗你玩|哈哈|笑死")
 _JOKE_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！？；;\s]{0,4}$")
 
 
+# A drill spoken of (演习, 演练: 广播喊着火了…那是演习吧) leaves the danger words near it possible,
+# never silenced: fires break out during drills too. A drill denied (不是演习), or followed by a
+# danger said to be real (演练的时候仓库真着火了), is a caller insisting, as with a joke denied
+_DRILL = re.compile(r"演习|演练")
+
+
 # "all right" said of before (刚才还好好的 突然…) or asked (现在没事吧 不对…): not over
 _FINE = re.compile(r"好好的|没事")
 _WAS_FINE = re.compile(r"(?:还|本来|原来|之前|刚才|刚刚)$")
@@ -215,10 +221,11 @@ _ASKED_FINE = re.compile(r"^[吧吗嘛么？?]")
 
 def _says_over(text: str, found: re.Match) -> bool:
     """Whether the ``unless`` word ``found`` in ``text`` says the matter is over: a time word
-    followed by 到现在 or 就有 does not, nor a joke denied (不是开玩笑 真着火了), nor "all right"
+    followed by 到现在 or 就有 does not, nor a joke or drill denied (不是开玩笑 真着火了), nor "all right"
     said of a moment before (刚才还好好的) or asked (现在没事吧)."""
     word = found.group(0)
-    if _JOKE.search(word) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
+    if (_JOKE.search(word) or _DRILL.search(word)) and _JOKE_DENIED.search(
+            text[max(0, found.start() - 8):found.start()]):
         return False
     if _FINE.search(word) and (_WAS_FINE.search(text[max(0, found.start() - 4):found.start()])
                                or _ASKED_FINE.search(text[found.end():found.end() + 1])):
@@ -228,10 +235,16 @@ def _says_over(text: str, found: re.Match) -> bool:
 
 def _over(text: str, said: list[re.Match], start: int, end: int) -> str | None:
     """What the ``unless`` words ``said`` near ``text[start:end]`` make of it: ``"over"`` (silenced),
-    ``"before"`` (only time words the caller moved on from to now: 昨晚…早上去喊他…没动静) or None."""
+    ``"before"`` (only time words the caller moved on from to now: 昨晚…早上去喊他…没动静, or a drill
+    spoken of: possible) or None."""
     near = [m for m in said if m.start() - UNLESS_REACH <= end and start <= m.end() + UNLESS_REACH]
     if not near:
         return None
+    drills = [m for m in near if _DRILL.search(m.group(0))]
+    near = [m for m in near if m not in drills]
+    if drills and not near:  # a drill, unless the caller says the danger after it is real (…真着火了)
+        real = all(m.end() <= start and "真" in text[m.end():start] for m in drills)
+        return None if real else "before"
     moved_on = all(m.end() <= start and _TIME_WORD.search(m.group(0)) and _NOW.search(text[m.end():start])
                    for m in near)
     return "before" if moved_on else "over"

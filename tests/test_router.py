@@ -356,6 +356,22 @@ def test_a_joke_owned_up_to_is_no_emergency(rules, text):
     assert emergency_assessment(rules, text) == (None, None)
 
 
+@pytest.mark.parametrize("text", [
+    "刚才那是演习吧，我们小区广播喊着火了大家疏散，我跑下来一看什么都没有，是不是搞错了",  # round 21: was automatic
+    "今天下午镇中学搞那个疏散演练放了好多烟我们住旁边的以为出啥事了",
+    "演练结束了 三楼那边又冒烟了",
+])
+def test_a_drill_spoken_of_leaves_the_fire_possible_never_automatic_never_silenced(rules, text):
+    certain, possible = emergency_assessment(rules, text)
+    assert certain is None and possible.number == "119"
+
+
+@pytest.mark.parametrize("text", ["不是演习 真着火了 快来", "这不是演练啊 真着火了 三楼全是烟",
+                                  "消防演练的时候仓库真的着火了 有人没出来"])
+def test_a_drill_denied_or_a_fire_said_real_after_it_is_transferred_at_once(rules, text):
+    assert emergency_heard(rules, text).number == "119"
+
+
 @pytest.mark.parametrize("text,number", [
     ("我家孩子刚才还好好的 突然被人抱走了", "110"),  # all right a moment before: not over
     ("现在没事吧 不对 他倒下了 叫不醒", "120"),  # all right asked, then the truth
