@@ -211,6 +211,8 @@ _JOKE_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！�
 # never silenced: fires break out during drills too. A drill denied (不是演习), or followed by a
 # danger said to be real (演练的时候仓库真着火了), is a caller insisting, as with a joke denied
 _DRILL = re.compile(r"演习|演练")
+_NOT_REAL = re.compile(f"{_JOKE.pattern}|{_DRILL.pattern}")
+_SAID_REAL = re.compile(r"(?<![当别认])真(?:的|是)?$")  # 真着火了, 真的着火了; not 当真, 别当真
 
 
 # "all right" said of before (刚才还好好的 突然…) or asked (现在没事吧 不对…): not over
@@ -224,8 +226,7 @@ def _says_over(text: str, found: re.Match) -> bool:
     followed by 到现在 or 就有 does not, nor a joke or drill denied (不是开玩笑 真着火了), nor "all right"
     said of a moment before (刚才还好好的) or asked (现在没事吧)."""
     word = found.group(0)
-    if (_JOKE.search(word) or _DRILL.search(word)) and _JOKE_DENIED.search(
-            text[max(0, found.start() - 8):found.start()]):
+    if _NOT_REAL.search(word) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
         return False
     if _FINE.search(word) and (_WAS_FINE.search(text[max(0, found.start() - 4):found.start()])
                                or _ASKED_FINE.search(text[found.end():found.end() + 1])):
@@ -238,13 +239,13 @@ def _over(text: str, said: list[re.Match], start: int, end: int) -> str | None:
     ``"before"`` (only time words the caller moved on from to now: 昨晚…早上去喊他…没动静, or a drill
     spoken of: possible) or None."""
     near = [m for m in said if m.start() - UNLESS_REACH <= end and start <= m.end() + UNLESS_REACH]
+    if _SAID_REAL.search(text[max(0, start - 3):start]):  # 演练的时候…真着火了: not a drill, not a joke
+        near = [m for m in near if not (_NOT_REAL.search(m.group(0)) and m.end() <= start)]
+    drills = [m for m in near if _DRILL.search(m.group(0))]
+    if drills and len(drills) == len(near):
+        return "before"
     if not near:
         return None
-    drills = [m for m in near if _DRILL.search(m.group(0))]
-    near = [m for m in near if m not in drills]
-    if drills and not near:  # a drill, unless the caller says the danger after it is real (…真着火了)
-        real = all(m.end() <= start and "真" in text[m.end():start] for m in drills)
-        return None if real else "before"
     moved_on = all(m.end() <= start and _TIME_WORD.search(m.group(0)) and _NOW.search(text[m.end():start])
                    for m in near)
     return "before" if moved_on else "over"

@@ -351,7 +351,8 @@ def test_a_caller_who_says_it_is_no_joke_is_transferred_at_once(rules, text, num
 
 
 @pytest.mark.parametrize("text", ["刚才说着火了是开玩笑的 不好意思", "别开玩笑了 哪着火了",
-                                  "我家孩子在旁边喊救命呢 闹着玩的别管他 那个 社保卡丢了去哪补办啊"])
+                                  "我家孩子在旁边喊救命呢 闹着玩的别管他 那个 社保卡丢了去哪补办啊",
+                                  "我就开了个玩笑 跟快递员说包裹里是炸弹 他当真报警了"])  # 当真 is not 真
 def test_a_joke_owned_up_to_is_no_emergency(rules, text):
     assert emergency_assessment(rules, text) == (None, None)
 
@@ -367,8 +368,8 @@ def test_a_drill_spoken_of_leaves_the_fire_possible_never_automatic_never_silenc
 
 
 @pytest.mark.parametrize("text", ["不是演习 真着火了 快来", "这不是演练啊 真着火了 三楼全是烟",
-                                  "消防演练的时候仓库真的着火了 有人没出来"])
-def test_a_drill_denied_or_a_fire_said_real_after_it_is_transferred_at_once(rules, text):
+                                  "消防演练的时候仓库真的着火了 有人没出来", "刚才是开玩笑 现在真着火了 快来"])
+def test_a_drill_or_joke_denied_or_a_fire_said_real_after_it_is_transferred_at_once(rules, text):
     assert emergency_heard(rules, text).number == "119"
 
 
