@@ -1,6 +1,7 @@
 """Command line: ``python -m call_routing check [RULES]`` and ``python -m call_routing route …``.
 
-``check`` exits 0 for a valid file, else 1 with one ``FILE:LINE: field: message`` per problem.
+``check`` exits 0 for a valid file (``FILE: OK — 校验通过：32 条原热线号码，…``), else 1 with one
+``FILE:LINE: field: message`` per problem (the message in Chinese, for the admins who read it).
 ``route`` prints the decision for one call as a JSON object (DESIGN.md §4).
 """
 from __future__ import annotations
@@ -31,8 +32,8 @@ def _load_or_exit(path: str):
 def cmd_check(args) -> int:
     path = _rules_path(args.rules)
     rules = _load_or_exit(path)
-    print(f"{path}: OK — {len(rules.lines)} legacy lines, {len(rules.skills)} seat groups, "
-          f"version {rules.version}")
+    print(f"{path}: OK — 校验通过：{len(rules.lines)} 条原热线号码，{len(rules.skills)} 个坐席组，"
+          f"版本 {rules.version}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """transfer_rules.yaml: load, validate, and compile into the :class:`Rules` the router reads.
 
 Admins edit the YAML; a file is either fully valid or not loaded at all. Every problem is
-reported at once, each as ``FILE:LINE: field: what is wrong (allowed: …)`` — never a
+reported at once, each as ``FILE:LINE: field: what is wrong (allowed: …)`` in the admins'
+Chinese (``…: lines.12348.mode: 不允许的值「duel」（可选：merge, dual, subcenter）``) — never a
 traceback. The YAML is read with the safe composer only (no tags that build objects, no
 anchors/aliases), so a rules file can never run code or blow up memory. What the file may
 contain is the model in :mod:`call_routing.schema`; this module reads the file with a line for
@@ -9,6 +10,7 @@ every key, validates it with the model, and places each problem at its line.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -22,6 +24,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from call_routing import schema
+from call_routing.schema import shown
 
 CHINA_TZ = schema.CHINA_TZ  # China time: every module imports it from here
 EMERGENCY_NUMBERS = schema.EMERGENCY_NUMBERS
@@ -175,11 +178,23 @@ class _Doc:
         self.file = file
         self.where: dict[tuple, int] = {}
         self.problems: list[Problem] = []
+        self.refused: set[str] = set()  # fields whose value was refused here (None to the model: said once)
         self._constructor = SafeConstructor()
         self._seen: set[int] = set()
 
     def problem(self, path: tuple, message: str, line: int | None = None) -> None:
         self.problems.append(Problem(self.file, line or self.line_of(path), _dotted(path), message))
+
+    def refuse(self, path: tuple, message: str, line: int) -> None:
+        """The value at ``path`` cannot be read: said here, and read as None (the model says nothing more of it)."""
+        self.refused.add(_dotted(path))
+        self.problem(path, message, line)
+
+    def problems_of(self, found) -> None:
+        """The model's (path, message) problems, placed at their lines; none for a value refused already."""
+        for where, message in found:
+            if _dotted(where) not in self.refused:
+                self.problem(where, message)
 
     def line_of(self, path: tuple) -> int:
         while path:
@@ -190,25 +205,24 @@ class _Doc:
 
     def build(self, node, path: tuple = ()):
         if id(node) in self._seen:
-            self.problem(path, "anchors and aliases (& and *) are not supported; write the value out",
-                         node.start_mark.line + 1)
+            self.refuse(path, NO_ANCHORS, node.start_mark.line + 1)
             return None
         self._seen.add(id(node))
         self.where.setdefault(path, node.start_mark.line + 1)
         if node.tag not in _SAFE_TAGS:
-            self.problem(path, f"YAML tag {node.tag!r} is not allowed (plain values, lists and mappings only)",
+            self.refuse(path, f"不允许使用 YAML 标签「{node.tag}」（只能写普通的值、列表和映射）",
                          node.start_mark.line + 1)
             return None
         if isinstance(node, MappingNode):
             out: dict = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
-                    self.problem(path, "keys must be plain words or numbers", key_node.start_mark.line + 1)
+                    self.problem(path, "键只能是普通的词或数字", key_node.start_mark.line + 1)
                     continue
                 key = str(key_node.value)
                 key_path = path + (key,)
                 if key in out:
-                    self.problem(key_path, f"written twice (first at line {self.where[key_path]})",
+                    self.problem(key_path, f"重复出现（第一次在第 {self.where[key_path]} 行）",
                                  key_node.start_mark.line + 1)
                     continue
                 self.where[key_path] = key_node.start_mark.line + 1
@@ -221,8 +235,10 @@ class _Doc:
             return items
         try:
             value = self._constructor.construct_object(node, deep=True)
-        except Exception as exc:  # e.g. a timestamp like 2021-13-45
-            self.problem(path, f"cannot read value {node.value!r}: {exc}", node.start_mark.line + 1)
+        except Exception:  # e.g. a timestamp like 2021-13-45, or !!int abc
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.refuse(path, schema.NOT_A_MOMENT.format(v=shown(node.value)) if kind == "timestamp"
+                        else f"无法把{shown(node.value)}读作 {kind}", node.start_mark.line + 1)
             return None
         return _WrittenInt(value, node.value) if type(value) is int else value
 
@@ -241,39 +257,48 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+NO_ANCHORS = "不支持锚点和别名（& 和 *）：请把值完整写出"
+
+
+def _os_error(exc: OSError) -> str:
+    """Why a file cannot be read, in the admin's words (the system's own words kept for the rare rest)."""
+    said = {errno.EACCES: "没有读取权限", errno.EPERM: "没有读取权限", errno.ENOTDIR: "路径中有一段不是目录",
+            errno.ELOOP: "符号链接过多（可能成环）", errno.EIO: "磁盘读写错误", errno.ENAMETOOLONG: "文件名太长"}
+    return "无法读取：" + said.get(exc.errno, exc.strerror or str(exc))
+
+
 def read_rules_text(path: str | os.PathLike) -> tuple[bytes | None, list[Problem]]:
     """The bytes of a rules file, or one clear problem saying why it cannot be read."""
     name = str(path)
     p = Path(path)
     try:
         if p.is_dir():
-            return None, [Problem(name, 0, "", "is a directory, not a rules file")]
+            return None, [Problem(name, 0, "", "是目录，不是规则文件")]
         size = p.stat().st_size
     except FileNotFoundError:
-        return None, [Problem(name, 0, "", "no such file")]
+        return None, [Problem(name, 0, "", "文件不存在")]
     except OSError as exc:
-        return None, [Problem(name, 0, "", f"cannot read: {exc.strerror}")]
+        return None, [Problem(name, 0, "", _os_error(exc))]
     if size > MAX_RULES_BYTES:
-        return None, [Problem(name, 0, "", f"file is {size / 1048576:.1f} MB; a rules file may be at most "
+        return None, [Problem(name, 0, "", f"文件太大：{size / 1048576:.1f} MB，最大 "
                                           f"{MAX_RULES_BYTES // 1048576} MB")]
     try:
         data = p.read_bytes()
     except OSError as exc:
-        return None, [Problem(name, 0, "", f"cannot read: {exc.strerror}")]
+        return None, [Problem(name, 0, "", _os_error(exc))]
     return data, []
 
 
 def _decode(name: str, data: bytes) -> tuple[str | None, list[Problem]]:
     if b"\x00" in data:
-        return None, [Problem(name, 0, "", "is a binary file, not UTF-8 YAML text")]
+        return None, [Problem(name, 0, "", "是二进制文件，不是 UTF-8 编码的 YAML 文本")]
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        return None, [Problem(name, line, "", "is not UTF-8 text (save the file as UTF-8)")]
+        return None, [Problem(name, line, "", "不是 UTF-8 文本（请以 UTF-8 编码保存）")]
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
-        return None, [Problem(name, 0, "", "is empty: a rules file needs at least hotline, emergency, skills "
-                                          "and lines")]
+        return None, [Problem(name, 0, "", "是空文件：规则文件至少要有 hotline, emergency, skills, lines")]
     return text, []
 
 
@@ -300,27 +325,70 @@ def parse_yaml(name: str, text: str) -> tuple[dict | None, _Doc]:
     try:
         deep = _too_deep(text)
         if deep is not None:
-            doc.problems.append(Problem(name, deep, "", f"nested more than {MAX_YAML_DEPTH} levels deep"))
+            doc.problems.append(Problem(name, deep, "", f"嵌套超过 {MAX_YAML_DEPTH} 层"))
             return None, doc
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        what = exc.problem or exc.context or "malformed YAML"
-        doc.problems.append(Problem(name, line, "", f"malformed YAML: {what}"))
+        doc.problems.append(Problem(name, line, "", "YAML 格式错误：" + _yaml_problem(exc.problem or exc.context or "")))
+        return None, doc
+    except yaml.reader.ReaderError as exc:  # a control character: PyYAML gives its position, not a line
+        line = text[: exc.position].count("\n") + 1
+        doc.problems.append(Problem(name, line, "", f"YAML 格式错误：含有不允许的控制字符 U+{exc.character:04X}"
+                            if isinstance(exc.character, int) else f"YAML 格式错误：{exc.reason}"))
         return None, doc
     except yaml.YAMLError as exc:
-        doc.problems.append(Problem(name, 0, "", f"malformed YAML: {exc}"))
+        doc.problems.append(Problem(name, 0, "", f"YAML 格式错误：{exc}"))
         return None, doc
     if node is None:
-        doc.problems.append(Problem(name, 0, "", "is empty"))
+        doc.problems.append(Problem(name, 0, "", "是空文件"))
         return None, doc
     value = doc.build(node)
     if not isinstance(value, dict):
         doc.problems.append(Problem(name, node.start_mark.line + 1, "",
-                                    "must be a mapping of sections (hotline, queue, emergency, skills, lines)"))
+                                    "应为由各部分组成的映射（hotline, queue, emergency, skills, lines）"))
         return None, doc
     return value, doc
+
+
+#: PyYAML's words for malformed YAML (its ``problem``), each as the admin reads it; \1 is what it found
+_YAML_PROBLEMS = [(re.compile(pattern), said) for pattern, said in (
+    (r"^mapping values are not allowed here$", "这里不能出现“: ”（检查缩进；值里含“: ”时请给值加引号）"),
+    (r"^could not find expected ':'$", "找不到应有的冒号 :（检查键后的冒号，以及引号是否成对）"),
+    (r"^found character '\\t' that cannot start any token$", "不能用 Tab 缩进，请改用空格"),
+    (r"^found character (.+) that cannot start any token$", r"字符 \1 不能出现在这里（含特殊字符的值请加引号）"),
+    (r"^expected <block end>, but found", "缩进不一致（同一层的键要对齐）"),
+    (r"^expected ',' or '\]', but got", "方括号 [ 没有闭合，或列表项之间缺少逗号"),
+    (r"^expected ',' or '\}', but got", "花括号 { 没有闭合，或各项之间缺少逗号"),
+    (r"^found unexpected end of stream$", "文件意外结束（引号或括号没有闭合）"),
+    (r"^expected the node content, but found", "这里缺少值"),
+    (r"^sequence entries are not allowed here$", "这里不能出现列表项“- ”（检查缩进）"),
+    (r"^mapping keys are not allowed here$", "这里不能出现“? ”（检查缩进）"),
+    (r"^found unknown escape character (.+)$", r"双引号里有未知的转义字符 \1（反斜杠请写成 \\\\，或改用单引号）"),
+    (r"^found (undefined alias|duplicate anchor)", NO_ANCHORS),
+    (r"^(expected a single document in the stream|found unexpected document separator|but found another document)$",
+     "一个文件只能有一个 YAML 文档（不要写 ---）"),
+    (r"^expected alphabetic or numeric character", "& 或 * 后缺少名称（不支持锚点和别名；值里有 & 或 * 时请加引号）"),
+    (r"^expected '<document start>', but found", "以 % 开头的行是 YAML 指令，其后须有 ---（值以 % 开头时请加引号）"),
+    (r"^found incompatible YAML document", "不支持的 YAML 版本（%YAML 只能是 1.x）"),
+    (r"^found duplicate YAML directive$", "%YAML 指令写了两次"),
+    (r"^expected (chomping or indentation indicators|indentation indicator)",
+     "| 或 > 后只能写 +、- 或 1 到 9 的数字（多行文本的标记）"),
+    (r"^expected escape sequence of (\d+) hexadecimal numbers", r"双引号里的 \\x、\\u 或 \\U 后须有 \1 位十六进制数字"),
+    (r"^expected a comment or a line break, but found (.+)$", r"这一行多出了 \1（后面只能写 # 注释）"),
+    (r"^(found undefined tag handle|found non-specific tag|expected URI|expected '[!>]'|expected ' ', but found)",
+     "YAML 标签（!）写法有误；规则文件不使用标签"),
+)]
+
+
+def _yaml_problem(problem: str) -> str:
+    """PyYAML's words for malformed YAML in the admin's (its own kept for the rare rest, after YAML 格式错误)."""
+    for pattern, said in _YAML_PROBLEMS:
+        found = pattern.search(problem)
+        if found:
+            return found.expand(said)
+    return problem or "无法解析"
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,8 +402,7 @@ def check_rules(path: str | os.PathLike) -> tuple[Rules | None, list[Problem]]:
     if raw is None:
         return None, problems
     spec, found = schema.validate(schema.RulesFile, raw)
-    for where, message in found + schema.references(raw):
-        doc.problem(where, message)
+    doc.problems_of(found + schema.references(raw))
     keywords, kw_data, kw_path = _keywords(doc, raw.get("emergency"), Path(path).resolve().parent)
     if doc.problems:
         return None, sorted(doc.problems, key=lambda p: (p.file != name, p.file, p.line))
@@ -363,11 +430,11 @@ def _keywords(doc: _Doc, emergency, base_dir: Path) -> tuple[schema.KeywordsFile
     data, raw, kdoc, problems = read_yaml(kw_path)
     if data is None:  # said at keywords_file
         for p in problems:
-            doc.problem(("emergency", "keywords_file"), f"{kw_file.strip()}: {p.message}")
+            doc.problem(("emergency", "keywords_file"), f"{kw_file.strip()}：{p.message}")
         return None, b"", str(kw_path)
     keywords, found = schema.validate(schema.KeywordsFile, raw) if raw is not None else (None, [])
-    for where, message in found:
-        kdoc.problem(where, message)
+    if kdoc is not None:
+        kdoc.problems_of(found)
     doc.problems.extend(kdoc.problems if kdoc else problems)
     return keywords, data, str(kw_path)
 

@@ -1,7 +1,9 @@
 """What transfer_rules.yaml and its emergency keyword file may contain: one declarative model.
 
 Every key's type, range, allowed values, default, and whether it is required or unknown is
-declared here (pydantic v2), with the message an admin reads when a value does not fit and a
+declared here (pydantic v2), with the message an admin reads when a value does not fit (in
+Chinese: the admins are a 12345 centre's telecom engineers; keys, allowed values and the value as
+written stay literal, e.g. ``不允许的值「duel」（可选：merge, dual, subcenter）``) and a
 ``description`` for the admin's YAML editor (:func:`json_schema`). :mod:`call_routing.rules`
 reads the YAML with a line for every key and places each problem of :func:`validate` and
 :func:`references` (what relates sections: skills named exist, overflow chains end) at its line.
@@ -36,10 +38,11 @@ def _fail(message: str):
 
 
 def _rule(test, message: str, then=None, after=False, **schema):
-    """A validator: ``then(v)`` (or v) if ``test(v)``, else ``message`` with ``{v}`` filled in."""
+    """A validator: ``then(v)`` (or v) if ``test(v)``, else ``message`` with ``{v}`` (the value as
+    :func:`shown`) or ``{raw}`` (the value itself) filled in."""
     def check(v):
         if not test(v):
-            _fail(message.format(v=v))
+            _fail(message.format(v=shown(v), raw=v))
         return then(v) if then else v
     return AfterValidator(check) if after else BeforeValidator(check, **schema)
 
@@ -49,6 +52,15 @@ def _raw(value) -> str:
     return str(getattr(value, "raw", value) if value is not None else "").strip()
 
 
+def shown(value) -> str:
+    """A value in a message, as the admin wrote it: 「duel」, 「25:00」, 「0」, 「true」; nothing written is 空值."""
+    if value is None:
+        return "空值"
+    if isinstance(value, bool):
+        return "「true」" if value else "「false」"
+    return f"「{_raw(value) if isinstance(value, int) else value}」"
+
+
 MAX_PROMPT_CHARS = 300  # a prompt is spoken to every caller of its line: 300 characters is over a minute
 MAX_NAME_CHARS = 80
 #: what every caller hears first when the rules say nothing else (one sentence, no menu)
@@ -56,26 +68,34 @@ DEFAULT_GREETING = "您好，这里是12345政务服务便民热线，正在为�
 
 
 def _text(what: str, limit: int = MAX_NAME_CHARS):
+    subject = what + " " if what[-1].isascii() else what  # 坐席组 id 不能为空, 提示语不能为空
     return Annotated[str, Field(json_schema_extra={"maxLength": limit}),  # for the editor; the check below words it
-                     _rule(lambda v: isinstance(v, str), f"must be {what}, got {{v!r}}", str.strip),
+                     _rule(lambda v: isinstance(v, str), f"应为{what}（文字），而不是{{v}}", str.strip),
                      _rule(lambda v: v is not None and not (isinstance(v, str) and not v.strip()),
-                           f"{what} must not be empty"),
-                     _rule(lambda v: len(v) <= limit, f"{what} is too long: at most {limit} characters", after=True)]
+                           f"{subject}不能为空"),
+                     _rule(lambda v: len(v) <= limit, f"{subject}太长：最多 {limit} 个字符", after=True)]
+
+
+def not_allowed(allowed: str) -> str:
+    """A value that is not one of ``allowed``: 不允许的值「duel」（可选：merge, dual, subcenter）."""
+    return f"不允许的值{{v}}（可选：{allowed}）"
 
 
 def _one_of(*allowed: str):
-    return Annotated[Literal[allowed], _rule(lambda v: v in allowed,
-                                             f"{{v!r}} is not allowed (allowed: {', '.join(allowed)})")]
+    return Annotated[Literal[allowed], _rule(lambda v: v in allowed, not_allowed(", ".join(allowed)))]
 
 
-def _whole(low: int, high: int, unit: str = " of seconds"):
+def _whole(low: int, high: int, unit: str = "（秒）"):
     return Annotated[int, Field(ge=low, le=high), _rule(
         lambda v: type(v) is not bool and isinstance(v, int) and low <= v <= high,
-        f"{{v!r}} must be a whole number{unit} from {low} to {high}", int)]
+        f"{{v}}应为 {low} 到 {high} 之间的整数{unit}", int)]
 
 
 def _written(regex: re.Pattern, message: str):
     return Annotated[str, Field(pattern=regex.pattern), _rule(regex.match, message), BeforeValidator(_raw)]
+
+
+NOT_A_MOMENT = "{v}不是有效的日期或时间（例：2021-01-01 或 2021-01-01 08:00）"
 
 
 def _moment(end_of_day: bool):
@@ -89,7 +109,7 @@ def _moment(end_of_day: bool):
             return v if v.tzinfo else v.replace(tzinfo=CHINA_TZ)
         if isinstance(v, date):  # a date alone is the whole day
             return datetime.combine(v + timedelta(days=end_of_day), time(0), CHINA_TZ)
-        _fail(f"{v!r} is not a date or time (e.g. 2021-01-01 or 2021-01-01 08:00)")
+        _fail(NOT_A_MOMENT.format(v=shown(v)))
     return Annotated[datetime, BeforeValidator(check, json_schema_input_type=Union[date, datetime])]
 
 
@@ -105,31 +125,31 @@ def _formats(text: str) -> bool:
     return True
 
 
-Name, Department, SkillRef, FileName = _text("a name"), _text("a department"), _text("a skill id"), _text("a file name")
-Notice, Prompt = _text("the notice", MAX_PROMPT_CHARS), _text("the prompt", MAX_PROMPT_CHARS)
-ServiceNumber = _written(_NUMBER, "{v!r} is not a service number (3 to 11 digits, no + or area code)")
-SkillId = _written(_SKILL_ID, "skill ids are lower-case letters, digits and _ (e.g. legal_expert)")
-Target = _written(_TARGET, "{v!r} is not a phone number (digits, optional +) or SIP URI (sip:user@host)")
+Name, Department, SkillRef, FileName = _text("名称"), _text("主管部门"), _text("坐席组 id"), _text("文件名")
+Notice, Prompt = _text("提示语", MAX_PROMPT_CHARS), _text("提示语", MAX_PROMPT_CHARS)
+ServiceNumber = _written(_NUMBER, "{v}不是服务号码（3 到 11 位数字，不带 + 和区号）")
+SkillId = _written(_SKILL_ID, "{v}不是有效的坐席组 id（小写字母开头，只用小写字母、数字和 _，如 legal_expert）")
+Target = _written(_TARGET, "{v}不是电话号码（数字，可带 +）或 SIP 地址（sip:user@host）")
 Days, AfterHours, Attempts = _one_of("workdays", "everyday"), _one_of("overflow", "callback"), _whole(1, 10, "")
-Flag = Annotated[bool, _rule(lambda v: isinstance(v, bool), "{v!r} must be true or false")]
+Flag = Annotated[bool, _rule(lambda v: isinstance(v, bool), "{v}应为 true 或 false")]
 TimeOfDay = Annotated[str, Field(pattern=_HHMM.pattern), _rule(
-    lambda v: isinstance(v, str) and _HHMM.match(v), "{v!r} is not a time of day (HH:MM, 00:00 to 24:00)"),
+    lambda v: isinstance(v, str) and _HHMM.match(v), "{v}不是有效的时间（HH:MM，00:00 到 24:00）"),
     BeforeValidator(  # YAML 1.1 reads an unquoted 17:30 as the number 1050
         lambda v: f"{v // 60:02d}:{v % 60:02d}" if isinstance(v, int) and not isinstance(v, bool) else v)]
 Words = Annotated[tuple[str, ...], _rule(
     lambda v: v is None or isinstance(v, list) and all(isinstance(w, str) and w.strip() for w in v),
-    "must be a list of non-empty words", lambda v: tuple(dict.fromkeys(w.strip() for w in v or ()))), _rule(
+    "应为词语列表（如 [着火, 火灾]），每个词都不能为空", lambda v: tuple(dict.fromkeys(w.strip() for w in v or ()))), _rule(
     lambda v: all(all(part.strip() for part in w.split("…")) and w.count("…") <= 2 for w in v),
-    "a phrase with … needs words on both sides of each … (at most two), like 拉上…车", after=True)]
+    "带 … 的短语，每个 … 两边都要有词（最多两个 …），如 拉上…车", after=True)]
 HotlineNumber = Annotated[ServiceNumber, _rule(lambda v: v not in EMERGENCY_NUMBERS,
-                                                "an emergency number cannot be the hotline", after=True)]
+                                                "{raw} 是紧急号码，不能作为热线号码", after=True)]
 LineNumber = Annotated[ServiceNumber, _rule(lambda v: v not in EMERGENCY_NUMBERS,
-                                             "{v} is an emergency line: it cannot be merged or remapped", after=True)]
-TemplateNotice = Annotated[Notice, _rule(_formats, "may use only {{number}} and {{name}} as placeholders", after=True)]
-AudioFile = Annotated[_text("an audio file name"), _rule(  # "\" separates paths for Twilio's <Play> and Windows
+                                             "{raw} 是紧急线路：不能并入或改号", after=True)]
+TemplateNotice = Annotated[Notice, _rule(_formats, "只能使用 {{number}} 和 {{name}} 两个占位符", after=True)]
+AudioFile = Annotated[_text("录音文件名"), _rule(  # "\" separates paths for Twilio's <Play> and Windows
     lambda v: not (v.startswith("/") or ".." in PurePath(v).parts or "\\" in v),
-    "must be a file name inside the prompts folder (no /, \\ or ..)", after=True)]
-SomeWords = Annotated[Words, _rule(bool, "needs at least one word", after=True)]
+    "{v}不是 prompts 目录内的文件名（不能含 /、\\ 或 ..）", after=True)]
+SomeWords = Annotated[Words, _rule(bool, "至少要有一个词", after=True)]
 
 
 def _tag(model, key: str) -> str:
@@ -144,9 +164,9 @@ class Section(BaseModel):
     """A mapping whose keys are all declared: an unknown key (a typo) is refused, never ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    unknown_key: ClassVar[str] = "unknown key (allowed: {allowed})"
-    missing_key: ClassVar[str] = "missing required key {key!r}"
-    not_a_mapping: ClassVar[str] = "must be a mapping with keys {allowed}"
+    unknown_key: ClassVar[str] = "未知的键 {key}（可用：{allowed}）"
+    missing_key: ClassVar[str] = "缺少必填的键 {key}"
+    not_a_mapping: ClassVar[str] = "应为映射（键：{allowed}）"
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -195,7 +215,7 @@ def _by(key: str, *members: type[Section]):
             _fail(Section.not_a_mapping.format(allowed=", ".join(dict.fromkeys(k for m in members for k in m.keys()))))
         if key not in v:
             _fail(Section.missing_key.format(key=key))
-        raise _errors([((key,), f"{v[key]!r} is not allowed (allowed: {', '.join(tags)})")])
+        raise _errors([((key,), not_allowed(", ".join(tags)).format(v=shown(v[key])))])
     union = Annotated[Union[members], Field(discriminator=key)]
     return Annotated[Union[members], PlainValidator(pick, json_schema_input_type=union)]
 
@@ -205,7 +225,7 @@ class Recording(Section):
 
     full_call: Flag = Field(False, description="true：坐席接听后录下整通通话（Asterisk MixMonitor、Twilio 会议录音），"
                                                "保存到工单并转写进处理记录；false：不录（默认）")
-    keep_days: _whole(1, 3650, " of days") = Field(180, description="录音保存多少天，到期自动删除（天，1–3650，默认 180）")
+    keep_days: _whole(1, 3650, "（天）") = Field(180, description="录音保存多少天，到期自动删除（天，1–3650，默认 180）")
 
 
 class Hotline(Section):
@@ -235,9 +255,9 @@ class Queue(Section):
 
 
 class EmergencyNames(Section):
-    unknown_key: ClassVar[str] = "{key!r} is not an emergency line; the emergency lines are fixed (allowed: {allowed})"
-    missing_key: ClassVar[str] = "missing emergency line {key}: emergency lines cannot be removed"
-    not_a_mapping: ClassVar[str] = "must map 110, 119, 120 and 122 to their names"
+    unknown_key: ClassVar[str] = "{key} 不是紧急线路；紧急线路是固定的（可用：{allowed}）"
+    missing_key: ClassVar[str] = "缺少紧急线路 {key}：紧急线路不能删除"
+    not_a_mapping: ClassVar[str] = "应写出 110、119、120、122 各自的名称（如 \"110\": 公安报警）"
     police: Name = Field(alias="110", description="110 的名称（公安报警）")
     fire: Name = Field(alias="119", description="119 的名称（消防救援）")
     ambulance: Name = Field(alias="120", description="120 的名称（医疗急救）")
@@ -259,7 +279,7 @@ class OpeningHours(Section):
     @classmethod
     def _after_open(cls, close, info):
         if "open" in info.data and minutes(close) <= minutes(info.data["open"]):
-            _fail("must be later than open")
+            _fail(f"应晚于 open（{info.data['open']}）")
         return close
 
 
@@ -269,7 +289,7 @@ class Overflow(Section):
 
 
 Hours = Annotated[OpeningHours | None, _rule(  # None: 7×24
-    lambda v: v == "always" or isinstance(v, dict), "{v!r} is not allowed (allowed: always, or {{days, open, close}})",
+    lambda v: v == "always" or isinstance(v, dict), not_allowed("always，或 {{days, open, close}}"),
     lambda v: None if v == "always" else v, json_schema_input_type=Union[Literal["always"], OpeningHours])]
 
 
@@ -296,8 +316,8 @@ class Transition(Section):
     def _after_from(cls, until, info):
         starts = info.data.get("starts")
         if starts is not None and starts >= until:
-            shown = f"{starts:%Y-%m-%d}" if starts.time() == time(0) else f"{starts:%Y-%m-%d %H:%M}"
-            _fail(f"must be after from ({shown})")
+            at = f"{starts:%Y-%m-%d}" if starts.time() == time(0) else f"{starts:%Y-%m-%d %H:%M}"
+            _fail(f"应晚于 from（{at}）")
         return until
 
 
@@ -332,7 +352,7 @@ class Line(Section):
     def unknown(cls, key: str) -> str:
         modes = [_tag(m, "mode") for m in Line.__subclasses__() if key in m.keys()]
         if modes:
-            return f"only {', '.join(modes)} lines have {key!r}; this line is {_tag(cls, 'mode')}"
+            return f"只有 mode 为 {' 或 '.join(modes)} 的线路才有 {key}；本线路的 mode 是 {_tag(cls, 'mode')}"
         return super().unknown(key)
 
 
@@ -360,9 +380,9 @@ class SubcenterLine(Line):
 
 
 Skills = Annotated[dict[SkillId, Skill], _rule(
-    lambda v: isinstance(v, dict) and v, "must map skill ids to seat groups (at least the general group)")]
+    lambda v: isinstance(v, dict) and v, "应以坐席组 id 为键列出坐席组（至少要有主号的坐席组）")]
 Lines = Annotated[dict[LineNumber, _by("mode", MergeLine, DualLine, SubcenterLine)],
-                  _rule(lambda v: isinstance(v, dict), "must map each legacy number to its settings")]
+                  _rule(lambda v: isinstance(v, dict), "应以原热线号码为键列出每条线路的设置")]
 
 
 class RulesFile(Section):
@@ -385,8 +405,8 @@ class Keywords(Section):
 
 
 class KeywordsFile(Section):
-    unknown_key: ClassVar[str] = "{key!r} is not an emergency line (allowed: {allowed})"
-    missing_key: ClassVar[str] = "no keywords for emergency line {key}"
+    unknown_key: ClassVar[str] = "{key} 不是紧急线路（可用：{allowed}）"
+    missing_key: ClassVar[str] = "缺少紧急线路 {key} 的关键词"
     police: Keywords = Field(alias="110")
     fire: Keywords = Field(alias="119")
     ambulance: Keywords = Field(alias="120")
@@ -427,10 +447,10 @@ def references(data: dict) -> list[tuple[tuple, str]]:
         if not isinstance(value, str):
             return  # absent or not text: the model says so
         if value.strip() not in skills:
-            out.append((path + (key,), f"no skill {value!r} (defined: {', '.join(skills) or 'none'})"))
+            out.append((path + (key,), _no_skill(value, skills)))
         elif expert != (value.strip() in experts):
-            out.append((path + (key,), f"skill {value!r} is not an expert group (mark it expert: true)" if expert else
-                        f"skill {value!r} is an expert group: expert seats are reached only by transfer"))
+            out.append((path + (key,), f"坐席组{shown(value)}不是专家坐席组（专家坐席组须设 expert: true）" if expert
+                        else f"坐席组{shown(value)}是专家坐席组：专家坐席只能由坐席转接到达，来电不直接进入"))
 
     hotline, lines = _dict(data.get("hotline")), _dict(data.get("lines"))
     ref(("hotline",), hotline, "skill", expert=False)
@@ -439,14 +459,14 @@ def references(data: dict) -> list[tuple[tuple, str]]:
         if _dict(spec).get("mode") == "dual":
             ref(("lines", number), _dict(spec), "expert_skill", expert=True)
     if _raw(hotline.get("number")) in lines:
-        out.append((("lines", _raw(hotline["number"])), f"{_raw(hotline['number'])} is the hotline itself; "
-                                                        "it cannot be a legacy line"))
+        out.append((("lines", _raw(hotline["number"])), f"{_raw(hotline['number'])} 是热线主号本身，"
+                                                        "不能再作为原热线"))
     to = {k: _dict(v.get("overflow")).get("to") for k, v in skills.items()}
     for sid, target in to.items():
         if isinstance(target, str) and target not in to:
-            out.append((("skills", sid, "overflow", "to"), f"no skill {target!r} (defined: {', '.join(to)})"))
+            out.append((("skills", sid, "overflow", "to"), _no_skill(target, to)))
         elif target == sid:
-            out.append((("skills", sid, "overflow", "to"), "a group cannot overflow to itself"))
+            out.append((("skills", sid, "overflow", "to"), "坐席组不能溢出到自己"))
     reported = set()
     for sid in to:
         chain, nxt = [sid], to[sid]
@@ -456,8 +476,12 @@ def references(data: dict) -> list[tuple[tuple, str]]:
             cycle = chain[chain.index(nxt):]
             reported.add(frozenset(cycle))
             out.append((("skills", cycle[0], "overflow", "to"),
-                        "overflow loops back: " + " -> ".join(cycle + [cycle[0]]) + " (chains must end)"))
+                        "溢出链成环：" + " -> ".join(cycle + [cycle[0]]) + "（溢出链必须有终点）"))
     return out
+
+
+def _no_skill(name: str, defined) -> str:
+    return f"坐席组{shown(name)}不存在（已定义：{', '.join(defined) or '无'}）"
 
 
 def _dict(value) -> dict:

@@ -18,6 +18,7 @@ No Flask here: the admin pages and the tests call :class:`RulesEditor`.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import logging
@@ -95,7 +96,7 @@ class RulesEditor:
     def disk_text(self) -> str:
         data, problems = read_rules_text(self.path)
         if problems:
-            raise ConsoleError("; ".join(str(p) for p in problems))
+            raise ConsoleError("；".join(problem_text(p) for p in problems))
         return data.decode("utf-8-sig")
 
     def disk_sha(self) -> str:
@@ -236,7 +237,7 @@ class RulesEditor:
                                       "请打开最新版本重新编辑，以免覆盖别人的修改。")
             checked = self.validate(text)
             if not checked.ok:
-                raise ConsoleError("草稿未通过校验，不能发布：\n" + "\n".join(str(p) for p in checked.problems))
+                raise ConsoleError("草稿未通过校验，不能发布：" + "；".join(problem_text(p) for p in checked.problems))
             if sha256_text(current) == sha256_text(text):
                 raise ConsoleError("草稿与正在使用的规则文件完全相同，无需发布")
             self._replace(text)
@@ -303,7 +304,9 @@ def validate_text(path: Path, text: str) -> Validation:
     try:
         tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise ConsoleError(f"无法写入临时文件 {tmp}: {exc.strerror}") from None
+        said = {errno.EACCES: "没有写入权限", errno.EPERM: "没有写入权限", errno.ENOSPC: "磁盘已满",
+                errno.EROFS: "文件系统只读"}.get(exc.errno, exc.strerror)
+        raise ConsoleError(f"无法写入临时文件 {tmp}：{said}") from None
     try:
         rules, problems = check_rules(tmp)
     finally:
@@ -311,6 +314,13 @@ def validate_text(path: Path, text: str) -> Validation:
     problems = [Problem(str(path) if p.file == str(tmp) else p.file, p.line, p.field,
                         p.message.replace(str(tmp), str(path))) for p in problems]
     return Validation(rules, problems)
+
+
+def problem_text(p: Problem) -> str:
+    """A problem as the console says it, for a message in one line (a flash, an error page):
+    ``transfer_rules.yaml 第 12 行 · lines.12301.skill：坐席组「tourisn」不存在（已定义：…）``."""
+    where = Path(p.file).name + (f" 第 {p.line} 行" if p.line else "")
+    return f"{where} · {p.field}：{p.message}" if p.field else f"{where}：{p.message}"
 
 
 def replace_file(path: Path, text: str) -> None:

@@ -229,7 +229,7 @@ def test_a_lost_after_shorter_than_a_front_ends_round_is_refused_at_its_line(rul
     loaded, problems = check_rules(tmp_path / "rules.yaml")
     assert loaded is None
     assert [str(p) for p in problems] == [
-        f"{tmp_path / 'rules.yaml'}:{line}: queue.lost_after_s: 20 must be a whole number of seconds from 60 to 3600"]
+        f"{tmp_path / 'rules.yaml'}:{line}: queue.lost_after_s: 「20」应为 60 到 3600 之间的整数（秒）"]
 
 
 def test_a_seat_nobody_rang_is_not_paused_one_that_let_it_ring_is(redis_url, rules):

@@ -34,7 +34,7 @@ def test_the_app_refuses_to_start_on_invalid_rules_and_says_why(tmp_path):
     bad.write_text("hotline: {number: '12345'}\n", encoding="utf-8")
     with pytest.raises(RulesError) as err:
         create_app({"RULES_PATH": str(bad)})
-    assert f"{bad}:1: hotline: missing required key 'name'" in str(err.value)
+    assert f"{bad}:1: hotline: 缺少必填的键 name" in str(err.value)
 
 
 def _ps(session_id) -> str:

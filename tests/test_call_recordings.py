@@ -63,9 +63,9 @@ def test_the_rules_turn_full_call_recording_on_with_a_keep_period_and_refuse_bad
     with pytest.raises(RulesError) as bad:
         load_rules(rules_path)
     said = "\n".join(str(p) for p in bad.value.problems)
-    assert "hotline.recording.full_call: 'sometimes' must be true or false" in said
-    assert "hotline.recording.keep_days: 0 must be a whole number of days from 1 to 3650" in said
-    assert "hotline.recording.keep: unknown key (allowed: full_call, keep_days)" in said
+    assert "hotline.recording.full_call: 「sometimes」应为 true 或 false" in said
+    assert "hotline.recording.keep_days: 「0」应为 1 到 3650 之间的整数（天）" in said
+    assert "hotline.recording.keep: 未知的键 keep（可用：full_call, keep_days）" in said
 
 
 @pytest.fixture

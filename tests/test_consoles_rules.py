@@ -89,7 +89,8 @@ def test_yaml_errors_are_shown_at_their_line_exactly_as_the_check_command_report
     assert {f for _, f in reported} == {"lines.12396.transition.until", "lines.12301.skill"}
     for line, field in reported:
         assert re.search(rf"第 {line} 行</a> · <code>{re.escape(field)}</code>", html), (line, field)
-    assert "no skill &#39;tourisn&#39;" in html
+    assert "坐席组「tourisn」不存在（已定义：general, " in html
+    assert "「2026-02-30」不是有效的日期或时间（例：2021-01-01 或 2021-01-01 08:00）" in html
     # the draft button refuses an invalid file too: no draft is made
     r = admin.post("/admin/rules/yaml", data={"csrf_token": admin.csrf, "content": broken, "action": "draft"})
     assert r.status_code == 422 and not app.extensions["console"].db.drafts()
@@ -112,7 +113,7 @@ def test_a_form_error_is_shown_next_to_its_field_with_its_line(admin, app):
     field = html.split('for="f-transition.until"')[1].split("</div>")[0]
     lines = app.extensions["console"].editor.disk_text().splitlines()
     line = lines.index("      until: 2026-12-31", lines.index('  "12301":')) + 1  # line 12301's own
-    assert f"第 {line} 行" in field and "is not a date" in field
+    assert f"第 {line} 行" in field and "「2026-02-30」不是有效的日期或时间" in field
 
 
 def test_dry_run_shows_the_drafts_decision_beside_the_running_one_and_is_required_before_publishing(admin, app):
@@ -237,6 +238,32 @@ def test_publishing_a_draft_made_before_someone_elses_change_is_refused(admin, a
     with pytest.raises(PublishConflict):
         editor = app.extensions["console"].editor
         editor.publish(editor.disk_text().replace("a", "a"), "admin", base_sha256="0" * 64)
+
+
+def test_publishing_a_draft_that_no_longer_passes_says_why_in_chinese_at_its_line(admin, app):
+    """The draft passed when it was made and dry-run; then the emergency keyword file beside the
+    rules was broken on disk (a typo made by hand). Publishing is refused, and the admin reads why
+    in Chinese — the file, the line, the key and what is allowed — never the checker's English."""
+    import html as html_lib
+
+    url = make_draft(admin, app, **{"transition.prompt": NEW_PROMPT})
+    assert dry_run(admin, url).status_code == 200
+    rules_file = Path(app.config["RULES_PATH"])
+    keywords = rules_file.parent / "emergency_keywords.yaml"
+    text = keywords.read_text(encoding="utf-8")
+    keywords.write_text(text.replace('"122":\n  words:', '"122":\n  wrds:', 1), encoding="utf-8")
+    line = text.splitlines().index('"122":') + 2
+    assert publish(admin, url).status_code == 302
+    page = admin.get(url).get_data(as_text=True)
+    said = html_lib.unescape(page.split('role="status">', 1)[1].split("</div>", 1)[0])
+    assert said.startswith("草稿未通过校验，不能发布：")
+    assert f"emergency_keywords.yaml 第 {line} 行 · 122.wrds：未知的键 wrds（可用：words, except, unless, possible）" in said
+    assert not re.search(r"\b(unknown|key|allowed|missing|must|line)\b", said), said
+    # the draft's own page lists the same problem at its line, and the rules in service are untouched
+    problems = html_lib.unescape(page.split('id="problems"', 1)[1].split("</div>", 1)[0])
+    assert f"第 {line} 行" in problems and "未知的键 wrds（可用：words, except, unless, possible）" in problems
+    assert NEW_PROMPT not in rules_file.read_text(encoding="utf-8")
+    assert app.extensions["rules"].current().lines["12301"].transition.prompt == OLD_PROMPT
 
 
 def test_another_host_follows_published_versions_and_never_writes_an_invalid_one(admin, app, tmp_path, redis_client):
