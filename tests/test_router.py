@@ -487,3 +487,21 @@ def test_decisions_record_the_rules_version_and_serialise_to_json(rules):
     d = decide("12348", None, IN_WINDOW, None, rules).to_dict()
     assert d["rules_version"] == rules.version and len(rules.version) == 12
     assert json.loads(json.dumps(d, ensure_ascii=False)) == d
+
+
+@pytest.mark.parametrize("text", [
+    "我家被盗报警三个月了 派出所一次都没联系过我 去问就说在查",  # a theft months ago, its case chased
+    "我们饭馆刚换的那罐液化气阀门有点漏，罐子已经搬到后院了，能派人来看看不",  # made safe, a check asked for
+    "刚才有个推销的上门说我家热水器不换就要爆炸把我老妈吓坏了人已经走了",  # fear-selling
+])
+def test_a_matter_months_old_made_safe_or_a_salesmans_threat_is_no_automatic_transfer(rules, text):
+    # round 22's learning sets (session 19): each was an automatic transfer
+    assert emergency_heard(rules, text) is None
+
+
+@pytest.mark.parametrize("text,number", [
+    ("液化气罐漏了 满屋子都是味 我点不着也不敢动", "119"),
+    ("有人在撬我家门 快来 我一个人在家", "110"),
+])
+def test_a_leak_or_a_break_in_now_still_transfers(rules, text, number):
+    assert emergency_heard(rules, text).number == number
