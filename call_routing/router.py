@@ -260,7 +260,7 @@ def emergency_assessment(rules: Rules, text: str | None) -> tuple[EmergencyLine 
     hides the word inside it; a negated or hypothetical word (没着火, 怕着火) counts for nothing;
     a ``possible`` word (what the caller sees: smoke, blood, someone lying on the road), or a
     word at a remove — likened to (跟爆炸似的), seen on a screen (电视上演…), asked about, heard from
-    others, said and corrected — or told after a time word the caller moved on from
+    others, said and corrected, spoken of with a drill (演习, 演练) — or told after a time word the caller moved on from
     (昨晚…早上去喊他), makes the line possible.
     """
     certain = possible = None
