@@ -214,9 +214,10 @@ def test_fastagi_killed_mid_wait_the_caller_reaches_the_fallback_seats(pbx):
     call.hangup()
     # once the call is over the dialplan tells the ACD the fallback seats served it: not lost
     # (a wait for the report, not a timing figure: the FastAGI server just restarted serves it, and
-    # under the whole suite's load once took over 20 s — session 18's last clean-clone run; a
-    # report that never came would leave the call waiting until the lost-caller sweep, 120 s)
-    wait_until(lambda: acd_state(world, call_id) not in ("waiting", "ringing"), 60, 0.1,
+    # under the whole suite's load took over 20 s in session 18's last clean-clone run and over
+    # 60 s in one of session 19's — docs/NOTES.md asks why; a report that never came would leave
+    # the call in line, and the lost-caller sweep at 120 s keeps it waiting as a callback)
+    wait_until(lambda: acd_state(world, call_id) not in ("waiting", "ringing"), 110, 0.1,
                "the ACD to release the call")
 
 
