@@ -202,9 +202,9 @@ _NOW = re.compile(r"现在|刚才|刚刚|这会儿|眼下|今天|今早|(?<![天
 
 
 # A joke denied (不是开玩笑, 我没跟你开玩笑, 不是闹着玩的) is a caller insisting it is real; 别开玩笑
-# (stop joking) is not a denial
+# (stop joking) is not a denial. ``_DENIED`` reads a drill's denial too (不是演习, below)
 _JOKE = re.compile(r"玩笑|闹着玩|逗你玩|哈哈|笑死")
-_JOKE_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！？；;\s]{0,4}$")
+_DENIED = re.compile(r"(?:不是|没有?|并非|冇|唔系)[^，。,.!?！？；;\s]{0,4}$")
 
 
 # A drill spoken of (演习, 演练: 广播喊着火了…那是演习吧) leaves the danger words near it possible,
@@ -226,7 +226,7 @@ def _says_over(text: str, found: re.Match) -> bool:
     followed by 到现在 or 就有 does not, nor a joke or drill denied (不是开玩笑 真着火了), nor "all right"
     said of a moment before (刚才还好好的) or asked (现在没事吧)."""
     word = found.group(0)
-    if _NOT_REAL.search(word) and _JOKE_DENIED.search(text[max(0, found.start() - 8):found.start()]):
+    if _NOT_REAL.search(word) and _DENIED.search(text[max(0, found.start() - 8):found.start()]):
         return False
     if _FINE.search(word) and (_WAS_FINE.search(text[max(0, found.start() - 4):found.start()])
                                or _ASKED_FINE.search(text[found.end():found.end() + 1])):
@@ -241,11 +241,10 @@ def _over(text: str, said: list[re.Match], start: int, end: int) -> str | None:
     near = [m for m in said if m.start() - UNLESS_REACH <= end and start <= m.end() + UNLESS_REACH]
     if _SAID_REAL.search(text[max(0, start - 3):start]):  # 演练的时候…真着火了: not a drill, not a joke
         near = [m for m in near if not (_NOT_REAL.search(m.group(0)) and m.end() <= start)]
-    drills = [m for m in near if _DRILL.search(m.group(0))]
-    if drills and len(drills) == len(near):
-        return "before"
     if not near:
         return None
+    if all(_DRILL.search(m.group(0)) for m in near):  # only a drill spoken of: possible
+        return "before"
     moved_on = all(m.end() <= start and _TIME_WORD.search(m.group(0)) and _NOW.search(text[m.end():start])
                    for m in near)
     return "before" if moved_on else "over"
