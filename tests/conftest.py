@@ -132,8 +132,38 @@ def pbx_session():
 @pytest.fixture
 def pbx(pbx_session):
     """The real-PBX world, left with no call and no seat after each test."""
+    pbx_session.log_marks = _log_sizes(pbx_session)
     yield pbx_session
     pbx_session.reset()
+
+
+def _pbx_logs(world) -> list:
+    """The product's process logs and Asterisk's own, which a failed real-PBX test shows."""
+    return sorted(world.product.workdir.glob("*.log")) + [world.lab.run / "log" / "messages.log"]
+
+
+def _log_sizes(world) -> dict:
+    return {path: path.stat().st_size for path in _pbx_logs(world) if path.exists()}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A real-PBX test that failed shows what the product's processes and Asterisk logged while
+    it ran (the world's files go with its temporary folder: a failure in a clean-clone run is
+    otherwise left without them)."""
+    report = yield
+    world = getattr(item, "funcargs", {}).get("pbx")
+    if report.failed and call.when == "call" and world is not None:
+        for path in _pbx_logs(world):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(world.log_marks.get(path, 0))
+                    lines = f.read().decode("utf-8", "replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                report.sections.append((f"{path.name} during the test (last 120 lines)", "\n".join(lines[-120:])))
+    return report
 
 
 # files that run the whole product at full tilt (its processes, a simulated load, a browser) or

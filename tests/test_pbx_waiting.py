@@ -217,8 +217,7 @@ def test_fastagi_killed_mid_wait_the_caller_reaches_the_fallback_seats(pbx):
     # under the whole suite's load took over 20 s in session 18's last clean-clone run and over
     # 60 s in one of session 19's — docs/NOTES.md asks why; a report that never came would leave
     # the call in line, and the lost-caller sweep at 120 s keeps it waiting as a callback)
-    wait_until(lambda: acd_state(world, call_id) not in ("waiting", "ringing"), 110, 0.1,
-               "the ACD to release the call")
+    wait_until(lambda: acd_state(world, call_id) == "left", 110, 0.1, "the ACD to release the call")
 
 
 def test_redis_unresponsive_the_caller_reaches_the_fallback_seats(pbx):
