@@ -54,6 +54,11 @@ def audit_action(value):
     return labels.AUDIT_ACTIONS.get(value, "其他操作")
 
 
+@bp.app_template_filter("audit_target")
+def audit_target(entry):
+    return labels.audit_target(entry.action, entry.target)
+
+
 @bp.app_template_filter("pct")
 def pct(value):
     return "—" if value is None else f"{value * 100:.1f}%"

@@ -309,7 +309,7 @@ def finish_ticket():
     except TicketError as exc:
         return refuse(f"本工单暂不能办结（{_refusal(exc)}）", 409)
     current_app.extensions["console"].db.audit(
-        actor(), "ticket.finish", str(ticket.id), f"工单 {ticket.display_number} 办结（坐席 {g.agent_id}）",
+        actor(), "ticket.finish", f"ticket:{ticket.display_number}", f"工单 {ticket.display_number} 办结（坐席 {g.agent_id}）",
         before={"status": "confirmed"}, after={"status": ticket.status, "result": result},
         address=request.remote_addr)
     if wants_json:

@@ -266,6 +266,25 @@ def person(name: str | None) -> str:
     return ACTORS.get(name, name)
 
 
+def audit_target(action: str | None, target: str | None) -> str:
+    """What an audit entry was done to, as the admin reads it: 工单 20261206-0001, 坐席 2001,
+    用户 zhang, 转接规则（transfer_rules.yaml） — never a record id or a server path."""
+    target, action = (target or "").strip(), action or ""
+    if not target:
+        return "—"
+    if target.startswith("ticket:"):
+        return f"工单 {target[len('ticket:'):]}"
+    if action.startswith("rules."):
+        return f"转接规则（{target.replace(chr(92), '/').rsplit('/', 1)[-1]}）"
+    if action.startswith("seat."):
+        return f"{SEAT} {target}"
+    if action.startswith(("user.", "login", "logout")):
+        return f"用户 {target}"
+    if action.startswith("ticket."):  # entries written before the number was kept: the record's own id
+        return f"工单（记录 {target}）"
+    return target
+
+
 def actor_text(actor: str | None) -> str:
     if not actor:
         return "系统"

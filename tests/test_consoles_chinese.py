@@ -480,10 +480,26 @@ def test_the_audit_history_and_version_pages_speak_in_actions_and_human_times(ap
     for words in ("发布规则", "回滚规则", "创建用户", "办结工单", "登录失败", "坐席上岗", "登录"):
         assert words in audit, words
     assert "班长/质检" in audit and "rules.publish" not in audit  # the role in words, the action too
+    # what was done to: the ticket's number, the rules file by name, the user — no id, no path
+    ticket = app.extensions["console"].tickets.get(int(lived_in["<int:ticket_id>"]))
+    assert f"工单 {ticket.display_number}" in audit and "转接规则（transfer_rules.yaml）" in audit
+    assert "用户 super" in audit and "ticket:" not in audit and "/transfer_rules.yaml" not in audit
     history = page_text(admin.get("/admin/rules/history").get_data(as_text=True))
     assert "发布" in history and "回滚" in history and CN_TIME.search(history)
     version = page_text(admin.get(f"/admin/rules/history/{lived_in['<int:version_id>']}").get_data(as_text=True))
     assert CN_TIME.search(version) and not _STAMP.search(version)
+
+
+@pytest.mark.parametrize("action, target, words", [
+    ("seat.login", "2001", "坐席 2001"),
+    ("rules.disk_change", "/etc/hotline/transfer_rules.yaml", "转接规则（transfer_rules.yaml）"),
+    ("ticket.finish", "57", "工单（记录 57）"),  # written before the entry kept the ticket's number
+    ("login.failed", "", "—"),
+])
+def test_what_an_audit_entry_was_done_to_is_said_as_the_admin_knows_it(action, target, words):
+    from consoles.labels import audit_target
+
+    assert audit_target(action, target) == words
 
 
 # -- what goes wrong reads in Chinese too ------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_the_agent_finishes_the_confirmed_ticket_the_hand_off_is_queued_and_audi
     assert (t.status, t.result) == ("finished", "已告知法律援助申请流程及所需材料")
     assert queue.jobs == [("intake.jobs.hand_off", {**queue.jobs[0][1], "ticket_id": ticket_id})]
     (entry,) = app.extensions["console"].db.audit_entries(action="ticket.finish")
-    assert (entry.actor, entry.target) == ("agent1", str(ticket_id))
+    assert (entry.actor, entry.target) == ("agent1", f"ticket:{t.display_number}")
     assert "已告知法律援助申请流程及所需材料" in entry.after and "状态：已确认 → 已办结" in entry.diff
     # finished once: a second 办结 is refused and queues nothing
     assert finish(client, csrf, result="再次办结").status_code == 409 and len(queue.jobs) == 1
