@@ -320,6 +320,7 @@ def test_what_happens_to_a_thing_raises_no_alarm(rules, text):
     ("店里伙计让热油泼了一胳膊", "120"),
     ("我爸有点糊涂 出门买菜 人找不着了", "110"),  # a person, still missing
     ("燃气管被挖机挖断了 正在往外呲气", "119"),
+    ("我爸口吐白沫 叫不醒了", "120"),  # a person foaming, beside the pets' exception
 ])
 def test_what_happens_to_a_person_still_raises_it(rules, text, number):
     c, p = emergency_assessment(rules, text)
@@ -329,6 +330,9 @@ def test_what_happens_to_a_person_still_raises_it(rules, text, number):
 @pytest.mark.parametrize("text", [
     "对门天天半夜喊杀人啦 其实是俩人在排练小品 就是太吵了",  # said, then explained
     "我家狗掉冰窟窿里了 在那嗷嗷叫 能不能来人帮忙捞一下",  # an animal, not a person
+    # round 23 (read before learning): automatic to 120 — a pet, and over
+    "我家狗刚才口吐白沫把我吓惨了，结果是吃了肥皂，现在好了，想问下附近哪里有晚上开门的宠物医院",
+    "我家猫一直抽搐 是不是吃了啥东西 附近宠物医院几点关门",
 ])
 def test_a_danger_explained_away_or_befalling_an_animal_is_never_an_automatic_transfer(rules, text):
     assert emergency_assessment(rules, text)[0] is None
