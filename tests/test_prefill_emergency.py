@@ -91,7 +91,8 @@ def test_the_evaluate_command_prints_cross_validated_figures_above_their_floors(
     cv, dev, by_file = report["cross_validated"], report["fixed_dev50"], report["by_file"]
     assert cv["sentences"] >= 28355 and dev["sentences"] == 50
     # floors just under what was measured (docs/tickets.md); held-out folds, never the training sentences
-    assert cv["type"] >= 0.915 and cv["line"] >= 0.885, cv
+    # (line 0.898 -> 0.907 in session 20, the training lines read again; type 0.924)
+    assert cv["type"] >= 0.915 and cv["line"] >= 0.90, cv
     assert cv["emergency_recall"] >= 0.98 and cv["auto_transfers"] == 0, cv
     # possible emergencies on sentences that are none (ahead of the queue, marked 可能紧急): 2.5 %
     # (683 of 27,265) since session 16 read danger from the characters alone, which caught 0.84
