@@ -321,6 +321,8 @@ def test_what_happens_to_a_thing_raises_no_alarm(rules, text):
     ("我爸有点糊涂 出门买菜 人找不着了", "110"),  # a person, still missing
     ("燃气管被挖机挖断了 正在往外呲气", "119"),
     ("我爸口吐白沫 叫不醒了", "120"),  # a person foaming, beside the pets' exception
+    ("有人冒充公安给我妈打电话 让她转钱 她现在正往银行走 我拦不住", "110"),  # a scam not refused
+    ("前面那个车酒驾 在路上画龙 差点撞上人", "122"),  # drunk driving now, not a question after it
 ])
 def test_what_happens_to_a_person_still_raises_it(rules, text, number):
     c, p = emergency_assessment(rules, text)
@@ -333,6 +335,10 @@ def test_what_happens_to_a_person_still_raises_it(rules, text, number):
     # round 23 (read before learning): automatic to 120 — a pet, and over
     "我家狗刚才口吐白沫把我吓惨了，结果是吃了肥皂，现在好了，想问下附近哪里有晚上开门的宠物医院",
     "我家猫一直抽搐 是不是吃了啥东西 附近宠物医院几点关门",
+    # session 20's emergency-type sentences (read before learning): automatic to 110, 122, 110
+    "刚才有个冒充公安的打我电话说我涉嫌洗钱，我没上当直接挂了，号码是一七零开头的，你们查查封了它。",
+    "酒驾被查了驾照会吊销不",
+    "我家孩子在学校被同学打了，现在伤好了，学校到现在也没给个说法，打人的家长也不露面。",
 ])
 def test_a_danger_explained_away_or_befalling_an_animal_is_never_an_automatic_transfer(rules, text):
     assert emergency_assessment(rules, text)[0] is None
