@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -521,3 +522,18 @@ def test_a_matter_months_old_made_safe_or_a_salesmans_threat_is_no_automatic_tra
 ])
 def test_a_leak_or_a_break_in_now_still_transfers(rules, text, number):
     assert emergency_heard(rules, text).number == number
+
+
+def test_no_hard_negative_of_the_emergency_borders_set_is_transferred_at_once(rules):
+    """tests/data/emergency_borders.jsonl (session 20: one writer, two blind readers, the majority):
+    330 emergencies told as a victim's, a witness's or a report's words and 70 hard negatives on
+    the same matters — kept out of the learning (its emergencies raised the possible alarms on
+    everything else past their floor). Read before anything was fitted to it, three negatives were
+    transferred automatically; none may be."""
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "emergency_borders.jsonl").read_text("utf-8").splitlines()]
+    negatives = [r["text"] for r in rows if r["emergency"] is None]
+    assert len(negatives) == 70
+    assert [t for t in negatives if emergency_heard(rules, t) is not None] == []
+    # the router alone (the pre-fill's danger field adds to it): most emergencies raised
+    raised = [r for r in rows if r["emergency"] and any(emergency_assessment(rules, r["text"]))]
+    assert len(raised) >= 185, len(raised)
