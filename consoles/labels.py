@@ -275,7 +275,7 @@ def audit_target(action: str | None, target: str | None) -> str:
     if target.startswith("ticket:"):
         return f"工单 {target[len('ticket:'):]}"
     if action.startswith("rules."):
-        return f"转接规则（{target.replace(chr(92), '/').rsplit('/', 1)[-1]}）"
+        return f"转接规则（{target.rsplit('/', 1)[-1]}）"  # the file's name, not the server's path
     if action.startswith("seat."):
         return f"{SEAT} {target}"
     if action.startswith(("user.", "login", "logout")):
