@@ -536,4 +536,15 @@ def test_no_hard_negative_of_the_emergency_borders_set_is_transferred_at_once(ru
     assert [t for t in negatives if emergency_heard(rules, t) is not None] == []
     # the router alone (the pre-fill's danger field adds to it): most emergencies raised
     raised = [r for r in rows if r["emergency"] and any(emergency_assessment(rules, r["text"]))]
-    assert len(raised) >= 185, len(raised)
+    assert len(raised) >= 195, len(raised)  # 191, then 198 with the possible words its misses taught
+
+
+@pytest.mark.parametrize("text,number", [
+    ("有人在商场门口骂骂咧咧的拎着一桶汽油说要烧了这个商场", "110"),
+    ("我要投诉这个酒店，房间里一氧化碳报警器响了没人管，我老公头疼得厉害，吐了两回了", "119"),
+    ("我们的员工在外墙做防水，安全带断了，人掉在三楼的雨棚上", "119"),
+    ("我们邻居家的保姆在打老人，我从阳台上看得清清楚楚", "110"),
+])
+def test_a_danger_told_as_a_complaint_or_a_report_is_at_least_possible(rules, text, number):
+    certain, possible = emergency_assessment(rules, text)
+    assert (certain or possible) is not None and (certain or possible).number == number
