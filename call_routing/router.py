@@ -128,10 +128,10 @@ def _plans_for(rules: Rules) -> _Plans:
 # In a recogniser's text a space is where the caller paused: a clause ends there (我好怕 着火了
 # is a fire now).
 _NEGATED = re.compile(r"(?:没有?|不是|并非|别|未|不用|不需要|用不着|唔系|唔使|冇)[^，。,.!?！？；;]{0,2}$")
-# …a pause after the negation and then 真 is the caller insisting (哈哈 不是 真着火了: "no — it
-# really is on fire"), not 不是真着火了 ("it is not really on fire"). Vosk's words are joined
-# without spaces (intake.speech.join_words): a space here is a pause the caller made.
-_PAUSE_THEN_REAL = re.compile(r"(?:没有?|不是|并非|冇|唔系)\s+真(?:的|是)?$")
+# …but a negation whose window is a pause and then 真 is the caller insisting (哈哈 不是 真着火了:
+# "no — it really is on fire"), not 不是真着火了 ("it is not really on fire"). Vosk's words are
+# joined without spaces (intake.speech.join_words): a space here is a pause the caller made.
+_PAUSE_THEN_REAL = re.compile(r"\s真$")
 _HYPOTHETICAL = re.compile(r"(?:真要|以防|防止|容易|会不会|想|预防|差点|差一点|小心|迟早|早晚|以为|哪天|随时|会)"
                            r"[^，。,.!?！？；;\s]{0,3}$")
 # a fear or a condition reaches over its whole clause (怕着火, 怕家里燃气泄露着火, 万一着火)
