@@ -220,6 +220,31 @@ def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_
     assert acd.call("r1")["state"] == "waiting" and acd.position("r1").position == 1
 
 
+class _DiesAfterEnqueue(AcdQueue):
+    """The FastAGI process killed right after the ACD took the caller into its line."""
+
+    def enqueue(self, call_id, **kw):
+        super().enqueue(call_id, **kw)
+        raise SystemExit("killed")
+
+
+def test_a_server_killed_as_it_queues_the_caller_leaves_no_ghost_in_the_acd_line(redis_client, redis_url, rules):
+    """The dialplan's fallback seats served the caller; its end report must take the call out of
+    the ACD's line, or an agent would be offered nobody and the caller called back as lost."""
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    dying = F.CallFlow(rules, _DiesAfterEnqueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client))
+    dying.start("k1", "12345", "13800138000")
+    with pytest.raises(SystemExit):
+        dying.wait("k1")
+    assert acd.call("k1")["state"] == "waiting"
+    restarted = F.CallFlow(rules, AcdQueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client))
+    restarted.fallback("k1", known={})  # [hotline-fallback]'s h extension, to the restarted server
+    assert acd.call("k1")["state"] == "left"
+    assert restarted.state("k1").state == "ended"
+
+
 def test_a_clear_domain_heard_moves_the_waiting_call_to_that_seat_group(mem):
     flow, queue, *_ = mem
     flow.start("c4", "12345", "13800138000")

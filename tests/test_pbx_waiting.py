@@ -212,12 +212,11 @@ def test_fastagi_killed_mid_wait_the_caller_reaches_the_fallback_seats(pbx):
     finally:
         world.product.start_fastagi(processes=2)
     call.hangup()
-    # once the call is over the dialplan tells the ACD the fallback seats served it: not lost
-    # (a wait for the report, not a timing figure: the FastAGI server just restarted serves it, and
-    # under the whole suite's load took over 20 s in session 18's last clean-clone run and over
-    # 60 s in one of session 19's — docs/NOTES.md asks why; a report that never came would leave
-    # the call in line, and the lost-caller sweep at 120 s keeps it waiting as a callback)
-    wait_until(lambda: acd_state(world, call_id) == "left", 110, 0.1, "the ACD to release the call")
+    # once the call is over the dialplan tells the ACD the fallback seats served it: not lost. (The
+    # kill used to land now and then between the ACD taking the caller and the flow writing it
+    # down: the report found no queued call and the caller stayed in line until the lost-caller
+    # sweep — sessions 18 to 20's slow or missing reports; test_flow.py's ghost test holds that.)
+    wait_until(lambda: acd_state(world, call_id) == "left", 30, 0.1, "the ACD to release the call")
 
 
 def test_redis_unresponsive_the_caller_reaches_the_fallback_seats(pbx):

@@ -55,11 +55,16 @@ class Waiting:
             return self._turn(call, "transfer", self._emergency_notice(call, call.heard, rules),
                               reason="emergency")
         if call.enqueued_at is None or call.state != "waiting":
-            if call.enqueued_at is None:
-                self._enqueue(call)
+            first = call.enqueued_at is None
+            if first:
                 call.enqueued_at = call.announced_at = now
             call.state = "waiting"
+            # written before the ACD is told: a front-end process that dies in between leaves a call
+            # the flow knows as queued, which the dialplan's end report takes out of the ACD's line
+            # (the other order left a caller served by the fallback seats in line as lost)
             self._save(call)
+            if first:
+                self._enqueue(call)
         status = self.queue.status(call_id)
         if status.state == "unknown":  # the ACD lost the call (its Redis restarted empty): in line again
             log.warning("call %s: the queue had lost it; queued again", call_id)
