@@ -256,6 +256,31 @@ def test_a_rules_edit_never_makes_a_caller_wait_for_the_pre_fill_to_learn(rules_
     assert classify.filler().rules is current["rules"] and classify.filler().model is not first.model
 
 
+def test_sentences_kept_for_the_type_teach_the_type_and_never_the_alarms(rules, few_sentences):
+    """data/utterances/type_only/: emergencies told like reports. The type field learns from them;
+    the emergency fields do not (learned, they raised possible alarms on everything else)."""
+    import shutil
+
+    import ivr.prefill as prefill
+    from ivr.prefill.model import load_labelled
+
+    shipped = ROOT / "data" / "utterances" / "type_only" / "emergency_borders.jsonl"
+    rows = load_labelled([shipped], prefill.REQUEST_TYPES)
+    texts = [r.text for r in rows]
+    without = Prefiller(rules).fill_many(texts)
+    (few_sentences / "type_only").mkdir()
+    shutil.copy(shipped, few_sentences / "type_only" / shipped.name)
+    learned = Prefiller(rules).fill_many(texts)  # a new model (the cache's key holds the file)
+
+    def typed(fills):
+        return sum(f.type == r.type for f, r in zip(fills, rows)) / len(rows)
+
+    assert typed(without) < 0.8 and typed(learned) > 0.9, (typed(without), typed(learned))
+    assert [(f.emergency, f.emergency_possible, f.confidence["emergency"]) for f in learned] == \
+        [(f.emergency, f.emergency_possible, f.confidence["emergency"]) for f in without]
+    assert [f.line for f in learned] == [f.line for f in without]
+
+
 def test_words_heard_before_the_first_pre_fill_has_learned_wait_a_second_at_most(rules):
     classify = PrefillClassifier(lambda: rules)
     with slow_learning() as learning:  # a process that has not warmed up yet, learning slowly

@@ -525,12 +525,13 @@ def test_a_leak_or_a_break_in_now_still_transfers(rules, text, number):
 
 
 def test_no_hard_negative_of_the_emergency_borders_set_is_transferred_at_once(rules):
-    """tests/data/emergency_borders.jsonl (session 20: one writer, two blind readers, the majority):
+    """data/utterances/type_only/emergency_borders.jsonl (session 20: one writer, two blind readers, the majority):
     330 emergencies told as a victim's, a witness's or a report's words and 70 hard negatives on
-    the same matters — kept out of the learning (its emergencies raised the possible alarms on
-    everything else past their floor). Read before anything was fitted to it, three negatives were
-    transferred automatically; none may be."""
-    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "emergency_borders.jsonl").read_text("utf-8").splitlines()]
+    the same matters — learned by the type field only (its emergencies raised the possible alarms
+    on everything else past their floor), so the router's words never saw it. Read before anything
+    was fitted to it, three negatives were transferred automatically; none may be."""
+    path = ROOT / "data" / "utterances" / "type_only" / "emergency_borders.jsonl"
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
     negatives = [r["text"] for r in rows if r["emergency"] is None]
     assert len(negatives) == 70
     assert [t for t in negatives if emergency_heard(rules, t) is not None] == []

@@ -100,6 +100,12 @@ def labelled_files() -> list[Path]:
     return sorted(LABELLED_DIR.glob("*.jsonl")) + (sorted(local.glob("*.jsonl")) if local and local.is_dir() else [])
 
 
+def type_only_files() -> list[Path]:
+    """Labelled files the type field alone learns from (``data/utterances/type_only/``): sentences
+    whose emergencies, learned by the emergency fields, would raise possible alarms everywhere."""
+    return sorted((LABELLED_DIR / "type_only").glob("*.jsonl"))
+
+
 def _learnable(files) -> list:
     """The sentences of ``files``. A shipped file that cannot be read stops the start (the
     checkout is broken); one of the centre's own is left out with its problem in the log, so an
@@ -459,10 +465,12 @@ class Prefiller:
     """Fills ticket fields from text. Build once (it compiles the data files), use from any thread."""
 
     def __init__(self, rules: Rules, catalogue: Catalogue | None = None, cues: Cues | None = None,
-                 calendar: WorkdayCalendar | None = None, training: list | None = None, model=None):
+                 calendar: WorkdayCalendar | None = None, training: list | None = None, model=None,
+                 type_training: list | None = None):
         """``training``: labelled sentences (:func:`ivr.prefill.model.load_labelled`) to learn
         from; default: every file of ``data/utterances/`` and of the centre's own folder
-        (:func:`labelled_files`). ``model``: one already learned with
+        (:func:`labelled_files`). ``type_training``: sentences only the type field learns from
+        (default, with ``training`` unset: :func:`type_only_files`). ``model``: one already learned with
         the same catalogue, cues and emergency words (see :func:`learned_from`), used as it is."""
         from .model import TextModel, learned_once
 
@@ -476,11 +484,11 @@ class Prefiller:
         scorers = {"line_scores": self._line_features, "type_scores": self._type_features,
                    "emergency_scores": self._emergency_features}
         if training is not None:
-            self.model = TextModel(training, **scorers)
+            self.model = TextModel(training, type_rows=type_training or (), **scorers)
             return
-        files = labelled_files()
-        self.model = learned_once(self._digest(files), lambda: TextModel(
-            _learnable(files), **scorers)).bind(**scorers)
+        files, type_files = labelled_files(), type_only_files()
+        self.model = learned_once(self._digest(files + type_files), lambda: TextModel(
+            _learnable(files), type_rows=_learnable(type_files), **scorers)).bind(**scorers)
 
     def _digest(self, files) -> str:
         """Everything the model is learned from: the labelled files, the catalogue, the cues, the

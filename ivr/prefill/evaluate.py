@@ -2,7 +2,8 @@
 
 ``python -m ivr.prefill evaluate`` splits every labelled sentence the project ships
 (``data/utterances/*.jsonl``) into ``--folds`` stratified folds (by line); each fold is read by
-a pre-fill that learned from the other folds only. It prints type and line accuracy, how sure
+a pre-fill that learned from the other folds only (and, for the type, from
+``data/utterances/type_only/``, which is never read here). It prints type and line accuracy, how sure
 the model was when right and when wrong, emergency recall (any level, and certain), false
 alarms (a possible emergency on a sentence that is none) and automatic transfers on sentences
 that are no emergency; and how often independent readings of the same sentences agreed
@@ -30,7 +31,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from call_routing.rules import load_rules
 
-from . import LABELLED_DIR, REQUEST_TYPES, Prefiller, labelled_files, load_catalogue, load_cues, local_dir
+from . import (LABELLED_DIR, REQUEST_TYPES, Prefiller, labelled_files, load_catalogue, load_cues, local_dir,
+               type_only_files)
 from .model import load_labelled
 
 FIXED_SET = "dev.jsonl"
@@ -143,7 +145,9 @@ def evaluate(folds: int = 5, seed: int = 0, rules_path: str | None = None, sets:
         tasks.append(apart([FIXED_SET] + [name for name in names if name in sets and name != FIXED_SET]))
     else:  # each set read by a pre-fill that learned from the other sets only
         tasks += [apart([name]) for name in names]
-    done = _learn_and_read_all(tasks, jobs, rows, lambda train: Prefiller(rules, catalogue, cues, training=train))
+    type_rows = load_labelled(type_only_files(), REQUEST_TYPES)  # learned by every pre-fill, never read
+    done = _learn_and_read_all(tasks, jobs, rows, lambda train: Prefiller(rules, catalogue, cues, training=train,
+                                                                          type_training=type_rows))
 
     total: dict = {}
     for _, read in done[:len(splits)]:

@@ -1,6 +1,6 @@
 """The statistical half of the pre-fill: what a caller said -> request type, hotline line and
 whether it sounds like an emergency, learned from the labelled sentences the project ships
-(``data/utterances/*.jsonl``).
+(``data/utterances/*.jsonl``; the type also from ``data/utterances/type_only/*.jsonl``).
 
 Each field is a logistic regression (classes balanced) over character n-grams and jieba words
 (TF-IDF) and the catalogue's own scores (``data/subjects.yaml`` for the line, ``data/request_cues.yaml`` for
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 import jieba
 import numpy as np
 import sklearn
-from scipy.sparse import csr_matrix, hstack
+from scipy.sparse import csr_matrix, hstack, vstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
@@ -132,8 +132,9 @@ class _Field:
         # balanced: a line or an emergency with few sentences weighs as much as a crowded one
         # dual: far more features than sentences, where liblinear's dual solver is the fast one
         # tol 0.01: the same answers to three decimals on held-out rounds as 1e-4, a quarter less time
+        # random_state: liblinear shuffles the sentences; fixed, the same sentences learn the same model
         self.model = OneVsRestClassifier(LogisticRegression(C=c, solver="liblinear", dual=True, max_iter=1000,
-                                                            tol=0.01, class_weight="balanced"))
+                                                            tol=0.01, class_weight="balanced", random_state=0))
 
     def __getstate__(self):  # kept on disk without the catalogue's scorer (bound to a Prefiller)
         return {k: v for k, v in self.__dict__.items() if k != "features"}
@@ -234,14 +235,23 @@ class TextModel:
     NEIGHBOURS_SHARE = {"line": 0.5, "type": 0.3}
 
     def __init__(self, rows: list[Labelled], *, line_scores: Callable[[str], list[float]],
-                 type_scores: Callable[[str], list[float]], emergency_scores: Callable[[str], list[float]]):
+                 type_scores: Callable[[str], list[float]], emergency_scores: Callable[[str], list[float]],
+                 type_rows: list[Labelled] = ()):
+        """``type_rows``: sentences the type field learns from besides ``rows``, and no other
+        field (``data/utterances/type_only/``: emergencies told like reports, which would raise
+        the possible alarms everywhere if the emergency fields learned them)."""
         texts = [r.text for r in rows]
         self.texts = _Texts()
         read = self.texts.read(texts, fit=True)
         # settings chosen on sets written apart, each read by a pre-fill learned from the others (docs/tickets.md)
         self.line = _Field(line_scores, c=80.0, weight=0.1).fit(texts, read, [r.line for r in rows])
+        type_texts, type_read = texts, read
+        if type_rows:
+            type_texts = texts + [r.text for r in type_rows]
+            more = self.texts.read([r.text for r in type_rows])
+            type_read = {name: vstack([read[name], more[name]]).tocsr() for name in read}
         self.type = _Field(type_scores, c=80.0, weight=0.4, reads=("chars", "words", "ending")).fit(
-            texts, read, [r.type for r in rows])
+            type_texts, type_read, [r.type for r in [*rows, *type_rows]])
         self.emergency = _Field(emergency_scores, c=20.0, weight=1.0).fit(
             texts, read, [r.emergency or NO_EMERGENCY for r in rows])
         # whether it is any emergency, from the characters alone: the field above leans on the
