@@ -516,6 +516,19 @@ def test_a_matter_months_old_made_safe_or_a_salesmans_threat_is_no_automatic_tra
     assert emergency_heard(rules, text) is None
 
 
+@pytest.mark.parametrize("text", [
+    "上回家里天然气泄漏以后燃气公司说要换表，这个钱该谁出",  # handled long ago, a bill asked about
+    "救护车把我妈送到离家老远的医院，我们想去的那家近得多，凭什么",  # the ambulance came: a complaint
+    "打120的时候能不能指定送哪家医院",  # a rule asked about
+    "我正当防卫把小偷打了一顿，这算不算违法",  # a legal question
+    "小区里有人被困电梯，按国家的规定有没有个时限必须到场",  # a rule asked about
+    "早上高速上撞车的那件事处理完了没，我下午要走",  # a past event referred to
+])
+def test_a_past_event_referred_to_or_a_rule_asked_about_is_no_automatic_transfer(rules, text):
+    # the emergency-types set of session 21: six such hard negatives were automatic transfers
+    assert emergency_heard(rules, text) is None
+
+
 @pytest.mark.parametrize("text,number", [
     ("液化气罐漏了 满屋子都是味 我点不着也不敢动", "119"),
     ("有人在撬我家门 快来 我一个人在家", "110"),
