@@ -245,6 +245,28 @@ def test_a_server_killed_as_it_queues_the_caller_leaves_no_ghost_in_the_acd_line
     assert restarted.state("k1").state == "ended"
 
 
+class _DiesBeforeEnqueue(AcdQueue):
+    def enqueue(self, call_id, **kw):
+        raise SystemExit("killed")
+
+
+def test_a_server_killed_before_the_acd_took_the_caller_still_ends_the_call_and_keeps_its_ticket(
+        redis_client, redis_url, rules):
+    import redis
+
+    acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
+    tickets = F.MemoryTickets()
+    dying = F.CallFlow(rules, _DiesBeforeEnqueue(acd), tickets, F.RedisCalls(redis_client))
+    ticket = dying.start("k2", "12345", "13800138000").ticket
+    with pytest.raises(SystemExit):
+        dying.wait("k2")
+    assert acd.call("k2") is None
+    restarted = F.CallFlow(rules, AcdQueue(acd), tickets, F.RedisCalls(redis_client))
+    restarted.hung_up("k2", known={})  # the caller gave up in the dialplan's fallback
+    assert restarted.state("k2").state == "ended" and tickets.tickets[ticket]["status"] == "abandoned"
+    assert acd.call("k2") is None
+
+
 def test_a_clear_domain_heard_moves_the_waiting_call_to_that_seat_group(mem):
     flow, queue, *_ = mem
     flow.start("c4", "12345", "13800138000")
