@@ -553,6 +553,21 @@ def test_no_hard_negative_of_the_emergency_borders_set_is_transferred_at_once(ru
     assert len(raised) >= 195, len(raised)  # 191, then 198 with the possible words its misses taught
 
 
+def test_no_hard_negative_of_the_emergency_types_set_is_transferred_at_once(rules):
+    """tests/data/emergency_types.jsonl (session 21: one writer, two blind readers, the majority):
+    280 emergencies told by victims like a report, by bystanders, crimes and scams under way, and
+    120 hard negatives on the same matters (past events, complaints about a service, rules asked
+    about). Learned by the type field it lowered the test rounds' type (0.948 -> 0.947): a check
+    set of the router only. Read first, six negatives were transferred automatically; none may be."""
+    path = ROOT / "tests" / "data" / "emergency_types.jsonl"
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    negatives = [r["text"] for r in rows if r["emergency"] is None]
+    assert len(negatives) == 120
+    assert [t for t in negatives if emergency_heard(rules, t) is not None] == []
+    raised = [r for r in rows if r["emergency"] and any(emergency_assessment(rules, r["text"]))]
+    assert len(raised) >= 175, len(raised)  # 178 of 280 by the words alone (the danger field adds)
+
+
 @pytest.mark.parametrize("text,number", [
     ("有人在商场门口骂骂咧咧的拎着一桶汽油说要烧了这个商场", "110"),
     ("我要投诉这个酒店，房间里一氧化碳报警器响了没人管，我老公头疼得厉害，吐了两回了", "119"),
