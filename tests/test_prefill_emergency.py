@@ -153,6 +153,11 @@ def test_a_crime_under_way_is_a_report_from_a_witness_and_help_for_its_victim(pr
     victim = prefiller.fill("快来人啊有个男的把我女儿拽上一辆面包车往北边开走了")
     assert (witness.emergency, witness.type) == ("110", "report"), witness
     assert (victim.emergency, victim.type) == ("110", "help"), victim
+    # the caller's own shop robbed is the caller harmed; a fight at its door is seen by a passer-by
+    shop = prefiller.fill("有个人拿着刀在我们小卖部抢东西 就在后屋呢")
+    door = prefiller.fill("有一帮人在我们饭馆门口拿棍子打人 已经打倒一个了")
+    assert (shop.emergency, shop.type) == ("110", "help"), shop
+    assert (door.emergency, door.type) == ("110", "report"), door
 
 
 def test_a_field_the_model_is_unsure_of_reaches_the_ticket_marked_for_checking(prefiller, tmp_path):

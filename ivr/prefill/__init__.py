@@ -73,7 +73,9 @@ POSSIBLE_ON_GENERAL_LINE = 0.7
 POLICE, WITNESS_TYPE = "110", "report"
 VICTIM = re.compile(
     r"(?:我|俺|咱)(?:家|们家)?的?(?:女儿|儿子|孩子|小孩|闺女|老公|老婆|媳妇|男人|妈|爸|爹|娘|奶奶|爷爷|姥姥|外婆"
-    r"|老人|家人|弟弟|妹妹|哥|姐|丈夫|妻子)|[让要逼骗打砍追抢吓]我|我被|弄死我|我现在躲|我一个人在家|(?:我|俺)(?:们)?(?:的)?店里")
+    r"|老人|家人|弟弟|妹妹|哥|姐|丈夫|妻子)|[让要逼骗打砍追抢吓]我|我被|弄死我|我现在躲|我一个人在家"
+    # the caller's own shop is the scene (robbed, threatened): not its door, where a passer-by is
+    r"|(?:我|俺)(?:们)?(?:的)?(?:店|小卖部|超市|饭店|饭馆|铺子)(?!门口)")
 REQUEST_TYPES = ("consultation", "help", "complaint", "report", "suggestion")
 GENERAL_LINE = "12345"
 GENERAL_DEPARTMENT = "12345政务服务便民热线"
