@@ -220,11 +220,17 @@ def test_a_caller_the_acd_lost_with_its_redis_is_queued_again_not_hung_up(redis_
     assert acd.call("r1")["state"] == "waiting" and acd.position("r1").position == 1
 
 
-class _DiesAfterEnqueue(AcdQueue):
-    """The FastAGI process killed right after the ACD took the caller into its line."""
+class _DiesEnqueueing(AcdQueue):
+    """The FastAGI process killed as it puts the caller in the ACD's line: before the ACD took
+    them, or right after."""
+
+    def __init__(self, acd, after: bool):
+        super().__init__(acd)
+        self.after = after
 
     def enqueue(self, call_id, **kw):
-        super().enqueue(call_id, **kw)
+        if self.after:
+            super().enqueue(call_id, **kw)
         raise SystemExit("killed")
 
 
@@ -234,7 +240,7 @@ def test_a_server_killed_as_it_queues_the_caller_leaves_no_ghost_in_the_acd_line
     import redis
 
     acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
-    dying = F.CallFlow(rules, _DiesAfterEnqueue(acd), F.MemoryTickets(), F.RedisCalls(redis_client))
+    dying = F.CallFlow(rules, _DiesEnqueueing(acd, after=True), F.MemoryTickets(), F.RedisCalls(redis_client))
     dying.start("k1", "12345", "13800138000")
     with pytest.raises(SystemExit):
         dying.wait("k1")
@@ -245,18 +251,13 @@ def test_a_server_killed_as_it_queues_the_caller_leaves_no_ghost_in_the_acd_line
     assert restarted.state("k1").state == "ended"
 
 
-class _DiesBeforeEnqueue(AcdQueue):
-    def enqueue(self, call_id, **kw):
-        raise SystemExit("killed")
-
-
 def test_a_server_killed_before_the_acd_took_the_caller_still_ends_the_call_and_keeps_its_ticket(
         redis_client, redis_url, rules):
     import redis
 
     acd = ACD(redis.Redis.from_url(redis_url, decode_responses=True), rules)
     tickets = F.MemoryTickets()
-    dying = F.CallFlow(rules, _DiesBeforeEnqueue(acd), tickets, F.RedisCalls(redis_client))
+    dying = F.CallFlow(rules, _DiesEnqueueing(acd, after=False), tickets, F.RedisCalls(redis_client))
     ticket = dying.start("k2", "12345", "13800138000").ticket
     with pytest.raises(SystemExit):
         dying.wait("k2")

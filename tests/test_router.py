@@ -537,35 +537,30 @@ def test_a_leak_or_a_break_in_now_still_transfers(rules, text, number):
     assert emergency_heard(rules, text).number == number
 
 
-def test_no_hard_negative_of_the_emergency_borders_set_is_transferred_at_once(rules):
-    """data/utterances/type_only/emergency_borders.jsonl (session 20: one writer, two blind readers, the majority):
-    330 emergencies told as a victim's, a witness's or a report's words and 70 hard negatives on
-    the same matters — learned by the type field only (its emergencies raised the possible alarms
-    on everything else past their floor), so the router's words never saw it. Read before anything
-    was fitted to it, three negatives were transferred automatically; none may be."""
-    path = ROOT / "data" / "utterances" / "type_only" / "emergency_borders.jsonl"
-    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-    negatives = [r["text"] for r in rows if r["emergency"] is None]
-    assert len(negatives) == 70
-    assert [t for t in negatives if emergency_heard(rules, t) is not None] == []
+@pytest.mark.parametrize("path,negatives,floor", [
+    # session 20 (learned by the type field only, so the router's words never saw it): 330
+    # emergencies told as a victim's, a witness's or a report's words, 70 hard negatives; three
+    # negatives were automatic transfers before anything was fitted to it; 191 emergencies raised
+    # by the words alone, then 198 with the possible words its misses taught
+    ("data/utterances/type_only/emergency_borders.jsonl", 70, 195),
+    # session 21 (learned by nothing: it lowered the test rounds' type, 0.948 -> 0.947): 280
+    # emergencies told by victims like a report, by bystanders, crimes and scams under way, 120
+    # hard negatives (past events, complaints about a service, rules asked about); six negatives
+    # were automatic transfers when read first; 178 emergencies raised by the words alone
+    ("tests/data/emergency_types.jsonl", 120, 175),
+])
+def test_no_hard_negative_of_an_emergency_check_set_is_transferred_at_once(rules, path, negatives, floor):
+    """Sets of one writer and two blind readers (the majority) on the borders of emergencies."""
+    from ivr.prefill import REQUEST_TYPES
+    from ivr.prefill.model import load_labelled
+
+    rows = load_labelled([ROOT / path], REQUEST_TYPES)
+    said = [r.text for r in rows if r.emergency is None]
+    assert len(said) == negatives
+    assert [t for t in said if emergency_heard(rules, t) is not None] == []
     # the router alone (the pre-fill's danger field adds to it): most emergencies raised
-    raised = [r for r in rows if r["emergency"] and any(emergency_assessment(rules, r["text"]))]
-    assert len(raised) >= 195, len(raised)  # 191, then 198 with the possible words its misses taught
-
-
-def test_no_hard_negative_of_the_emergency_types_set_is_transferred_at_once(rules):
-    """tests/data/emergency_types.jsonl (session 21: one writer, two blind readers, the majority):
-    280 emergencies told by victims like a report, by bystanders, crimes and scams under way, and
-    120 hard negatives on the same matters (past events, complaints about a service, rules asked
-    about). Learned by the type field it lowered the test rounds' type (0.948 -> 0.947): a check
-    set of the router only. Read first, six negatives were transferred automatically; none may be."""
-    path = ROOT / "tests" / "data" / "emergency_types.jsonl"
-    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-    negatives = [r["text"] for r in rows if r["emergency"] is None]
-    assert len(negatives) == 120
-    assert [t for t in negatives if emergency_heard(rules, t) is not None] == []
-    raised = [r for r in rows if r["emergency"] and any(emergency_assessment(rules, r["text"]))]
-    assert len(raised) >= 175, len(raised)  # 178 of 280 by the words alone (the danger field adds)
+    raised = [r for r in rows if r.emergency and any(emergency_assessment(rules, r.text))]
+    assert len(raised) >= floor, len(raised)
 
 
 @pytest.mark.parametrize("text,number", [
